@@ -1,4 +1,4 @@
-"""Build the release: ``assignments/<name>/`` + ``reference/`` -> ``student_release/`` + ``autograder/``.
+"""Build the release: assignments/<name>/ + reference/ -> student_release/ + autograder/.
 
 For each assignment the build
 
@@ -90,15 +90,23 @@ def stage(spec: AssignmentSpec, staging: Path) -> Path:
     staging.mkdir(parents=True)
     master = jupytext.read(spec.source / "master.py")
     master.metadata = {
-        "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
+        "kernelspec": {
+            "display_name": "Python 3 (ipykernel)",
+            "language": "python",
+            "name": "python3",
+        },
         "language_info": {"name": "python"},
     }
     nb_path = staging / f"{spec.name}.ipynb"
     nbformat.write(master, nb_path)
+    # Otter merges this into the Gradescope image; it is generated from requirements.txt.
+    shutil.copy2(ROOT / "environment.yml", staging / "environment.yml")
     for rel in spec.files:
         src = spec.source / rel
         if not src.exists():
-            raise BuildError(f"{spec.name}: release.toml lists {rel!r}, missing from {spec.source}.")
+            raise BuildError(
+                f"{spec.name}: release.toml lists {rel!r}, missing from {spec.source}."
+            )
         shutil.copy2(src, staging / rel) if src.is_file() else shutil.copytree(src, staging / rel)
     package = staging / "offline_rl"
     package.mkdir()
@@ -190,7 +198,11 @@ def build(spec: AssignmentSpec, out: Path, self_check: bool) -> dict[str, float]
     notebook = f"{spec.name}.ipynb"
     copy_tree(dist / "student", student_out, skip={notebook})
     normalise_notebook(dist / "student" / notebook, student_out / notebook)
-    for readme, target in (("README.student.md", student_out), ("README.instructor.md", grader_out)):
+    grader_out.mkdir(parents=True)
+    for readme, target in (
+        ("README.student.md", student_out),
+        ("README.instructor.md", grader_out),
+    ):
         if (spec.source / readme).exists():
             shutil.copyfile(spec.source / readme, target / "README.md")
     normalise_zip(zips[0], grader_out / "autograder.zip")
@@ -210,8 +222,12 @@ def discover() -> list[AssignmentSpec]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=ROOT, help="where student_release/ and autograder/ go")
-    parser.add_argument("--no-self-check", action="store_true", help="skip otter's solution grading")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT, help="where student_release/ and autograder/ go"
+    )
+    parser.add_argument(
+        "--no-self-check", action="store_true", help="skip otter's solution grading"
+    )
     parser.add_argument("names", nargs="*", help="assignments to build (default: all)")
     args = parser.parse_args(argv)
     os.environ.setdefault("PYTHONHASHSEED", "0")

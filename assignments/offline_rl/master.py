@@ -1,0 +1,1455 @@
+# %% [raw]
+# # ASSIGNMENT CONFIG
+# name: offline_rl
+# python_version: "3.11"
+# environment: environment.yml
+# files:
+#   - offline_rl
+# autograder_files:
+#   - hidden_checks.py
+#   - hidden_fixtures.npz
+# export_cell:
+#   pdf: false
+#   instructions: "Save the notebook (Ctrl+S / Cmd+S) first. The cell writes a zip next to this notebook: upload that zip to Gradescope."
+# check_all_cell: true
+# generate:
+#   show_stdout: true
+#   show_hidden: false
+#   pdf: false
+#   seed: 0
+# tests:
+#   ok_format: false
+
+# %% [markdown]
+# # Chapter 24 · Offline Reinforcement Learning
+#
+# > *What if you can't explore?* In healthcare you cannot experiment on patients to learn a
+# > treatment policy. In autonomous driving you cannot crash cars to learn what is unsafe. But you
+# > do have years of logged decisions made by doctors and by human drivers. Can you learn a good
+# > policy from that fixed record alone, without a single new interaction?
+#
+# That is the question of **offline reinforcement learning** (also called *batch RL*). This
+# notebook answers it in four steps:
+#
+# 1. **Why offline RL?** What changes when the agent can no longer act to collect data.
+# 2. **Distribution shift.** Why plain Q-learning breaks on a fixed dataset, and how badly.
+# 3. **Conservative approaches.** Behavior cloning, Conservative Q-Learning (CQL) and BCQ.
+# 4. **Practical considerations.** Dataset quality, stitching, choosing a policy without a
+#    simulator, fine-tuning online, and when offline RL is the right tool at all.
+#
+# **Prerequisites:** Q-learning and DQN (target networks, experience replay).
+#
+# **Learning objectives.** By the end you can (1) explain why offline RL matters for real-world
+# applications, (2) describe the distribution-shift problem, (3) implement CQL, (4) explain behavior
+# cloning and its limits, (5) reason about the trade-off between conservatism and optimality, and
+# (6) recognise when offline RL is appropriate.
+#
+# **How this notebook works.** Cells with `...` are yours to complete. After each one, run the
+# `grader.check(...)` cell below it: the public checks run immediately and tell you what is wrong.
+# Hidden checks with more cases run when you submit. The interactive demos run on *your* code, so
+# they light up as you finish the questions. Everything is seeded: the same code gives the same
+# numbers on your laptop and on Gradescope.
+
+# %%
+# Setup: support code shipped with this notebook (environments, datasets, plots, demo widgets).
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+from offline_rl import behavior, cartpole, envs, planning, plotting, training, widgets
+
+torch.set_num_threads(1)  # small networks: one thread is fastest and keeps results reproducible
+np.set_printoptions(precision=3, suppress=True)
+
+# %% [markdown]
+# ---
+# ## 1 · Why offline RL?
+#
+# ### Online versus offline
+#
+# An **online** agent (everything you have seen so far) alternates between acting and learning:
+# it tries an action, observes what happens, and updates. If its estimate of an action is too
+# optimistic, it will try that action and be corrected. An **offline** agent is handed a dataset
+# $D = \{(s_i, a_i, r_i, s'_i)\}_{i=1}^N$ collected by someone else — a *behavior policy*
+# $\pi_\beta$ — and must output a policy without ever acting. Its goal is still the usual one:
+#
+# $$\max_\pi J(\pi) = \mathbb{E}_{\tau \sim \pi}\Big[\sum_t \gamma^t r_t\Big],
+# \qquad \text{estimated only from transitions } (s,a,r,s') \sim D .$$
+#
+# The return is a property of the *new* policy $\pi$; the data come from $\pi_\beta$. Everything
+# hard about offline RL lives in that mismatch.
+#
+# - **Q-learning** was already *off-policy*: it learns about the greedy policy from data of an
+#   ε-greedy one. *Offline Q-learning is Q-learning without new environment interaction.*
+# - **DQN's experience replay** is a step toward offline: it learns from a buffer of old
+#   transitions, but keeps adding fresh ones from the current policy. *What if the replay buffer
+#   was all we had?*
+#
+# ### Why it matters
+#
+# | setting | why you cannot explore | what you do have |
+# |---|---|---|
+# | Healthcare (treatment policies) | experiments on patients are unethical | electronic health records of past treatments and outcomes |
+# | Autonomous driving | crashes are unacceptable and expensive | millions of hours of logged human driving |
+# | Recommendation, robotics, industrial control | every trial costs money or wear | logs of the current system |
+# | Games (Atari from human demos) | exploring is possible but slow | recordings of human play |
+#
+# Offline RL turns *existing data* into policies: safe (no risky trials), cheap (no new data) and
+# reusable (the same dataset trains many policies). It is not magic: the dataset must actually
+# contain evidence about good behavior. The rest of this notebook makes that precise.
+#
+# ### Our laboratory: a GridWorld with a fixed dataset
+#
+# We use small deterministic grids where the *true* values can be computed exactly by value
+# iteration, so we can see precisely where an offline learner is wrong. States are cell indices,
+# actions are `0 = up, 1 = right, 2 = down, 3 = left`. An `OfflineDataset` is a plain table of
+# numpy arrays: `observations`, `actions`, `rewards`, `next_observations`, `terminals`,
+# `truncations` and `episode_starts`.
+
+# %%
+layout = envs.get_layout("stitch")
+demo_data = behavior.stitching_dataset()
+print(demo_data)
+fig, ax = plt.subplots(figsize=(3.6, 3.6))
+plotting.draw_grid(ax, layout, title="The 'stitch' grid: S start, G goal, P pit")
+plt.show()
+
+# %% [markdown]
+# ### Question 1 · Dataset coverage
+#
+# The first thing to ask of any offline dataset is **what it covers**. Write
+# `coverage_counts(dataset, n_states, n_actions)`, returning an integer array `counts` of shape
+# `(n_states, n_actions)` where `counts[s, a]` is the number of transitions in which action `a`
+# was taken in state `s`. Then write `ood_fraction(counts, policy)`: among the states the dataset
+# visits (states with at least one transition), the fraction in which `policy[s]` — an integer
+# array of shape `(n_states,)` — picks an action **never** taken there in the data. That is how
+# often a policy would step *out of the data's distribution*.
+#
+# *Hint:* `np.add.at` counts repeated indices correctly; `counts[s, a] += 1` with array indices
+# does not.
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q1_coverage
+# points: 3
+
+# %% [raw]
+# # BEGIN SOLUTION
+
+# %%
+def coverage_counts(dataset, n_states, n_actions):
+    """counts: (n_states, n_actions) int64, counts[s, a] = #transitions with (s_t, a_t) = (s, a)."""
+    # BEGIN SOLUTION
+    counts = np.zeros((n_states, n_actions), dtype=np.int64)
+    np.add.at(counts, (dataset.observations, dataset.actions), 1)
+    return counts
+    # END SOLUTION
+
+
+def ood_fraction(counts, policy):
+    """Fraction of dataset-visited states s where counts[s, policy[s]] == 0."""
+    # BEGIN SOLUTION
+    visited = counts.sum(axis=1) > 0
+    unseen = counts[np.arange(counts.shape[0]), policy] == 0
+    return float(np.mean(unseen[visited]))
+    # END SOLUTION
+
+# %% [raw]
+# # END SOLUTION
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+def test_coverage_counts_small(coverage_counts, datasets, np):
+    toy = datasets.OfflineDataset(
+        observations=np.array([0, 0, 1, 0]),
+        actions=np.array([2, 2, 1, 0]),
+        rewards=np.zeros(4, dtype=np.float32),
+        next_observations=np.array([0, 1, 2, 0]),
+        terminals=np.zeros(4, dtype=bool),
+        truncations=np.zeros(4, dtype=bool),
+        episode_starts=np.array([0]),
+    )
+    counts = coverage_counts(toy, 3, 4)
+    assert counts is not None, "coverage_counts returned None: replace the ... with your code."
+    counts = np.asarray(counts)
+    assert counts.shape == (3, 4), f"counts must have shape (n_states, n_actions) = (3, 4), got {counts.shape}"
+    assert counts[0, 2] == 2, (
+        "state 0 took action 2 twice, so counts[0, 2] must be 2; "
+        f"got {counts[0, 2]} (does `counts[s, a] += 1` drop repeated pairs? use np.add.at)"
+    )
+    expected = np.zeros((3, 4), dtype=int)
+    expected[0, 2], expected[1, 1], expected[0, 0] = 2, 1, 1
+    assert np.array_equal(counts, expected), f"expected\n{expected}\ngot\n{counts}"
+
+# %%
+def test_ood_fraction_small(ood_fraction, np):
+    counts = np.array([[2, 0], [0, 1], [0, 0]])
+    # state 2 is never visited, so only states 0 and 1 count; policy leaves the data in state 1.
+    value = ood_fraction(counts, np.array([0, 0, 1]))
+    assert value is not None, "ood_fraction returned None: replace the ... with your code."
+    assert np.isclose(value, 0.5), f"expected 0.5 (1 of 2 visited states is out of distribution), got {value}"
+
+# %%
+""" # BEGIN TEST CONFIG
+hidden: true
+failure_message: coverage_counts or ood_fraction disagree with the reference on larger random datasets.
+""" # END TEST CONFIG
+def test_coverage_hidden(coverage_counts, ood_fraction):
+    import hidden_checks
+    outputs = hidden_checks.outputs_coverage(coverage_counts, ood_fraction)
+    hidden_checks.compare("coverage", outputs)
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION
+
+# %% [markdown]
+# ### Demo 1 · Online versus offline
+#
+# Same grid, two learners. The **online** agent runs ε-greedy Q-learning and collects whatever
+# data it wants. The **offline** agent runs the same Q-learning updates, but only on a fixed
+# dataset from a behavior policy; move the slider to change how much of the grid that dataset
+# covers (your `coverage_counts` measures it). Watch the offline agent's return track the
+# *coverage* of its data, while the online agent fixes its own mistakes by exploring.
+#
+# *Expected discovery:* an offline agent is constrained by its dataset. Where the data are silent,
+# it is guessing.
+
+# %% tags=["otter_ignore"]
+widgets.online_vs_offline_demo(coverage_fn=coverage_counts)
+
+# %% [markdown]
+# ---
+# ## 2 · The distribution-shift problem
+#
+# Q-learning's target takes a maximum over **all** next actions:
+#
+# $$y = r + \gamma \max_{a'} Q(s', a').$$
+#
+# Online, if $Q(s', a')$ is too high for some rarely tried $a'$, the agent will soon try $a'$,
+# see the truth, and correct it. Offline, nobody ever tries it. Formally,
+#
+# $$Q^\pi(s, a) \text{ is unreliable when } (s, a) \notin \operatorname{supp}(D),$$
+#
+# because no transition in $D$ constrains it: its value is whatever the initialisation, or a
+# neural network's extrapolation, happens to say.
+#
+# #### Why standard Q-learning *over*estimates out-of-distribution actions
+#
+# Write the learned values as truth plus error, $Q(s,a) = Q^*(s,a) + \epsilon(s,a)$. Errors on
+# unseen pairs are never corrected, so they are as likely to be positive as negative. But the
+# target does not average them, it **maximises** over them:
+#
+# $$\mathbb{E}\big[\max_{a'} (Q^*(s',a') + \epsilon(s',a'))\big] \;\ge\; \max_{a'} Q^*(s',a'),$$
+#
+# by Jensen's inequality (max is convex). The max selects precisely the actions whose errors are
+# most positive — and those are the unseen ones, whose errors nothing bounds. The inflated target
+# is then copied backwards by bootstrapping into every state that can reach $s'$. Finally the
+# learned policy, $\arg\max_a Q(s,a)$, *chooses* the inflated unseen actions. Online RL turns this
+# into exploration; offline RL turns it into a policy that confidently does something nobody
+# has ever tried.
+#
+# #### An information-theoretic view
+#
+# The data carry information about $\pi$ only where $\pi$ and $\pi_\beta$ overlap. A return
+# estimate for $\pi$ from $\pi_\beta$'s data reweights each trajectory by the ratio
+# $\prod_t \pi(a_t|s_t)/\pi_\beta(a_t|s_t)$: where $\pi_\beta(a|s) = 0$ but $\pi(a|s) > 0$ the ratio is
+# infinite and the data say *nothing*. More softly, the variance of any such estimate grows with
+# how far $\pi$ strays from $\pi_\beta$ — roughly exponentially in the per-step divergence
+# $D_{\mathrm{KL}}(\pi \,\|\, \pi_\beta)$ summed over the horizon. Distribution shift is the gap between
+# the information the data hold and the information the new policy needs. Every method in
+# section 3 keeps $\pi$ where the data are informative: explicitly (BC, BCQ) or implicitly (CQL).
+
+# %% [markdown]
+# ### Question 2 · The naive offline Q-learning target
+#
+# Write the batched target used by (naive) offline DQN,
+#
+# $$y_i = r_i + \gamma\,(1 - d_i)\,\max_{a'} Q_{\text{target}}(s'_i, a'),$$
+#
+# where $d_i = 1$ if $s'_i$ is terminal (there is no future after a terminal state). Shapes:
+# `rewards: (B,)`, `next_q_values: (B, n_actions)` (the target network's values at $s'$),
+# `terminals: (B,)` with 0/1 floats or booleans. Return `y` of shape `(B,)` **detached** from the
+# graph: the target is a regression label, not something to optimise.
+#
+# *Careful:* `1 - terminals` fails on a boolean tensor; convert first.
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q2_td_target
+# points: 3
+
+# %% [raw]
+# # BEGIN SOLUTION
+
+# %%
+def td_target(rewards, next_q_values, terminals, gamma):
+    """y: (B,) = r + gamma * (1 - done) * max_a' Q_target(s', a'), no gradient."""
+    # BEGIN SOLUTION
+    not_done = 1.0 - terminals.to(rewards.dtype)
+    max_next_q = next_q_values.max(dim=1).values
+    return (rewards + gamma * not_done * max_next_q).detach()
+    # END SOLUTION
+
+# %% [raw]
+# # END SOLUTION
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+def test_td_target_small(td_target, torch):
+    rewards = torch.tensor([1.0, 1.0])
+    next_q = torch.tensor([[0.0, 2.0, 1.0], [5.0, 3.0, 4.0]], requires_grad=True)
+    terminals = torch.tensor([0.0, 1.0])
+    y = td_target(rewards, next_q, terminals, 0.5)
+    assert y is not None, "td_target returned None: replace the ... with your code."
+    assert tuple(y.shape) == (2,), f"y must have shape (B,) = (2,), got {tuple(y.shape)}"
+    assert torch.allclose(y[0], torch.tensor(2.0)), (
+        f"y[0] = r + gamma * max_a' Q(s', a') = 1 + 0.5 * 2 = 2, got {y[0].item():.4f}"
+    )
+    assert torch.allclose(y[1], torch.tensor(1.0)), (
+        f"s'_1 is terminal, so y[1] must be just r = 1 (no bootstrap); got {y[1].item():.4f}. "
+        "Did you multiply by (1 - terminals)?"
+    )
+    assert not y.requires_grad, "the target must be detached (use .detach() or torch.no_grad())"
+
+# %%
+def test_td_target_bool_terminals(td_target, torch):
+    y = td_target(torch.zeros(2), torch.ones(2, 4), torch.tensor([True, False]), 0.9)
+    assert y is not None, "td_target returned None: replace the ... with your code."
+    assert torch.allclose(y, torch.tensor([0.0, 0.9])), (
+        f"with boolean terminals expected [0, 0.9], got {y.tolist()}: convert terminals to float first"
+    )
+
+# %%
+""" # BEGIN TEST CONFIG
+hidden: true
+failure_message: td_target disagrees with the reference on random batches (check the max over actions, gamma and the terminal mask).
+""" # END TEST CONFIG
+def test_td_target_hidden(td_target):
+    import hidden_checks
+    hidden_checks.compare("td_target", hidden_checks.outputs_td_target(td_target))
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION
+
+# %% [markdown]
+# ### Question 3 · Offline Q-learning on a table (and the hook for CQL)
+#
+# Now the tabular learner that the demos, the α experiment and the stitching experiment will run.
+# It does Q-learning **on the dataset only**, as full-batch gradient descent on the table `Q`
+# (shape `(n_states, n_actions)`, initialised to zeros). With $n(s,a)$ the dataset counts,
+# $\hat\pi_\beta(a|s) = n(s,a)/n(s)$ the data's action frequencies and, for each pair, the Bellman
+# target averaged over its transitions,
+#
+# $$y(s,a) = \operatorname{mean}_{(s,a,r,s',d)\in D}\big[r + \gamma(1-d)\max_{a'}Q(s',a')\big]
+# \quad(\text{0 for pairs not in the data}),$$
+#
+# each iteration takes one step `Q -= lr * grad` with
+#
+# $$\text{grad}(s,a) = \hat\pi_\beta(a|s)\,\big(Q(s,a) - y(s,a)\big) \;+\;
+# \alpha\,\big(\operatorname{softmax}(Q(s,\cdot))_a - \hat\pi_\beta(a|s)\big)$$
+#
+# on states the data visit (`grad = 0` on states it never visits). The first term is the
+# gradient of the squared Bellman error weighted by how often the data take $a$ in $s$; the second
+# is the gradient of the CQL penalty you will meet in section 3 (softmax is the derivative of
+# log-sum-exp). With `alpha=0` this is **naive offline Q-learning**: a pair that is not in the data
+# has $\hat\pi_\beta = 0$, so nothing ever changes its value.
+#
+# Write `offline_q_learning(dataset, n_states, n_actions, gamma, alpha=0.0, n_iters=5000, lr=None)`
+# with `lr = 1 / (1 + alpha)` when `lr is None`. Dataset observations are state indices. Keep it
+# vectorised: `np.bincount` (or your `coverage_counts`) gives the counts, and
+# `np.bincount(s * n_actions + a, weights=target, minlength=...)` sums targets per pair.
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q3_offline_q
+# points: 4
+
+# %% [raw]
+# # BEGIN SOLUTION
+
+# %%
+def offline_q_learning(dataset, n_states, n_actions, gamma, alpha=0.0, n_iters=5000, lr=None):
+    """Q: (n_states, n_actions) from full-batch offline Q-learning with a CQL term of weight alpha."""
+    # BEGIN SOLUTION
+    lr = 1.0 / (1.0 + alpha) if lr is None else lr
+    s, a, s_next = dataset.observations, dataset.actions, dataset.next_observations
+    r, done = dataset.rewards.astype(np.float64), dataset.terminals.astype(np.float64)
+    pair = s * n_actions + a
+    counts = np.bincount(pair, minlength=n_states * n_actions).reshape(n_states, n_actions)
+    n_s = counts.sum(axis=1, keepdims=True)
+    visited = n_s > 0
+    pi_data = np.divide(counts, n_s, out=np.zeros(counts.shape), where=visited)
+    Q = np.zeros((n_states, n_actions))
+    for _ in range(n_iters):
+        target = r + gamma * (1.0 - done) * Q[s_next].max(axis=1)
+        sums = np.bincount(pair, weights=target, minlength=n_states * n_actions).reshape(Q.shape)
+        y = np.divide(sums, counts, out=np.zeros(Q.shape), where=counts > 0)
+        exp_q = np.exp(Q - Q.max(axis=1, keepdims=True))
+        softmax = exp_q / exp_q.sum(axis=1, keepdims=True)
+        grad = pi_data * (Q - y) + alpha * (softmax - pi_data)
+        Q -= lr * np.where(visited, grad, 0.0)
+    return Q
+    # END SOLUTION
+
+# %% [raw]
+# # END SOLUTION
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+def test_offline_q_two_state_chain(offline_q_learning, datasets, np):
+    # One transition 0 --a=1, r=1--> 1 (terminal). Q(0, 1) must converge to 1; action 0 in state 0
+    # is never seen, so naive offline Q leaves it at exactly 0; state 1 is never visited.
+    toy = datasets.OfflineDataset(
+        observations=np.array([0]), actions=np.array([1]), rewards=np.array([1.0], dtype=np.float32),
+        next_observations=np.array([1]), terminals=np.array([True]), truncations=np.array([False]),
+        episode_starts=np.array([0]),
+    )
+    Q = offline_q_learning(toy, 2, 2, gamma=0.9, alpha=0.0, n_iters=200)
+    assert Q is not None, "offline_q_learning returned None: replace the ... with your code."
+    Q = np.asarray(Q)
+    assert Q.shape == (2, 2), f"Q must have shape (n_states, n_actions) = (2, 2), got {Q.shape}"
+    assert np.isclose(Q[0, 1], 1.0, atol=1e-3), f"Q(0, 1) must converge to r = 1 (terminal: no bootstrap), got {Q[0, 1]:.4f}"
+    assert Q[0, 0] == 0.0 and np.all(Q[1] == 0.0), (
+        "pairs that are not in the data must keep their initial value 0 when alpha = 0, got\n" + str(Q)
+    )
+
+# %%
+def test_offline_q_penalty_lowers_unseen(offline_q_learning, datasets, np):
+    toy = datasets.OfflineDataset(
+        observations=np.array([0]), actions=np.array([1]), rewards=np.array([1.0], dtype=np.float32),
+        next_observations=np.array([1]), terminals=np.array([True]), truncations=np.array([False]),
+        episode_starts=np.array([0]),
+    )
+    Q = np.asarray(offline_q_learning(toy, 2, 2, gamma=0.9, alpha=1.0, n_iters=2000))
+    assert Q[0, 0] < -1.0, f"with alpha = 1 the unseen action's Q(0, 0) must be pushed well below 0, got {Q[0, 0]:.3f}"
+    assert Q[0, 1] > Q[0, 0] + 1.0, "the dataset action must end up clearly preferred to the unseen one"
+
+# %%
+""" # BEGIN TEST CONFIG
+hidden: true
+failure_message: offline_q_learning disagrees with the reference Q-table on the course's datasets (targets averaged per pair, the (1 - d) mask, the pi_data weighting, the softmax term, lr).
+""" # END TEST CONFIG
+def test_offline_q_hidden(offline_q_learning):
+    import hidden_checks
+    hidden_checks.compare("tabular_q", hidden_checks.outputs_tabular_q(offline_q_learning))
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION
+
+# %% [markdown]
+# ### Demo 2 · Distribution shift, made visible
+#
+# The **cliff** grid is a narrow bridge between two rows of lava. The dataset comes from an expert
+# that always walks straight across, so it contains only "right" on the bridge — never the
+# catastrophic "up" or "down". Train your `offline_q_learning` with `alpha=0` on it. The left panel
+# shows the dataset's coverage; the middle compares learned and true Q-values on **seen** versus
+# **unseen** pairs; the right panel shows where the greedy policy goes. Add a few noisy episodes
+# with the slider and see what changes.
+#
+# *Expected discovery:* Q-learning's values are only as good as the data behind them. Unseen
+# actions keep arbitrary values (here 0), which on a grid of negative step rewards look
+# **better** than every real action, so the greedy policy picks them.
+
+# %% tags=["otter_ignore"]
+widgets.distribution_shift_demo(offline_q_fn=offline_q_learning, coverage_fn=coverage_counts)
+
+# %% [markdown]
+# ---
+# ## 3 · Conservative approaches
+#
+# ### Behavior cloning: the baseline
+#
+# The simplest way never to leave the data's support is to copy the data. **Behavior cloning**
+# (BC) fits a policy $\pi_\theta(a|s)$ to the dataset's actions by maximum likelihood:
+#
+# $$L_{BC}(\theta) = -\mathbb{E}_{(s,a)\sim D}\big[\log \pi_\theta(a \mid s)\big].$$
+#
+# This is supervised classification: the network outputs logits, $\log\pi_\theta$ is their
+# log-softmax, and the loss is the cross-entropy with the dataset action. BC needs no rewards at
+# all, which is both its strength (stable, simple) and its limit: it can at best reproduce the
+# average behavior in the data, mistakes included.
+#
+# > **Misconception: "Offline RL is just supervised learning."** BC *is* supervised learning.
+# > Offline RL uses rewards to do **better** than the behavior policy — choosing, in each state,
+# > the best action the data show rather than the most frequent one.
+#
+# ### Question 4 · The BC loss and a BC update
+#
+# 1. `bc_loss(logits, actions)`: `logits: (B, n_actions)`, `actions: (B,)` int64. Return the scalar
+#    $-\frac1B\sum_i \log \pi_\theta(a_i|s_i)$ — a **mean** over the batch (a sum would make the step
+#    size depend on the batch size). Use log-probabilities (`F.log_softmax` or
+#    `F.cross_entropy`), not probabilities.
+# 2. `bc_update(policy, optimizer, observations, actions)`: one gradient step on that loss; return
+#    the loss as a Python float.
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q4_behavior_cloning
+# points: 4
+
+# %% [raw]
+# # BEGIN SOLUTION
+
+# %%
+def bc_loss(logits, actions):
+    """Scalar -mean_i log pi(a_i | s_i); logits: (B, n_actions), actions: (B,) int64."""
+    # BEGIN SOLUTION
+    log_probs = F.log_softmax(logits, dim=1)
+    return -log_probs.gather(1, actions.unsqueeze(1)).squeeze(1).mean()
+    # END SOLUTION
+
+
+def bc_update(policy, optimizer, observations, actions):
+    """One optimizer step on bc_loss(policy(observations), actions); returns the loss (float)."""
+    # BEGIN SOLUTION
+    loss = bc_loss(policy(observations), actions)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return float(loss.item())
+    # END SOLUTION
+
+# %% [raw]
+# # END SOLUTION
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+def test_bc_loss_uniform(bc_loss, torch, np):
+    loss = bc_loss(torch.zeros(5, 3), torch.tensor([0, 1, 2, 0, 1]))
+    assert loss is not None, "bc_loss returned None: replace the ... with your code."
+    assert loss.dim() == 0, f"bc_loss must return a scalar (mean over the batch), got shape {tuple(loss.shape)}"
+    assert np.isclose(loss.item(), np.log(3), atol=1e-6), (
+        f"uniform logits over 3 actions give pi(a|s) = 1/3, so the loss must be log(3) = 1.0986; "
+        f"got {loss.item():.4f}"
+    )
+
+# %%
+def test_bc_loss_confident(bc_loss, torch, np):
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    loss = bc_loss(logits, torch.tensor([0, 1]))
+    expected = 0.5 * (np.log(1 + np.exp(-2.0)) + np.log(2.0))
+    assert loss is not None, "bc_loss returned None: replace the ... with your code."
+    assert np.isclose(loss.item(), expected, atol=1e-5), (
+        f"expected -mean log softmax = {expected:.4f}, got {loss.item():.4f}. "
+        "Using probabilities instead of log-probabilities, a sum instead of a mean, or a softmax "
+        "over the batch dimension all give a different number."
+    )
+
+# %%
+def test_bc_update_reduces_loss(bc_update, bc_loss, torch, nn):
+    torch.manual_seed(0)
+    policy = nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(policy.parameters(), lr=0.5)
+    obs, actions = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    first = bc_update(policy, optimizer, obs, actions)
+    assert isinstance(first, float), f"bc_update must return the loss as a float, got {type(first).__name__}"
+    for _ in range(20):
+        last = bc_update(policy, optimizer, obs, actions)
+    assert last < first, f"20 gradient steps should lower the BC loss ({first:.3f} -> {last:.3f}): check zero_grad/backward/step"
+
+# %%
+""" # BEGIN TEST CONFIG
+hidden: true
+failure_message: bc_loss disagrees with the reference on random batches (log-probabilities, mean over the batch, softmax over actions).
+""" # END TEST CONFIG
+def test_bc_loss_hidden(bc_loss):
+    import hidden_checks
+    hidden_checks.compare("bc_loss", hidden_checks.outputs_bc_loss(bc_loss))
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION
+
+# %% [markdown]
+# ### Conservative Q-Learning (CQL)
+#
+# BC never leaves the data but also never improves on it. Q-learning can improve, but leaves the
+# data. **Conservative Q-Learning** (Kumar et al., 2020) keeps Q-learning and adds one term that
+# makes out-of-distribution actions look *bad* instead of good. The penalty is
+#
+# $$\alpha\cdot\mathbb{E}_{s\sim D}\Big[\log\sum_a \exp Q(s,a) \;-\; \mathbb{E}_{a\sim D(a|s)}\big[Q(s,a)\big]\Big],$$
+#
+# and the full objective adds it to the usual Bellman error:
+#
+# $$\min_Q\; \tfrac12\,\mathbb{E}_{(s,a,r,s')\sim D}\big[(Q(s,a) - y)^2\big] \;+\; \alpha\cdot\text{CQL penalty},
+# \qquad y = r + \gamma\,(1-d)\max_{a'} Q_{\text{target}}(s',a').$$
+#
+# Read the penalty term by term. The **log-sum-exp** is a soft maximum over *all* actions:
+# minimising it pushes every Q-value down, the largest ones hardest — and the largest ones are
+# exactly the overestimated unseen actions. The **second term** pushes the Q-values of the actions
+# the data actually took back up. Net effect: actions in the data keep their Bellman values,
+# actions outside it are pushed down. The gradient of the penalty with respect to $Q(s,\cdot)$ is
+# $\operatorname{softmax}(Q(s,\cdot)) - \hat\pi_\beta(\cdot|s)$: it is zero exactly when the
+# learned Q's soft-max policy already matches the data's action frequencies.
+#
+# #### CQL as a lower bound
+#
+# Take the tabular case and set the gradient of the objective to zero at a state-action pair
+# that appears in the data. One obtains (Kumar et al., Thm 3.2) that the policy value CQL assigns,
+# $\hat V(s) = \mathbb{E}_{a\sim\pi}[\hat Q(s,a)]$, satisfies
+#
+# $$\hat V^\pi(s) \;\le\; V^\pi(s) \quad \text{for every } s \text{ in the data, when } \alpha \text{ is large enough,}$$
+#
+# because each Bellman backup subtracts $\alpha\,\big(\pi(a|s)/\hat\pi_\beta(a|s) - 1\big)$, whose
+# expectation under $\pi$ is a (non-negative) $\chi^2$-type divergence between $\pi$ and $\pi_\beta$.
+# The bound is on *values of the policy*, not on every $Q(s,a)$: actions that the data take often
+# can even be valued a bit above the truth. The more $\pi$ departs from the data, the larger the
+# subtraction — **distribution shift is charged for, not ignored**. The tests of this course
+# check this bound numerically on the grid.
+#
+# ### Question 5 · The CQL penalty and the CQL loss
+#
+# 1. `cql_penalty(q_values, actions)`: `q_values: (B, n_actions)`, `actions: (B,)` int64. Return the
+#    scalar $\frac1B\sum_i\big[\log\sum_a \exp Q(s_i,a) - Q(s_i,a_i)\big]$ (no α here). Use
+#    `torch.logsumexp` — a `max` is *not* the same thing, and `log(sum(exp(...)))` overflows.
+# 2. `cql_loss(q_net, target_net, batch, alpha, gamma)`: the full objective above on a batch dict
+#    with keys `observations (B, obs_dim)`, `actions (B,)`, `rewards (B,)`, `next_observations`,
+#    `terminals (B,)`. Use your `td_target` with the **target network**, ½·mean squared Bellman
+#    error, plus `alpha * cql_penalty`. Return `(total_loss, info)` where `info` is a dict of floats
+#    with keys `"bellman_loss"`, `"cql_penalty"`, `"total_loss"`.
+#
+# *Shapes matter:* `q_values.gather(1, actions.unsqueeze(1))` has shape `(B, 1)`; subtracting a
+# `(B,)` tensor from it silently broadcasts to `(B, B)`. Squeeze to `(B,)` first.
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q5_cql
+# points: 6
+
+# %% [raw]
+# # BEGIN SOLUTION
+
+# %%
+def cql_penalty(q_values, actions):
+    """Scalar mean_i [logsumexp_a Q(s_i, a) - Q(s_i, a_i)]; q_values: (B, n_actions), actions: (B,)."""
+    # BEGIN SOLUTION
+    logsumexp = torch.logsumexp(q_values, dim=1)
+    q_data = q_values.gather(1, actions.unsqueeze(1)).squeeze(1)
+    return (logsumexp - q_data).mean()
+    # END SOLUTION
+
+
+def cql_loss(q_net, target_net, batch, alpha, gamma):
+    """(total, info): 1/2 mean (Q(s,a) - y)^2 + alpha * cql_penalty, y from target_net, detached."""
+    # BEGIN SOLUTION
+    with torch.no_grad():
+        next_q = target_net(batch["next_observations"])
+    targets = td_target(batch["rewards"], next_q, batch["terminals"], gamma)
+    q_values = q_net(batch["observations"])
+    q_data = q_values.gather(1, batch["actions"].unsqueeze(1)).squeeze(1)
+    bellman = 0.5 * (q_data - targets).pow(2).mean()
+    penalty = cql_penalty(q_values, batch["actions"])
+    total = bellman + alpha * penalty
+    info = {"bellman_loss": bellman.item(), "cql_penalty": penalty.item(), "total_loss": total.item()}
+    return total, info
+    # END SOLUTION
+
+# %% [raw]
+# # END SOLUTION
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+def test_cql_penalty_constant_q(cql_penalty, torch, np):
+    value = cql_penalty(torch.full((4, 3), 2.5), torch.tensor([0, 1, 2, 1]))
+    assert value is not None, "cql_penalty returned None: replace the ... with your code."
+    assert value.dim() == 0, f"cql_penalty must return a scalar, got shape {tuple(value.shape)}"
+    assert np.isclose(value.item(), np.log(3), atol=1e-5), (
+        "with Q constant over 3 actions, logsumexp - Q(s, a) = log(3) = 1.0986 exactly; "
+        f"got {value.item():.4f}. (A max instead of logsumexp gives 0.)"
+    )
+
+# %%
+def test_cql_penalty_pushes_down_unseen(cql_penalty, torch):
+    q = torch.tensor([[1.0, 3.0, 0.0]], requires_grad=True)
+    cql_penalty(q, torch.tensor([0])).backward()
+    grad = q.grad[0]
+    assert grad[0] < 0, "the dataset action's Q must be pushed UP (negative gradient of the penalty)"
+    assert grad[1] > 0 and grad[2] > 0, "the other actions' Q must be pushed DOWN (positive gradient)"
+    assert grad[1] > grad[2], "the largest unseen Q-value must be pushed down hardest (soft maximum)"
+
+# %%
+def test_cql_loss_small(cql_loss, torch, nn, np):
+    torch.manual_seed(0)
+    q_net, target_net = nn.Linear(2, 2), nn.Linear(2, 2)
+    batch = {
+        "observations": torch.tensor([[1.0, 0.0], [0.0, 1.0]]),
+        "actions": torch.tensor([0, 1]),
+        "rewards": torch.tensor([1.0, -1.0]),
+        "next_observations": torch.tensor([[0.0, 1.0], [1.0, 1.0]]),
+        "terminals": torch.tensor([0.0, 1.0]),
+    }
+    out = cql_loss(q_net, target_net, batch, alpha=0.5, gamma=0.9)
+    assert out is not None, "cql_loss returned None: replace the ... with your code."
+    total, info = out
+    assert set(info) >= {"bellman_loss", "cql_penalty", "total_loss"}, f"info keys: {sorted(info)}"
+    assert total.dim() == 0, f"the loss must be a scalar, got shape {tuple(total.shape)}"
+    assert np.isclose(info["total_loss"], info["bellman_loss"] + 0.5 * info["cql_penalty"], atol=1e-5), (
+        "total_loss must be bellman_loss + alpha * cql_penalty"
+    )
+    with torch.no_grad():
+        q = q_net(batch["observations"])
+        q_sa = q[[0, 1], [0, 1]]
+        y = torch.tensor([1.0 + 0.9 * target_net(batch["next_observations"])[0].max().item(), -1.0])
+        expected = 0.5 * ((q_sa - y) ** 2).mean().item()
+    assert np.isclose(info["bellman_loss"], expected, atol=1e-5), (
+        f"bellman_loss should be 1/2 * mean (Q(s,a) - y)^2 = {expected:.5f} with y from the TARGET "
+        f"network and no bootstrap at the terminal transition; got {info['bellman_loss']:.5f}"
+    )
+    total.backward()
+    assert all(p.grad is None for p in target_net.parameters()), (
+        "gradients reached the target network: compute the target under torch.no_grad()"
+    )
+
+# %%
+""" # BEGIN TEST CONFIG
+hidden: true
+failure_message: cql_penalty disagrees with the reference on random batches (logsumexp over actions, the dataset action's Q, mean over the batch).
+""" # END TEST CONFIG
+def test_cql_penalty_hidden(cql_penalty):
+    import hidden_checks
+    hidden_checks.compare("cql_penalty", hidden_checks.outputs_cql_penalty(cql_penalty))
+
+# %%
+""" # BEGIN TEST CONFIG
+hidden: true
+failure_message: cql_loss disagrees with the reference (target network and detach, done mask, gamma, alpha, 1/2 mean squared error, shapes).
+""" # END TEST CONFIG
+def test_cql_loss_hidden(cql_loss):
+    import hidden_checks
+    hidden_checks.compare("cql_loss", hidden_checks.outputs_cql_loss(cql_loss))
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION
+
+# %% [markdown]
+# ### Demo 3 · Conservative Q-Learning on the same data
+#
+# Same cliff dataset as Demo 2, now trained with your `offline_q_learning` **and** the CQL term.
+# Move α. At α = 0 you get Demo 2's failure; from small α on, the unseen actions' values drop below
+# the seen ones and the greedy policy walks the bridge. The right panel compares the mean Q-value
+# of seen and unseen pairs.
+#
+# *Expected discovery:* conservatism prevents overconfident out-of-distribution actions.
+
+# %% tags=["otter_ignore"]
+widgets.cql_demo(offline_q_fn=offline_q_learning, coverage_fn=coverage_counts)
+
+# %% [markdown]
+# #### The same story with neural networks: CartPole from poor demonstrations
+#
+# Atari from human demonstrations is the classic large-scale version of this chapter (DQN on
+# logged human play); CartPole is its CPU-sized stand-in. The dataset below comes from a **poor**
+# behavior policy: a decent controller whose actions are replaced by random ones most of the
+# time. The cell wraps *your* `bc_loss`, `td_target` and `cql_loss` in small agents and trains
+# behavior cloning, naive offline DQN (α = 0) and CQL on the same data for a few thousand
+# gradient steps (about a minute on a laptop CPU).
+#
+# Expect: BC copies the noise and scores like the behavior policy; naive DQN's Q-values drift far
+# above anything achievable ($\sum_t \gamma^t \le 1/(1-\gamma) = 100$); CQL stays calibrated and
+# balances the pole much longer than the data's own episodes.
+
+# %% tags=["otter_ignore"]
+class StudentCQL:
+    """A DQN-style agent whose loss is *your* cql_loss (alpha = 0 gives naive offline DQN)."""
+
+    def __init__(self, obs_dim, n_actions, alpha, gamma=0.99, lr=3e-4, tau=0.005, seed=0):
+        training.set_seed(seed)
+        self.q_net = training.mlp(obs_dim, n_actions)
+        self.target_net = training.mlp(obs_dim, n_actions)
+        self.target_net.load_state_dict(self.q_net.state_dict())
+        self.optimizer = torch.optim.Adam(self.q_net.parameters(), lr=lr)
+        self.alpha, self.gamma, self.tau = alpha, gamma, tau
+
+    def update(self, batch):
+        loss, info = cql_loss(self.q_net, self.target_net, batch, self.alpha, self.gamma)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        with torch.no_grad():  # Polyak averaging of the target network
+            for target, source in zip(self.target_net.parameters(), self.q_net.parameters()):
+                target.lerp_(source, self.tau)
+        return info
+
+    def act(self, obs):
+        with torch.no_grad():
+            return int(self.q_net(torch.as_tensor(obs, dtype=torch.float32)[None]).argmax())
+
+
+class StudentBC:
+    """Behavior cloning with *your* bc_update."""
+
+    def __init__(self, obs_dim, n_actions, lr=1e-3, seed=0):
+        training.set_seed(seed)
+        self.policy = training.mlp(obs_dim, n_actions)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=lr)
+
+    def update(self, batch):
+        return {"bc_loss": bc_update(self.policy, self.optimizer, batch["observations"], batch["actions"])}
+
+    def act(self, obs):
+        with torch.no_grad():
+            return int(self.policy(torch.as_tensor(obs, dtype=torch.float32)[None]).argmax())
+
+
+poor_data = cartpole.make_cartpole_dataset("poor", n_episodes=100, seed=0)
+behavior_return = poor_data.episode_returns().mean()
+agents = {
+    "BC": StudentBC(4, 2),
+    "naive DQN (α=0)": StudentCQL(4, 2, alpha=0.0),
+    "CQL (α=1)": StudentCQL(4, 2, alpha=1.0),
+}
+cartpole_returns, cartpole_max_q = {}, {}
+for label, agent in agents.items():
+    training.train_offline(agent, poor_data, n_steps=3000, batch_size=256, seed=0, progress=True)
+    cartpole_returns[label] = training.evaluate_policy(cartpole.make_env(), agent.act, n_episodes=10, seed=1).mean()
+    if hasattr(agent, "q_net"):
+        with torch.no_grad():
+            cartpole_max_q[label] = agent.q_net(torch.as_tensor(poor_data.observations)).max().item()
+
+fig, ax = plt.subplots(figsize=(6, 3))
+plotting.plot_bars(ax, cartpole_returns, reference_line=behavior_return)
+ax.set_title("CartPole from poor data (dashed: the behavior policy's mean return)")
+plt.show()
+print("largest Q-value on the dataset's states:", {k: round(v, 1) for k, v in cartpole_max_q.items()})
+
+# %% [markdown]
+# ### Implicit behavior constraints: BCQ
+#
+# CQL changes the *values*. **Batch-Constrained Q-learning** (BCQ; Fujimoto et al., 2019) instead
+# constrains the *actions*: the policy may only choose among actions that the behavior policy
+# would plausibly take. In the discrete version, with $\hat\pi_\beta(a|s)$ the data's action
+# frequencies,
+#
+# $$\pi(s) = \arg\max_{a \,:\, \hat\pi_\beta(a|s) / \max_{a'}\hat\pi_\beta(a'|s) \,\ge\, \tau} Q(s,a).$$
+#
+# τ = 0 is plain Q-learning; τ = 1 keeps only the most frequent action (behavior cloning). The
+# constraint is *implicit* in that no penalty appears in any loss: the unreliable actions are
+# simply never considered.
+#
+# ### Question 6 · BCQ's action filter
+#
+# Write `bcq_policy(q, counts, threshold)`: `q` and `counts` have shape `(n_states, n_actions)`;
+# return the `(n_states,)` integer policy above (ties to the lowest action index, as `np.argmax`
+# does). In states the data never visit, every action is allowed.
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q6_bcq
+# points: 2
+
+# %% [raw]
+# # BEGIN SOLUTION
+
+# %%
+def bcq_policy(q, counts, threshold):
+    """policy: (n_states,) argmax of q over actions with counts / max counts >= threshold."""
+    # BEGIN SOLUTION
+    top = counts.max(axis=1, keepdims=True)
+    ratio = np.divide(counts, top, out=np.ones(q.shape), where=top > 0)
+    return np.argmax(np.where(ratio >= threshold, q, -np.inf), axis=1)
+    # END SOLUTION
+
+# %% [raw]
+# # END SOLUTION
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+def test_bcq_policy_small(bcq_policy, np):
+    q = np.array([[0.0, 5.0, 1.0], [2.0, 1.0, 0.0], [0.0, 0.0, 3.0]])
+    counts = np.array([[10, 1, 4], [0, 0, 0], [3, 3, 0]])
+    policy = bcq_policy(q, counts, 0.3)
+    assert policy is not None, "bcq_policy returned None: replace the ... with your code."
+    policy = np.asarray(policy)
+    assert policy.shape == (3,), f"policy must have shape (n_states,) = (3,), got {policy.shape}"
+    assert policy[0] == 2, f"state 0: action 1 (ratio 0.1) is filtered out, so the best allowed is 2; got {policy[0]}"
+    assert policy[1] == 0, f"state 1 is never visited: all actions allowed, argmax is 0; got {policy[1]}"
+    assert policy[2] == 0, f"state 2: action 2 is unseen and filtered; actions 0 and 1 tie, lowest index wins; got {policy[2]}"
+    assert np.array_equal(np.asarray(bcq_policy(q, counts, 0.0)), q.argmax(axis=1)), "threshold 0 must be plain greedy"
+
+# %%
+""" # BEGIN TEST CONFIG
+hidden: true
+failure_message: bcq_policy disagrees with the reference on random tables (filter relative to the most frequent action, unvisited states allow everything, ties to the lowest index).
+""" # END TEST CONFIG
+def test_bcq_hidden(bcq_policy):
+    import hidden_checks
+    hidden_checks.compare("bcq", hidden_checks.outputs_bcq(bcq_policy))
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION
+
+# %% [markdown]
+# ### The conservatism trade-off
+#
+# α sets how much CQL trusts the data over its own Bellman backups.
+#
+# - **α too small:** the penalty cannot outweigh the extrapolated values of unseen actions —
+#   distribution shift, as in Demo 2.
+# - **α too large:** the penalty dominates the Bellman error. The learned Q becomes (up to a
+#   constant) $\alpha\log\hat\pi_\beta(a|s)$, its greedy policy is the most frequent action in the
+#   data — **behavior cloning**, with all of its limits.
+# - **In between:** the policy improves on the data *within* its support.
+#
+# > **Misconception: "CQL is too conservative."** Conservatism is a dial, not a verdict. Too
+# > conservative = mimic the behavior policy; too liberal = distribution shift. In practice α is
+# > tuned on held-out data or by offline policy selection (section 4).
+#
+# ### Question 7 · The α trade-off experiment
+#
+# Write `alpha_experiment(dataset, layout_name, alphas)`. For each α in `alphas`, train your
+# `offline_q_learning` on `dataset` (γ = the layout's `gamma`, default `n_iters`), take the greedy
+# policy (`planning.greedy_policy`) and record
+#
+# - `"returns"`: its return from the layout's start, `planning.rollout_return(layout_name, policy)`;
+# - `"ood_q"`: the mean learned Q-value over the **unseen** pairs $(s,a)$ of the states the data
+#   visit (`counts[s, a] == 0` while `counts[s].sum() > 0`).
+#
+# Return `{"alphas": ..., "returns": ..., "ood_q": ...}`, each a 1-D numpy array in the order of
+# `alphas`. The plot below runs it on the stitching dataset of section 1.
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q7_alpha
+# points: 3
+
+# %% [raw]
+# # BEGIN SOLUTION
+
+# %%
+def alpha_experiment(dataset, layout_name, alphas):
+    """{"alphas", "returns", "ood_q"}: (len(alphas),) arrays, one entry per alpha."""
+    lay = envs.get_layout(layout_name)
+    # BEGIN SOLUTION
+    counts = coverage_counts(dataset, lay.n_states, lay.n_actions)
+    unseen = (counts == 0) & (counts.sum(axis=1, keepdims=True) > 0)
+    returns, ood_q = [], []
+    for alpha in alphas:
+        Q = offline_q_learning(dataset, lay.n_states, lay.n_actions, lay.gamma, alpha=alpha)
+        returns.append(planning.rollout_return(layout_name, planning.greedy_policy(Q)))
+        ood_q.append(Q[unseen].mean())
+    return {"alphas": np.asarray(alphas, dtype=float), "returns": np.array(returns), "ood_q": np.array(ood_q)}
+    # END SOLUTION
+
+# %% [raw]
+# # END SOLUTION
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+def test_alpha_experiment_shapes(alpha_experiment, behavior, np):
+    result = alpha_experiment(behavior.stitching_dataset(), "stitch", [0.0, 1.0])
+    assert result is not None, "alpha_experiment returned None: replace the ... with your code."
+    assert set(result) >= {"alphas", "returns", "ood_q"}, f"missing keys: {sorted(result)}"
+    for key in ("returns", "ood_q"):
+        assert np.asarray(result[key]).shape == (2,), f"result[{key!r}] must have one entry per alpha, got shape {np.shape(result[key])}"
+    assert result["ood_q"][1] < result["ood_q"][0], "a larger alpha must lower the Q-values of unseen actions"
+
+# %%
+""" # BEGIN TEST CONFIG
+hidden: true
+failure_message: alpha_experiment disagrees with the reference on the stitching data (greedy rollout from the start state, mean Q over the unseen pairs of visited states).
+""" # END TEST CONFIG
+def test_alpha_hidden(alpha_experiment):
+    import hidden_checks
+    hidden_checks.compare("alpha", hidden_checks.outputs_alpha(alpha_experiment))
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION
+
+# %% tags=["otter_ignore"]
+alpha_result = alpha_experiment(behavior.stitching_dataset(), "stitch", [0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0])
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+plotting.plot_curves(axes[0], alpha_result["alphas"], {"greedy return": alpha_result["returns"]}, xlabel="α", ylabel="return")
+plotting.plot_curves(axes[1], alpha_result["alphas"], {"mean Q of unseen pairs": alpha_result["ood_q"]}, xlabel="α", ylabel="Q")
+for ax in axes:
+    ax.set_xscale("symlog", linthresh=0.1)  # log scale that still shows alpha = 0
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ---
+# ## 4 · Practical considerations
+#
+# ### Dataset quality and coverage
+#
+# Two properties of a dataset decide what can be learned from it: **quality** (how good the
+# behavior was) and **coverage** (how much of the state-action space it explores). Expert data
+# are high quality but narrow; random data are broad but mostly bad.
+#
+# > **Misconception: "More data always helps."** Ten thousand random transitions do not
+# > contain the path to the goal more often than ten expert episodes do. Quality and coverage of
+# > the *relevant* parts of the space matter more than size.
+#
+# ### Question 8 · The dataset-quality experiment
+#
+# Write `quality_experiment(qualities, seeds, layout_name="open", n_episodes=4, alpha=1.0)`. For
+# each quality $q$ and each seed, build `behavior.quality_dataset(layout_name, q, n_episodes, seed)`
+# (a fraction $q$ of expert episodes, the rest uniformly random), then compute the return from the
+# start (`planning.rollout_return`) of three policies learned from it:
+#
+# - `"bc"`: count-based behavior cloning, $\pi(s) = \arg\max_a n(s,a)$ from your `coverage_counts`;
+# - `"naive"`: greedy in your `offline_q_learning` with α = 0;
+# - `"cql"`: greedy in your `offline_q_learning` with the given α.
+#
+# Use the layout's `gamma`. Return `{"qualities": ..., "bc": ..., "naive": ..., "cql": ...}` where
+# each method maps to a `(len(qualities),)` array of returns **averaged over the seeds**.
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q8_quality
+# points: 3
+
+# %% [raw]
+# # BEGIN SOLUTION
+
+# %%
+def quality_experiment(qualities, seeds, layout_name="open", n_episodes=4, alpha=1.0):
+    """{"qualities", "bc", "naive", "cql"}: returns averaged over seeds, one entry per quality."""
+    lay = envs.get_layout(layout_name)
+    # BEGIN SOLUTION
+    results = {"bc": [], "naive": [], "cql": []}
+    for quality in qualities:
+        per_seed = {key: [] for key in results}
+        for seed in seeds:
+            data = behavior.quality_dataset(layout_name, quality, n_episodes, seed)
+            counts = coverage_counts(data, lay.n_states, lay.n_actions)
+            policies = {
+                "bc": np.argmax(counts, axis=1),
+                "naive": planning.greedy_policy(offline_q_learning(data, lay.n_states, lay.n_actions, lay.gamma, alpha=0.0)),
+                "cql": planning.greedy_policy(offline_q_learning(data, lay.n_states, lay.n_actions, lay.gamma, alpha=alpha)),
+            }
+            for key, policy in policies.items():
+                per_seed[key].append(planning.rollout_return(layout_name, policy))
+        for key in results:
+            results[key].append(np.mean(per_seed[key]))
+    return {"qualities": np.asarray(qualities, dtype=float), **{k: np.array(v) for k, v in results.items()}}
+    # END SOLUTION
+
+# %% [raw]
+# # END SOLUTION
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+def test_quality_experiment_shapes(quality_experiment, np):
+    result = quality_experiment([0.0, 1.0], seeds=[0], n_episodes=5)
+    assert result is not None, "quality_experiment returned None: replace the ... with your code."
+    assert set(result) >= {"qualities", "bc", "naive", "cql"}, f"missing keys: {sorted(result)}"
+    for key in ("bc", "naive", "cql"):
+        assert np.asarray(result[key]).shape == (2,), f"result[{key!r}] must have one entry per quality, got shape {np.shape(result[key])}"
+    assert result["bc"][1] > result["bc"][0], "behavior cloning of pure expert data must beat cloning random data"
+
+# %%
+""" # BEGIN TEST CONFIG
+hidden: true
+failure_message: quality_experiment disagrees with the reference (dataset per quality and seed, BC as argmax of counts, greedy returns from the start, mean over seeds).
+""" # END TEST CONFIG
+def test_quality_hidden(quality_experiment):
+    import hidden_checks
+    hidden_checks.compare("quality", hidden_checks.outputs_quality(quality_experiment))
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION
+
+# %% [markdown]
+# ### Demo 4 · Dataset quality
+#
+# The slider sets the fraction of expert episodes; the plot shows your `quality_experiment`'s
+# returns for BC, naive Q-learning and CQL across all quality levels, with the chosen level marked
+# and its dataset's coverage drawn on the grid.
+#
+# *Expected discovery:* offline RL is bounded by its data. Good data give good policies; CQL
+# degrades more gracefully than BC as the data get worse, because it uses the rewards, but no
+# method recovers what the data never show.
+
+# %% tags=["otter_ignore"]
+widgets.quality_demo(quality_experiment_fn=quality_experiment, coverage_fn=coverage_counts)
+
+# %% [markdown]
+# ### Stitching: beating every trajectory in the data
+#
+# > **Misconception: "Offline RL can't beat the behavior policy."** It can, by **stitching**
+# > together the good parts of different trajectories.
+#
+# In the `stitch` grid (section 1) the dataset has two families of trajectories. Family A
+# (6 copies) starts well — straight up to the middle cell M — then walks into the pit: return −17.
+# Family B (4 copies) dawdles to M, then goes straight to the goal: return +1. Both pass through
+# M, and nowhere else in common. The optimal path is A's first half followed by B's second half,
+# return +3, and **no trajectory in the dataset follows it**. Dynamic programming finds it
+# anyway: the Bellman backup at M sees that B's continuation is worth more and propagates that
+# value backward along A's first half. Behavior cloning cannot: at S it copies the majority (A).
+#
+# ### Question 9 · The stitching experiment
+#
+# Write `stitching_experiment(dataset, layout_name="stitch", alpha=1.0)` returning a dict of
+# floats:
+#
+# - `"best_trajectory_return"`: the best undiscounted return among the dataset's episodes
+#   (`dataset.episode_returns()` gives them);
+# - `"bc_return"`, `"naive_q_return"`, `"cql_return"`: the returns from the layout's **start state**
+#   of count-based BC, greedy naive offline Q (α = 0) and greedy CQL (the given α), as in
+#   Question 8.
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q9_stitching
+# points: 4
+
+# %% [raw]
+# # BEGIN SOLUTION
+
+# %%
+def stitching_experiment(dataset, layout_name="stitch", alpha=1.0):
+    """{"best_trajectory_return", "bc_return", "naive_q_return", "cql_return"} as floats."""
+    lay = envs.get_layout(layout_name)
+    # BEGIN SOLUTION
+    counts = coverage_counts(dataset, lay.n_states, lay.n_actions)
+    naive_q = offline_q_learning(dataset, lay.n_states, lay.n_actions, lay.gamma, alpha=0.0)
+    cql_q = offline_q_learning(dataset, lay.n_states, lay.n_actions, lay.gamma, alpha=alpha)
+    return {
+        "best_trajectory_return": float(dataset.episode_returns().max()),
+        "bc_return": planning.rollout_return(layout_name, np.argmax(counts, axis=1)),
+        "naive_q_return": planning.rollout_return(layout_name, planning.greedy_policy(naive_q)),
+        "cql_return": planning.rollout_return(layout_name, planning.greedy_policy(cql_q)),
+    }
+    # END SOLUTION
+
+# %% [raw]
+# # END SOLUTION
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+def test_stitching_keys(stitching_experiment, behavior):
+    result = stitching_experiment(behavior.stitching_dataset())
+    assert result is not None, "stitching_experiment returned None: replace the ... with your code."
+    keys = {"best_trajectory_return", "bc_return", "naive_q_return", "cql_return"}
+    assert set(result) >= keys, f"missing keys: {sorted(keys - set(result))}"
+    assert all(isinstance(float(v), float) for v in result.values()), "all values must be numbers"
+    assert result["best_trajectory_return"] == 1.0, (
+        f"the best episode in the stitching data is family B with return +1, got {result['best_trajectory_return']}"
+    )
+
+# %%
+""" # BEGIN TEST CONFIG
+hidden: true
+failure_message: stitching_experiment disagrees with the reference, or its numbers do not show CQL > best trajectory > BC (returns from the layout's start state, BC as argmax of counts).
+""" # END TEST CONFIG
+def test_stitching_hidden(stitching_experiment):
+    import hidden_checks
+    hidden_checks.compare("stitching", hidden_checks.outputs_stitching(stitching_experiment))
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION
+
+# %% tags=["otter_ignore"]
+stitch = stitching_experiment(behavior.stitching_dataset())
+fig, ax = plt.subplots(figsize=(6, 3))
+plotting.plot_bars(ax, {"BC": stitch["bc_return"], "naive Q": stitch["naive_q_return"], "CQL": stitch["cql_return"]},
+                   reference_line=stitch["best_trajectory_return"])
+ax.set_title("Stitching (dashed: best trajectory in the dataset)")
+plt.show()
+
+# %% [markdown]
+# ### Offline policy selection: choosing without a simulator
+#
+# Every offline method has knobs (α, τ, training length), and in a real application you cannot
+# deploy each candidate to see which is best. **Offline policy selection** ranks candidates with
+# the data alone. A standard tool is **fitted Q evaluation** (FQE): run the Bellman backup for a
+# *fixed* policy $\pi$ — $Q(s,a) \leftarrow r + \gamma(1-d)\,Q(s', \pi(s'))$ — on the dataset, then
+# read off $\hat V^\pi(s_0) = Q(s_0, \pi(s_0))$. The cell below (support code, nothing to write)
+# ranks four candidate policies by FQE on a noisy dataset and compares with their true values.
+# FQE inherits every problem of this chapter: where $\pi$ leaves the data, its estimate is as
+# unreliable as naive Q-learning's.
+
+# %% tags=["otter_ignore"]
+ope_data = behavior.quality_dataset("open", 0.5, 40, seed=3)
+lay = envs.get_layout("open")
+ope_counts = coverage_counts(ope_data, lay.n_states, lay.n_actions)
+candidates = {
+    "BC": np.argmax(ope_counts, axis=1),
+    "naive Q": planning.greedy_policy(offline_q_learning(ope_data, lay.n_states, lay.n_actions, lay.gamma)),
+    "CQL α=1": planning.greedy_policy(offline_q_learning(ope_data, lay.n_states, lay.n_actions, lay.gamma, alpha=1.0)),
+    "random": np.random.default_rng(0).integers(0, lay.n_actions, lay.n_states),
+}
+widgets.policy_selection_table(ope_data, lay, candidates)
+
+# %% [markdown]
+# ### Hybrid offline-to-online training
+#
+# Offline RL is often a *first* step: learn a safe initial policy from logs, deploy it, then keep
+# improving online with a small, controlled amount of exploration. The cell below starts online
+# Q-learning on the `open` grid from your CQL Q-table instead of from zeros. The conservative start
+# is good from the first episode; online interaction then corrects the pessimism on actions the
+# data never showed.
+
+# %% tags=["otter_ignore"]
+cql_q = offline_q_learning(ope_data, lay.n_states, lay.n_actions, lay.gamma, alpha=1.0)
+widgets.offline_to_online_plot("open", cql_q)
+
+# %% [markdown]
+# ### A preview: Decision Transformer
+#
+# A different route avoids Bellman backups altogether. The **Decision Transformer** (Chen et al.,
+# 2021) treats a trajectory as a sequence of (return-to-go, state, action) tokens and trains a
+# transformer to predict actions, conditioned on the return it is asked to achieve. At test time
+# you ask for a high return. It is supervised learning like BC, but conditioned on outcomes, so it
+# can select the better behaviors in mixed data; because it does not do dynamic programming, it
+# stitches less readily than CQL. A full implementation is beyond this chapter.
+#
+# ### When is offline RL the right tool?
+#
+# - **Yes**, when exploration is dangerous or expensive *and* logged data cover the behaviors you
+#   care about: treatment recommendation from health records, driving policies from fleet logs,
+#   recommendation and industrial control from system logs, robotics from demonstrations.
+# - **Behavior cloning is enough** when the data come from a consistent expert and you only need
+#   to match it.
+# - **Not on its own** when the data never visit the situations that matter (no method can infer
+#   what was never seen), when the environment has changed since the data were logged, or when a
+#   cheap, faithful simulator exists (then online RL is simpler).
+# - **Always** evaluate carefully before deployment: offline policy selection is itself noisy, and
+#   a real deployment should start conservative and small.
+
+# %% [markdown]
+# ---
+# ## 5 · Conceptual questions
+#
+# ### Question 10 · Why does Q-learning fail offline?
+#
+# Which statement best explains why standard Q-learning fails in the offline setting? Set
+# `q10_answer` to `"a"`, `"b"`, `"c"` or `"d"`.
+#
+# - **a.** The dataset is too small for a neural network to fit.
+# - **b.** The max in the Bellman target queries actions the data never took; their errors are
+#   never corrected, the max selects the overestimated ones, and bootstrapping spreads them.
+# - **c.** Offline data are not independent and identically distributed, so SGD diverges.
+# - **d.** Without exploration the learning rate cannot be annealed.
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q10_why_offline_q_fails
+# points: 1
+
+# %%
+q10_answer = "b"  # SOLUTION
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+def test_q10_format(q10_answer):
+    assert q10_answer in {"a", "b", "c", "d"}, f'q10_answer must be one of "a", "b", "c", "d", got {q10_answer!r}'
+
+# %%
+""" # BEGIN TEST CONFIG
+hidden: true
+""" # END TEST CONFIG
+def test_q10_hidden(q10_answer):
+    import hidden_checks
+    hidden_checks.compare("q10", hidden_checks.outputs_choice("q10", q10_answer))
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION
+
+# %% [markdown]
+# ### Question 11 · The α dial
+#
+# On the stitching grid, what does the greedy policy of tabular CQL converge to as α → ∞? Set
+# `q11_answer` to `"a"`, `"b"`, `"c"` or `"d"`.
+#
+# - **a.** The optimal policy, because a larger penalty is always safer.
+# - **b.** The naive Q-learning policy.
+# - **c.** Count-based behavior cloning: the most frequent action in each state.
+# - **d.** A uniformly random policy.
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q11_alpha_limit
+# points: 1
+
+# %%
+q11_answer = "c"  # SOLUTION
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+def test_q11_format(q11_answer):
+    assert q11_answer in {"a", "b", "c", "d"}, f'q11_answer must be one of "a", "b", "c", "d", got {q11_answer!r}'
+
+# %%
+""" # BEGIN TEST CONFIG
+hidden: true
+""" # END TEST CONFIG
+def test_q11_hidden(q11_answer):
+    import hidden_checks
+    hidden_checks.compare("q11", hidden_checks.outputs_choice("q11", q11_answer))
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION
+
+# %% [markdown]
+# ### Question 12 · A number to compute
+#
+# A Q-network outputs the same value for all 4 actions in every state of a batch. What is the CQL
+# penalty (without α)? Give `q12_answer` as a float with at least 3 correct decimals.
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q12_constant_q_penalty
+# points: 1
+
+# %%
+q12_answer = float(np.log(4))  # SOLUTION
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+def test_q12_format(q12_answer):
+    assert isinstance(q12_answer, (int, float)), f"q12_answer must be a number, got {type(q12_answer).__name__}"
+
+# %%
+""" # BEGIN TEST CONFIG
+hidden: true
+""" # END TEST CONFIG
+def test_q12_hidden(q12_answer):
+    import hidden_checks
+    hidden_checks.compare("q12", hidden_checks.outputs_number("q12", q12_answer))
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION
+
+# %% [markdown]
+# ### Question 13 · When is behavior cloning enough? (manually graded)
+#
+# When would behavior cloning be sufficient, and when is it insufficient? Refer to a concrete
+# setting (healthcare, driving or one of the grids of this notebook) and to what the data contain.
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q13_bc_enough
+# manual: true
+# points: 2
+
+# %% [markdown]
+# _Type your answer here, replacing this text._
+
+# %% [raw]
+# # BEGIN SOLUTION
+
+# %% [markdown]
+# **Sufficient** when the data come from a consistent, near-optimal expert and the deployment
+# distribution matches the data: e.g. the cliff grid's expert dataset — cloning it walks the
+# bridge. **Insufficient** when the data are mixed or suboptimal (BC copies the average, mistakes
+# included: the stitching grid, where BC follows family A into the pit), when better behavior
+# exists only as *parts* of trajectories (stitching), or when the learner's small errors take it
+# to states no expert visited (compounding error). In healthcare, cloning average practice also
+# reproduces its systematic mistakes; offline RL can use outcomes to prefer the better decisions.
+
+# %% [raw]
+# # END SOLUTION
+
+# %% [raw]
+# # END QUESTION
+
+# %% [markdown]
+# ### Question 14 · Design a stitching experiment (manually graded, exploration)
+#
+# Design your own experiment in which offline RL outperforms every individual trajectory in its
+# dataset. Describe the environment, the behavior data (which trajectories, how many), what each
+# of BC, naive Q-learning and CQL should achieve and why. Optionally implement it below with the
+# support code (`envs.GridLayout`, `behavior.scripted_policy`, `datasets.collect_dataset`) and your
+# functions.
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q14_design_stitching
+# manual: true
+# points: 2
+
+# %% [markdown]
+# _Type your answer here, replacing this text._
+
+# %% [raw]
+# # BEGIN SOLUTION
+
+# %% [markdown]
+# A corridor with two entrances and two exits: trajectories of type 1 take the short entrance and
+# the bad exit; type 2 the long entrance and the good exit; they share one junction cell. The best
+# trajectory return is type 2's; BC follows the majority type at each state; naive Q may prefer
+# unseen actions (0 value > negative step costs); CQL (moderate α) backs up the good exit's value
+# through the junction into the short entrance and beats every trajectory. α above the analytic
+# threshold collapses CQL to BC.
+
+# %% [raw]
+# # END SOLUTION
+
+# %% [raw]
+# # END QUESTION
+
+# %% [markdown]
+# ---
+# ## Closing
+#
+# Offline RL bridges the gap between the data we have and the policies we want. Its central
+# difficulty is distribution shift: a learned policy wants actions the data cannot vouch for.
+# Behavior cloning avoids the problem by never leaving the data; BCQ restricts the actions;
+# CQL charges for leaving the data in the values themselves, with α setting the price. None of
+# them can learn what the data never show — dataset quality and coverage bound them all.
+#
+# This is what makes RL deployable where exploration is expensive or dangerous. It also sets up
+# the next chapter: **RLHF** trains language models from fixed datasets of human preference
+# comparisons, and keeps the tuned model close to its starting point with a KL penalty — a
+# conservative, behavior-regularised objective in exactly this chapter's sense, so that the model
+# becomes more helpful without wandering into behaviors the data never judged.

@@ -1,0 +1,169 @@
+"""Tabular offline Q-learning, CQL and BCQ's action filter (numpy).
+
+``fitted_q_evaluation`` (re-exported here) lives in the shipped :mod:`offline_rl.evaluation`.
+
+All learners only ever read the dataset: no environment, no model of unseen transitions.
+
+CQL objective (per state, the tabular form of the chapter's equations 4-5)::
+
+    L(Q) = E_{s~D}[ 1/2 E_{a~π_D(.|s)} (Q(s,a) - y(s,a))^2
+                    + α (logsumexp_a Q(s,a) - E_{a~π_D(.|s)} Q(s,a)) ]
+
+with ``y(s,a) = mean over the data's transitions (s,a,r,s') of r + γ (1 - done) max_a' Q(s',a')``
+and ``π_D(a|s) = n(s,a) / n(s)``. Its gradient in Q(s,a) is::
+
+    π_D(a|s) (Q(s,a) - y(s,a))  +  α (softmax(Q(s))_a - π_D(a|s))
+
+which we descend (the target y held fixed, as in the neural version's detached target).
+Each state's gradient is divided by its visit frequency, a per-state step size that leaves the
+fixed point unchanged and lets rarely visited states learn as fast as common ones.
+With α = 0 this is naive offline Q-learning: an unseen pair has π_D = 0, gets no update and
+keeps its initial value 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from offline_rl.datasets import OfflineDataset
+from offline_rl.evaluation import fitted_q_evaluation, mean_per_pair, pair_counts
+
+__all__ = [
+    "discrete_bcq_policy",
+    "fitted_q_evaluation",
+    "naive_offline_q",
+    "offline_q_learning",
+    "softmax",
+    "tabular_cql",
+]
+
+
+def softmax(q: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, ``exp(q(s,a)) / sum_a' exp(q(s,a'))`` (the gradient of logsumexp).
+
+    Args:
+        q: (S, A). Returns (S, A).
+    """
+    z = q - q.max(axis=1, keepdims=True)  # shift for numerical stability
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _transitions(
+    dataset: OfflineDataset, n_states: int, n_actions: int
+) -> tuple[np.ndarray, ...]:
+    """(s, a, r, s', done) as arrays, checking that states are integer indices in range."""
+    s, s2 = dataset.observations, dataset.next_observations
+    if s.ndim != 1 or not np.issubdtype(s.dtype, np.integer):
+        raise ValueError(
+            f"tabular learners need integer state observations of shape (N,), got shape "
+            f"{s.shape} and dtype {s.dtype}; collect the data with obs_mode='index'."
+        )
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty.")
+    if max(s.max(), s2.max()) >= n_states or dataset.actions.max() >= n_actions:
+        raise ValueError(
+            f"dataset states/actions exceed n_states={n_states}, n_actions={n_actions}."
+        )
+    return s, dataset.actions, dataset.rewards.astype(np.float64), s2, dataset.terminals
+
+
+def _check_gamma(gamma: float) -> None:
+    if not 0.0 <= gamma < 1.0:
+        raise ValueError(f"gamma must be in [0, 1), got {gamma}.")
+
+
+def offline_q_learning(
+    dataset: OfflineDataset,
+    n_states: int,
+    n_actions: int,
+    gamma: float,
+    alpha: float = 0.0,
+    n_iters: int = 5_000,
+    lr: float | None = None,
+) -> np.ndarray:
+    """Batch Q-learning on the dataset's transitions, with a CQL penalty of weight ``alpha``.
+
+    Args:
+        dataset: transitions with integer states.
+        n_states, n_actions: table size S, A.
+        gamma: discount in [0, 1).
+        alpha: CQL weight α >= 0; 0 gives naive offline Q-learning.
+        n_iters: gradient steps on the whole table.
+        lr: step size; default ``1 / (1 + α)`` (stable: the per-state curvature is at most
+            ``1 + α/2``).
+
+    Returns:
+        Q: (S, A). Pairs never seen start at 0 and move only through the CQL penalty.
+    """
+    _check_gamma(gamma)
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}.")
+    s, a, r, s2, done = _transitions(dataset, n_states, n_actions)
+    lr = 1.0 / (1.0 + alpha) if lr is None else float(lr)
+
+    sa = s * n_actions + a  # flat index of each transition's (s, a)
+    counts = pair_counts(sa, n_states, n_actions)  # n(s, a): (S, A)
+    n_s = counts.sum(axis=1, keepdims=True)  # n(s): (S, 1)
+    visited = n_s[:, 0] > 0  # (S,)
+    pi_D = np.divide(counts, n_s, out=np.zeros_like(counts), where=n_s > 0)  # π_D(a|s): (S, A)
+
+    Q = np.zeros((n_states, n_actions))
+    for _ in range(n_iters):
+        # Bellman targets y = r + γ (1 - done) max_a' Q(s', a'), averaged per (s, a).
+        target = r + gamma * (1.0 - done) * Q[s2].max(axis=1)  # (N,)
+        y = mean_per_pair(target, sa, counts)  # (S, A)
+
+        bellman_grad = pi_D * (Q - y)  # zero on unseen pairs
+        cql_grad = alpha * (softmax(Q) - pi_D)  # push all actions down, data actions up
+        grad = np.where(visited[:, None], bellman_grad + cql_grad, 0.0)
+        Q -= lr * grad
+    return Q
+
+
+def naive_offline_q(
+    dataset: OfflineDataset, n_states: int, n_actions: int, gamma: float, n_iters: int = 5_000
+) -> np.ndarray:
+    """Offline Q-learning with no penalty (α = 0). Returns Q: (S, A)."""
+    return offline_q_learning(dataset, n_states, n_actions, gamma, alpha=0.0, n_iters=n_iters)
+
+
+def tabular_cql(
+    dataset: OfflineDataset,
+    n_states: int,
+    n_actions: int,
+    gamma: float,
+    alpha: float = 1.0,
+    n_iters: int = 5_000,
+) -> np.ndarray:
+    """Conservative Q-learning (α > 0). Returns Q: (S, A)."""
+    if alpha <= 0:
+        raise ValueError(f"tabular_cql needs alpha > 0, got {alpha}; use naive_offline_q.")
+    return offline_q_learning(dataset, n_states, n_actions, gamma, alpha=alpha, n_iters=n_iters)
+
+
+def discrete_bcq_policy(q: np.ndarray, counts: np.ndarray, threshold: float) -> np.ndarray:
+    """BCQ's action filter: greedy in ``q`` among actions the data makes likely enough.
+
+    An action is allowed in state s when ``n(s,a) / max_a' n(s,a') >= threshold``. States
+    the data never visits allow every action (greedy in q there).
+
+    Args:
+        q: (S, A) action values.
+        counts: (S, A) visit counts.
+        threshold: in [0, 1]; 0 = plain greedy, 1 = only the most frequent action(s).
+
+    Returns:
+        policy: (S,) int64, ties to the lowest index.
+    """
+    q, counts = np.asarray(q, dtype=np.float64), np.asarray(counts)
+    if q.ndim != 2 or counts.shape != q.shape:
+        raise ValueError(
+            f"q and counts must both have shape (S, A), got {q.shape} and {counts.shape}."
+        )
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}.")
+    top = counts.max(axis=1, keepdims=True)  # (S, 1)
+    ratio = np.divide(counts, top, out=np.ones(q.shape), where=top > 0)  # (S, A)
+    allowed = ratio >= threshold
+    return np.argmax(np.where(allowed, q, -np.inf), axis=1).astype(np.int64)

@@ -1,0 +1,16 @@
+"""Offline reinforcement learning: the course's reference implementation.
+
+Layers, bottom to top (a module only imports from layers below it):
+
+* ``envs``, ``planning`` — gymnasium environments and exact dynamic programming (ground truth).
+* ``datasets``, ``cartpole``, ``plotting`` — fixed datasets, behavior policies, drawings.
+* ``algorithms`` — what students implement (BC, naive offline Q, CQL, BCQ). Never shipped.
+* ``experiments``, ``widgets`` — take algorithms as arguments, so a notebook can run them on
+  the student's own code.
+
+Importing this package registers the GridWorld environments with gymnasium.
+"""
+
+from offline_rl import envs as _envs  # noqa: F401  (registers gymnasium ids)
+
+__version__ = "0.1.0"

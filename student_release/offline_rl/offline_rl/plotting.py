@@ -1,0 +1,164 @@
+"""Matplotlib helpers: each draws on a given ``ax`` and returns it (no ``plt.show``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.patches import Rectangle
+
+from offline_rl.envs import ACTION_DELTAS, GridLayout, get_layout
+
+__all__ = ["draw_grid", "plot_bars", "plot_curves", "plot_q_seen_vs_unseen"]
+
+
+def draw_grid(
+    ax: Axes,
+    layout: str | GridLayout,
+    values: np.ndarray | None = None,
+    policy: np.ndarray | None = None,
+    counts: np.ndarray | None = None,
+    title: str | None = None,
+    annotate: bool = True,
+) -> Axes:
+    """Draw a layout: walls, start (S), goals (G), pits (X), and optionally a heatmap.
+
+    Args:
+        values: (S,) state values to show as a heatmap (and as numbers if ``annotate``).
+        policy: (S,) int actions drawn as arrows on non-terminal cells.
+        counts: (S, A) or (S,) visit counts shown as a heatmap when ``values`` is None.
+        title: axes title.
+    """
+    lay = get_layout(layout)
+    heat = None
+    if values is not None:
+        heat = np.asarray(values, dtype=float).reshape(lay.rows, lay.cols)
+    elif counts is not None:
+        c = np.asarray(counts, dtype=float)
+        heat = (c.sum(axis=1) if c.ndim == 2 else c).reshape(lay.rows, lay.cols)
+    if heat is not None:
+        im = ax.imshow(heat, cmap="viridis", origin="upper")
+        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xlim(-0.5, lay.cols - 0.5)
+    ax.set_ylim(lay.rows - 0.5, -0.5)
+    ax.set_aspect("equal")
+    ax.set_xticks(np.arange(-0.5, lay.cols, 1), minor=True)
+    ax.set_yticks(np.arange(-0.5, lay.rows, 1), minor=True)
+    ax.grid(which="minor", color="0.7", linewidth=0.5)
+    ax.tick_params(which="both", length=0, labelbottom=False, labelleft=False)
+
+    def cell_patch(cell: tuple[int, int], colour: str, label: str) -> None:
+        r, c = cell
+        ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, color=colour, alpha=0.8))
+        ax.text(c, r, label, ha="center", va="center", fontsize=9, weight="bold", color="white")
+
+    for cell in lay.walls:
+        cell_patch(cell, "0.25", "")
+    for cell in lay.goals:
+        cell_patch(cell, "tab:green", "G")
+    for cell in lay.pits:
+        cell_patch(cell, "tab:red", "X")
+    r0, c0 = lay.start
+    ax.text(c0, r0 + 0.35, "S", ha="center", va="center", fontsize=8, color="tab:blue")
+
+    special = set(lay.walls) | set(lay.goals) | set(lay.pits)
+    for s in range(lay.n_states):
+        cell = lay.coords(s)
+        if cell in special:
+            continue
+        r, c = cell
+        if policy is not None:
+            dr, dc = ACTION_DELTAS[int(policy[s])]
+            ax.arrow(c - 0.25 * dc, r - 0.25 * dr, 0.4 * dc, 0.4 * dr, head_width=0.15,
+                     length_includes_head=True, color="black")  # fmt: skip
+        if heat is not None and annotate and policy is None:
+            ax.text(c, r, f"{heat[r, c]:.1f}", ha="center", va="center", fontsize=7, color="w")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_q_seen_vs_unseen(
+    ax: Axes,
+    q: np.ndarray,
+    counts: np.ndarray,
+    q_true: np.ndarray | None = None,
+    title: str | None = None,
+) -> Axes:
+    """Scatter learned Q against true Q (or against pair index) for seen vs unseen pairs.
+
+    Only states the dataset visits are shown. Args: q, counts, q_true: (S, A).
+    """
+    q, counts = np.asarray(q), np.asarray(counts)
+    if q.shape != counts.shape or (q_true is not None and np.shape(q_true) != q.shape):
+        raise ValueError("q, counts (and q_true) must all have shape (S, A).")
+    visited = (counts.sum(axis=1) > 0)[:, None] & np.ones_like(q, dtype=bool)
+    seen, unseen = visited & (counts > 0), visited & (counts == 0)
+    x = np.asarray(q_true) if q_true is not None else np.arange(q.size).reshape(q.shape)
+    ax.scatter(x[seen], q[seen], label="seen in data", color="tab:blue", s=18)
+    ax.scatter(x[unseen], q[unseen], label="never seen (OOD)", color="tab:red", marker="x", s=24)
+    if q_true is not None:
+        lo, hi = float(min(x[visited].min(), q[visited].min())), float(
+            max(x[visited].max(), q[visited].max())
+        )
+        ax.plot([lo, hi], [lo, hi], "k--", linewidth=1, label="learned = true")
+        ax.set_xlabel("true Q*(s, a)")
+    else:
+        ax.set_xlabel("pair index s*A + a")
+    ax.set_ylabel("learned Q(s, a)")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_curves(
+    ax: Axes,
+    xs: Sequence[float] | np.ndarray,
+    curves: dict[str, np.ndarray],
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str | None = None,
+    smooth: int = 1,
+    reference_line: float | None = None,
+) -> Axes:
+    """One line per entry of ``curves`` (each (len(xs),)); ``smooth`` > 1 applies a moving
+    average; ``reference_line`` draws a dashed horizontal line (e.g. the optimal return)."""
+    xs = np.asarray(xs)
+    for name, ys in curves.items():
+        ys = np.asarray(ys, dtype=float)
+        if ys.shape != xs.shape:
+            raise ValueError(f"curve {name!r} has shape {ys.shape}, expected {xs.shape} like xs.")
+        if smooth > 1 and ys.size >= smooth:
+            ys = np.convolve(ys, np.ones(smooth) / smooth, mode="same")
+        ax.plot(xs, ys, label=name, marker="o" if xs.size <= 20 else None)
+    if reference_line is not None:
+        ax.axhline(reference_line, color="k", linestyle="--", linewidth=1, label="optimal")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_bars(
+    ax: Axes,
+    values: dict[str, float],
+    reference_line: float | None = None,
+    ylabel: str = "return",
+    title: str | None = None,
+) -> Axes:
+    """A bar per entry of ``values``, labelled with its value; optional dashed reference."""
+    names = list(values)
+    heights = [float(values[k]) for k in names]
+    bars = ax.bar(names, heights, color=[f"C{i}" for i in range(len(names))])
+    ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    if reference_line is not None:
+        ax.axhline(reference_line, color="k", linestyle="--", linewidth=1)
+    ax.axhline(0.0, color="0.5", linewidth=0.5)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    return ax

@@ -1,0 +1,190 @@
+"""Algorithm-agnostic training and evaluation loops for the neural (CartPole) part.
+
+Nothing here knows about CQL or BC: ``train_offline`` accepts any object with an
+``update(batch) -> dict[str, float]`` method, and ``evaluate_policy`` any function from an
+observation to an action. So a notebook runs these loops on the student's own agent.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from offline_rl.datasets import OfflineDataset
+
+__all__ = [
+    "Agent",
+    "evaluate_policy",
+    "mlp",
+    "set_seed",
+    "to_torch_batch",
+    "train_offline",
+]
+
+_BATCH_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals")
+
+
+class Agent(Protocol):
+    """Anything trainable by ``train_offline``."""
+
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One gradient step on a minibatch; returns the numbers to log."""
+        ...
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python's, NumPy's and PyTorch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def mlp(in_dim: int, out_dim: int, hidden: Sequence[int] = (256, 256)) -> nn.Sequential:
+    """A ReLU multilayer perceptron ``in_dim -> hidden... -> out_dim`` (linear output).
+
+    Input: (B, in_dim); output: (B, out_dim).
+    """
+    if in_dim < 1 or out_dim < 1 or any(h < 1 for h in hidden):
+        raise ValueError(
+            f"mlp sizes must be positive, got in_dim={in_dim}, out_dim={out_dim}, hidden={hidden}."
+        )
+    layers: list[nn.Module] = []
+    sizes = [in_dim, *hidden]
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    layers.append(nn.Linear(sizes[-1], out_dim))
+    return nn.Sequential(*layers)
+
+
+def to_torch_batch(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Convert a numpy minibatch (from ``OfflineDataset.sample``) to tensors.
+
+    Returns:
+        observations: (B, obs_dim) float32; actions: (B,) int64; rewards: (B,) float32;
+        next_observations: (B, obs_dim) float32; terminals: (B,) float32 in {0, 1}.
+
+    Raises:
+        ValueError: a key is missing or a field has the wrong shape.
+    """
+    missing = [k for k in _BATCH_KEYS if k not in batch]
+    if missing:
+        raise ValueError(f"batch is missing {missing}; expected the keys {list(_BATCH_KEYS)}.")
+    actions = np.asarray(batch["actions"])
+    if actions.ndim != 1:
+        raise ValueError(f"batch['actions'] must have shape (B,), got {actions.shape}.")
+    n = actions.shape[0]
+    for key in ("rewards", "terminals"):
+        shape = np.asarray(batch[key]).shape
+        if shape != (n,):
+            raise ValueError(f"batch[{key!r}] must have shape ({n},) like actions, got {shape}.")
+    if not np.issubdtype(actions.dtype, np.integer):
+        raise ValueError(f"batch['actions'] must hold integers, got dtype {actions.dtype}.")
+    obs = np.asarray(batch["observations"], dtype=np.float32)
+    next_obs = np.asarray(batch["next_observations"], dtype=np.float32)
+    if obs.shape[0] != n or next_obs.shape != obs.shape:
+        raise ValueError(
+            f"observations {obs.shape} and next_observations {next_obs.shape} must both have "
+            f"{n} rows and the same shape."
+        )
+    # Observations must be (B, obs_dim) for an MLP: flatten any extra dimensions.
+    return {
+        "observations": torch.from_numpy(obs.reshape(n, -1)),
+        "actions": torch.from_numpy(actions.astype(np.int64)),
+        "rewards": torch.from_numpy(np.asarray(batch["rewards"], dtype=np.float32)),
+        "next_observations": torch.from_numpy(next_obs.reshape(n, -1)),
+        # float 0/1 so that ``1 - terminals`` is arithmetic, not an error on bool tensors.
+        "terminals": torch.from_numpy(np.asarray(batch["terminals"]).astype(np.float32)),
+    }
+
+
+def train_offline(
+    agent: Agent,
+    dataset: OfflineDataset,
+    n_steps: int,
+    batch_size: int = 256,
+    seed: int = 0,
+    progress: bool = True,
+    log_every: int = 100,
+) -> dict[str, list[float]]:
+    """Run ``n_steps`` gradient steps of ``agent.update`` on uniform minibatches of ``dataset``.
+
+    Args:
+        agent: any object with ``update(batch: dict[str, Tensor]) -> dict[str, float]``.
+        dataset: the fixed offline data; never extended.
+        n_steps: number of gradient steps (>= 1).
+        batch_size: transitions per minibatch (>= 1).
+        seed: seeds minibatch sampling, so the same agent and seed give the same run.
+        progress: show a tqdm bar with the latest logged numbers.
+        log_every: record the numbers every ``log_every`` steps (and at the last step).
+
+    Returns:
+        ``{"step": [...], <each key update returns>: [...]}``, one entry per logged step.
+    """
+    if n_steps < 1 or batch_size < 1 or log_every < 1:
+        raise ValueError(
+            "n_steps, batch_size and log_every must be positive, got "
+            f"{n_steps}, {batch_size}, {log_every}."
+        )
+    if len(dataset) == 0:
+        raise ValueError("The dataset is empty; collect some transitions first.")
+    if not callable(getattr(agent, "update", None)):
+        raise TypeError(
+            f"{type(agent).__name__} has no update(batch) method; train_offline needs one."
+        )
+    rng = np.random.default_rng(seed)
+    history: dict[str, list[float]] = {"step": []}
+    bar = tqdm(range(1, n_steps + 1), desc="offline training", disable=not progress, leave=False)
+    for step in bar:
+        info = agent.update(to_torch_batch(dataset.sample(batch_size, rng)))
+        if step % log_every == 0 or step == n_steps:
+            history["step"].append(float(step))
+            for key, value in info.items():
+                history.setdefault(key, []).append(float(value))
+            bar.set_postfix({k: f"{float(v):.3g}" for k, v in info.items()})
+    return history
+
+
+def evaluate_policy(
+    env: str | gym.Env,
+    act: Callable[[np.ndarray], int],
+    n_episodes: int = 10,
+    seed: int = 0,
+) -> np.ndarray:
+    """Undiscounted return of ``act`` over ``n_episodes`` episodes.
+
+    Episode ``i`` starts from ``env.reset(seed=seed + i)``, so a deterministic ``act`` gives the
+    same returns on every call.
+
+    Args:
+        env: a gymnasium id (such as ``"CartPole-v1"``) or an environment instance.
+        act: maps one observation to an action, e.g. ``agent.act``.
+        n_episodes: number of episodes (>= 1).
+        seed: seed of the first reset.
+
+    Returns:
+        returns: (n_episodes,) float64.
+    """
+    if n_episodes < 1:
+        raise ValueError(f"n_episodes must be at least 1, got {n_episodes}.")
+    own_env = isinstance(env, str)
+    environment = gym.make(env) if own_env else env
+    returns = np.zeros(n_episodes, dtype=np.float64)
+    try:
+        for i in range(n_episodes):
+            obs, _ = environment.reset(seed=seed + i)
+            done = False
+            while not done:
+                obs, reward, terminated, truncated, _ = environment.step(int(act(obs)))
+                returns[i] += float(reward)
+                done = terminated or truncated
+    finally:
+        if own_env:
+            environment.close()
+    return returns
