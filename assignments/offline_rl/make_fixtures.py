@@ -7,7 +7,9 @@ Run by the release build as ``python make_fixtures.py OUTDIR``. Every expected v
 
 from __future__ import annotations
 
+import io
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -255,11 +257,20 @@ def make_fixtures() -> dict[str, np.ndarray]:
     return fx
 
 
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` with fixed entry timestamps and order, so equal arrays give equal bytes
+    (``np.savez`` stamps each entry with the current time)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for key in sorted(arrays):
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.asarray(arrays[key]), allow_pickle=False)
+            zf.writestr(zipfile.ZipInfo(f"{key}.npy", date_time=(2000, 1, 1, 0, 0, 0)), buffer.getvalue())
+
+
 def main(outdir: str) -> None:
     fx = make_fixtures()
     path = Path(outdir) / "hidden_fixtures.npz"
-    # Plain np.savez: its zip entries carry a fixed timestamp, so the bytes are reproducible.
-    np.savez(path, **fx)
+    write_npz(path, fx)
     print(f"wrote {len(fx)} arrays to {path}")
 
 

@@ -56,7 +56,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from offline_rl import behavior, cartpole, envs, planning, plotting, training, widgets
+from torch import nn  # noqa: F401
+
+# `datasets` and `nn` are also used by the checks below (injected by name), hence the noqa.
+from offline_rl import (  # noqa: F401
+    behavior,
+    cartpole,
+    datasets,
+    envs,
+    planning,
+    plotting,
+    training,
+    widgets,
+)
 
 torch.set_num_threads(1)  # small networks: one thread is fastest and keeps results reproducible
 np.set_printoptions(precision=3, suppress=True)
@@ -1271,8 +1283,14 @@ widgets.offline_to_online_plot("open", cql_q)
 # name: q10_why_offline_q_fails
 # points: 1
 
+# %% [raw]
+# # BEGIN SOLUTION
+
 # %%
 q10_answer = "b"  # SOLUTION
+
+# %% [raw]
+# # END SOLUTION
 
 # %% [raw]
 # # BEGIN TESTS
@@ -1311,8 +1329,14 @@ def test_q10_hidden(q10_answer):
 # name: q11_alpha_limit
 # points: 1
 
+# %% [raw]
+# # BEGIN SOLUTION
+
 # %%
 q11_answer = "c"  # SOLUTION
+
+# %% [raw]
+# # END SOLUTION
 
 # %% [raw]
 # # BEGIN TESTS
@@ -1346,8 +1370,14 @@ def test_q11_hidden(q11_answer):
 # name: q12_constant_q_penalty
 # points: 1
 
+# %% [raw]
+# # BEGIN SOLUTION
+
 # %%
 q12_answer = float(np.log(4))  # SOLUTION
+
+# %% [raw]
+# # END SOLUTION
 
 # %% [raw]
 # # BEGIN TESTS

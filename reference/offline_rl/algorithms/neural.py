@@ -35,6 +35,8 @@ __all__ = [
     "DiscreteBCQ",
     "NaiveDQN",
     "bc_loss",
+    "bcq_allowed_actions",
+    "bcq_greedy",
     "bellman_loss",
     "cql_loss",
     "cql_penalty",

@@ -171,7 +171,9 @@ def _validate(ds: OfflineDataset) -> None:
     for name in ("rewards", "terminals", "truncations"):
         shape = getattr(ds, name).shape
         if shape != (n,):
-            raise ValueError(f"OfflineDataset.{name} must have shape ({n},) like actions, got {shape}.")
+            raise ValueError(
+                f"OfflineDataset.{name} must have shape ({n},) like actions, got {shape}."
+            )
     for name in ("observations", "next_observations"):
         arr = getattr(ds, name)
         if arr.ndim < 1 or arr.shape[0] != n:
@@ -184,12 +186,16 @@ def _validate(ds: OfflineDataset) -> None:
             f"{ds.observations.shape} and {ds.next_observations.shape}."
         )
     if not np.issubdtype(ds.actions.dtype, np.integer):
-        raise ValueError(f"OfflineDataset.actions must hold integers, got dtype {ds.actions.dtype}.")
+        raise ValueError(
+            f"OfflineDataset.actions must hold integers, got dtype {ds.actions.dtype}."
+        )
     if n and ds.actions.min() < 0:
         raise ValueError("OfflineDataset.actions must be non-negative action indices.")
     for name in ("terminals", "truncations"):
         if getattr(ds, name).dtype != np.bool_:
-            raise ValueError(f"OfflineDataset.{name} must be a bool array, got {getattr(ds, name).dtype}.")
+            raise ValueError(
+                f"OfflineDataset.{name} must be a bool array, got {getattr(ds, name).dtype}."
+            )
     for name in ("observations", "rewards", "next_observations"):
         arr = getattr(ds, name)
         if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
@@ -316,4 +322,3 @@ def load_dataset(path: str | Path) -> OfflineDataset:
     if extra:
         raise ValueError(f"{path} has unknown field(s) {extra}; is it an OfflineDataset file?")
     return OfflineDataset(**arrays)
-

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import ipywidgets as W
+import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import display
@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 
-class NotImplementedYet(RuntimeError):
+class NotImplementedYetError(RuntimeError):
     """A student function returned None or raised: the demo waits for it."""
 
 
@@ -49,29 +49,29 @@ def _call(fn: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> Any:
     try:
         out = fn(*args, **kwargs)
     except Exception as err:
-        raise NotImplementedYet(f"{name} raised {type(err).__name__}: {err}") from err
+        raise NotImplementedYetError(f"{name} raised {type(err).__name__}: {err}") from err
     if out is None:
-        raise NotImplementedYet(f"{name} returned None")
+        raise NotImplementedYetError(f"{name} returned None")
     return out
 
 
-def _note(output: W.Output, message: str) -> None:
+def _note(output: widgets.Output, message: str) -> None:
     with output:
         output.clear_output(wait=True)
         print(f"This demo runs on your code and is waiting for it: {message}.")
         print("Finish the question, re-run its cell, then re-run this cell.")
 
 
-def _show(fig: plt.Figure, output: W.Output) -> None:
+def _show(fig: plt.Figure, output: widgets.Output) -> None:
     with output:
         output.clear_output(wait=True)
         display(fig)
     plt.close(fig)
 
 
-def _interactive(control: W.Widget, draw: Callable[[Any], plt.Figure]) -> W.VBox:
+def _interactive(control: widgets.Widget, draw: Callable[[Any], plt.Figure]) -> widgets.VBox:
     """A control above an output area redrawn by ``draw(value)``; results cached per value."""
-    output = W.Output()
+    output = widgets.Output()
     cache: dict[Any, plt.Figure] = {}
 
     def redraw(change: Any = None) -> None:
@@ -80,12 +80,12 @@ def _interactive(control: W.Widget, draw: Callable[[Any], plt.Figure]) -> W.VBox
             if value not in cache:
                 cache[value] = draw(value)
             _show(cache[value], output)
-        except NotImplementedYet as err:
+        except NotImplementedYetError as err:
             _note(output, str(err))
 
     control.observe(redraw, names="value")
     redraw()
-    box = W.VBox([control, output])
+    box = widgets.VBox([control, output])
     display(box)
     return box
 
@@ -110,7 +110,9 @@ def replay_q_learning(
     return Q
 
 
-def online_vs_offline_demo(coverage_fn: Callable[..., Any], layout_name: str = "open") -> W.VBox:
+def online_vs_offline_demo(
+    coverage_fn: Callable[..., Any], layout_name: str = "open"
+) -> widgets.VBox:
     """Demo 1: an online agent vs an offline agent whose dataset's coverage the slider sets.
 
     The offline data come from an ε-noisy expert; ε = 0 follows one path, larger ε covers more.
@@ -120,27 +122,47 @@ def online_vs_offline_demo(coverage_fn: Callable[..., Any], layout_name: str = "
     optimal = rollout_return(lay, greedy_policy(value_iteration(lay)[1]))
 
     def draw(epsilon: float) -> plt.Figure:
-        data = collect_dataset(make_grid_env(lay), noisy_expert_policy(lay, epsilon), 10, seed=0,
-                               progress=False)
-        counts = np.asarray(_call(coverage_fn, "coverage_counts", data, lay.n_states, lay.n_actions))
+        data = collect_dataset(
+            make_grid_env(lay), noisy_expert_policy(lay, epsilon), 10, seed=0, progress=False
+        )
+        counts = np.asarray(
+            _call(coverage_fn, "coverage_counts", data, lay.n_states, lay.n_actions)
+        )
         q_off = replay_q_learning(data, lay)
         policy = greedy_policy(q_off)
         covered = float(np.mean(counts > 0))
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-        plotting.draw_grid(axes[0], lay, counts=counts.sum(axis=1), policy=policy,
-                           title=f"offline data: {covered:.0%} of (s, a) pairs covered")
+        plotting.draw_grid(
+            axes[0],
+            lay,
+            counts=counts.sum(axis=1),
+            policy=policy,
+            title=f"offline data: {covered:.0%} of (s, a) pairs covered",
+        )
         window = 10
         smooth = np.convolve(online_returns, np.ones(window) / window, mode="valid")
-        plotting.plot_curves(axes[1], np.arange(smooth.shape[0]), {"online Q-learning": smooth},
-                             xlabel="episode of interaction", ylabel="return")
+        plotting.plot_curves(
+            axes[1],
+            np.arange(smooth.shape[0]),
+            {"online Q-learning": smooth},
+            xlabel="episode of interaction",
+            ylabel="return",
+        )
         axes[1].axhline(rollout_return(lay, policy), color="C1", ls="--", label="offline agent")
         axes[1].axhline(optimal, color="gray", ls=":", label="optimal")
         axes[1].legend(loc="lower right")
         fig.tight_layout()
         return fig
 
-    slider = W.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.1, continuous_update=False,
-                           description="behavior ε", readout_format=".1f")
+    slider = widgets.FloatSlider(
+        value=0.0,
+        min=0.0,
+        max=1.0,
+        step=0.1,
+        continuous_update=False,
+        description="behavior ε",
+        readout_format=".1f",
+    )
     return _interactive(slider, draw)
 
 
@@ -165,50 +187,91 @@ def _outcome(lay: GridLayout, policy: np.ndarray) -> str:
 
 def distribution_shift_demo(
     offline_q_fn: Callable[..., Any], coverage_fn: Callable[..., Any]
-) -> W.VBox:
+) -> widgets.VBox:
     """Demo 2: naive offline Q on the cliff's narrow expert data; the slider adds noise."""
     lay = get_layout("cliff")
     q_true = value_iteration(lay)[1]
 
     def draw(epsilon: float) -> plt.Figure:
         data = _cliff_data(epsilon)
-        counts = np.asarray(_call(coverage_fn, "coverage_counts", data, lay.n_states, lay.n_actions))
-        q = np.asarray(_call(offline_q_fn, "offline_q_learning", data, lay.n_states, lay.n_actions,
-                             lay.gamma, alpha=0.0))
+        counts = np.asarray(
+            _call(coverage_fn, "coverage_counts", data, lay.n_states, lay.n_actions)
+        )
+        q = np.asarray(
+            _call(
+                offline_q_fn,
+                "offline_q_learning",
+                data,
+                lay.n_states,
+                lay.n_actions,
+                lay.gamma,
+                alpha=0.0,
+            )
+        )
         policy = greedy_policy(q)
         fig, axes = plt.subplots(1, 3, figsize=(15, 3.4))
-        plotting.draw_grid(axes[0], lay, counts=counts.sum(axis=1), title="dataset visits per state")
+        plotting.draw_grid(
+            axes[0], lay, counts=counts.sum(axis=1), title="dataset visits per state"
+        )
         plotting.plot_q_seen_vs_unseen(axes[1], q, counts, q_true, title="learned vs true Q")
-        plotting.draw_grid(axes[2], lay, policy=policy, title="greedy policy: " + _outcome(lay, policy))
+        plotting.draw_grid(
+            axes[2], lay, policy=policy, title="greedy policy: " + _outcome(lay, policy)
+        )
         fig.tight_layout()
         return fig
 
-    slider = W.FloatSlider(value=0.0, min=0.0, max=0.5, step=0.1, continuous_update=False,
-                           description="data noise ε", readout_format=".1f")
+    slider = widgets.FloatSlider(
+        value=0.0,
+        min=0.0,
+        max=0.5,
+        step=0.1,
+        continuous_update=False,
+        description="data noise ε",
+        readout_format=".1f",
+    )
     return _interactive(slider, draw)
 
 
-def cql_demo(offline_q_fn: Callable[..., Any], coverage_fn: Callable[..., Any]) -> W.VBox:
+def cql_demo(offline_q_fn: Callable[..., Any], coverage_fn: Callable[..., Any]) -> widgets.VBox:
     """Demo 3: the same cliff data, trained with the CQL term; the slider sets α."""
     lay = get_layout("cliff")
     data = _cliff_data(0.0)
 
     def draw(alpha: float) -> plt.Figure:
-        counts = np.asarray(_call(coverage_fn, "coverage_counts", data, lay.n_states, lay.n_actions))
-        q = np.asarray(_call(offline_q_fn, "offline_q_learning", data, lay.n_states, lay.n_actions,
-                             lay.gamma, alpha=alpha))
+        counts = np.asarray(
+            _call(coverage_fn, "coverage_counts", data, lay.n_states, lay.n_actions)
+        )
+        q = np.asarray(
+            _call(
+                offline_q_fn,
+                "offline_q_learning",
+                data,
+                lay.n_states,
+                lay.n_actions,
+                lay.gamma,
+                alpha=alpha,
+            )
+        )
         seen, unseen = _seen_unseen(counts)
         policy = greedy_policy(q)
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.4), gridspec_kw={"width_ratios": [2, 1]})
-        plotting.draw_grid(axes[0], lay, policy=policy, title=f"α = {alpha:g}: " + _outcome(lay, policy))
-        plotting.plot_bars(axes[1], {"seen (s, a)": float(q[seen].mean()),
-                                     "unseen (s, a)": float(q[unseen].mean())})
+        plotting.draw_grid(
+            axes[0], lay, policy=policy, title=f"α = {alpha:g}: " + _outcome(lay, policy)
+        )
+        plotting.plot_bars(
+            axes[1],
+            {"seen (s, a)": float(q[seen].mean()), "unseen (s, a)": float(q[unseen].mean())},
+        )
         axes[1].set_title("mean learned Q")
         fig.tight_layout()
         return fig
 
-    slider = W.SelectionSlider(options=[0.0, 0.01, 0.1, 1.0, 10.0, 100.0], value=0.0,
-                               continuous_update=False, description="CQL α")
+    slider = widgets.SelectionSlider(
+        options=[0.0, 0.01, 0.1, 1.0, 10.0, 100.0],
+        value=0.0,
+        continuous_update=False,
+        description="CQL α",
+    )
     return _interactive(slider, draw)
 
 
@@ -219,7 +282,7 @@ def quality_demo(
     layout_name: str = "open",
     n_episodes: int = 4,
     seeds: tuple[int, ...] = (0, 1, 2),
-) -> W.VBox:
+) -> widgets.VBox:
     """Demo 4: returns of BC, naive Q and CQL against the fraction of expert data."""
     lay = get_layout(layout_name)
     qualities = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -227,22 +290,42 @@ def quality_demo(
 
     def draw(quality: float) -> plt.Figure:
         if not sweep:
-            sweep.update(_call(quality_experiment_fn, "quality_experiment", qualities, list(seeds),
-                               layout_name=layout_name, n_episodes=n_episodes))
+            sweep.update(
+                _call(
+                    quality_experiment_fn,
+                    "quality_experiment",
+                    qualities,
+                    list(seeds),
+                    layout_name=layout_name,
+                    n_episodes=n_episodes,
+                )
+            )
         data = quality_dataset(layout_name, quality, n_episodes, seeds[0])
-        counts = np.asarray(_call(coverage_fn, "coverage_counts", data, lay.n_states, lay.n_actions))
+        counts = np.asarray(
+            _call(coverage_fn, "coverage_counts", data, lay.n_states, lay.n_actions)
+        )
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
         curves = {"BC": sweep["bc"], "naive Q": sweep["naive"], "CQL": sweep["cql"]}
-        plotting.plot_curves(axes[0], np.asarray(qualities), curves, xlabel="fraction of expert episodes",
-                             ylabel=f"return (mean of {len(seeds)} seeds)")
+        plotting.plot_curves(
+            axes[0],
+            np.asarray(qualities),
+            curves,
+            xlabel="fraction of expert episodes",
+            ylabel=f"return (mean of {len(seeds)} seeds)",
+        )
         axes[0].axvline(quality, color="gray", ls=":")
-        plotting.draw_grid(axes[1], lay, counts=counts.sum(axis=1),
-                           title=f"quality {quality:.2f}: states the data visit")
+        plotting.draw_grid(
+            axes[1],
+            lay,
+            counts=counts.sum(axis=1),
+            title=f"quality {quality:.2f}: states the data visit",
+        )
         fig.tight_layout()
         return fig
 
-    slider = W.SelectionSlider(options=qualities, value=0.5, continuous_update=False,
-                               description="data quality")
+    slider = widgets.SelectionSlider(
+        options=qualities, value=0.5, continuous_update=False, description="data quality"
+    )
     return _interactive(slider, draw)
 
 
@@ -272,15 +355,23 @@ def policy_selection_table(
     return rows
 
 
-def offline_to_online_plot(layout_name: str, q_init: np.ndarray, n_episodes: int = 100) -> plt.Figure:
+def offline_to_online_plot(
+    layout_name: str, q_init: np.ndarray, n_episodes: int = 100
+) -> plt.Figure:
     """Online Q-learning started from zeros vs from an offline Q-table (same seed)."""
     lay = get_layout(layout_name)
     _, from_zero = online_q_learning(lay, n_episodes, seed=0, progress=False)
-    _, from_offline = online_q_learning(lay, n_episodes, seed=0, q_init=np.asarray(q_init), progress=False)
+    _, from_offline = online_q_learning(
+        lay, n_episodes, seed=0, q_init=np.asarray(q_init), progress=False
+    )
     fig, ax = plt.subplots(figsize=(7, 3.2))
-    plotting.plot_curves(ax, np.arange(n_episodes), {"online from zeros": from_zero,
-                                                    "online from offline CQL": from_offline},
-                         xlabel="online episode", ylabel="return")
+    plotting.plot_curves(
+        ax,
+        np.arange(n_episodes),
+        {"online from zeros": from_zero, "online from offline CQL": from_offline},
+        xlabel="online episode",
+        ylabel="return",
+    )
     fig.tight_layout()
     plt.show()
     return fig

@@ -1,0 +1,388 @@
+"""Properties of the neural reference (CQL, BC, offline DQN, BCQ) and its CartPole support code.
+
+Every test checks a number that a specific mistake would change; the comment says which.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from offline_rl.algorithms.neural import (
+    CQL,
+    BCConfig,
+    BCQConfig,
+    BehaviorCloning,
+    CQLConfig,
+    DiscreteBCQ,
+    NaiveDQN,
+    bc_loss,
+    bcq_allowed_actions,
+    cql_loss,
+    cql_penalty,
+    soft_update,
+    td_target,
+)
+from offline_rl.cartpole import (
+    BEHAVIORS,
+    behavior_policy,
+    epsilon_expert_policy,
+    expert_policy,
+    make_cartpole_dataset,
+)
+from offline_rl.datasets import OfflineDataset
+from offline_rl.training import evaluate_policy, mlp, set_seed, to_torch_batch, train_offline
+
+
+def _batch(n: int = 8, obs_dim: int = 4, n_actions: int = 3, seed: int = 0) -> dict:
+    """A random torch minibatch with some terminals."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "observations": torch.randn(n, obs_dim, generator=g),
+        "actions": torch.randint(0, n_actions, (n,), generator=g),
+        "rewards": torch.randn(n, generator=g),
+        "next_observations": torch.randn(n, obs_dim, generator=g),
+        "terminals": (torch.arange(n) % 3 == 0).float(),
+    }
+
+
+@pytest.fixture(scope="module")
+def small_cartpole() -> OfflineDataset:
+    return make_cartpole_dataset("medium", n_episodes=5, seed=3, progress=False)
+
+
+# ------------------------------------------------------------------------------ cql_penalty
+@pytest.mark.parametrize("n_actions", [2, 3, 5])
+def test_cql_penalty_of_constant_q_is_log_n_actions(n_actions):
+    # max instead of logsumexp would give 0 here.
+    q = torch.full((6, n_actions), 4.2)
+    actions = torch.arange(6) % n_actions
+    assert cql_penalty(q, actions).item() == pytest.approx(math.log(n_actions), abs=1e-6)
+    if n_actions == 3:
+        assert cql_penalty(q, actions).item() == pytest.approx(1.0986123, abs=1e-6)
+
+
+def test_cql_penalty_hand_computed():
+    q = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]])
+    actions = torch.tensor([0, 2])
+    row0 = math.log(math.e + math.e**2 + math.e**3) - 1.0
+    row1 = math.log(2.0 + math.e) - 1.0
+    expected = (row0 + row1) / 2  # 1.4795...
+    assert cql_penalty(q, actions).item() == pytest.approx(expected, abs=1e-6)
+    # The classic mistakes give clearly different numbers on this input.
+    with_max = (q.max(1).values - q[torch.arange(2), actions]).mean().item()
+    summed = (torch.logsumexp(q, 1) - q[torch.arange(2), actions]).sum().item()
+    assert abs(with_max - expected) > 0.1 and abs(summed - expected) > 0.1
+
+
+def test_cql_penalty_is_nonnegative():
+    g = torch.Generator().manual_seed(1)
+    for scale in (0.01, 1.0, 100.0):
+        q = scale * torch.randn(64, 4, generator=g)
+        actions = torch.randint(0, 4, (64,), generator=g)
+        assert cql_penalty(q, actions).item() >= 0.0
+
+
+def test_cql_penalty_gradient_pushes_down_all_and_up_the_data_action():
+    q = torch.tensor([[0.5, -1.0, 2.0], [1.0, 1.0, 1.0]], requires_grad=True)
+    actions = torch.tensor([1, 0])
+    cql_penalty(q, actions).backward()
+    grad = q.grad
+    # Gradient descent moves Q opposite to the gradient: + gradient = pushed down.
+    data_mask = F.one_hot(actions, 3).bool()
+    assert torch.all(grad[data_mask] < 0), "the dataset action's Q must be pushed up"
+    assert torch.all(grad[~data_mask] > 0), "every other action's Q must be pushed down"
+    # Per state the gradient is (softmax(Q) - onehot(a)) / B, which sums to 0.
+    expected = (torch.softmax(q.detach(), 1) - data_mask.float()) / 2
+    torch.testing.assert_close(grad, expected)
+
+
+# ------------------------------------------------------------------------------ bc_loss
+def test_bc_loss_equals_cross_entropy_and_distinguishes_mistakes():
+    g = torch.Generator().manual_seed(0)
+    logits = 2.0 * torch.randn(16, 3, generator=g)
+    actions = torch.randint(0, 3, (16,), generator=g)
+    loss = bc_loss(logits, actions).item()
+    assert loss == pytest.approx(F.cross_entropy(logits, actions).item(), abs=1e-6)
+    rows = torch.arange(16)
+    probs_mistake = -torch.softmax(logits, 1)[rows, actions].mean().item()
+    raw_logits_mistake = -logits[rows, actions].mean().item()
+    assert abs(probs_mistake - loss) > 0.1
+    assert abs(raw_logits_mistake - loss) > 0.1
+
+
+@pytest.mark.parametrize("n_actions", [2, 4])
+def test_bc_loss_of_uniform_logits_is_log_n_actions(n_actions):
+    logits = torch.zeros(5, n_actions)
+    actions = torch.arange(5) % n_actions
+    assert bc_loss(logits, actions).item() == pytest.approx(math.log(n_actions), abs=1e-6)
+
+
+# ------------------------------------------------------------------------------ td_target
+def test_td_target_masks_terminals_and_has_no_gradient():
+    rewards = torch.tensor([1.0, 1.0, 0.5])
+    next_q = torch.tensor([[2.0, 5.0], [3.0, -1.0], [0.0, 10.0]], requires_grad=True)
+    terminals = torch.tensor([0.0, 1.0, 0.0])
+    y = td_target(rewards, next_q, terminals, gamma=0.9)
+    torch.testing.assert_close(y, torch.tensor([1.0 + 0.9 * 5.0, 1.0, 0.5 + 0.9 * 10.0]))
+    assert not y.requires_grad
+    # bool terminals (as stored in OfflineDataset) give the same target.
+    torch.testing.assert_close(td_target(rewards, next_q, terminals.bool(), 0.9), y)
+
+
+def test_td_target_rejects_column_vectors():
+    with pytest.raises(ValueError, match=r"rewards must have shape \(B,\)"):
+        td_target(torch.zeros(3, 1), torch.zeros(3, 2), torch.zeros(3), 0.9)
+    with pytest.raises(ValueError, match=r"terminals must have shape \(B,\)"):
+        td_target(torch.zeros(3), torch.zeros(3, 2), torch.zeros(3, 1), 0.9)
+
+
+# ------------------------------------------------------------------------------ cql_loss
+def test_cql_loss_matches_the_objective_by_hand():
+    torch.manual_seed(0)
+    q_net, target_net = nn.Linear(4, 3), nn.Linear(4, 3)
+    batch = _batch()
+    alpha, gamma = 0.7, 0.95
+    loss, info = cql_loss(q_net, target_net, batch, alpha, gamma)
+    with torch.no_grad():
+        q = q_net(batch["observations"])
+        rows = torch.arange(8)
+        q_sa = q[rows, batch["actions"]]
+        y = batch["rewards"] + gamma * (1 - batch["terminals"]) * target_net(
+            batch["next_observations"]
+        ).max(1).values
+        bellman = 0.5 * ((q_sa - y) ** 2).mean()  # the chapter's 1/2
+        penalty = (torch.logsumexp(q, 1) - q_sa).mean()
+    assert set(info) == {"bellman_loss", "cql_penalty", "total_loss"}
+    assert info["bellman_loss"] == pytest.approx(bellman.item(), rel=1e-5)
+    assert info["cql_penalty"] == pytest.approx(penalty.item(), rel=1e-5)
+    assert loss.item() == pytest.approx((bellman + alpha * penalty).item(), rel=1e-5)
+    # The target is fixed: no gradient reaches the target network.
+    loss.backward()
+    assert all(p.grad is None for p in target_net.parameters())
+    assert all(p.grad is not None for p in q_net.parameters())
+
+
+@pytest.mark.parametrize(
+    "bad_actions, message",
+    [
+        (lambda a: a.unsqueeze(1), r"shape \(B,\)"),
+        (lambda a: a.float(), "int64"),
+        (lambda a: a.int(), "int64"),
+    ],
+)
+def test_wrong_action_shapes_and_dtypes_raise(bad_actions, message):
+    batch = _batch()
+    batch["actions"] = bad_actions(batch["actions"])
+    q_net, target_net = nn.Linear(4, 3), nn.Linear(4, 3)
+    with pytest.raises(ValueError, match=message):
+        cql_loss(q_net, target_net, batch, 1.0, 0.99)
+    with pytest.raises(ValueError, match=message):
+        cql_penalty(torch.zeros(8, 3), batch["actions"])
+    with pytest.raises(ValueError, match=message):
+        bc_loss(torch.zeros(8, 3), batch["actions"])
+
+
+def test_soft_update():
+    target, source = nn.Linear(2, 2), nn.Linear(2, 2)
+    before = [p.clone() for p in target.parameters()]
+    soft_update(target, source, 0.25)
+    for t, b, s in zip(target.parameters(), before, source.parameters()):
+        torch.testing.assert_close(t, 0.75 * b + 0.25 * s)
+    soft_update(target, source, 1.0)
+    for t, s in zip(target.parameters(), source.parameters()):
+        torch.testing.assert_close(t, s)
+    with pytest.raises(ValueError, match="tau"):
+        soft_update(target, source, 0.0)
+
+
+# ------------------------------------------------------------------------------ agents
+def test_agents_update_and_act(small_cartpole):
+    batch = to_torch_batch(small_cartpole.sample(32, np.random.default_rng(0)))
+    obs = small_cartpole.observations[0]
+    small = (32, 32)
+    cql = CQL(4, 2, CQLConfig(hidden=small))
+    assert set(cql.update(batch)) == {"bellman_loss", "cql_penalty", "total_loss"}
+    assert cql.act(obs) in (0, 1)
+    assert cql.compute_cql_penalty(batch["observations"], batch["actions"]).item() >= 0
+    assert NaiveDQN(4, 2, CQLConfig(alpha=5.0)).config.alpha == 0.0
+    bc = BehaviorCloning(4, 2, BCConfig(hidden=small))
+    assert set(bc.update(batch)) == {"bc_loss"}
+    assert bc.act(obs) in (0, 1)
+    bcq = DiscreteBCQ(4, 2, BCQConfig(hidden=small))
+    assert set(bcq.update(batch)) == {"bellman_loss", "bc_loss", "total_loss"}
+    assert bcq.act(obs) in (0, 1)
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+        cql.act(np.zeros(3))
+
+
+def test_cql_soft_update_moves_target_toward_q_net():
+    agent = CQL(4, 2, CQLConfig(hidden=(8,), tau=0.5))
+    with torch.no_grad():
+        for p in agent.q_net.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in agent.target_net.parameters()]
+    agent.soft_update(0.5)
+    for t, b, q in zip(agent.target_net.parameters(), before, agent.q_net.parameters()):
+        torch.testing.assert_close(t, 0.5 * b + 0.5 * q)
+
+
+def test_bcq_threshold_restricts_actions():
+    logits = torch.log(torch.tensor([[0.6, 0.3, 0.1]]))
+    # ratios to the most likely action: 1, 0.5, 1/6
+    assert bcq_allowed_actions(logits, 0.4).tolist() == [[True, True, False]]
+    assert bcq_allowed_actions(logits, 1.0).tolist() == [[True, False, False]]
+    assert bcq_allowed_actions(logits, 0.0).all()
+    agent = DiscreteBCQ(2, 3, BCQConfig(hidden=(8,), threshold=0.4))
+    with torch.no_grad():
+        for p in [*agent.q_net.parameters(), *agent.bc_net.parameters()]:
+            p.zero_()
+        agent.bc_net[-1].bias.copy_(logits[0])
+        agent.q_net[-1].bias.copy_(torch.tensor([0.0, 1.0, 5.0]))  # best Q is not allowed
+    assert agent.act(np.zeros(2)) == 1
+
+
+# ------------------------------------------------------------------------------ determinism
+def _losses(seed: int, dataset: OfflineDataset, n_steps: int = 30) -> list[float]:
+    agent = CQL(4, 2, CQLConfig(hidden=(32, 32), seed=seed))
+    history = train_offline(agent, dataset, n_steps, 64, seed=seed, progress=False, log_every=1)
+    return history["total_loss"]
+
+
+def test_same_seed_same_losses(small_cartpole):
+    torch.manual_seed(123)  # the global RNG must not matter
+    first = _losses(0, small_cartpole)
+    torch.manual_seed(456)
+    assert _losses(0, small_cartpole) == first
+    assert _losses(1, small_cartpole) != first
+
+
+def test_same_seed_same_dataset():
+    a = make_cartpole_dataset(0.5, 3, seed=7, progress=False)
+    b = make_cartpole_dataset(0.5, 3, seed=7, progress=False)
+    c = make_cartpole_dataset(0.5, 3, seed=8, progress=False)
+    for name, value in a.as_dict().items():
+        np.testing.assert_array_equal(value, getattr(b, name))
+    assert len(a) != len(c) or not np.array_equal(a.actions, c.actions)
+    assert a.observations.dtype == np.float32 and a.observations.shape == (len(a), 4)
+
+
+# ------------------------------------------------------------------------------ support code
+def test_expert_balances_and_poor_behavior_does_not():
+    returns = evaluate_policy("CartPole-v1", lambda o: expert_policy(o, None), 5, seed=0)
+    assert np.all(returns == 500.0)
+    poor = make_cartpole_dataset("poor", 30, seed=0, progress=False)
+    assert poor.episode_returns().mean() < 50
+    assert BEHAVIORS["random"] == 0.0 and BEHAVIORS["expert"] == 1.0
+
+
+def test_evaluate_policy_is_deterministic():
+    policy = behavior_policy("medium")
+    rng = np.random.default_rng(0)
+
+    def first_action_biased(obs: np.ndarray) -> int:
+        return policy(obs, rng)
+
+    a = evaluate_policy("CartPole-v1", lambda o: int(o[2] > 0), 3, seed=5)
+    b = evaluate_policy("CartPole-v1", lambda o: int(o[2] > 0), 3, seed=5)
+    np.testing.assert_array_equal(a, b)
+    assert evaluate_policy("CartPole-v1", first_action_biased, 2, seed=0).shape == (2,)
+
+
+def test_to_torch_batch_dtypes_and_shapes(small_cartpole):
+    batch = to_torch_batch(small_cartpole.sample(16, np.random.default_rng(0)))
+    assert batch["observations"].dtype == torch.float32
+    assert batch["observations"].shape == (16, 4)
+    assert batch["actions"].dtype == torch.int64 and batch["actions"].shape == (16,)
+    assert batch["rewards"].shape == (16,) and batch["terminals"].shape == (16,)
+    assert batch["terminals"].dtype == torch.float32
+    assert set(batch["terminals"].unique().tolist()) <= {0.0, 1.0}
+
+
+def test_train_offline_logs_every_key(small_cartpole):
+    agent = BehaviorCloning(4, 2, BCConfig(hidden=(16,)))
+    history = train_offline(agent, small_cartpole, 25, 32, seed=0, progress=False, log_every=10)
+    assert history["step"] == [10.0, 20.0, 25.0]
+    assert len(history["bc_loss"]) == 3
+    with pytest.raises(TypeError, match="update"):
+        train_offline(object(), small_cartpole, 1, 1, progress=False)
+
+
+def test_set_seed_and_mlp():
+    set_seed(3)
+    a = mlp(4, 2, (8,))(torch.ones(1, 4))
+    set_seed(3)
+    b = mlp(4, 2, (8,))(torch.ones(1, 4))
+    torch.testing.assert_close(a, b)
+    assert a.shape == (1, 2)
+
+
+@pytest.mark.parametrize("quality", [1.5, -0.1, float("nan"), "great", None, True])
+def test_bad_quality_raises(quality):
+    with pytest.raises(ValueError, match="quality|behavior"):
+        make_cartpole_dataset(quality, 2, seed=0, progress=False)
+
+
+def test_bad_inputs_raise_clear_errors(small_cartpole):
+    with pytest.raises(ValueError, match="n_episodes"):
+        make_cartpole_dataset(0.5, 0, seed=0, progress=False)
+    with pytest.raises(ValueError, match="epsilon"):
+        epsilon_expert_policy(2.0)
+    fields = small_cartpole.as_dict()
+    fields["observations"] = fields["observations"].copy()
+    fields["observations"][3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        OfflineDataset(**fields)
+    numpy_batch = small_cartpole.sample(4, np.random.default_rng(0))
+    numpy_batch["actions"] = numpy_batch["actions"][:, None]
+    with pytest.raises(ValueError, match=r"actions'\] must have shape \(B,\)"):
+        to_torch_batch(numpy_batch)
+    numpy_batch = small_cartpole.sample(4, np.random.default_rng(0))
+    numpy_batch["rewards"] = numpy_batch["rewards"][:, None]
+    with pytest.raises(ValueError, match="rewards"):
+        to_torch_batch(numpy_batch)
+    with pytest.raises(ValueError, match="alpha"):
+        CQL(4, 2, CQLConfig(alpha=-1.0))
+
+
+# ------------------------------------------------------------------------------ CartPole claim
+# Budget: 10,000 gradient steps at batch 256 for CQL and offline DQN, 5,000 for BC,
+# on 300 episodes of "poor" data (95% random actions); about 1.5 min on 2 CPU cores.
+POOR_EPISODES, STEPS, BC_STEPS, BATCH, EVAL_EPISODES = 300, 10_000, 5_000, 256, 10
+
+
+@pytest.mark.slow
+def test_cql_beats_bc_naive_dqn_and_behavior_on_poor_cartpole_data():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seed = 0
+        data = make_cartpole_dataset("poor", POOR_EPISODES, seed=seed, progress=False)
+        behavior = data.episode_returns().mean()
+
+        def train_and_score(agent: object, n_steps: int) -> float:
+            train_offline(agent, data, n_steps, BATCH, seed=seed, progress=False)
+            return evaluate_policy("CartPole-v1", agent.act, EVAL_EPISODES, seed=1000).mean()
+
+        bc = train_and_score(BehaviorCloning(4, 2, BCConfig(seed=seed)), BC_STEPS)
+        naive_agent = NaiveDQN(4, 2, CQLConfig(seed=seed))
+        naive = train_and_score(naive_agent, STEPS)
+        cql_agent = CQL(4, 2, CQLConfig(alpha=1.0, seed=seed))
+        cql = train_and_score(cql_agent, STEPS)
+    finally:
+        torch.set_num_threads(threads)
+    summary = f"behavior {behavior:.1f}, BC {bc:.1f}, naive DQN {naive:.1f}, CQL {cql:.1f}"
+    assert behavior < 50, summary
+    assert cql > 3 * behavior, summary
+    assert cql > bc + 30, summary
+    assert cql > naive + 30, summary
+    # CQL is conservative: its values on the data's own actions sit below naive DQN's.
+    rows = np.arange(len(data))
+    q_cql = cql_agent.q_values(data.observations)[rows, data.actions].mean()
+    q_naive = naive_agent.q_values(data.observations)[rows, data.actions].mean()
+    assert q_cql < q_naive, summary + f"; mean Q on data: CQL {q_cql:.1f}, naive {q_naive:.1f}"

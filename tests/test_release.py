@@ -1,0 +1,171 @@
+"""The committed release is current, reproducible, and leaks neither solutions nor hidden tests."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME = "offline_rl"
+ASSIGNMENT = ROOT / "assignments" / NAME
+STUDENT = ROOT / "student_release" / NAME
+GRADER = ROOT / "autograder" / NAME
+SHIPPED = tomllib.loads((ASSIGNMENT / "release.toml").read_text())["support"]["modules"]
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+@pytest.fixture(scope="module")
+def fresh_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The release rebuilt from the masters and reference/ into a temporary folder."""
+    out = tmp_path_factory.mktemp("release")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "build_release.py"), "--no-self-check", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out
+
+
+def test_committed_release_is_up_to_date(fresh_build):
+    for folder in ("student_release", "autograder"):
+        built, committed = _tree(fresh_build / folder / NAME), _tree(ROOT / folder / NAME)
+        assert sorted(built) == sorted(committed), f"{folder}: file lists differ; run `make release`"
+        stale = [name for name in built if built[name] != committed[name]]
+        assert not stale, f"{folder}: {stale} differ from a fresh build; run `make release`"
+
+
+def test_release_is_reproducible(fresh_build, tmp_path):
+    """A second build gives byte-identical output (fixed cell ids, zip order and timestamps)."""
+    out = tmp_path / "again"
+    subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "build_release.py"), "--no-self-check", "--out", str(out)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    assert _tree(out) == _tree(fresh_build)
+
+
+def _solution_lines() -> set[str]:
+    """Non-trivial lines between solution markers in the master (the code students write)."""
+    lines, inside = set(), False
+    for raw in (ASSIGNMENT / "master.py").read_text().splitlines():
+        line = raw.strip()
+        # Only the in-code markers: the raw-cell markers (`# # BEGIN SOLUTION`) also enclose the
+        # given code around the student's part.
+        if line == "# BEGIN SOLUTION" and raw != "# # BEGIN SOLUTION":
+            inside = True
+        elif line == "# END SOLUTION" and raw != "# # END SOLUTION":
+            inside = False
+        elif inside and len(line) > 25 and not line.startswith(("#", '"""', "def ")):
+            lines.add(line)
+        elif line.endswith("# SOLUTION"):
+            lines.add(line.removesuffix("# SOLUTION").strip())
+    assert len(lines) > 40, "the solution scan found too little: has the marker format changed?"
+    return lines
+
+
+def _student_texts() -> dict[str, str]:
+    return {
+        str(p.relative_to(STUDENT)): p.read_text(errors="replace")
+        for p in STUDENT.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+def test_student_release_holds_no_solution_code():
+    texts = _student_texts()
+    notebook = texts[f"{NAME}.ipynb"]
+    leaked = [line for line in _solution_lines() if line in notebook]
+    assert not leaked, f"solution lines in the student notebook: {leaked[:5]}"
+    for marker in ("BEGIN SOLUTION", "END SOLUTION", "# SOLUTION", "BEGIN TESTS", "BEGIN QUESTION",
+                   "ASSIGNMENT CONFIG", "BEGIN TEST CONFIG", "# HIDDEN"):
+        holders = [name for name, text in texts.items() if marker in text]
+        assert not holders, f"marker {marker!r} found in {holders}"
+
+
+def test_student_release_holds_no_hidden_test_or_fixture():
+    texts = _student_texts()
+    names = set(texts)
+    assert not any("hidden" in n or n.endswith(".npz") for n in names), sorted(names)
+    assert not any(n.startswith(f"{NAME}/algorithms") for n in names), "solutions module shipped"
+    for name, text in texts.items():
+        assert "hidden_checks" not in text and "hidden_fixtures" not in text, name
+    nb = nbformat.reads(texts[f"{NAME}.ipynb"], as_version=4)
+    shipped_tests = "\n".join(nb.metadata["otter"]["tests"].values())
+    assert "hidden" not in shipped_tests.replace("hidden=False", ""), "a hidden test is in the notebook"
+    answer_keys = re.findall(r'^(q\d+_answer) = (.+?)\s+# SOLUTION$', (ASSIGNMENT / "master.py").read_text(), re.M)
+    assert answer_keys, "no answer keys found in the master"
+    for variable, value in answer_keys:
+        assert f"{variable} = {value}" not in texts[f"{NAME}.ipynb"], f"answer key of {variable} shipped"
+
+
+def test_shipped_modules_never_import_solutions():
+    """Support code sits below the algorithms layer: it must run without offline_rl.algorithms."""
+    package = STUDENT / NAME
+    shipped = {p.name for p in package.glob("*.py")}
+    assert shipped == set(SHIPPED), f"shipped {sorted(shipped)} but release.toml says {sorted(SHIPPED)}"
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = []
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                modules = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for module in modules:
+                if module.startswith("offline_rl"):
+                    target = module.split(".")[1] if "." in module else "__init__"
+                    assert target != "algorithms", f"{path.name} imports {module}"
+                    assert f"{target}.py" in shipped or module.count(".") > 1, (
+                        f"{path.name} imports {module}, which is not shipped"
+                    )
+
+
+def test_autograder_zip_is_normalised_and_complete():
+    with zipfile.ZipFile(GRADER / "autograder.zip") as zf:
+        infos = zf.infolist()
+        names = [i.filename for i in infos]
+        assert names == sorted(names), "zip entries must be sorted"
+        assert {i.date_time for i in infos} == {(2000, 1, 1, 0, 0, 0)}, "zip timestamps must be fixed"
+        for required in ("run_autograder", "setup.sh", "otter_config.json", "environment.yml",
+                         "files/hidden_checks.py", "files/hidden_fixtures.npz"):
+            assert required in names, f"{required} missing from autograder.zip"
+        assert not any("__pycache__" in n for n in names)
+        assert not any(n.startswith("files/offline_rl/algorithms") for n in names)
+        env = zf.read("environment.yml").decode()
+    assert "python=3.11" in env and "pytorch-cpu" in env, env
+    assert re.search(r"^\s*- pytorch=", env, re.M) is None, "the CUDA pytorch build would be installed"
+
+
+def test_every_question_has_a_hidden_test_and_the_three_named_checks_exist():
+    with zipfile.ZipFile(GRADER / "autograder.zip") as zf:
+        tests = {n: zf.read(n).decode() for n in zf.namelist() if n.startswith("tests/")}
+    hidden = {n for n, text in tests.items() if "hidden=True" in text}
+    assert hidden == set(tests), f"questions without a hidden test: {sorted(set(tests) - hidden)}"
+    joined = "\n".join(tests.values())
+    for check in ("compare('bc_loss'", "compare('cql_penalty'", "compare('stitching'"):
+        assert check in joined, f"hidden check {check} missing"
+
+
+def test_student_notebook_has_stable_ids_and_no_outputs():
+    nb = nbformat.read(STUDENT / f"{NAME}.ipynb", as_version=4)
+    assert [c["id"] for c in nb.cells] == [f"cell-{i:03d}" for i in range(len(nb.cells))]
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    assert "jupytext" not in nb.metadata
