@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from offline_rl.algorithms.neural import (
     CQL,
     BCConfig,
@@ -37,6 +35,7 @@ from offline_rl.cartpole import (
 )
 from offline_rl.datasets import OfflineDataset
 from offline_rl.training import evaluate_policy, mlp, set_seed, to_torch_batch, train_offline
+from torch import nn
 
 
 def _batch(n: int = 8, obs_dim: int = 4, n_actions: int = 3, seed: int = 0) -> dict:
@@ -324,7 +323,7 @@ def test_set_seed_and_mlp():
 
 @pytest.mark.parametrize("quality", [1.5, -0.1, float("nan"), "great", None, True])
 def test_bad_quality_raises(quality):
-    with pytest.raises(ValueError, match="quality|behavior"):
+    with pytest.raises(ValueError, match=r"quality|behavior"):
         make_cartpole_dataset(quality, 2, seed=0, progress=False)
 
 

@@ -34,7 +34,13 @@ def fresh_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The release rebuilt from the masters and reference/ into a temporary folder."""
     out = tmp_path_factory.mktemp("release")
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "build_release.py"), "--no-self-check", "--out", str(out)],
+        [
+            sys.executable,
+            str(ROOT / "tools" / "build_release.py"),
+            "--no-self-check",
+            "--out",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=600,
@@ -46,7 +52,9 @@ def fresh_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_committed_release_is_up_to_date(fresh_build):
     for folder in ("student_release", "autograder"):
         built, committed = _tree(fresh_build / folder / NAME), _tree(ROOT / folder / NAME)
-        assert sorted(built) == sorted(committed), f"{folder}: file lists differ; run `make release`"
+        assert sorted(built) == sorted(committed), (
+            f"{folder}: file lists differ; run `make release`"
+        )
         stale = [name for name in built if built[name] != committed[name]]
         assert not stale, f"{folder}: {stale} differ from a fresh build; run `make release`"
 
@@ -55,7 +63,13 @@ def test_release_is_reproducible(fresh_build, tmp_path):
     """A second build gives byte-identical output (fixed cell ids, zip order and timestamps)."""
     out = tmp_path / "again"
     subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "build_release.py"), "--no-self-check", "--out", str(out)],
+        [
+            sys.executable,
+            str(ROOT / "tools" / "build_release.py"),
+            "--no-self-check",
+            "--out",
+            str(out),
+        ],
         check=True,
         capture_output=True,
         timeout=600,
@@ -95,8 +109,17 @@ def test_student_release_holds_no_solution_code():
     notebook = texts[f"{NAME}.ipynb"]
     leaked = [line for line in _solution_lines() if line in notebook]
     assert not leaked, f"solution lines in the student notebook: {leaked[:5]}"
-    for marker in ("BEGIN SOLUTION", "END SOLUTION", "# SOLUTION", "BEGIN TESTS", "BEGIN QUESTION",
-                   "ASSIGNMENT CONFIG", "BEGIN TEST CONFIG", "# HIDDEN"):
+    # otter itself writes "<!-- BEGIN QUESTION -->" comments around manual questions (for PDFs).
+    for marker in (
+        "BEGIN SOLUTION",
+        "END SOLUTION",
+        "# SOLUTION",
+        "BEGIN TESTS",
+        "# BEGIN QUESTION",
+        "ASSIGNMENT CONFIG",
+        "BEGIN TEST CONFIG",
+        "# HIDDEN",
+    ):
         holders = [name for name, text in texts.items() if marker in text]
         assert not holders, f"marker {marker!r} found in {holders}"
 
@@ -110,18 +133,26 @@ def test_student_release_holds_no_hidden_test_or_fixture():
         assert "hidden_checks" not in text and "hidden_fixtures" not in text, name
     nb = nbformat.reads(texts[f"{NAME}.ipynb"], as_version=4)
     shipped_tests = "\n".join(nb.metadata["otter"]["tests"].values())
-    assert "hidden" not in shipped_tests.replace("hidden=False", ""), "a hidden test is in the notebook"
-    answer_keys = re.findall(r'^(q\d+_answer) = (.+?)\s+# SOLUTION$', (ASSIGNMENT / "master.py").read_text(), re.M)
+    assert "hidden" not in shipped_tests.replace("hidden=False", ""), (
+        "a hidden test is in the notebook"
+    )
+    answer_keys = re.findall(
+        r"^(q\d+_answer) = (.+?)\s+# SOLUTION$", (ASSIGNMENT / "master.py").read_text(), re.M
+    )
     assert answer_keys, "no answer keys found in the master"
     for variable, value in answer_keys:
-        assert f"{variable} = {value}" not in texts[f"{NAME}.ipynb"], f"answer key of {variable} shipped"
+        assert f"{variable} = {value}" not in texts[f"{NAME}.ipynb"], (
+            f"answer key of {variable} shipped"
+        )
 
 
 def test_shipped_modules_never_import_solutions():
     """Support code sits below the algorithms layer: it must run without offline_rl.algorithms."""
     package = STUDENT / NAME
     shipped = {p.name for p in package.glob("*.py")}
-    assert shipped == set(SHIPPED), f"shipped {sorted(shipped)} but release.toml says {sorted(SHIPPED)}"
+    assert shipped == set(SHIPPED), (
+        f"shipped {sorted(shipped)} but release.toml says {sorted(SHIPPED)}"
+    )
     for path in package.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             modules = []
@@ -143,15 +174,25 @@ def test_autograder_zip_is_normalised_and_complete():
         infos = zf.infolist()
         names = [i.filename for i in infos]
         assert names == sorted(names), "zip entries must be sorted"
-        assert {i.date_time for i in infos} == {(2000, 1, 1, 0, 0, 0)}, "zip timestamps must be fixed"
-        for required in ("run_autograder", "setup.sh", "otter_config.json", "environment.yml",
-                         "files/hidden_checks.py", "files/hidden_fixtures.npz"):
+        assert {i.date_time for i in infos} == {(2000, 1, 1, 0, 0, 0)}, (
+            "zip timestamps must be fixed"
+        )
+        for required in (
+            "run_autograder",
+            "setup.sh",
+            "otter_config.json",
+            "environment.yml",
+            "files/hidden_checks.py",
+            "files/hidden_fixtures.npz",
+        ):
             assert required in names, f"{required} missing from autograder.zip"
         assert not any("__pycache__" in n for n in names)
         assert not any(n.startswith("files/offline_rl/algorithms") for n in names)
         env = zf.read("environment.yml").decode()
     assert "python=3.11" in env and "pytorch-cpu" in env, env
-    assert re.search(r"^\s*- pytorch=", env, re.M) is None, "the CUDA pytorch build would be installed"
+    assert re.search(r"^\s*- pytorch=", env, re.M) is None, (
+        "the CUDA pytorch build would be installed"
+    )
 
 
 def test_every_question_has_a_hidden_test_and_the_three_named_checks_exist():

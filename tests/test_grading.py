@@ -1,0 +1,148 @@
+"""Full grading runs of the built autograder zip with `otter run` (no Docker).
+
+* the solution notebook scores full marks;
+* the untouched student notebook scores zero on every autograded question, and its public
+  checks say "not implemented yet" rather than showing a traceback from the support code;
+* a student notebook with the solutions pasted back in, exported with ``grader.export()``,
+  scores full marks (the path a real student takes).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME = "offline_rl"
+ZIP = ROOT / "autograder" / NAME / "autograder.zip"
+SOLUTION = ROOT / "autograder" / NAME / f"{NAME}-solution.ipynb"
+STUDENT_DIR = ROOT / "student_release" / NAME
+
+pytestmark = pytest.mark.slow
+
+
+def grade(submission: Path, out: Path) -> dict:
+    """Grade ``submission`` (notebook or export zip) with the release's zip; return results.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    otter = [sys.executable, "-m", "otter", "run", "-a", str(ZIP), "-o", str(out), str(submission)]
+    proc = subprocess.run(otter, capture_output=True, text=True, timeout=600)
+    results = out / "results.json"
+    assert results.exists(), (
+        f"no results.json (exit {proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+    )
+    return json.loads(results.read_text())
+
+
+def question_scores(results: dict) -> dict[str, tuple[float, float]]:
+    return {
+        t["name"]: (float(t["score"]), float(t["max_score"]))
+        for t in results["tests"]
+        if "max_score" in t and t.get("max_score") is not None and t["name"] != "Public Tests"
+    }
+
+
+def submission_copy(tmp_path: Path, notebook: Path) -> Path:
+    """A student working folder: the notebook beside the shipped support package."""
+    work = tmp_path / "work"
+    shutil.copytree(STUDENT_DIR, work)
+    target = work / f"{NAME}.ipynb"
+    shutil.copyfile(notebook, target)
+    return target
+
+
+def test_solution_scores_full_marks(tmp_path):
+    results = grade(submission_copy(tmp_path, SOLUTION), tmp_path / "out")
+    scores = question_scores(results)
+    assert len(scores) >= 12, scores
+    lost = {name: s for name, s in scores.items() if s[0] != s[1]}
+    assert not lost, f"the solution lost points: {lost}"
+
+
+def test_untouched_student_notebook_scores_zero(tmp_path):
+    results = grade(submission_copy(tmp_path, STUDENT_DIR / f"{NAME}.ipynb"), tmp_path / "out")
+    scores = question_scores(results)
+    earned = {name: s for name, s in scores.items() if s[0] != 0}
+    assert not earned, f"a blank notebook earned points: {earned}"
+    public = next(t for t in results["tests"] if t["name"] == "Public Tests")["output"]
+    assert "replace the ... with your code" in public, public[:2000]
+    assert "site-packages" not in public and "offline_rl/datasets.py" not in public, (
+        "a blank answer must fail with a teaching message, not a traceback from support code"
+    )
+
+
+def _answer_key(source: str) -> str:
+    first = source.strip().splitlines()[0]
+    return first.split("(")[0].split("=")[0].strip()
+
+
+def test_pasted_solutions_exported_with_grader_export_score_full_marks(tmp_path):
+    student_nb = STUDENT_DIR / f"{NAME}.ipynb"
+    work_nb = submission_copy(tmp_path, student_nb)
+    nb = nbformat.read(work_nb, as_version=4)
+    solution = nbformat.read(SOLUTION, as_version=4)
+    solutions = {
+        _answer_key(c.source): c.source
+        for c in solution.cells
+        if c.cell_type == "code" and c.source.strip()
+    }
+    pasted = 0
+    for cell in nb.cells:
+        if (
+            cell.cell_type == "code"
+            and "..." in cell.source
+            and _answer_key(cell.source) in solutions
+        ):
+            cell.source = solutions[_answer_key(cell.source)]
+            pasted += 1
+    assert pasted >= 12, f"only {pasted} answer cells matched the solution notebook"
+    # Demos are for people; skip them so the run stays short (grading skips them too).
+    nb.cells = [c for c in nb.cells if "otter_ignore" not in c.metadata.get("tags", [])]
+    export = next(c for c in nb.cells if "grader.export(" in c.source)
+    export.source = export.source.replace("run_tests=True", "run_tests=False")
+    nbformat.write(nb, work_nb)
+    NotebookClient(
+        nb,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(work_nb.parent)}},
+    ).execute()
+    zips = sorted(work_nb.parent.glob(f"{NAME}_*.zip"))
+    assert zips, "grader.export() wrote no zip"
+    results = grade(zips[-1], tmp_path / "out")
+    scores = question_scores(results)
+    lost = {name: s for name, s in scores.items() if s[0] != s[1]}
+    assert not lost, f"pasted solutions lost points: {lost}"
+
+
+def test_solution_notebook_runs_headless_top_to_bottom(tmp_path):
+    """Every cell, demos included, executes without error and without hanging (nbclient)."""
+    work_nb = submission_copy(tmp_path, SOLUTION)
+    nb = nbformat.read(work_nb, as_version=4)
+    client = NotebookClient(
+        nb,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(work_nb.parent)}},
+    )
+    client.execute()
+    errors = [
+        output
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+        if output.get("output_type") == "error"
+    ]
+    assert not errors, errors[:1]
+    demo_outputs = [
+        cell.outputs for cell in nb.cells if "widgets." in cell.source and cell.cell_type == "code"
+    ]
+    assert all(demo_outputs), "every demo cell must display something"
+    shown = json.dumps(demo_outputs)
+    assert "waiting for it" not in shown, "a demo did not run on the solution's functions"
