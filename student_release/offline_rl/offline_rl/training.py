@@ -7,6 +7,7 @@ observation to an action. So a notebook runs these loops on the student's own ag
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -57,7 +58,7 @@ def mlp(in_dim: int, out_dim: int, hidden: Sequence[int] = (256, 256)) -> nn.Seq
         )
     layers: list[nn.Module] = []
     sizes = [in_dim, *hidden]
-    for a, b in zip(sizes[:-1], sizes[1:]):
+    for a, b in itertools.pairwise(sizes):
         layers += [nn.Linear(a, b), nn.ReLU()]
     layers.append(nn.Linear(sizes[-1], out_dim))
     return nn.Sequential(*layers)
