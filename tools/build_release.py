@@ -9,6 +9,8 @@ For each assignment the build
 2. runs ``otter assign`` there (its self-check grades the solution notebook against the new zip);
 3. normalises otter's output so that the same inputs give the same bytes: fixed notebook cell ids,
    no editor metadata, a zip named ``autograder.zip`` with sorted entries and fixed timestamps;
+   the zip gets the sandboxed grader (``grading/``) and a ``run_autograder`` that calls it in place
+   of otter's in-kernel run (see grading/README.md for why);
 4. replaces ``student_release/<name>/`` and ``autograder/<name>/`` with the result.
 
 Usage::
@@ -40,6 +42,31 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_PKG = ROOT / "reference" / "offline_rl"
 ZIP_DATE = (2000, 1, 1, 0, 0, 0)
 EXECUTABLES = {"run_autograder", "setup.sh"}
+GRADING_PKG = ROOT / "grading"
+#: Gradescope entry point: the sandboxed grader instead of otter's run_otter.py.
+RUN_AUTOGRADER = """#!/usr/bin/env bash
+# Written by tools/build_release.py. Grades in a sandbox (grading/README.md), not in otter's kernel.
+export PATH=/root/miniforge3/bin:$PATH
+eval "$(mamba shell hook --shell bash 2>/dev/null)" 2>/dev/null && mamba activate otter-env
+cd /autograder/source
+exec python -m grading /autograder/source /autograder/submission /autograder/results
+"""
+#: Appended to otter's setup.sh: the sandbox user must be able to run Python under /root.
+SETUP_SUFFIX = """
+# Added by tools/build_release.py: the grader runs student kernels as an unprivileged user, which
+# must be able to traverse /root to reach /root/miniforge3 (traverse only: /root stays unlistable).
+chmod o+x /root
+"""
+
+
+def grader_entries(otter_entries: dict[str, bytes]) -> dict[str, bytes]:
+    """Otter's zip entries with the sandboxed grader installed in place of run_otter.py."""
+    entries = {k: v for k, v in otter_entries.items() if k != "run_otter.py"}
+    entries["run_autograder"] = RUN_AUTOGRADER.encode()
+    entries["setup.sh"] = otter_entries["setup.sh"] + SETUP_SUFFIX.encode()
+    for path in sorted(GRADING_PKG.glob("*.py")):
+        entries[f"grading/{path.name}"] = path.read_bytes()
+    return entries
 # Notebook metadata that editors add and that would make the release differ between machines.
 VOLATILE_CELL_METADATA = ("lines_to_next_cell", "execution", "collapsed", "scrolled")
 
@@ -142,9 +169,10 @@ def normalise_notebook(src: Path, dst: Path) -> None:
 
 
 def normalise_zip(src: Path, dst: Path) -> None:
-    """Rewrite otter's zip with sorted entries, fixed timestamps and fixed permissions."""
+    """Rewrite otter's zip with the grader, sorted entries, fixed timestamps and permissions."""
     with zipfile.ZipFile(src) as zin:
         entries = {info.filename: zin.read(info) for info in zin.infolist() if not info.is_dir()}
+    entries = grader_entries(entries)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zout:
         for name in sorted(entries):

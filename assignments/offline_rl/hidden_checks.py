@@ -1,12 +1,16 @@
 """Hidden checks for the offline_rl assignment (an autograder-only file: never shipped to students).
 
-Each check is two separate steps so the comparison can later move out of the student's kernel:
+Each check is two separate steps, so the comparison runs outside the student's kernel:
 
 1. ``outputs_<name>(student functions...) -> dict[str, np.ndarray]`` runs the student's code on the
    fixture inputs and records plain arrays (values, shapes, flags). It never sees expected values.
 2. ``compare(name, outputs)`` compares those arrays with the expected values that
    ``make_fixtures.py`` generated from ``reference/`` and raises ``AssertionError`` with a message
    that says which case failed and how.
+
+``CHECKS`` names every check; the grader (``grading/``) runs step 1 in the sandboxed kernel on
+``hidden_inputs.npz`` and step 2 in the trusted process with ``hidden_expected.npz``, which the
+kernel cannot read. ``check(name, ...)`` runs both in one process (otter's own self-check).
 
 Tolerances accept every correct implementation (float32 or float64, gather or indexing,
 ``F.cross_entropy`` or ``log_softmax``, hand-written stable log-sum-exp) and reject the real
@@ -21,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-FIXTURES = Path(__file__).with_name("hidden_fixtures.npz")
+INPUTS = Path(__file__).with_name("hidden_inputs.npz")
+EXPECTED = Path(__file__).with_name("hidden_expected.npz")
 
 #: (rtol, atol) per check. float32 arithmetic differs between correct implementations by ~1e-6;
 #: the closest mistake measured (the (B,)/(B,1) broadcast in the Bellman error) moves the loss by
@@ -44,8 +49,8 @@ TOLERANCES: dict[str, tuple[float, float]] = {
 }
 
 
-def _load() -> dict[str, np.ndarray]:
-    with np.load(FIXTURES, allow_pickle=False) as data:
+def _load(path: Path = INPUTS) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
 
 
@@ -100,7 +105,7 @@ def outputs_coverage(coverage_counts: Callable, ood_fraction: Callable) -> dict[
         )
         counts, err = _run(coverage_counts, dataset, n_states, n_actions)
         _record(out, f"{p}/counts", counts, err)
-        frac, err = _run(ood_fraction, fx[f"{p}/expected_counts"], fx[f"{p}/policy"])
+        frac, err = _run(ood_fraction, fx[f"{p}/counts"], fx[f"{p}/policy"])
         _record(out, f"{p}/ood_fraction", frac, err)
     return out
 
@@ -326,12 +331,47 @@ def outputs_number(question: str, answer: Any) -> dict[str, np.ndarray]:
     return out
 
 
+def outputs_q10(q10_answer: Any) -> dict[str, np.ndarray]:
+    return outputs_choice("q10", q10_answer)
+
+
+def outputs_q11(q11_answer: Any) -> dict[str, np.ndarray]:
+    return outputs_choice("q11", q11_answer)
+
+
+def outputs_q12(q12_answer: Any) -> dict[str, np.ndarray]:
+    return outputs_number("q12", q12_answer)
+
+
+#: check name -> step 1. The parameter names are the notebook globals the check is given.
+CHECKS: dict[str, Callable[..., dict[str, np.ndarray]]] = {
+    "coverage": outputs_coverage,
+    "td_target": outputs_td_target,
+    "tabular_q": outputs_tabular_q,
+    "bc_loss": outputs_bc_loss,
+    "cql_penalty": outputs_cql_penalty,
+    "cql_loss": outputs_cql_loss,
+    "bcq": outputs_bcq,
+    "alpha": outputs_alpha,
+    "quality": outputs_quality,
+    "stitching": outputs_stitching,
+    "q10": outputs_q10,
+    "q11": outputs_q11,
+    "q12": outputs_q12,
+}
+
+
+def check(name: str, *notebook_values: Any) -> None:
+    """Both steps in this process (for otter's in-kernel self-check and the instructor)."""
+    compare(name, CHECKS[name](*notebook_values))
+
+
 # ----------------------------------------------------------------------------- step 2: compare
 def compare(
     name: str, outputs: dict[str, np.ndarray], fixtures: dict[str, np.ndarray] | None = None
 ) -> None:
     """Compare a check's outputs with the expected values; raise AssertionError on the first miss."""
-    fx = _load() if fixtures is None else fixtures
+    fx = _load(EXPECTED) if fixtures is None else fixtures
     rtol, atol = TOLERANCES.get(name, (0.0, 0.0))
     expected = {k: v for k, v in fx.items() if k.startswith(f"{name}/") and "/expected_" in k}
     if not expected:

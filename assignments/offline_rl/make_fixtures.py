@@ -1,8 +1,12 @@
-"""Generate ``hidden_fixtures.npz``: seeded inputs and the reference's expected outputs.
+"""Generate the hidden-test fixtures: seeded inputs and the reference's expected outputs.
 
 Run by the release build as ``python make_fixtures.py OUTDIR``. Every expected value comes from
 ``reference/`` (``offline_rl.algorithms``); nothing here is typed by hand. Keys are
 ``<check>/<case>/<field>``; fields named ``expected_*`` are what ``hidden_checks.compare`` checks.
+
+They go to two files because they have two readers: ``hidden_inputs.npz`` is copied into the
+student's sandboxed kernel (which runs the student's functions on it), ``hidden_expected.npz``
+stays with the trusted grading process, out of the kernel's reach.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ def _coverage(fx: dict[str, np.ndarray], rng: np.random.Generator) -> None:
         fx[f"{p}/sizes"] = np.array([n_states, n_actions])
         fx[f"{p}/observations"], fx[f"{p}/actions"], fx[f"{p}/policy"] = obs, actions, policy
         fx[f"{p}/expected_counts"] = counts
+        fx[f"{p}/counts"] = counts  # ood_fraction's input: the correct counts, not the student's
         fx[f"{p}/expected_ood_fraction"] = np.asarray(coverage.ood_fraction(counts, policy))
 
 
@@ -267,11 +272,19 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
             zf.writestr(zipfile.ZipInfo(f"{key}.npy", date_time=(2000, 1, 1, 0, 0, 0)), buffer.getvalue())
 
 
+def split(fx: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(inputs, expected): a key is expected when its last part starts with ``expected_``."""
+    is_expected = {k: k.rsplit("/", 1)[-1].startswith("expected_") for k in fx}
+    inputs = {k: v for k, v in fx.items() if not is_expected[k]}
+    expected = {k: v for k, v in fx.items() if is_expected[k]}
+    return inputs, expected
+
+
 def main(outdir: str) -> None:
-    fx = make_fixtures()
-    path = Path(outdir) / "hidden_fixtures.npz"
-    write_npz(path, fx)
-    print(f"wrote {len(fx)} arrays to {path}")
+    inputs, expected = split(make_fixtures())
+    for name, arrays in (("hidden_inputs.npz", inputs), ("hidden_expected.npz", expected)):
+        write_npz(Path(outdir) / name, arrays)
+        print(f"wrote {len(arrays)} arrays to {Path(outdir) / name}")
 
 
 if __name__ == "__main__":

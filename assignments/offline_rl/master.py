@@ -7,7 +7,8 @@
 #   - offline_rl
 # autograder_files:
 #   - hidden_checks.py
-#   - hidden_fixtures.npz
+#   - hidden_inputs.npz
+#   - hidden_expected.npz
 # export_cell:
 #   pdf: false
 #   instructions: "Save the notebook (Ctrl+S / Cmd+S) first. The cell writes a zip next to this notebook: upload that zip to Gradescope."
@@ -210,8 +211,7 @@ failure_message: coverage_counts or ood_fraction disagree with the reference on 
 """ # END TEST CONFIG
 def test_coverage_hidden(coverage_counts, ood_fraction):
     import hidden_checks
-    outputs = hidden_checks.outputs_coverage(coverage_counts, ood_fraction)
-    hidden_checks.compare("coverage", outputs)
+    hidden_checks.check("coverage", coverage_counts, ood_fraction)
 
 # %% [raw]
 # # END TESTS
@@ -345,7 +345,7 @@ failure_message: td_target disagrees with the reference on random batches (check
 """ # END TEST CONFIG
 def test_td_target_hidden(td_target):
     import hidden_checks
-    hidden_checks.compare("td_target", hidden_checks.outputs_td_target(td_target))
+    hidden_checks.check("td_target", td_target)
 
 # %% [raw]
 # # END TESTS
@@ -453,9 +453,9 @@ def test_offline_q_penalty_lowers_unseen(offline_q_learning, datasets, np):
 hidden: true
 failure_message: offline_q_learning disagrees with the reference Q-table on the course's datasets (targets averaged per pair, the (1 - d) mask, the pi_data weighting, the softmax term, lr).
 """ # END TEST CONFIG
-def test_offline_q_hidden(offline_q_learning):
+def test_tabular_q_hidden(offline_q_learning):
     import hidden_checks
-    hidden_checks.compare("tabular_q", hidden_checks.outputs_tabular_q(offline_q_learning))
+    hidden_checks.check("tabular_q", offline_q_learning)
 
 # %% [raw]
 # # END TESTS
@@ -583,7 +583,7 @@ failure_message: bc_loss disagrees with the reference on random batches (log-pro
 """ # END TEST CONFIG
 def test_bc_loss_hidden(bc_loss):
     import hidden_checks
-    hidden_checks.compare("bc_loss", hidden_checks.outputs_bc_loss(bc_loss))
+    hidden_checks.check("bc_loss", bc_loss)
 
 # %% [raw]
 # # END TESTS
@@ -740,7 +740,7 @@ failure_message: cql_penalty disagrees with the reference on random batches (log
 """ # END TEST CONFIG
 def test_cql_penalty_hidden(cql_penalty):
     import hidden_checks
-    hidden_checks.compare("cql_penalty", hidden_checks.outputs_cql_penalty(cql_penalty))
+    hidden_checks.check("cql_penalty", cql_penalty)
 
 # %%
 """ # BEGIN TEST CONFIG
@@ -749,7 +749,7 @@ failure_message: cql_loss disagrees with the reference (target network and detac
 """ # END TEST CONFIG
 def test_cql_loss_hidden(cql_loss):
     import hidden_checks
-    hidden_checks.compare("cql_loss", hidden_checks.outputs_cql_loss(cql_loss))
+    hidden_checks.check("cql_loss", cql_loss)
 
 # %% [raw]
 # # END TESTS
@@ -913,7 +913,7 @@ failure_message: bcq_policy disagrees with the reference on random tables (filte
 """ # END TEST CONFIG
 def test_bcq_hidden(bcq_policy):
     import hidden_checks
-    hidden_checks.compare("bcq", hidden_checks.outputs_bcq(bcq_policy))
+    hidden_checks.check("bcq", bcq_policy)
 
 # %% [raw]
 # # END TESTS
@@ -995,7 +995,7 @@ failure_message: alpha_experiment disagrees with the reference on the stitching 
 """ # END TEST CONFIG
 def test_alpha_hidden(alpha_experiment):
     import hidden_checks
-    hidden_checks.compare("alpha", hidden_checks.outputs_alpha(alpha_experiment))
+    hidden_checks.check("alpha", alpha_experiment)
 
 # %% [raw]
 # # END TESTS
@@ -1094,7 +1094,7 @@ failure_message: quality_experiment disagrees with the reference (dataset per qu
 """ # END TEST CONFIG
 def test_quality_hidden(quality_experiment):
     import hidden_checks
-    hidden_checks.compare("quality", hidden_checks.outputs_quality(quality_experiment))
+    hidden_checks.check("quality", quality_experiment)
 
 # %% [raw]
 # # END TESTS
@@ -1189,7 +1189,7 @@ failure_message: stitching_experiment disagrees with the reference, or its numbe
 """ # END TEST CONFIG
 def test_stitching_hidden(stitching_experiment):
     import hidden_checks
-    hidden_checks.compare("stitching", hidden_checks.outputs_stitching(stitching_experiment))
+    hidden_checks.check("stitching", stitching_experiment)
 
 # %% [raw]
 # # END TESTS
@@ -1307,7 +1307,7 @@ hidden: true
 """ # END TEST CONFIG
 def test_q10_hidden(q10_answer):
     import hidden_checks
-    hidden_checks.compare("q10", hidden_checks.outputs_choice("q10", q10_answer))
+    hidden_checks.check("q10", q10_answer)
 
 # %% [raw]
 # # END TESTS
@@ -1353,7 +1353,7 @@ hidden: true
 """ # END TEST CONFIG
 def test_q11_hidden(q11_answer):
     import hidden_checks
-    hidden_checks.compare("q11", hidden_checks.outputs_choice("q11", q11_answer))
+    hidden_checks.check("q11", q11_answer)
 
 # %% [raw]
 # # END TESTS
@@ -1394,7 +1394,7 @@ hidden: true
 """ # END TEST CONFIG
 def test_q12_hidden(q12_answer):
     import hidden_checks
-    hidden_checks.compare("q12", hidden_checks.outputs_number("q12", q12_answer))
+    hidden_checks.check("q12", q12_answer)
 
 # %% [raw]
 # # END TESTS

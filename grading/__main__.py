@@ -1,0 +1,51 @@
+"""``python -m grading SOURCE SUBMISSION RESULTS``: grade one submission, write RESULTS/results.json.
+
+SOURCE is an unzipped autograder (Gradescope: /autograder/source), SUBMISSION a folder holding the
+student's upload. Run as root to sandbox the kernel; ``--same-user`` grades trusted notebooks
+(the solution, your own tests) as the current user without the sandbox.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from grading import results
+from grading.runner import Grader, GradingConfig
+from grading.sandbox import SandboxConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m grading", description=__doc__.splitlines()[0])
+    parser.add_argument("source", type=Path, help="the unzipped autograder folder")
+    parser.add_argument("submission", type=Path, help="folder with the student's upload")
+    parser.add_argument("results", type=Path, help="folder to write results.json into")
+    parser.add_argument(
+        "--same-user", action="store_true", help="no sandbox user (trusted input only)"
+    )
+    parser.add_argument("--cell-timeout", type=float, default=SandboxConfig.cell_timeout)
+    args = parser.parse_args(argv)
+    same_user = args.same_user or os.geteuid() != 0
+    if same_user and not args.same_user:
+        print("grading: not root, so the notebook runs as this user (no sandbox).", file=sys.stderr)
+    sandbox = SandboxConfig(
+        cell_timeout=args.cell_timeout, uid=None if same_user else SandboxConfig.uid
+    )
+    try:
+        grader = Grader(args.source, GradingConfig(sandbox=sandbox))
+    except Exception:
+        # A broken autograder must still leave a score behind, or Gradescope shows nothing.
+        traceback.print_exc()
+        message = "The autograder is misconfigured (not your fault); tell the course staff."
+        results.write({"score": 0.0, "output": message, "tests": []}, args.results)
+        return 1
+    result = grader.grade(args.submission, args.results)
+    print(f"score {result['score']:g}: {result['output']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

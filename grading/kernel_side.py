@@ -1,0 +1,60 @@
+"""The half of grading that runs inside the student's kernel, as the student.
+
+Copied into the sandbox as ``_grading_kernel.py``. Nothing here is trusted: it only runs the
+student's functions on the hidden *inputs* and writes what they returned to a file. The trusted
+grading process reads that file and does every comparison with expected values itself, so
+tampering with this module, numpy, torch or builtins can change only the student's own outputs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+import sys
+from typing import Any
+
+import numpy as np
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator a notebook may use (torch only once the notebook imported it)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(seed)
+
+
+def install(seed: int) -> None:
+    """Reseed before every cell, as otter does, so no answer depends on the cells run before it."""
+    from IPython import get_ipython
+
+    seed_everything(seed)
+    get_ipython().events.register("pre_run_cell", lambda *_: seed_everything(seed))
+
+
+def _where_defined(name: str) -> str:
+    return (
+        f"your notebook defines no `{name}` when it is graded. Did you rename or delete it, define "
+        "it only in a demo cell (demo cells are not run by the grader), or leave an error in the "
+        "cell that defines it?"
+    )
+
+
+def harvest(check: str, namespace: dict[str, Any], out_path: str) -> None:
+    """Run hidden check ``check``'s first step on the student's functions; save the arrays."""
+    import hidden_checks
+
+    fn = hidden_checks.CHECKS[check]
+    names = list(inspect.signature(fn).parameters)
+    missing = [n for n in names if n not in namespace]
+    if missing:
+        outputs = {"__error__": np.array(" ".join(_where_defined(n) for n in missing))}
+    else:
+        try:
+            outputs = fn(*[namespace[n] for n in names])
+        except Exception as err:
+            outputs = {
+                "__error__": np.array(f"checking your code raised {type(err).__name__}: {err}")
+            }
+    np.savez(out_path, **outputs)

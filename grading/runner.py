@@ -1,0 +1,415 @@
+"""The trusted half of grading: run a submission in the sandbox, score it outside, report.
+
+Trust boundary (see grading/README.md):
+
+* this process reads the autograder (tests, expected values) and writes results.json; before any
+  student code runs it makes the autograder and the submission unreadable to the sandbox user;
+* the student's notebook runs cell by cell in a kernel owned by the sandbox user
+  (:mod:`grading.sandbox`), in a directory that holds only the shipped support files, the hidden
+  *inputs* and the kernel-side harvester;
+* each hidden check's first step runs in that kernel and leaves an ``.npz`` of plain arrays; this
+  process opens it without following links, checks owner and size, loads it without pickle, and
+  compares it with expected values the kernel never saw.
+
+Whatever happens, :func:`grade` writes a results.json with a score and returns it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.util
+import io
+import json
+import os
+import re
+import shutil
+import stat
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import nbformat
+import numpy as np
+
+from grading import results as gs
+from grading.sandbox import CellRun, Sandbox, SandboxConfig
+from grading.submission import SubmissionError, find_notebook
+
+KERNEL_SIDE = Path(__file__).with_name("kernel_side.py")
+#: Files of the autograder's files/ folder the kernel must never see.
+SECRET_FILES = ("hidden_expected*",)
+#: Otter scaffolding cells: dropped (they run tests or export zips, never student answers).
+SCAFFOLDING = re.compile(
+    r"^\s*(grader\.check\(\s*\"[\w-]+\"\s*\)|grader\.check_all\(\s*\)|"
+    r"(#[^\n]*\n)*\s*grader\.export\([^)]*\))\s*$"
+)
+MAX_OUTPUT_FILE = 32 * 2**20
+HIDDEN_CASE = re.compile(r"^test_(\w+)_hidden$")
+
+
+@dataclass(frozen=True)
+class Question:
+    """One graded question: its points are split evenly over its hidden checks."""
+
+    name: str
+    points: float
+    checks: tuple[str, ...]
+    failure_messages: dict[str, str]
+
+
+@dataclass
+class GradingConfig:
+    """What the grader needs besides the autograder folder."""
+
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    """Identity and limits of the student's kernel."""
+    check_timeout: float = 120.0
+    """Seconds one hidden check may run the student's code."""
+    budget: float = 420.0
+    """Seconds for the whole run (Gradescope stops at 600 with no results at all)."""
+    max_restarts: int = 2
+    """Kernel restarts allowed after cells that ignore interrupts or kill the kernel."""
+
+
+@dataclass
+class NotebookCell:
+    number: int
+    section: str
+    source: str
+    run: CellRun | None = None
+
+
+def load_questions(tests_dir: Path) -> list[Question]:
+    """Questions, points and hidden checks from otter's generated test files."""
+    from otter.test_files.exception_test import ExceptionTestFile
+
+    questions = []
+    for path in sorted(tests_dir.glob("*.py")):
+        test_file = ExceptionTestFile.from_file(str(path))
+        checks, messages = [], {}
+        for case in test_file.test_cases:
+            match = HIDDEN_CASE.match(case.body.test_func.__name__)
+            if case.hidden and match:
+                checks.append(match.group(1))
+                messages[match.group(1)] = case.failure_message or ""
+        if not checks:
+            raise RuntimeError(f"{path.name}: no hidden test named test_<check>_hidden")
+        questions.append(Question(test_file.name, float(test_file.possible), tuple(checks), messages))
+
+    def order(q: Question) -> tuple[int, str]:
+        number = re.match(r"q(\d+)", q.name)
+        return (int(number.group(1)) if number else 10**6, q.name)
+
+    return sorted(questions, key=order)
+
+
+def _load_module(path: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def code_cells(nb: nbformat.NotebookNode) -> tuple[list[NotebookCell], int]:
+    """The cells to run (numbered as in the notebook, 1-based) and how many demo cells were skipped."""
+    cells, section, skipped = [], "the top of the notebook", 0
+    for number, cell in enumerate(nb.get("cells", []), start=1):
+        source = cell.get("source", "")
+        source = "".join(source) if isinstance(source, list) else str(source)
+        if cell.get("cell_type") == "markdown":
+            heading = next((ln for ln in source.splitlines() if ln.startswith("#")), None)
+            if heading:
+                section = heading.lstrip("#").strip()
+            continue
+        if cell.get("cell_type") != "code" or not source.strip():
+            continue
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "otter_ignore" in tags or source.lstrip().startswith("# IGNORE"):
+            skipped += 1
+            continue
+        if SCAFFOLDING.match(source):
+            continue
+        cells.append(NotebookCell(number=number, section=section, source=source))
+    return cells, skipped
+
+
+def _lock(path: Path) -> None:
+    """Make ``path`` unreachable for every user but this one."""
+    if path.exists():
+        os.chmod(path, 0o700 if path.is_dir() else 0o600)
+
+
+def _read_outputs(path: Path, uid: int | None) -> dict[str, np.ndarray]:
+    """Load a kernel-written .npz without trusting it: no links, right owner, bounded size."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
+        if uid is not None and info.st_uid != uid:
+            raise ValueError("not written by the notebook's kernel")
+        if info.st_size > MAX_OUTPUT_FILE:
+            raise ValueError(f"{info.st_size} bytes is too large")
+        data = f.read()
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def _describe(run: CellRun, cell_timeout: float) -> str:
+    if run.status == "timeout":
+        return f"was stopped after {cell_timeout:.0f} s (an endless loop, or far too slow)"
+    if run.status == "died":
+        return "crashed the Python kernel (out of memory, or a hard crash)"
+    if run.ename == "MemoryError" or "can't allocate memory" in run.evalue:
+        return f"ran out of memory ({run.ename}: {run.evalue[:200]})"
+    return f"raised {run.ename}: {run.evalue[:300]}"
+
+
+def _error_line(cell: NotebookCell, timeout: float) -> str:
+    assert cell.run is not None
+    first = next((ln for ln in cell.source.splitlines() if ln.strip()), "")[:80]
+    return f"cell {cell.number} (under '{cell.section}', starting `{first}`) {_describe(cell.run, timeout)}"
+
+
+class Grader:
+    """Grade one submission against one unzipped autograder folder."""
+
+    def __init__(self, source: Path, config: GradingConfig | None = None) -> None:
+        self.source = Path(source)
+        self.config = config or GradingConfig()
+        otter_config = json.loads((self.source / "otter_config.json").read_text())
+        self.assignment = otter_config["assignment_name"]
+        self.seed = int(otter_config.get("seed") or 0)
+        self.show_hidden = bool(otter_config.get("show_hidden", False))
+        self.questions = load_questions(self.source / "tests")
+        self.checks = _load_module(self.source / "files" / "hidden_checks.py", "_trusted_checks")
+
+    # ------------------------------------------------------------------ sandbox set-up
+    def _prepare_workdir(self, workdir: Path, notebook: Path) -> None:
+        for entry in sorted((self.source / "files").iterdir()):
+            if any(fnmatch.fnmatch(entry.name, pattern) for pattern in SECRET_FILES):
+                continue
+            target = workdir / entry.name
+            if entry.is_dir():
+                shutil.copytree(entry, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copyfile(entry, target)
+        shutil.copyfile(KERNEL_SIDE, workdir / "_grading_kernel.py")
+        shutil.copyfile(notebook, workdir / f"{self.assignment}.ipynb")
+        for path in [workdir, *workdir.rglob("*")]:
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+
+    # ------------------------------------------------------------------ grading
+    def grade(self, submission: Path, results_dir: Path) -> dict[str, Any]:
+        """Grade ``submission`` (a folder) and write ``results_dir/results.json``; never raises."""
+        start = time.monotonic()
+        try:
+            result = self._grade(Path(submission), start)
+        except SubmissionError as err:
+            result = self._zero(f"Your submission could not be graded: {err}")
+        except Exception:
+            print(traceback.format_exc(), file=sys.stderr)
+            result = self._zero(
+                "The autograder itself failed on this submission (a bug in the grader, not "
+                "necessarily in your work). Your upload is kept; tell the course staff."
+            )
+        result["execution_time"] = round(time.monotonic() - start, 1)
+        problems = gs.validate(result)
+        if problems:  # never hand Gradescope a file it rejects: that would show no score at all
+            print("results.json problems: " + "; ".join(problems), file=sys.stderr)
+            result = self._zero("The autograder produced an invalid report; tell the course staff.")
+        gs.write(result, Path(results_dir))
+        return result
+
+    def _zero(self, message: str) -> dict[str, Any]:
+        tests = [
+            {
+                "name": q.name,
+                "score": 0.0,
+                "max_score": q.points,
+                "status": "failed",
+                "output": "Not graded: see the message at the top.",
+                "visibility": "visible",
+            }
+            for q in self.questions
+        ]
+        return {"score": 0.0, "output": message, "tests": tests, "stdout_visibility": "hidden"}
+
+    def _grade(self, submission: Path, start: float) -> dict[str, Any]:
+        cfg = self.config
+        sandboxed = cfg.sandbox.uid is not None
+        scratch = Path(tempfile.mkdtemp(prefix="grading-"))
+        try:
+            if sandboxed:
+                _lock(self.source)
+                _lock(submission)
+                os.chmod(scratch, 0o711)
+            found = find_notebook(
+                submission, f"{self.assignment}.ipynb", self.assignment, scratch / "unpacked"
+            )
+            _lock(scratch / "unpacked")
+            cells, skipped = code_cells(found.notebook)
+            workdir = scratch / "work"
+            workdir.mkdir()
+            self._prepare_workdir(workdir, found.path)
+            outputs, check_runs, restarts = self._execute(workdir, cells, start)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return self._report(found.notes, cells, skipped, outputs, check_runs, restarts)
+
+    def _execute(
+        self, workdir: Path, cells: list[NotebookCell], start: float
+    ) -> tuple[dict[str, dict[str, np.ndarray] | str], dict[str, CellRun], int]:
+        cfg = self.config
+        out_dir = workdir / ".outputs"
+        out_dir.mkdir()
+        if cfg.sandbox.uid is not None:
+            os.chown(out_dir, cfg.sandbox.uid, cfg.sandbox.gid or cfg.sandbox.uid)
+        setup = f"import _grading_kernel as __grading__\n__grading__.install({self.seed})"
+        restarts, done = 0, []
+        outputs: dict[str, dict[str, np.ndarray] | str] = {}
+        check_runs: dict[str, CellRun] = {}
+        with Sandbox(workdir, cfg.sandbox) as sandbox:
+            sandbox.run(setup)
+            for cell in cells:
+                if time.monotonic() - start > cfg.budget:
+                    break
+                cell.run = sandbox.run(cell.source)
+                if not sandbox.alive() and restarts < cfg.max_restarts:
+                    # Start over without the cell that killed the kernel, so later answers count.
+                    restarts += 1
+                    sandbox.restart()
+                    sandbox.run(setup)
+                    for earlier in done:
+                        sandbox.run(earlier.source)
+                elif not sandbox.alive():
+                    break
+                done.append(cell)
+            for check in [c for q in self.questions for c in q.checks]:
+                if not sandbox.alive() or time.monotonic() - start > cfg.budget:
+                    outputs[check] = "not run: the notebook used up the grading time or crashed"
+                    continue
+                path = out_dir / f"{check}.npz"
+                code = f"__grading__.harvest({check!r}, globals(), {str(path)!r})"
+                check_runs[check] = run = sandbox.run(code, timeout=cfg.check_timeout)
+                if run.status == "timeout":
+                    outputs[check] = (
+                        f"your code was stopped after {cfg.check_timeout:.0f} s on the hidden "
+                        "inputs (an endless loop, or far too slow)"
+                    )
+                    if not sandbox.alive():
+                        sandbox.restart()
+                        sandbox.run(setup)
+                        for earlier in done:
+                            sandbox.run(earlier.source)
+                    continue
+                if run.status != "ok":
+                    outputs[check] = (
+                        f"checking your code failed: {_describe(run, cfg.check_timeout)}"
+                    )
+                    continue
+                try:
+                    outputs[check] = _read_outputs(path, cfg.sandbox.uid)
+                except (OSError, ValueError) as err:
+                    outputs[check] = f"the outputs of your code could not be read ({err})"
+        return outputs, check_runs, restarts
+
+    def _score_check(self, check: str, got: dict[str, np.ndarray] | str) -> tuple[bool, str]:
+        if isinstance(got, str):
+            return False, got
+        if "__error__" in got:
+            return False, str(got["__error__"])
+        try:
+            self.checks.compare(check, got)
+        except AssertionError as err:
+            return False, str(err)
+        except Exception as err:  # malformed arrays from the kernel: a failed check, not a crash
+            return False, f"your outputs have the wrong type or shape ({type(err).__name__}: {err})"
+        return True, ""
+
+    def _report(
+        self,
+        notes: list[str],
+        cells: list[NotebookCell],
+        skipped: int,
+        outputs: dict[str, dict[str, np.ndarray] | str],
+        check_runs: dict[str, CellRun],
+        restarts: int,
+    ) -> dict[str, Any]:
+        timeout = self.config.sandbox.cell_timeout
+        failing = [c for c in cells if c.run is not None and c.run.status != "ok"]
+        not_run = [c for c in cells if c.run is None]
+        tests, total = [], 0.0
+        for q in self.questions:
+            per_check = q.points / len(q.checks)
+            lines, score = [], 0.0
+            for check in q.checks:
+                ok, why = self._score_check(check, outputs.get(check, "not run"))
+                if ok:
+                    score += per_check
+                    lines.append(f"✓ hidden check {check}: passed")
+                else:
+                    hint = q.failure_messages.get(check, "")
+                    lines.append(
+                        f"✗ hidden check {check}: {why}" + (f"\n  Hint: {hint}" if hint else "")
+                    )
+            score = round(score, 6)
+            total += score
+            tests.append(
+                {
+                    "name": q.name,
+                    "score": score,
+                    "max_score": q.points,
+                    "status": "passed" if score >= q.points - 1e-9 else "failed",
+                    "output": "\n".join(lines),
+                    "visibility": "visible" if self.show_hidden else "after_published",
+                }
+            )
+        report = [*notes]
+        if failing:
+            report.append(f"{len(failing)} cell(s) of your notebook did not finish:")
+            report += [f"  - {_error_line(c, timeout)}" for c in failing]
+            report.append(
+                "Code after an error in the same cell did not run, and later cells that need it fail "
+                "too: run your notebook top to bottom (Kernel → Restart and Run All) before submitting."
+            )
+        else:
+            report.append(f"All {len(cells)} graded code cells ran without errors.")
+        if not_run:
+            report.append(f"{len(not_run)} cell(s) were not run: the grading time ran out first.")
+        if restarts:
+            report.append(f"The Python kernel had to be restarted {restarts} time(s).")
+        if skipped:
+            report.append(
+                f"{skipped} demo cell(s) tagged otter_ignore were not run (they are not graded)."
+            )
+        chars = sum(c.run.output_chars for c in cells if c.run is not None)
+        if chars > 1_000_000:
+            report.append(
+                f"Your notebook printed {chars:,} characters; only errors are reported here."
+            )
+        tests.append(
+            {
+                "name": "Notebook report",
+                "score": 0.0,
+                "max_score": 0.0,
+                "output": "\n".join(report),
+                "visibility": "visible",
+            }
+        )
+        possible = sum(q.points for q in self.questions)
+        summary = f"Autograded score: {round(total, 6):g} / {possible:g}."
+        if failing:
+            summary += " Some cells of your notebook raised errors: see 'Notebook report'."
+        return {
+            "score": round(total, 6),
+            "output": summary,
+            "tests": tests,
+            "stdout_visibility": "hidden",
+        }

@@ -1,0 +1,136 @@
+"""Find the one notebook to grade in whatever a student uploaded, or say clearly what is wrong."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+
+MAX_NOTEBOOK_BYTES = 64 * 2**20
+IGNORED_PARTS = {".ipynb_checkpoints", "__MACOSX"}
+
+
+class SubmissionError(Exception):
+    """The submission cannot be graded; the message tells the student what to upload instead."""
+
+
+@dataclass
+class Found:
+    """The notebook chosen for grading and what the student should know about the choice."""
+
+    path: Path
+    notebook: nbformat.NotebookNode
+    notes: list[str]
+
+
+def _candidates(root: Path, unpack_dir: Path) -> tuple[list[Path], list[str]]:
+    notebooks, seen = [], []
+    for path in sorted(root.rglob("*")):
+        if IGNORED_PARTS & set(path.parts) or not path.is_file() or path.is_symlink():
+            continue
+        rel = path.relative_to(root).as_posix()
+        seen.append(rel)
+        if path.suffix == ".ipynb":
+            notebooks.append(path)
+        elif path.suffix == ".zip":
+            try:
+                with zipfile.ZipFile(path) as zf:
+                    for info in zf.infolist():
+                        name = Path(info.filename)
+                        if info.is_dir() or IGNORED_PARTS & set(name.parts):
+                            continue
+                        seen.append(f"{rel} → {info.filename}")
+                        if name.suffix != ".ipynb" or info.file_size > MAX_NOTEBOOK_BYTES:
+                            continue
+                        target = unpack_dir / f"{len(notebooks)}" / name.name
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        with zf.open(info) as src, open(target, "wb") as dst:
+                            shutil.copyfileobj(src, dst)
+                        notebooks.append(target)
+            except zipfile.BadZipFile:
+                seen.append(f"{rel} (not a readable zip)")
+    return notebooks, seen
+
+
+def _read(path: Path) -> nbformat.NotebookNode:
+    size = path.stat().st_size
+    if size == 0:
+        raise SubmissionError(f"{path.name} is empty (0 bytes).")
+    if size > MAX_NOTEBOOK_BYTES:
+        raise SubmissionError(
+            f"{path.name} is {size / 2**20:.0f} MB; clear the outputs (Edit → Clear Outputs of "
+            "All Cells), save, and export again."
+        )
+    try:
+        nb = nbformat.read(str(path), as_version=4)
+    except json.JSONDecodeError as err:
+        raise SubmissionError(
+            f"{path.name} is not a valid notebook file (JSON error: {err.msg}, line {err.lineno} "
+            f"column {err.colno})."
+        ) from err
+    except Exception as err:
+        raise SubmissionError(f"{path.name} is not a valid notebook file ({err}).") from err
+    if not isinstance(nb.get("cells"), list):
+        raise SubmissionError(f"{path.name} has no cells.")
+    return nb
+
+
+def find_notebook(submission: Path, expected_name: str, assignment: str, work: Path) -> Found:
+    """Pick the notebook to grade from a submission folder (notebooks and zips in any layout).
+
+    Raises:
+        SubmissionError: nothing gradable, with a message naming what was found and what to do.
+    """
+    how = (
+        f"Upload {expected_name} (or the zip its last cell exports) for the assignment "
+        f"'{assignment}'."
+    )
+    paths, seen = _candidates(submission, work)
+    if not paths:
+        listing = ", ".join(seen) if seen else "nothing"
+        raise SubmissionError(
+            f"No notebook (.ipynb) found in your submission; it contains {listing}. {how}"
+        )
+    good: list[tuple[Path, nbformat.NotebookNode]] = []
+    problems = []
+    for path in paths:
+        try:
+            good.append((path, _read(path)))
+        except SubmissionError as err:
+            problems.append(str(err))
+    if not good:
+        raise SubmissionError(
+            " ".join(problems)
+            + f" Open it in JupyterLab to check it; if it does not open, re-download your work. {how}"
+        )
+
+    def name_of(nb: nbformat.NotebookNode) -> str | None:
+        return nb.get("metadata", {}).get("otter", {}).get("assignment_name")
+
+    ours = [(p, nb) for p, nb in good if name_of(nb) == assignment] or good
+    if len(ours) > 1:
+        named = [(p, nb) for p, nb in ours if p.name == expected_name]
+        if len(named) != 1:
+            names = ", ".join(p.name for p, _ in ours)
+            raise SubmissionError(
+                f"Your submission holds {len(ours)} notebooks ({names}) and none is clearly the "
+                f"one to grade. {how}"
+            )
+        ours = named
+    path, nb = ours[0]
+    notes = [f"(skipped: {p})" for p in problems]
+    if path.name != expected_name:
+        notes.append(f"Graded {path.name} (expected the name {expected_name}; graded anyway).")
+    other = name_of(nb)
+    if other is not None and other != assignment:
+        notes.append(
+            f"This notebook says it belongs to the assignment '{other}', not '{assignment}': "
+            "check that you uploaded the right file."
+        )
+    if len(good) > 1:
+        notes.append(f"Found {len(good)} notebooks; graded {path.name}.")
+    return Found(path=path, notebook=nb, notes=notes)
