@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: release test test-fast lint fixtures bench venv clean
+.PHONY: release test test-fast lint fixtures bench venv clean corpus kill-matrix grading-tests resources
 
 venv: $(STAMP)
 
@@ -33,6 +33,18 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+
+corpus: $(STAMP)
+	$(PY) -m pytest -m corpus $(PYTEST_ARGS)
+
+kill-matrix: $(STAMP)
+	$(PY) tools/kill_matrix.py
+
+grading-tests: $(STAMP)
+	$(PY) -m pytest -m grading $(PYTEST_ARGS)
+
+resources: $(STAMP)
+	$(PY) benchmarks/grading_resources.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_reference.py

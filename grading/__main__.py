@@ -27,13 +27,15 @@ def main(argv: list[str] | None = None) -> int:
         "--same-user", action="store_true", help="no sandbox user (trusted input only)"
     )
     parser.add_argument("--cell-timeout", type=float, default=SandboxConfig.cell_timeout)
+    parser.add_argument(
+        "--uid", type=int, default=SandboxConfig.uid, help="sandbox user (one per parallel run)"
+    )
     args = parser.parse_args(argv)
     same_user = args.same_user or os.geteuid() != 0
     if same_user and not args.same_user:
         print("grading: not root, so the notebook runs as this user (no sandbox).", file=sys.stderr)
-    sandbox = SandboxConfig(
-        cell_timeout=args.cell_timeout, uid=None if same_user else SandboxConfig.uid
-    )
+    uid = None if same_user else args.uid
+    sandbox = SandboxConfig(cell_timeout=args.cell_timeout, uid=uid, gid=uid)
     try:
         grader = Grader(args.source, GradingConfig(sandbox=sandbox))
     except Exception:

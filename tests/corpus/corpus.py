@@ -1,0 +1,136 @@
+"""The submission corpus: mutants of the solution notebook, graded by the shipped autograder.
+
+Shared by ``tests/test_corpus.py`` (one test per submission) and ``tools/kill_matrix.py``
+(prints the submission x question matrix). Grading goes through the real artifact: the
+``autograder.zip`` of the release, unzipped, run with ``python -m grading`` as Gradescope would.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import tomllib
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[2]
+ASSIGNMENT = "offline_rl"
+ZIP = ROOT / "autograder" / ASSIGNMENT / "autograder.zip"
+SOLUTION = ROOT / "autograder" / ASSIGNMENT / f"{ASSIGNMENT}-solution.ipynb"
+MUTANTS = Path(__file__).with_name("mutants.toml")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    kind: str  # "wrong" or "valid"
+    why: str
+    replace: list[tuple[str, str]] = field(default_factory=list)
+    wrong_choice: str | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    cascade: str = ""
+
+
+def load_mutants() -> list[Mutant]:
+    data = tomllib.loads(MUTANTS.read_text())
+    return [
+        Mutant(
+            name=m["name"],
+            kind=m["kind"],
+            why=m["why"],
+            replace=[tuple(pair) for pair in m.get("replace", [])],
+            wrong_choice=m.get("wrong_choice"),
+            scores={k: float(v) for k, v in m.get("scores", {}).items()},
+            cascade=m.get("cascade", ""),
+        )
+        for m in data["mutant"]
+    ]
+
+
+def solution() -> nbformat.NotebookNode:
+    return nbformat.read(SOLUTION, as_version=4)
+
+
+def apply(nb: nbformat.NotebookNode, mutant: Mutant) -> nbformat.NotebookNode:
+    """The notebook with the mutant's edits; each edit must match exactly once."""
+    nb = copy.deepcopy(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for old, new in mutant.replace:
+        hits = [c for c in code if old in c.source]
+        count = sum(c.source.count(old) for c in hits)
+        if count != 1:
+            raise AssertionError(
+                f"mutant {mutant.name}: {old!r} occurs {count} times in the solution notebook "
+                "(must be once); update tests/corpus/mutants.toml to the current master"
+            )
+        hits[0].source = hits[0].source.replace(old, new)
+    if mutant.wrong_choice:
+        pattern = re.compile(rf"^{mutant.wrong_choice} = \"([abcd])\"", re.M)
+        cell = next(c for c in code if pattern.search(c.source))
+        key = pattern.search(cell.source).group(1)
+        wrong = next(letter for letter in "abcd" if letter != key)
+        cell.source = pattern.sub(f'{mutant.wrong_choice} = "{wrong}"', cell.source)
+    return nb
+
+
+def grade(nb: nbformat.NotebookNode | None, *, files: dict[str, bytes] | None = None,
+          uid: int = 61_234, extra_args: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Grade a notebook (or raw submission files) with the release's autograder.zip."""
+    with tempfile.TemporaryDirectory(prefix="corpus-") as tmp:
+        src, sub, res = Path(tmp, "source"), Path(tmp, "submission"), Path(tmp, "results")
+        with zipfile.ZipFile(ZIP) as zf:
+            zf.extractall(src)
+        sub.mkdir()
+        if nb is not None:
+            nbformat.write(nb, sub / f"{ASSIGNMENT}.ipynb")
+        for name, data in (files or {}).items():
+            (sub / name).parent.mkdir(parents=True, exist_ok=True)
+            (sub / name).write_bytes(data)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+        cmd = [sys.executable, "-m", "grading", str(src), str(sub), str(res), "--uid", str(uid)]
+        proc = subprocess.run(
+            [*cmd, *extra_args], cwd=src, env=env, capture_output=True, text=True, timeout=900
+        )
+        path = res / "results.json"
+        if not path.exists():
+            raise AssertionError(f"no results.json; grader said:\n{proc.stdout}\n{proc.stderr}")
+        return json.loads(path.read_text())
+
+
+def question_scores(results: dict[str, Any]) -> dict[str, float]:
+    return {t["name"]: float(t["score"]) for t in results["tests"] if t.get("max_score", 0) > 0}
+
+
+def full_marks(results: dict[str, Any]) -> dict[str, float]:
+    return {t["name"]: float(t["max_score"]) for t in results["tests"] if t.get("max_score", 0) > 0}
+
+
+def expected_scores(mutant: Mutant, full: dict[str, float]) -> dict[str, float]:
+    unknown = set(mutant.scores) - set(full)
+    if unknown:
+        raise AssertionError(f"mutant {mutant.name}: unknown questions {sorted(unknown)}")
+    return {q: mutant.scores.get(q, points) for q, points in full.items()}
+
+
+def failed_checks(results: dict[str, Any]) -> set[str]:
+    """Hidden checks that failed, read from the per-question output lines."""
+    found = set()
+    for test in results["tests"]:
+        found |= set(re.findall(r"^✗ hidden check (\w+):", test.get("output", ""), re.M))
+    return found
+
+
+def all_checks(results: dict[str, Any]) -> set[str]:
+    found = set()
+    for test in results["tests"]:
+        found |= set(re.findall(r"^[✓✗] hidden check (\w+):", test.get("output", ""), re.M))
+    return found

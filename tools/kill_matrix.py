@@ -1,0 +1,56 @@
+"""Grade the submission corpus and print the kill matrix; exit 1 on any mismatch.
+
+    python tools/kill_matrix.py            # every mutant in tests/corpus/mutants.toml
+    python tools/kill_matrix.py NAME ...   # only these
+
+Rows are submissions, columns questions; a cell is the score got, with the expected score after
+a slash where they differ. A final line lists hidden checks that kill no mutant (there must be
+none). Needs root (the grader's sandbox user) and a built release (`make release`).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.corpus import corpus  # noqa: E402
+
+
+def main(argv: list[str]) -> int:
+    mutants = [m for m in corpus.load_mutants() if not argv or m.name in argv]
+    t0 = time.perf_counter()
+    base = corpus.grade(corpus.solution())
+    full = corpus.full_marks(base)
+    questions = list(full)
+    short = [q.split("_")[0] for q in questions]
+    rows, mismatches, killed = [], 0, set()
+    got_solution = corpus.question_scores(base)
+    rows.append(("solution", "ok" if got_solution == full else "MISMATCH", got_solution, full))
+    mismatches += got_solution != full
+    for mutant in mutants:
+        results = corpus.grade(corpus.apply(corpus.solution(), mutant))
+        got, want = corpus.question_scores(results), corpus.expected_scores(mutant, full)
+        if mutant.kind == "wrong":
+            killed |= corpus.failed_checks(results)
+        ok = got == want
+        mismatches += not ok
+        rows.append((mutant.name, "ok" if ok else "MISMATCH", got, want))
+    width = max(len(r[0]) for r in rows)
+    print(f"{'submission':<{width}}  {'':8}" + "".join(f"{s:>9}" for s in short))
+    for name, status, got, want in rows:
+        cells = []
+        for q in questions:
+            text = f"{got[q]:g}" if got[q] == want[q] else f"{got[q]:g}/{want[q]:g}!"
+            cells.append(f"{text:>9}")
+        print(f"{name:<{width}}  {status:8}" + "".join(cells))
+    unkilled = sorted(corpus.all_checks(base) - killed)
+    print(f"\n{len(rows)} submissions, {mismatches} mismatches, {time.perf_counter() - t0:.0f} s")
+    print("hidden checks that kill no mutant:", ", ".join(unkilled) or "none")
+    return 1 if mismatches or unkilled else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
