@@ -27,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         "--same-user", action="store_true", help="no sandbox user (trusted input only)"
     )
     parser.add_argument("--cell-timeout", type=float, default=SandboxConfig.cell_timeout)
+    parser.add_argument("--check-timeout", type=float, default=GradingConfig.check_timeout)
+    parser.add_argument(
+        "--reverse-checks", action="store_true", help="run hidden checks last-first (tests only)"
+    )
     parser.add_argument(
         "--uid", type=int, default=SandboxConfig.uid, help="sandbox user (one per parallel run)"
     )
@@ -37,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     uid = None if same_user else args.uid
     sandbox = SandboxConfig(cell_timeout=args.cell_timeout, uid=uid, gid=uid)
     try:
-        grader = Grader(args.source, GradingConfig(sandbox=sandbox))
+        config = GradingConfig(
+            sandbox=sandbox, check_timeout=args.check_timeout, reverse_checks=args.reverse_checks
+        )
+        grader = Grader(args.source, config)
     except Exception:
         # A broken autograder must still leave a score behind, or Gradescope shows nothing.
         traceback.print_exc()

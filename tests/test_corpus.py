@@ -8,6 +8,7 @@ matrix. Submissions are graded two at a time (two sandbox users), as CI has two 
 
 from __future__ import annotations
 
+import queue
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -25,13 +26,22 @@ def graded() -> dict[str, dict]:
     require_root()
     jobs = [("solution", None), *[(m.name, m) for m in MUTANTS]]
 
-    def run(index_job: tuple[int, tuple]) -> tuple[str, dict]:
-        index, (name, mutant) = index_job
+    # One sandbox user per concurrent run: the grader kills every process of its user at the end.
+    free_uids: queue.Queue[int] = queue.Queue()
+    for uid in (61_300, 61_301):
+        free_uids.put(uid)
+
+    def run(job: tuple) -> tuple[str, dict]:
+        name, mutant = job
         nb = corpus.solution() if mutant is None else corpus.apply(corpus.solution(), mutant)
-        return name, corpus.grade(nb, uid=61_300 + index % 2)
+        uid = free_uids.get()
+        try:
+            return name, corpus.grade(nb, uid=uid)
+        finally:
+            free_uids.put(uid)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(pool.map(run, enumerate(jobs)))
+        return dict(pool.map(run, jobs))
 
 
 def test_corpus_is_big_enough():

@@ -1,10 +1,10 @@
-"""Full grading runs of the built autograder zip with `otter run` (no Docker).
+"""Full grading runs of the built autograder zip.
 
-* the solution notebook scores full marks;
-* the untouched student notebook scores zero on every autograded question, and its public
-  checks say "not implemented yet" rather than showing a traceback from the support code;
-* a student notebook with the solutions pasted back in, exported with ``grader.export()``,
-  scores full marks (the path a real student takes).
+* with plain `otter run` (what an instructor may still use locally) the solution scores full
+  marks and the blank notebook's public checks say "not implemented yet", not a traceback;
+* with the sandboxed grader (what Gradescope runs) the untouched student notebook scores zero with
+  a message per question, and a student notebook with the solutions pasted back in, exported
+  with ``grader.export()``, scores full marks (the path a real student takes).
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
+
+from tests.conftest import require_root
+from tests.corpus import corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "offline_rl"
@@ -57,7 +60,7 @@ def submission_copy(tmp_path: Path, notebook: Path) -> Path:
     return target
 
 
-def test_solution_scores_full_marks(tmp_path):
+def test_plain_otter_run_gives_the_solution_full_marks(tmp_path):
     results = grade(submission_copy(tmp_path, SOLUTION), tmp_path / "out")
     scores = question_scores(results)
     assert len(scores) >= 12, scores
@@ -65,7 +68,19 @@ def test_solution_scores_full_marks(tmp_path):
     assert not lost, f"the solution lost points: {lost}"
 
 
-def test_untouched_student_notebook_scores_zero(tmp_path):
+def test_untouched_student_notebook_scores_zero_with_a_message_per_question():
+    require_root()
+    results = corpus.grade(corpus.student())
+    assert results["score"] == 0
+    for test in results["tests"]:
+        if test["max_score"]:
+            assert test["score"] == 0 and "✗ hidden check" in test["output"], test
+    outputs = "\n".join(t["output"] for t in results["tests"])
+    assert "returned None (is the function implemented?)" in outputs
+    assert "site-packages" not in outputs and "Traceback" not in outputs
+
+
+def test_plain_otter_public_checks_teach_on_a_blank_notebook(tmp_path):
     results = grade(submission_copy(tmp_path, STUDENT_DIR / f"{NAME}.ipynb"), tmp_path / "out")
     scores = question_scores(results)
     earned = {name: s for name, s in scores.items() if s[0] != 0}
@@ -115,10 +130,11 @@ def test_pasted_solutions_exported_with_grader_export_score_full_marks(tmp_path)
     ).execute()
     zips = sorted(work_nb.parent.glob(f"{NAME}_*.zip"))
     assert zips, "grader.export() wrote no zip"
-    results = grade(zips[-1], tmp_path / "out")
-    scores = question_scores(results)
-    lost = {name: s for name, s in scores.items() if s[0] != s[1]}
-    assert not lost, f"pasted solutions lost points: {lost}"
+    require_root()
+    results = corpus.grade(None, files={zips[-1].name: zips[-1].read_bytes()})
+    scores = corpus.question_scores(results)
+    lost = {q: s for q, s in scores.items() if s != corpus.full_marks(results)[q]}
+    assert len(scores) >= 12 and not lost, f"pasted solutions lost points: {lost}"
 
 
 def test_solution_notebook_runs_headless_top_to_bottom(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import io
 import re
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,7 +132,8 @@ def test_student_release_holds_no_hidden_test_or_fixture():
     assert not any("hidden" in n or n.endswith(".npz") for n in names), sorted(names)
     assert not any(n.startswith(f"{NAME}/algorithms") for n in names), "solutions module shipped"
     for name, text in texts.items():
-        assert "hidden_checks" not in text and "hidden_fixtures" not in text, name
+        for secret in ("hidden_checks", "hidden_inputs", "hidden_expected"):
+            assert secret not in text, f"{name} mentions {secret}"
     nb = nbformat.reads(texts[f"{NAME}.ipynb"], as_version=4)
     shipped_tests = "\n".join(nb.metadata["otter"]["tests"].values())
     assert "hidden" not in shipped_tests.replace("hidden=False", ""), (
@@ -183,9 +186,19 @@ def test_autograder_zip_is_normalised_and_complete():
             "otter_config.json",
             "environment.yml",
             "files/hidden_checks.py",
-            "files/hidden_fixtures.npz",
+            "files/hidden_inputs.npz",
+            "files/hidden_expected.npz",
+            "grading/__main__.py",
+            "grading/launcher.py",
         ):
             assert required in names, f"{required} missing from autograder.zip"
+        # The shipped grader is the repository's grading/ package, byte for byte.
+        for path in sorted((ROOT / "grading").glob("*.py")):
+            assert zf.read(f"grading/{path.name}") == path.read_bytes(), f"grading/{path.name} stale"
+        run_autograder = zf.read("run_autograder").decode()
+        assert "python -m grading" in run_autograder and "run_otter" not in run_autograder
+        assert "run_otter.py" not in names
+        assert "chmod o+x /root" in zf.read("setup.sh").decode()
         assert not any("__pycache__" in n for n in names)
         assert not any(n.startswith("files/offline_rl/algorithms") for n in names)
         env = zf.read("environment.yml").decode()
@@ -201,8 +214,9 @@ def test_every_question_has_a_hidden_test_and_the_three_named_checks_exist():
     hidden = {n for n, text in tests.items() if "hidden=True" in text}
     assert hidden == set(tests), f"questions without a hidden test: {sorted(set(tests) - hidden)}"
     joined = "\n".join(tests.values())
-    for check in ("compare('bc_loss'", "compare('cql_penalty'", "compare('stitching'"):
-        assert check in joined, f"hidden check {check} missing"
+    for check in ("bc_loss", "cql_penalty", "stitching"):
+        assert f"def test_{check}_hidden(" in joined, f"hidden check {check} missing"
+        assert f"hidden_checks.check('{check}'" in joined, f"hidden check {check} not called"
 
 
 def test_student_notebook_has_stable_ids_and_no_outputs():
@@ -210,3 +224,13 @@ def test_student_notebook_has_stable_ids_and_no_outputs():
     assert [c["id"] for c in nb.cells] == [f"cell-{i:03d}" for i in range(len(nb.cells))]
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
     assert "jupytext" not in nb.metadata
+
+
+def test_kernel_readable_inputs_hold_no_expected_value():
+    """hidden_inputs.npz goes into the student's kernel; expected values must all be elsewhere."""
+    with zipfile.ZipFile(GRADER / "autograder.zip") as zf:
+        inputs = np.load(io.BytesIO(zf.read("files/hidden_inputs.npz")), allow_pickle=False)
+        expected = np.load(io.BytesIO(zf.read("files/hidden_expected.npz")), allow_pickle=False)
+        assert inputs.files and expected.files
+        assert not [k for k in inputs.files if "expected" in k.rsplit("/", 1)[-1]]
+        assert all(k.rsplit("/", 1)[-1].startswith("expected_") for k in expected.files)

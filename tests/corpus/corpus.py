@@ -83,7 +83,8 @@ def apply(nb: nbformat.NotebookNode, mutant: Mutant) -> nbformat.NotebookNode:
 
 
 def grade(nb: nbformat.NotebookNode | None, *, files: dict[str, bytes] | None = None,
-          uid: int = 61_234, extra_args: tuple[str, ...] = ()) -> dict[str, Any]:
+          uid: int = 61_234, extra_args: tuple[str, ...] = (),
+          env_extra: dict[str, str] | None = None) -> dict[str, Any]:
     """Grade a notebook (or raw submission files) with the release's autograder.zip."""
     with tempfile.TemporaryDirectory(prefix="corpus-") as tmp:
         src, sub, res = Path(tmp, "source"), Path(tmp, "submission"), Path(tmp, "results")
@@ -96,6 +97,7 @@ def grade(nb: nbformat.NotebookNode | None, *, files: dict[str, bytes] | None = 
             (sub / name).parent.mkdir(parents=True, exist_ok=True)
             (sub / name).write_bytes(data)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+        env.update(env_extra or {})
         cmd = [sys.executable, "-m", "grading", str(src), str(sub), str(res), "--uid", str(uid)]
         proc = subprocess.run(
             [*cmd, *extra_args], cwd=src, env=env, capture_output=True, text=True, timeout=900
@@ -134,3 +136,46 @@ def all_checks(results: dict[str, Any]) -> set[str]:
     for test in results["tests"]:
         found |= set(re.findall(r"^[✓✗] hidden check (\w+):", test.get("output", ""), re.M))
     return found
+
+
+STUDENT = ROOT / "student_release" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
+
+
+def student() -> nbformat.NotebookNode:
+    """The untouched student notebook (nothing implemented)."""
+    return nbformat.read(STUDENT, as_version=4)
+
+
+def insert_cell(nb: nbformat.NotebookNode, source: str, after: str | None = None) -> nbformat.NotebookNode:
+    """A copy of ``nb`` with a code cell after the first cell containing ``after`` (default: the
+    first code cell, i.e. right after otter's init cell)."""
+    nb = copy.deepcopy(nb)
+    index = next(
+        i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (after is None or after in c.source)
+    )
+    nb.cells.insert(index + 1, nbformat.v4.new_code_cell(source))
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"cell-{i:03d}"
+    return nb
+
+
+def grade_plain_otter(nb: nbformat.NotebookNode) -> dict[str, Any]:
+    """Grade with otter's own in-kernel runner (``otter run``): the baseline the attacks fool."""
+    with tempfile.TemporaryDirectory(prefix="plain-otter-") as tmp:
+        path = Path(tmp, f"{ASSIGNMENT}.ipynb")
+        nbformat.write(nb, path)
+        out = Path(tmp, "out")
+        cmd = [sys.executable, "-m", "otter", "run", "-a", str(ZIP), "-o", str(out), str(path)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        results = out / "results.json"
+        if not results.exists():
+            raise AssertionError(f"otter run left no results.json:\n{proc.stdout}\n{proc.stderr}")
+        return json.loads(results.read_text())
+
+
+def otter_question_scores(results: dict[str, Any]) -> dict[str, float]:
+    return {
+        t["name"]: float(t["score"])
+        for t in results["tests"]
+        if t.get("max_score") and t["name"] != "Public Tests"
+    }

@@ -1,0 +1,202 @@
+"""Bad submissions: each gets a valid results.json, a message that says what went wrong, and no
+points it did not earn, while the rest of the notebook is still graded."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+import zipfile
+
+import nbformat
+import pytest
+
+from grading import results as gs
+from tests.conftest import require_root
+from tests.corpus import corpus
+
+pytestmark = [pytest.mark.grading, pytest.mark.slow]
+
+FAST = ("--cell-timeout", "6", "--check-timeout", "6")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _root():
+    require_root()
+
+
+@pytest.fixture(scope="module")
+def full() -> dict[str, float]:
+    return corpus.full_marks(corpus.grade(corpus.solution()))
+
+
+def _valid(results: dict) -> dict:
+    assert gs.validate(results) == [], gs.validate(results)
+    return results
+
+
+def _report(results: dict) -> str:
+    return next(t["output"] for t in results["tests"] if t["name"] == "Notebook report")
+
+
+def _edit(old: str, new: str) -> nbformat.NotebookNode:
+    nb = corpus.solution()
+    cell = next(c for c in nb.cells if c.cell_type == "code" and old in c.source)
+    cell.source = cell.source.replace(old, new, 1)
+    return nb
+
+
+def _only_lost(results: dict, full: dict, lost: dict[str, float]) -> None:
+    got = corpus.question_scores(results)
+    assert got == {q: lost.get(q, p) for q, p in full.items()}, got
+
+
+def test_syntax_error_costs_only_its_question(full):
+    results = _valid(corpus.grade(_edit("def cql_penalty(q_values, actions):", "def cql_penalty(q_values, actions:")))
+    _only_lost(results, full, {"q5_cql": 0.0})
+    report = _report(results)
+    assert "SyntaxError" in report and "Question 5" in report, report
+
+
+def test_exception_names_the_cell_that_raised(full):
+    nb = _edit("def bc_loss(logits, actions):", 'raise ValueError("oops, debugging")\n\n\ndef bc_loss(logits, actions):')
+    results = _valid(corpus.grade(nb))
+    _only_lost(results, full, {"q4_behavior_cloning": 0.0})
+    report = _report(results)
+    number = next(i for i, c in enumerate(nb.cells, 1) if "oops, debugging" in c.source)
+    assert f"cell {number} " in report and "ValueError: oops, debugging" in report, report
+    q4 = next(t for t in results["tests"] if t["name"] == "q4_behavior_cloning")
+    assert "defines no `bc_loss`" in q4["output"], q4["output"]
+
+
+def test_endless_loop_in_a_function_zeroes_that_question_only(full):
+    nb = _edit('    logsumexp = torch.logsumexp(q_values, dim=1)', "    while True:\n        pass")
+    t0 = time.monotonic()
+    results = _valid(corpus.grade(nb, extra_args=FAST))
+    seconds = time.monotonic() - t0
+    _only_lost(results, full, {"q5_cql": 0.0})
+    q5 = next(t for t in results["tests"] if t["name"] == "q5_cql")
+    assert "stopped after 6 s" in q5["output"], q5["output"]
+    assert seconds < 120, f"grading took {seconds:.0f} s"
+
+
+def test_endless_loop_cell_is_stopped_and_the_rest_graded(full):
+    nb = corpus.insert_cell(corpus.solution(), "while True:\n    pass", after="def bc_loss(")
+    results = _valid(corpus.grade(nb, extra_args=FAST))
+    _only_lost(results, full, {})
+    assert "was stopped after 6 s" in _report(results)
+
+
+def test_loop_that_ignores_interrupts_is_killed_and_the_kernel_restarted(full):
+    stubborn = "while True:\n    try:\n        while True:\n            pass\n    except BaseException:\n        pass"
+    nb = corpus.insert_cell(corpus.solution(), stubborn, after="def bc_loss(")
+    results = _valid(corpus.grade(nb, extra_args=FAST))
+    _only_lost(results, full, {})
+    assert "restarted 1 time" in _report(results), _report(results)
+
+
+def test_renamed_function_is_named_in_the_message(full):
+    results = _valid(corpus.grade(_edit("def bcq_policy(", "def bcq_policy_v2(")))
+    _only_lost(results, full, {"q6_bcq": 0.0})
+    q6 = next(t for t in results["tests"] if t["name"] == "q6_bcq")
+    assert "defines no `bcq_policy`" in q6["output"], q6["output"]
+
+
+def test_renamed_notebook_is_graded_with_a_note(full):
+    data = nbformat.writes(corpus.solution()).encode()
+    results = _valid(corpus.grade(None, files={"Offline RL (final) v2.ipynb": data}))
+    _only_lost(results, full, {})
+    assert "Offline RL (final) v2.ipynb" in _report(results)
+
+
+@pytest.mark.parametrize(
+    ("files", "says"),
+    [
+        ({"offline_rl.ipynb": b""}, "is empty"),
+        ({"offline_rl.ipynb": b'{"cells": [{"cell_type": "code", "source": "x = 1"'}, "JSON error"),
+        ({"offline_rl.ipynb": b'{"hello": "world"}'}, "not a valid notebook"),
+        ({}, "contains nothing"),
+    ],
+    ids=["empty", "truncated-json", "not-a-notebook", "nothing-uploaded"],
+)
+def test_unreadable_submission_scores_zero_and_says_why(files, says):
+    results = _valid(corpus.grade(None, files=files))
+    assert results["score"] == 0 and says in results["output"], results["output"]
+    assert all(t["score"] == 0 for t in results["tests"])
+
+
+def test_zip_without_a_notebook_lists_what_it_holds():
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("README.md", "my answers")
+        zf.writestr("answers.py", "x = 1")
+    results = _valid(corpus.grade(None, files={"submission.zip": buffer.getvalue()}))
+    assert results["score"] == 0
+    assert "No notebook (.ipynb)" in results["output"] and "answers.py" in results["output"]
+
+
+def test_export_zip_with_a_notebook_is_graded(full):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("offline_rl.ipynb", nbformat.writes(corpus.solution()))
+        zf.writestr(".OTTER_LOG", b"\x00binary")
+    results = _valid(corpus.grade(None, files={"offline_rl_2026_11_26.zip": buffer.getvalue()}))
+    _only_lost(results, full, {})
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "says"),
+    [
+        ("    return (logsumexp - q_data).mean()", '    return (logsumexp - q_data).mean() * float("nan")', "NaN"),
+        ("    return (logsumexp - q_data).mean()", "    return logsumexp - q_data", "expected shape ()"),
+        ("    return (logsumexp - q_data).mean()", '    return "0.5"', "hidden case"),
+    ],
+    ids=["nan", "wrong-shape", "wrong-type"],
+)
+def test_nan_or_wrongly_shaped_outputs_lose_points_with_a_reason(full, old, new, says):
+    results = _valid(corpus.grade(_edit(old, new)))
+    _only_lost(results, full, {"q5_cql": 0.0})
+    q5 = next(t for t in results["tests"] if t["name"] == "q5_cql")
+    assert says in q5["output"], q5["output"]
+
+
+def test_huge_printed_output_is_counted_not_kept(full):
+    nb = corpus.insert_cell(corpus.solution(), "for i in range(300_000):\n    print('spam ' * 20)")
+    results = _valid(corpus.grade(nb))
+    _only_lost(results, full, {})
+    assert "printed" in _report(results)
+    assert len(json.dumps(results)) < 50_000
+
+
+def test_memory_blow_up_is_a_memory_error_not_a_dead_grader(full):
+    blow_up = "import numpy as np\nhog = np.ones(3 * 2**30, dtype=np.uint8)"
+    nb = corpus.insert_cell(corpus.solution(), blow_up, after="def bc_loss(")
+    results = _valid(corpus.grade(nb))
+    _only_lost(results, full, {})
+    assert "ran out of memory" in _report(results), _report(results)
+
+
+def test_memory_blow_up_inside_a_check_fails_that_check(full):
+    nb = _edit("    logsumexp = torch.logsumexp(q_values, dim=1)", "    hog = torch.ones(2**30)\n    logsumexp = torch.logsumexp(q_values, dim=1)")
+    results = _valid(corpus.grade(nb))
+    _only_lost(results, full, {"q5_cql": 0.0})
+
+
+def test_no_student_process_outlives_grading(full):
+    daemon = (
+        "import subprocess, sys\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time\\nwhile True: time.sleep(1)'],"
+        " start_new_session=True)"
+    )
+    results = _valid(corpus.grade(corpus.insert_cell(corpus.solution(), daemon), uid=61_290))
+    _only_lost(results, full, {})
+    left = [p for p in os.listdir("/proc") if p.isdigit() and _uid(p) == 61_290]
+    assert not left, f"processes of the sandbox user survived grading: {left}"
+
+
+def _uid(pid: str) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None

@@ -1,0 +1,68 @@
+"""Tampering gains nothing: each attack works on plain ``otter run`` and fails in our grader.
+
+The plain-otter half of each test is marked ``xfail(strict=True)``: it must fail there (the attack
+gains points or shows hidden values); if otter ever stops being fooled the xfail turns into an
+error and this file needs a new look. The sandboxed half must pass.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import require_root
+from tests.corpus import attacks, corpus
+
+pytestmark = [pytest.mark.grading, pytest.mark.slow]
+
+PLAIN = pytest.param(
+    "plain-otter", marks=pytest.mark.xfail(strict=True, reason="otter runs tests in the kernel")
+)
+GRADERS = [PLAIN, "sandboxed"]
+
+
+def _grade(grader: str, nb) -> tuple[dict[str, float], dict]:
+    if grader == "sandboxed":
+        require_root()
+        results = corpus.grade(nb)
+        return corpus.question_scores(results), results
+    results = corpus.grade_plain_otter(nb)
+    return corpus.otter_question_scores(results), results
+
+
+def _attacked(name: str, base):
+    anchor = attacks.ANSWER_ANCHOR if name == "read_and_print_expected" else None
+    return corpus.insert_cell(base, attacks.ATTACKS[name], after=anchor)
+
+
+@pytest.mark.parametrize("grader", GRADERS)
+@pytest.mark.parametrize(
+    "name", ["monkeypatch_otter", "monkeypatch_builtins", "rewrite_tests_and_fixtures"]
+)
+def test_attack_on_blank_notebook_scores_zero(name, grader):
+    scores, _ = _grade(grader, _attacked(name, corpus.student()))
+    gained = {q: s for q, s in scores.items() if s > 0}
+    assert not gained, f"{name} gained points with nothing implemented: {gained}"
+
+
+@pytest.fixture(scope="module")
+def cql_max_mutant():
+    mutant = next(m for m in corpus.load_mutants() if m.name == "cql_max_not_logsumexp")
+    return corpus.apply(corpus.solution(), mutant), mutant
+
+
+@pytest.mark.parametrize("grader", GRADERS)
+def test_patching_numpy_and_torch_does_not_hide_a_wrong_penalty(cql_max_mutant, grader):
+    nb, mutant = cql_max_mutant
+    scores, _ = _grade(grader, _attacked("monkeypatch_numpy_torch", nb))
+    assert scores["q5_cql"] == mutant.scores["q5_cql"], (
+        f"patched comparisons turned a max-for-logsumexp penalty into {scores['q5_cql']} points"
+    )
+
+
+@pytest.mark.parametrize("grader", GRADERS)
+def test_hidden_expected_values_cannot_be_read_or_used(grader):
+    scores, results = _grade(grader, _attacked("read_and_print_expected", corpus.student()))
+    text = str(results)
+    assert "LEAKED" not in text, "expected values reached the student's visible output"
+    gained = {q: s for q, s in scores.items() if s > 0}
+    assert not gained, f"answers copied from the expected values earned {gained}"
