@@ -48,6 +48,8 @@ SCAFFOLDING = re.compile(
     r"^\s*(grader\.check\(\s*\"[\w-]+\"\s*\)|grader\.check_all\(\s*\)|"
     r"(#[^\n]*\n)*\s*grader\.export\([^)]*\))\s*$"
 )
+CHECK_CELL = re.compile(r'^\s*grader\.check\(\s*"([\w-]+)"\s*\)\s*$')
+ANSWER_TAGS = {"otter_answer_cell", "otter_assign_solution_cell"}
 MAX_OUTPUT_FILE = 32 * 2**20
 HIDDEN_CASE = re.compile(r"^test_(\w+)_hidden$")
 
@@ -83,6 +85,10 @@ class NotebookCell:
     number: int
     section: str
     source: str
+    answer: bool = False
+    """Tagged by otter as an answer cell (student or solution notebook)."""
+    question: str | None = None
+    """The question whose ``grader.check`` cell comes next: the one this cell most likely answers."""
     run: CellRun | None = None
 
 
@@ -135,9 +141,17 @@ def code_cells(nb: nbformat.NotebookNode) -> tuple[list[NotebookCell], int]:
         if "otter_ignore" in tags or source.lstrip().startswith("# IGNORE"):
             skipped += 1
             continue
+        check = CHECK_CELL.match(source)
+        if check:  # answer cells since the previous check belong to this question
+            for earlier in reversed(cells):
+                if earlier.question is not None:
+                    break
+                if earlier.answer:
+                    earlier.question = check.group(1)
         if SCAFFOLDING.match(source):
             continue
-        cells.append(NotebookCell(number=number, section=section, source=source))
+        answer = bool(ANSWER_TAGS & set(tags))
+        cells.append(NotebookCell(number=number, section=section, source=source, answer=answer))
     return cells, skipped
 
 
@@ -176,7 +190,9 @@ def _describe(run: CellRun, cell_timeout: float) -> str:
 def _error_line(cell: NotebookCell, timeout: float) -> str:
     assert cell.run is not None
     first = next((ln for ln in cell.source.splitlines() if ln.strip()), "")[:80]
-    return f"cell {cell.number} (under '{cell.section}', starting `{first}`) {_describe(cell.run, timeout)}"
+    where = f"question {cell.question}, " if cell.question else ""
+    what = _describe(cell.run, timeout)
+    return f"cell {cell.number} ({where}under '{cell.section}', starting `{first}`) {what}"
 
 
 class Grader:
@@ -362,6 +378,9 @@ class Grader:
                     lines.append(
                         f"✗ hidden check {check}: {why}" + (f"\n  Hint: {hint}" if hint else "")
                     )
+            for cell in failing:
+                if cell.question == q.name:
+                    lines.append(f"Your {_error_line(cell, timeout)}.")
             score = round(score, 6)
             total += score
             tests.append(

@@ -65,13 +65,16 @@ def _read(path: Path) -> nbformat.NotebookNode:
             f"{path.name} is {size / 2**20:.0f} MB; clear the outputs (Edit → Clear Outputs of "
             "All Cells), save, and export again."
         )
+    text = path.read_bytes().decode("utf-8", errors="replace")
     try:
-        nb = nbformat.read(str(path), as_version=4)
+        json.loads(text)
     except json.JSONDecodeError as err:
         raise SubmissionError(
             f"{path.name} is not a valid notebook file (JSON error: {err.msg}, line {err.lineno} "
-            f"column {err.colno})."
+            f"column {err.colno}); the file is probably cut short or was edited outside Jupyter."
         ) from err
+    try:
+        nb = nbformat.reads(text, as_version=4)
     except Exception as err:
         raise SubmissionError(f"{path.name} is not a valid notebook file ({err}).") from err
     if not isinstance(nb.get("cells"), list):

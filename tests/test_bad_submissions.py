@@ -56,7 +56,9 @@ def test_syntax_error_costs_only_its_question(full):
     results = _valid(corpus.grade(_edit("def cql_penalty(q_values, actions):", "def cql_penalty(q_values, actions:")))
     _only_lost(results, full, {"q5_cql": 0.0})
     report = _report(results)
-    assert "SyntaxError" in report and "Question 5" in report, report
+    assert "SyntaxError" in report and "question q5_cql" in report, report
+    q5 = next(t for t in results["tests"] if t["name"] == "q5_cql")
+    assert "SyntaxError" in q5["output"], "the question that lost points must say which cell broke"
 
 
 def test_exception_names_the_cell_that_raised(full):
@@ -191,12 +193,14 @@ def test_no_student_process_outlives_grading(full):
     )
     results = _valid(corpus.grade(corpus.insert_cell(corpus.solution(), daemon), uid=61_290))
     _only_lost(results, full, {})
-    left = [p for p in os.listdir("/proc") if p.isdigit() and _uid(p) == 61_290]
+    left = [p for p in os.listdir("/proc") if p.isdigit() and _alive_as(p, 61_290)]
     assert not left, f"processes of the sandbox user survived grading: {left}"
 
 
-def _uid(pid: str) -> int | None:
+def _alive_as(pid: str, uid: int) -> bool:
+    """A running (not zombie: killed, awaiting its reaper) process of ``uid``."""
     try:
-        return os.stat(f"/proc/{pid}").st_uid
-    except OSError:
-        return None
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        return os.stat(f"/proc/{pid}").st_uid == uid and state != "Z"
+    except (OSError, IndexError):
+        return False

@@ -376,13 +376,26 @@ def compare(
     expected = {k: v for k, v in fx.items() if k.startswith(f"{name}/") and "/expected_" in k}
     if not expected:
         raise AssertionError(f"no fixtures for {name!r}: rebuild the release")
-    for key in sorted(expected):
+    keys = sorted(expected)
+    # Errors and shapes first, for every case: "wrong shape" teaches more than a value that is off
+    # (and a wrong shape often makes a derived output, such as a gradient, look merely off).
+    for key in keys:
         out_key = key.replace("/expected_", "/")
         label = out_key.removeprefix(f"{name}/")
         if f"{out_key}/error" in outputs:
             raise AssertionError(
                 f"hidden case {label}: your code raised {outputs[f'{out_key}/error']}"
             )
+        if f"{out_key}/value" in outputs:
+            got, want = np.shape(outputs[f"{out_key}/value"]), np.shape(expected[key])
+            if tuple(got) != tuple(want):
+                raise AssertionError(
+                    f"hidden case {label}: expected shape {tuple(want)}, got {tuple(got)} "
+                    "(a (B, 1) vs (B,) broadcast, or a missing mean?)"
+                )
+    for key in keys:
+        out_key = key.replace("/expected_", "/")
+        label = out_key.removeprefix(f"{name}/")
         if out_key.endswith(("/detached", "/target_untouched")):
             got = outputs.get(out_key)
             if got is None or not bool(got):
@@ -399,12 +412,8 @@ def compare(
             raise AssertionError(
                 f"hidden case {label}: no output recorded (did the function return a tensor?)"
             )
-        got, want = outputs[f"{out_key}/value"], np.asarray(expected[key], dtype=np.float64)
-        if tuple(got.shape) != tuple(want.shape):
-            raise AssertionError(
-                f"hidden case {label}: expected shape {tuple(want.shape)}, got {tuple(got.shape)} "
-                "(a (B, 1) vs (B,) broadcast, or a missing mean?)"
-            )
+        got = np.asarray(outputs[f"{out_key}/value"], dtype=np.float64)
+        want = np.asarray(expected[key], dtype=np.float64)
         if not np.all(np.isfinite(got)):
             raise AssertionError(f"hidden case {label}: your output contains NaN or inf")
         if not np.allclose(got, want, rtol=rtol, atol=atol):
