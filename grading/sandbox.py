@@ -37,8 +37,10 @@ class SandboxConfig:
     """User id the kernel runs as; ``None`` keeps the grader's own user (trusted code only)."""
     gid: int | None = 61_234
     """Group id the kernel runs as (ignored when ``uid`` is None)."""
-    memory_bytes: int = 1_400 * 2**20
-    """RLIMIT_DATA of the kernel: private writable memory, not resident memory (see resources)."""
+    memory_bytes: int = 640 * 2**20
+    """RLIMIT_DATA of the kernel (private writable memory). The solution needs ~390 MB; 640 MB
+    keeps kernel + grader under Gradescope's 768 MB, so a blow-up is a MemoryError in the
+    student's cell, not a killed container (benchmarks/grading_resources.py measures it)."""
     file_bytes: int = 64 * 2**20
     """Largest file the kernel may write."""
     max_processes: int = 256

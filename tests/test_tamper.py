@@ -14,8 +14,17 @@ from tests.corpus import attacks, corpus
 
 pytestmark = [pytest.mark.grading, pytest.mark.slow]
 
+
+
+class AttackSucceeded(AssertionError):
+    """The attack gained points or showed hidden values."""
+
+
 PLAIN = pytest.param(
-    "plain-otter", marks=pytest.mark.xfail(strict=True, reason="otter runs tests in the kernel")
+    "plain-otter",
+    marks=pytest.mark.xfail(
+        strict=True, raises=AttackSucceeded, reason="otter runs the tests in the student's kernel"
+    ),
 )
 GRADERS = [PLAIN, "sandboxed"]
 
@@ -41,7 +50,8 @@ def _attacked(name: str, base):
 def test_attack_on_blank_notebook_scores_zero(name, grader):
     scores, _ = _grade(grader, _attacked(name, corpus.student()))
     gained = {q: s for q, s in scores.items() if s > 0}
-    assert not gained, f"{name} gained points with nothing implemented: {gained}"
+    if gained:
+        raise AttackSucceeded(f"{name} gained points with nothing implemented: {gained}")
 
 
 @pytest.fixture(scope="module")
@@ -54,15 +64,17 @@ def cql_max_mutant():
 def test_patching_numpy_and_torch_does_not_hide_a_wrong_penalty(cql_max_mutant, grader):
     nb, mutant = cql_max_mutant
     scores, _ = _grade(grader, _attacked("monkeypatch_numpy_torch", nb))
-    assert scores["q5_cql"] == mutant.scores["q5_cql"], (
-        f"patched comparisons turned a max-for-logsumexp penalty into {scores['q5_cql']} points"
-    )
+    if scores["q5_cql"] != mutant.scores["q5_cql"]:
+        raise AttackSucceeded(
+            f"patched comparisons turned a max-for-logsumexp penalty into {scores['q5_cql']} points"
+        )
 
 
 @pytest.mark.parametrize("grader", GRADERS)
 def test_hidden_expected_values_cannot_be_read_or_used(grader):
     scores, results = _grade(grader, _attacked("read_and_print_expected", corpus.student()))
-    text = str(results)
-    assert "LEAKED" not in text, "expected values reached the student's visible output"
+    if "LEAKED" in str(results):
+        raise AttackSucceeded("expected values reached the student's visible output")
     gained = {q: s for q, s in scores.items() if s > 0}
-    assert not gained, f"answers copied from the expected values earned {gained}"
+    if gained:
+        raise AttackSucceeded(f"answers copied from the expected values earned {gained}")

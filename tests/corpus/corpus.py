@@ -165,6 +165,7 @@ def grade_plain_otter(nb: nbformat.NotebookNode) -> dict[str, Any]:
         path = Path(tmp, f"{ASSIGNMENT}.ipynb")
         nbformat.write(nb, path)
         out = Path(tmp, "out")
+        out.mkdir()
         cmd = [sys.executable, "-m", "otter", "run", "-a", str(ZIP), "-o", str(out), str(path)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         results = out / "results.json"
