@@ -85,10 +85,16 @@ def main() -> int:
         wall, peak, score = run_once()
         walls.append(wall)
         peaks.append(peak)
-        print(f"run {i + 1}: wall {wall:5.1f} s   peak RSS (grader + kernel) {peak:6.0f} MB   score {score:g}")
+        print(
+            f"run {i + 1}: wall {wall:5.1f} s   peak RSS (grader + kernel) {peak:6.0f} MB   "
+            f"score {score:g}"
+        )
     wall, peak = statistics.median(walls), statistics.median(peaks)
     print(f"median wall {wall:.1f} s (target <= 60 s, {60 / wall:.1f}x headroom)")
-    print(f"median peak {peak:.0f} MB, max {max(peaks):.0f} MB (target <= 700 MB; Gradescope kills at 768 MB)")
+    print(
+        f"median peak {peak:.0f} MB, max {max(peaks):.0f} MB "
+        "(target <= 700 MB; Gradescope kills at 768 MB)"
+    )
     return 0 if wall <= 60 and max(peaks) <= 700 else 1
 
 

@@ -1,1 +1,4 @@
-"""Sandboxed grading of otter notebooks: the student's kernel runs unprivileged, scores are computed outside it."""
+"""Sandboxed grading of otter notebooks.
+
+The student's kernel runs unprivileged; scores are computed outside it (see README.md).
+"""

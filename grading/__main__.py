@@ -1,4 +1,4 @@
-"""``python -m grading SOURCE SUBMISSION RESULTS``: grade one submission, write RESULTS/results.json.
+"""``python -m grading SOURCE SUBMISSION RESULTS``: grade a submission into RESULTS/results.json.
 
 SOURCE is an unzipped autograder (Gradescope: /autograder/source), SUBMISSION a folder holding the
 student's upload. Run as root to sandbox the kernel; ``--same-user`` grades trusted notebooks

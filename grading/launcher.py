@@ -18,7 +18,7 @@ import sys
 
 
 def _limit(kind: int, value: int) -> None:
-    soft, hard = resource.getrlimit(kind)
+    _soft, hard = resource.getrlimit(kind)
     new = value if hard == resource.RLIM_INFINITY else min(value, hard)
     resource.setrlimit(kind, (new, new))
 

@@ -72,9 +72,9 @@ def validate(results: dict[str, Any]) -> list[str]:
         for key in ("score", "max_score"):
             if key in test and not _number(test[key]):
                 problems.append(f"{where}: {key} must be a finite number")
-        if _number(test.get("score")) and _number(test.get("max_score")):
-            if not 0 <= test["score"] <= test["max_score"] + 1e-9:
-                problems.append(f"{where}: score outside [0, max_score]")
+        scored = _number(test.get("score")) and _number(test.get("max_score"))
+        if scored and not 0 <= test["score"] <= test["max_score"] + 1e-9:
+            problems.append(f"{where}: score outside [0, max_score]")
         if "status" in test and test["status"] not in {"passed", "failed"}:
             problems.append(f"{where}: status must be 'passed' or 'failed'")
         if "visibility" in test and test["visibility"] not in VISIBILITY:

@@ -88,7 +88,7 @@ class NotebookCell:
     answer: bool = False
     """Tagged by otter as an answer cell (student or solution notebook)."""
     question: str | None = None
-    """The question whose ``grader.check`` cell comes next: the one this cell most likely answers."""
+    """The question whose ``grader.check`` cell comes next: the one this cell answers."""
     run: CellRun | None = None
 
 
@@ -107,7 +107,9 @@ def load_questions(tests_dir: Path) -> list[Question]:
                 messages[match.group(1)] = case.failure_message or ""
         if not checks:
             raise RuntimeError(f"{path.name}: no hidden test named test_<check>_hidden")
-        questions.append(Question(test_file.name, float(test_file.possible), tuple(checks), messages))
+        questions.append(
+            Question(test_file.name, float(test_file.possible), tuple(checks), messages)
+        )
 
     def order(q: Question) -> tuple[int, str]:
         number = re.match(r"q(\d+)", q.name)
@@ -125,7 +127,7 @@ def _load_module(path: Path, name: str) -> ModuleType:
 
 
 def code_cells(nb: nbformat.NotebookNode) -> tuple[list[NotebookCell], int]:
-    """The cells to run (numbered as in the notebook, 1-based) and how many demo cells were skipped."""
+    """The cells to run (numbered from 1 as in the notebook) and how many demos were skipped."""
     cells, section, skipped = [], "the top of the notebook", 0
     for number, cell in enumerate(nb.get("cells", []), start=1):
         source = cell.get("source", "")
@@ -398,8 +400,9 @@ class Grader:
             report.append(f"{len(failing)} cell(s) of your notebook did not finish:")
             report += [f"  - {_error_line(c, timeout)}" for c in failing]
             report.append(
-                "Code after an error in the same cell did not run, and later cells that need it fail "
-                "too: run your notebook top to bottom (Kernel → Restart and Run All) before submitting."
+                "Code after an error in the same cell did not run, and later cells that need it "
+                "fail too: run your notebook top to bottom (Kernel → Restart and Run All) before "
+                "submitting."
             )
         else:
             report.append(f"All {len(cells)} graded code cells ran without errors.")

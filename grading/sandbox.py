@@ -9,6 +9,7 @@ is interrupted, and if it does not answer the interrupt it is killed and the cal
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -89,10 +90,8 @@ def kill_uid(uid: int) -> None:
         if not pids:
             return
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         time.sleep(0.05)
 
 
@@ -194,10 +193,8 @@ class Sandbox:
             self.kc.stop_channels()
             self.kc = None
         if self.km is not None:
-            try:
+            with contextlib.suppress(Exception):  # already dead: nothing to shut down
                 self.km.shutdown_kernel(now=True)
-            except Exception:  # already dead: nothing to shut down
-                pass
             self.km = None
         if self.config.uid is not None:
             kill_uid(self.config.uid)

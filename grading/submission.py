@@ -108,7 +108,8 @@ def find_notebook(submission: Path, expected_name: str, assignment: str, work: P
     if not good:
         raise SubmissionError(
             " ".join(problems)
-            + f" Open it in JupyterLab to check it; if it does not open, re-download your work. {how}"
+            + " Open it in JupyterLab to check it; if it does not open, re-download your work. "
+            + how
         )
 
     def name_of(nb: nbformat.NotebookNode) -> str | None:

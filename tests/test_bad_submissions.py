@@ -53,7 +53,11 @@ def _only_lost(results: dict, full: dict, lost: dict[str, float]) -> None:
 
 
 def test_syntax_error_costs_only_its_question(full):
-    results = _valid(corpus.grade(_edit("def cql_penalty(q_values, actions):", "def cql_penalty(q_values, actions:")))
+    results = _valid(
+        corpus.grade(
+            _edit("def cql_penalty(q_values, actions):", "def cql_penalty(q_values, actions:")
+        )
+    )
     _only_lost(results, full, {"q5_cql": 0.0})
     report = _report(results)
     assert "SyntaxError" in report and "question q5_cql" in report, report
@@ -62,7 +66,10 @@ def test_syntax_error_costs_only_its_question(full):
 
 
 def test_exception_names_the_cell_that_raised(full):
-    nb = _edit("def bc_loss(logits, actions):", 'raise ValueError("oops, debugging")\n\n\ndef bc_loss(logits, actions):')
+    nb = _edit(
+        "def bc_loss(logits, actions):",
+        'raise ValueError("oops, debugging")\n\n\ndef bc_loss(logits, actions):',
+    )
     results = _valid(corpus.grade(nb))
     _only_lost(results, full, {"q4_behavior_cloning": 0.0})
     report = _report(results)
@@ -73,7 +80,7 @@ def test_exception_names_the_cell_that_raised(full):
 
 
 def test_endless_loop_in_a_function_zeroes_that_question_only(full):
-    nb = _edit('    logsumexp = torch.logsumexp(q_values, dim=1)', "    while True:\n        pass")
+    nb = _edit("    logsumexp = torch.logsumexp(q_values, dim=1)", "    while True:\n        pass")
     t0 = time.monotonic()
     results = _valid(corpus.grade(nb, extra_args=FAST))
     seconds = time.monotonic() - t0
@@ -91,7 +98,10 @@ def test_endless_loop_cell_is_stopped_and_the_rest_graded(full):
 
 
 def test_loop_that_ignores_interrupts_is_killed_and_the_kernel_restarted(full):
-    stubborn = "while True:\n    try:\n        while True:\n            pass\n    except BaseException:\n        pass"
+    stubborn = (
+        "while True:\n    try:\n        while True:\n            pass\n"
+        "    except BaseException:\n        pass"
+    )
     nb = corpus.insert_cell(corpus.solution(), stubborn, after="def bc_loss(")
     results = _valid(corpus.grade(nb, extra_args=FAST))
     _only_lost(results, full, {})
@@ -150,8 +160,16 @@ def test_export_zip_with_a_notebook_is_graded(full):
 @pytest.mark.parametrize(
     ("old", "new", "says"),
     [
-        ("    return (logsumexp - q_data).mean()", '    return (logsumexp - q_data).mean() * float("nan")', "NaN"),
-        ("    return (logsumexp - q_data).mean()", "    return logsumexp - q_data", "expected shape ()"),
+        (
+            "    return (logsumexp - q_data).mean()",
+            '    return (logsumexp - q_data).mean() * float("nan")',
+            "NaN",
+        ),
+        (
+            "    return (logsumexp - q_data).mean()",
+            "    return logsumexp - q_data",
+            "expected shape ()",
+        ),
         ("    return (logsumexp - q_data).mean()", '    return "0.5"', "hidden case"),
     ],
     ids=["nan", "wrong-shape", "wrong-type"],
@@ -180,7 +198,10 @@ def test_memory_blow_up_is_a_memory_error_not_a_dead_grader(full):
 
 
 def test_memory_blow_up_inside_a_check_fails_that_check(full):
-    nb = _edit("    logsumexp = torch.logsumexp(q_values, dim=1)", "    hog = torch.ones(2**30)\n    logsumexp = torch.logsumexp(q_values, dim=1)")
+    nb = _edit(
+        "    logsumexp = torch.logsumexp(q_values, dim=1)",
+        "    hog = torch.ones(2**30)\n    logsumexp = torch.logsumexp(q_values, dim=1)",
+    )
     results = _valid(corpus.grade(nb))
     _only_lost(results, full, {"q5_cql": 0.0})
 
@@ -200,7 +221,8 @@ def test_no_student_process_outlives_grading(full):
 def _alive_as(pid: str, uid: int) -> bool:
     """A running (not zombie: killed, awaiting its reaper) process of ``uid``."""
     try:
-        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
         return os.stat(f"/proc/{pid}").st_uid == uid and state != "Z"
     except (OSError, IndexError):
         return False

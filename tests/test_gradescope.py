@@ -85,7 +85,11 @@ def _run_harness(root: Path, notebook_bytes: bytes) -> tuple[dict, subprocess.Co
         "LANG": "C.UTF-8",
     }
     proc = subprocess.run(
-        [str(root / "run_autograder")], cwd=root, env=env, capture_output=True, text=True,
+        [str(root / "run_autograder")],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
     path = root / "results" / "results.json"

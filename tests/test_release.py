@@ -194,7 +194,8 @@ def test_autograder_zip_is_normalised_and_complete():
             assert required in names, f"{required} missing from autograder.zip"
         # The shipped grader is the repository's grading/ package, byte for byte.
         for path in sorted((ROOT / "grading").glob("*.py")):
-            assert zf.read(f"grading/{path.name}") == path.read_bytes(), f"grading/{path.name} stale"
+            shipped = zf.read(f"grading/{path.name}")
+            assert shipped == path.read_bytes(), f"grading/{path.name} is stale: make release"
         run_autograder = zf.read("run_autograder").decode()
         assert "python -m grading" in run_autograder and "run_otter" not in run_autograder
         assert "run_otter.py" not in names

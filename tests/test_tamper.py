@@ -15,15 +15,16 @@ from tests.corpus import attacks, corpus
 pytestmark = [pytest.mark.grading, pytest.mark.slow]
 
 
-
-class AttackSucceeded(AssertionError):
+class AttackSucceededError(AssertionError):
     """The attack gained points or showed hidden values."""
 
 
 PLAIN = pytest.param(
     "plain-otter",
     marks=pytest.mark.xfail(
-        strict=True, raises=AttackSucceeded, reason="otter runs the tests in the student's kernel"
+        strict=True,
+        raises=AttackSucceededError,
+        reason="otter runs the tests in the student's kernel",
     ),
 )
 GRADERS = [PLAIN, "sandboxed"]
@@ -51,7 +52,7 @@ def test_attack_on_blank_notebook_scores_zero(name, grader):
     scores, _ = _grade(grader, _attacked(name, corpus.student()))
     gained = {q: s for q, s in scores.items() if s > 0}
     if gained:
-        raise AttackSucceeded(f"{name} gained points with nothing implemented: {gained}")
+        raise AttackSucceededError(f"{name} gained points with nothing implemented: {gained}")
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ def test_patching_numpy_and_torch_does_not_hide_a_wrong_penalty(cql_max_mutant, 
     nb, mutant = cql_max_mutant
     scores, _ = _grade(grader, _attacked("monkeypatch_numpy_torch", nb))
     if scores["q5_cql"] != mutant.scores["q5_cql"]:
-        raise AttackSucceeded(
+        raise AttackSucceededError(
             f"patched comparisons turned a max-for-logsumexp penalty into {scores['q5_cql']} points"
         )
 
@@ -74,7 +75,7 @@ def test_patching_numpy_and_torch_does_not_hide_a_wrong_penalty(cql_max_mutant, 
 def test_hidden_expected_values_cannot_be_read_or_used(grader):
     scores, results = _grade(grader, _attacked("read_and_print_expected", corpus.student()))
     if "LEAKED" in str(results):
-        raise AttackSucceeded("expected values reached the student's visible output")
+        raise AttackSucceededError("expected values reached the student's visible output")
     gained = {q: s for q, s in scores.items() if s > 0}
     if gained:
-        raise AttackSucceeded(f"answers copied from the expected values earned {gained}")
+        raise AttackSucceededError(f"answers copied from the expected values earned {gained}")

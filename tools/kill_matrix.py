@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.corpus import corpus  # noqa: E402
+from tests.corpus import corpus
 
 
 def main(argv: list[str]) -> int:

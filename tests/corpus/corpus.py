@@ -82,9 +82,14 @@ def apply(nb: nbformat.NotebookNode, mutant: Mutant) -> nbformat.NotebookNode:
     return nb
 
 
-def grade(nb: nbformat.NotebookNode | None, *, files: dict[str, bytes] | None = None,
-          uid: int = 61_234, extra_args: tuple[str, ...] = (),
-          env_extra: dict[str, str] | None = None) -> dict[str, Any]:
+def grade(
+    nb: nbformat.NotebookNode | None,
+    *,
+    files: dict[str, bytes] | None = None,
+    uid: int = 61_234,
+    extra_args: tuple[str, ...] = (),
+    env_extra: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Grade a notebook (or raw submission files) with the release's autograder.zip."""
     with tempfile.TemporaryDirectory(prefix="corpus-") as tmp:
         src, sub, res = Path(tmp, "source"), Path(tmp, "submission"), Path(tmp, "results")
@@ -146,12 +151,16 @@ def student() -> nbformat.NotebookNode:
     return nbformat.read(STUDENT, as_version=4)
 
 
-def insert_cell(nb: nbformat.NotebookNode, source: str, after: str | None = None) -> nbformat.NotebookNode:
+def insert_cell(
+    nb: nbformat.NotebookNode, source: str, after: str | None = None
+) -> nbformat.NotebookNode:
     """A copy of ``nb`` with a code cell after the first cell containing ``after`` (default: the
     first code cell, i.e. right after otter's init cell)."""
     nb = copy.deepcopy(nb)
     index = next(
-        i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (after is None or after in c.source)
+        i
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "code" and (after is None or after in c.source)
     )
     nb.cells.insert(index + 1, nbformat.v4.new_code_cell(source))
     for i, cell in enumerate(nb.cells):
