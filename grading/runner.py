@@ -164,8 +164,14 @@ def _lock(path: Path) -> None:
 
 
 def _read_outputs(path: Path, uid: int | None) -> dict[str, np.ndarray]:
-    """Load a kernel-written .npz without trusting it: no links, right owner, bounded size."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    """Load a kernel-written .npz without trusting it: no links (the folder included), no FIFOs
+    (O_NONBLOCK: opening one would wait forever for a writer), right owner, bounded size."""
+    no_follow = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+    folder = os.open(path.parent, no_follow | os.O_DIRECTORY)
+    try:
+        fd = os.open(path.name, no_follow, dir_fd=folder)
+    finally:
+        os.close(folder)
     with os.fdopen(fd, "rb") as f:
         info = os.fstat(f.fileno())
         if not stat.S_ISREG(info.st_mode):

@@ -79,3 +79,21 @@ def test_hidden_expected_values_cannot_be_read_or_used(grader):
     gained = {q: s for q, s in scores.items() if s > 0}
     if gained:
         raise AttackSucceededError(f"answers copied from the expected values earned {gained}")
+
+
+@pytest.mark.parametrize(
+    "plant",
+    [
+        "os.mkfifo('.outputs/q10.npz')",
+        "os.rename('.outputs', '.moved')\nos.symlink('/autograder/source/files', '.outputs')",
+    ],
+    ids=["fifo", "symlinked-folder"],
+)
+def test_planted_outputs_cannot_hang_or_fool_the_grader(plant):
+    """The kernel owns its output folder: it may plant a FIFO (opening one would block the grader
+    forever) or swap the folder for a link elsewhere. Either way it only loses its own points."""
+    require_root()
+    cell = f"import os, _grading_kernel\n{plant}\n_grading_kernel.harvest = lambda *a, **k: None\n"
+    results = corpus.grade(corpus.insert_cell(corpus.solution(), cell))
+    assert results["score"] == 0, corpus.question_scores(results)
+    assert "could not be read" in str(results)
