@@ -46,7 +46,8 @@ def _attacked(name: str, base):
 
 @pytest.mark.parametrize("grader", GRADERS)
 @pytest.mark.parametrize(
-    "name", ["monkeypatch_otter", "monkeypatch_builtins", "rewrite_tests_and_fixtures"]
+    "name",
+    ["monkeypatch_otter", "redefine_grader", "monkeypatch_builtins", "rewrite_tests_and_fixtures"],
 )
 def test_attack_on_blank_notebook_scores_zero(name, grader):
     scores, _ = _grade(grader, _attacked(name, corpus.student()))

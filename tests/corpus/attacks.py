@@ -19,6 +19,25 @@ def _always_pass(self, global_environment):
 _et.ExceptionTestFile.run = _always_pass
 """
 
+#: Redefine the grader: otter's Checker (which collects every test result) marks all as passed.
+REDEFINE_GRADER = """
+from otter.execute import Checker as _Checker
+from otter.test_files import abstract_test as _at
+
+_original_check = _Checker.check.__func__
+
+def _check(cls, *args, **kwargs):
+    test_file = _original_check(cls, *args, **kwargs)
+    test_file.test_case_results = [
+        _at.TestCaseResult(test_case=tc, message="passed", passed=True)
+        for tc in test_file.test_cases
+    ]
+    return test_file
+
+_Checker.check = classmethod(_check)
+grader = None  # and the notebook's own grader object is gone
+"""
+
 #: Make every numerical comparison succeed (numpy and torch).
 MONKEYPATCH_NUMPY_TORCH = """
 import numpy as _np, torch as _torch
@@ -94,6 +113,7 @@ ANSWER_ANCHOR = "q12_answer = "
 
 ATTACKS = {
     "monkeypatch_otter": MONKEYPATCH_OTTER,
+    "redefine_grader": REDEFINE_GRADER,
     "monkeypatch_numpy_torch": MONKEYPATCH_NUMPY_TORCH,
     "monkeypatch_builtins": MONKEYPATCH_BUILTINS,
     "rewrite_tests_and_fixtures": REWRITE_TESTS,
