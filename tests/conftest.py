@@ -32,7 +32,7 @@ def require_root() -> None:
 
 def _closed_ancestors() -> list[str]:
     """Folders on the way to this Python (and its standard library) that others cannot enter."""
-    targets = {os.path.realpath(sys.executable), os.path.realpath(sys.base_prefix)}
+    targets = {sys.executable, os.path.realpath(sys.executable), os.path.realpath(sys.base_prefix)}
     closed = set()
     for target in targets:
         path = os.path.dirname(target)
