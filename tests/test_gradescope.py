@@ -65,7 +65,9 @@ def autograder_dir():
             backup.rename(AUTOGRADER)
 
 
-def _run_harness(root: Path, notebook_bytes: bytes) -> tuple[dict, subprocess.CompletedProcess]:
+def _run_harness(
+    root: Path, notebook_bytes: bytes, break_grader: bool = False
+) -> tuple[dict, subprocess.CompletedProcess]:
     if root.exists():
         shutil.rmtree(root)
     (root / "source").mkdir(parents=True)
@@ -75,6 +77,8 @@ def _run_harness(root: Path, notebook_bytes: bytes) -> tuple[dict, subprocess.Co
     for name in ("run_autograder", "setup.sh"):
         os.chmod(root / "source" / name, 0o755)
     shutil.copy2(root / "source" / "run_autograder", root / "run_autograder")
+    if break_grader:  # e.g. an image whose environment failed to build
+        (root / "source" / "grading" / "runner.py").write_text("raise ImportError('broken image')")
     (root / "submission").mkdir()
     (root / "submission" / f"{corpus.ASSIGNMENT}.ipynb").write_bytes(notebook_bytes)
     (root / "results").mkdir()
@@ -109,6 +113,11 @@ def test_run_autograder_in_the_gradescope_layout(autograder_dir):
     results, _ = _run_harness(autograder_dir, b"{ not json")
     assert gs.validate(results) == [] and results["score"] == 0
     assert "not a valid notebook" in results["output"]
+
+    # Even a grader that cannot start leaves a score, not an empty Gradescope result.
+    results, _ = _run_harness(autograder_dir, solution, break_grader=True)
+    assert gs.validate(results) == [] and results["score"] == 0
+    assert "could not start" in results["output"]
 
 
 def test_validator_rejects_what_gradescope_rejects():

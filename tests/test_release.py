@@ -197,7 +197,8 @@ def test_autograder_zip_is_normalised_and_complete():
             shipped = zf.read(f"grading/{path.name}")
             assert shipped == path.read_bytes(), f"grading/{path.name} is stale: make release"
         run_autograder = zf.read("run_autograder").decode()
-        assert "python -m grading" in run_autograder and "run_otter" not in run_autograder
+        assert "-m grading /autograder/source" in run_autograder
+        assert "run_otter" not in run_autograder
         assert "run_otter.py" not in names
         assert "chmod o+x /root" in zf.read("setup.sh").decode()
         assert not any("__pycache__" in n for n in names)

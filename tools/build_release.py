@@ -46,10 +46,16 @@ GRADING_PKG = ROOT / "grading"
 #: Gradescope entry point: the sandboxed grader instead of otter's run_otter.py.
 RUN_AUTOGRADER = """#!/usr/bin/env bash
 # Written by tools/build_release.py. Grades in a sandbox (grading/README.md), not in otter's kernel.
-export PATH=/root/miniforge3/bin:$PATH
-eval "$(mamba shell hook --shell bash 2>/dev/null)" 2>/dev/null && mamba activate otter-env
 cd /autograder/source
-exec python -m grading /autograder/source /autograder/submission /autograder/results
+PY=/root/miniforge3/envs/otter-env/bin/python
+[ -x "$PY" ] || PY=python
+"$PY" -m grading /autograder/source /autograder/submission /autograder/results
+# Whatever happened above, Gradescope must get a score, not an empty result.
+if [ ! -s /autograder/results/results.json ]; then
+  mkdir -p /autograder/results
+  msg="The autograder could not start (not your fault): tell the course staff."
+  echo "{\\"score\\": 0, \\"output\\": \\"$msg\\"}" > /autograder/results/results.json
+fi
 """
 #: Appended to otter's setup.sh: the sandbox user must be able to run Python under /root.
 SETUP_SUFFIX = """
