@@ -284,14 +284,15 @@ class Grader:
             workdir = scratch / "work"
             workdir.mkdir()
             self._prepare_workdir(workdir, found.path)
-            outputs, check_runs, restarts = self._execute(workdir, cells, start)
+            outputs, restarts = self._execute(workdir, cells, start)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        return self._report(found.notes, cells, skipped, outputs, check_runs, restarts)
+        return self._report(found.notes, cells, skipped, outputs, restarts)
 
     def _execute(
         self, workdir: Path, cells: list[NotebookCell], start: float
-    ) -> tuple[dict[str, dict[str, np.ndarray] | str], dict[str, CellRun], int]:
+    ) -> tuple[dict[str, dict[str, np.ndarray] | str], int]:
+        """Run the cells, then harvest every hidden check; return the outputs and restarts."""
         cfg = self.config
         out_dir = workdir / ".outputs"
         out_dir.mkdir()
@@ -300,52 +301,56 @@ class Grader:
         setup = f"import _grading_kernel as __grading__\n__grading__.install({self.seed})"
         restarts, done = 0, []
         outputs: dict[str, dict[str, np.ndarray] | str] = {}
-        check_runs: dict[str, CellRun] = {}
+
+        def out_of_time() -> bool:
+            return time.monotonic() - start > cfg.budget
+
         with Sandbox(workdir, cfg.sandbox) as sandbox:
+
+            def restart() -> None:
+                # Start over without the cell that killed the kernel, so later answers count.
+                nonlocal restarts
+                restarts += 1
+                sandbox.restart()
+                sandbox.run(setup)
+                for earlier in done:
+                    sandbox.run(earlier.source)
+
             sandbox.run(setup)
             for cell in cells:
-                if time.monotonic() - start > cfg.budget:
+                if out_of_time():
                     break
                 cell.run = sandbox.run(cell.source)
-                if not sandbox.alive() and restarts < cfg.max_restarts:
-                    # Start over without the cell that killed the kernel, so later answers count.
-                    restarts += 1
-                    sandbox.restart()
-                    sandbox.run(setup)
-                    for earlier in done:
-                        sandbox.run(earlier.source)
-                elif not sandbox.alive():
-                    break
+                if not sandbox.alive():
+                    if restarts >= cfg.max_restarts:
+                        break
+                    restart()
                 done.append(cell)
             order = [c for q in self.questions for c in q.checks]
             for check in reversed(order) if cfg.reverse_checks else order:
-                if not sandbox.alive() or time.monotonic() - start > cfg.budget:
+                if not sandbox.alive() or out_of_time():
                     outputs[check] = "not run: the notebook used up the grading time or crashed"
                     continue
                 path = out_dir / f"{check}.npz"
                 code = f"__grading__.harvest({check!r}, globals(), {str(path)!r})"
-                check_runs[check] = run = sandbox.run(code, timeout=cfg.check_timeout)
+                run = sandbox.run(code, timeout=cfg.check_timeout)
+                if not sandbox.alive() and not out_of_time():
+                    restart()  # the budget, not a count, bounds these: each check gets its chance
                 if run.status == "timeout":
                     outputs[check] = (
                         f"your code was stopped after {cfg.check_timeout:.0f} s on the hidden "
                         "inputs (an endless loop, or far too slow)"
                     )
-                    if not sandbox.alive():
-                        sandbox.restart()
-                        sandbox.run(setup)
-                        for earlier in done:
-                            sandbox.run(earlier.source)
-                    continue
-                if run.status != "ok":
+                elif run.status != "ok":
                     outputs[check] = (
                         f"checking your code failed: {_describe(run, cfg.check_timeout)}"
                     )
-                    continue
-                try:
-                    outputs[check] = _read_outputs(path, cfg.sandbox.uid)
-                except (OSError, ValueError) as err:
-                    outputs[check] = f"the outputs of your code could not be read ({err})"
-        return outputs, check_runs, restarts
+                else:
+                    try:
+                        outputs[check] = _read_outputs(path, cfg.sandbox.uid)
+                    except (OSError, ValueError) as err:
+                        outputs[check] = f"the outputs of your code could not be read ({err})"
+        return outputs, restarts
 
     def _score_check(self, check: str, got: dict[str, np.ndarray] | str) -> tuple[bool, str]:
         if isinstance(got, str):
@@ -366,7 +371,6 @@ class Grader:
         cells: list[NotebookCell],
         skipped: int,
         outputs: dict[str, dict[str, np.ndarray] | str],
-        check_runs: dict[str, CellRun],
         restarts: int,
     ) -> dict[str, Any]:
         timeout = self.config.sandbox.cell_timeout
