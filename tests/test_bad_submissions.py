@@ -40,6 +40,10 @@ def _report(results: dict) -> str:
     return next(t["output"] for t in results["tests"] if t["name"] == "Notebook report")
 
 
+def _question(results: dict, name: str) -> dict:
+    return next(t for t in results["tests"] if t["name"] == name)
+
+
 def _edit(old: str, new: str) -> nbformat.NotebookNode:
     nb = corpus.solution()
     cell = next(c for c in nb.cells if c.cell_type == "code" and old in c.source)
@@ -61,7 +65,7 @@ def test_syntax_error_costs_only_its_question(full):
     _only_lost(results, full, {"q5_cql": 0.0})
     report = _report(results)
     assert "SyntaxError" in report and "question q5_cql" in report, report
-    q5 = next(t for t in results["tests"] if t["name"] == "q5_cql")
+    q5 = _question(results, "q5_cql")
     assert "SyntaxError" in q5["output"], "the question that lost points must say which cell broke"
 
 
@@ -75,7 +79,7 @@ def test_exception_names_the_cell_that_raised(full):
     report = _report(results)
     number = next(i for i, c in enumerate(nb.cells, 1) if "oops, debugging" in c.source)
     assert f"cell {number} " in report and "ValueError: oops, debugging" in report, report
-    q4 = next(t for t in results["tests"] if t["name"] == "q4_behavior_cloning")
+    q4 = _question(results, "q4_behavior_cloning")
     assert "defines no `bc_loss`" in q4["output"], q4["output"]
 
 
@@ -85,7 +89,7 @@ def test_endless_loop_in_a_function_zeroes_that_question_only(full):
     results = _valid(corpus.grade(nb, extra_args=FAST))
     seconds = time.monotonic() - t0
     _only_lost(results, full, {"q5_cql": 0.0})
-    q5 = next(t for t in results["tests"] if t["name"] == "q5_cql")
+    q5 = _question(results, "q5_cql")
     assert "stopped after 6 s" in q5["output"], q5["output"]
     assert seconds < 120, f"grading took {seconds:.0f} s"
 
@@ -111,7 +115,7 @@ def test_loop_that_ignores_interrupts_is_killed_and_the_kernel_restarted(full):
 def test_renamed_function_is_named_in_the_message(full):
     results = _valid(corpus.grade(_edit("def bcq_policy(", "def bcq_policy_v2(")))
     _only_lost(results, full, {"q6_bcq": 0.0})
-    q6 = next(t for t in results["tests"] if t["name"] == "q6_bcq")
+    q6 = _question(results, "q6_bcq")
     assert "defines no `bcq_policy`" in q6["output"], q6["output"]
 
 
@@ -177,7 +181,7 @@ def test_export_zip_with_a_notebook_is_graded(full):
 def test_nan_or_wrongly_shaped_outputs_lose_points_with_a_reason(full, old, new, says):
     results = _valid(corpus.grade(_edit(old, new)))
     _only_lost(results, full, {"q5_cql": 0.0})
-    q5 = next(t for t in results["tests"] if t["name"] == "q5_cql")
+    q5 = _question(results, "q5_cql")
     assert says in q5["output"], q5["output"]
 
 

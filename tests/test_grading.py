@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
@@ -24,23 +22,10 @@ from tests.corpus import corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "offline_rl"
-ZIP = ROOT / "autograder" / NAME / "autograder.zip"
 SOLUTION = ROOT / "autograder" / NAME / f"{NAME}-solution.ipynb"
 STUDENT_DIR = ROOT / "student_release" / NAME
 
 pytestmark = pytest.mark.slow
-
-
-def grade(submission: Path, out: Path) -> dict:
-    """Grade ``submission`` (notebook or export zip) with the release's zip; return results.json."""
-    out.mkdir(parents=True, exist_ok=True)
-    otter = [sys.executable, "-m", "otter", "run", "-a", str(ZIP), "-o", str(out), str(submission)]
-    proc = subprocess.run(otter, capture_output=True, text=True, timeout=600)
-    results = out / "results.json"
-    assert results.exists(), (
-        f"no results.json (exit {proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
-    )
-    return json.loads(results.read_text())
 
 
 def question_scores(results: dict) -> dict[str, tuple[float, float]]:
@@ -60,8 +45,8 @@ def submission_copy(tmp_path: Path, notebook: Path) -> Path:
     return target
 
 
-def test_plain_otter_run_gives_the_solution_full_marks(tmp_path):
-    results = grade(submission_copy(tmp_path, SOLUTION), tmp_path / "out")
+def test_plain_otter_run_gives_the_solution_full_marks():
+    results = corpus.grade_plain_otter(corpus.solution())
     scores = question_scores(results)
     assert len(scores) >= 12, scores
     lost = {name: s for name, s in scores.items() if s[0] != s[1]}
@@ -80,8 +65,8 @@ def test_untouched_student_notebook_scores_zero_with_a_message_per_question():
     assert "site-packages" not in outputs and "Traceback" not in outputs
 
 
-def test_plain_otter_public_checks_teach_on_a_blank_notebook(tmp_path):
-    results = grade(submission_copy(tmp_path, STUDENT_DIR / f"{NAME}.ipynb"), tmp_path / "out")
+def test_plain_otter_public_checks_teach_on_a_blank_notebook():
+    results = corpus.grade_plain_otter(corpus.student())
     scores = question_scores(results)
     earned = {name: s for name, s in scores.items() if s[0] != 0}
     assert not earned, f"a blank notebook earned points: {earned}"
