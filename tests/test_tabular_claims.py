@@ -12,7 +12,6 @@ from offline_rl.algorithms.experiments import (
     distribution_shift,
     offline_policy_selection,
     offline_to_online,
-    online_vs_offline,
     quality_sweep,
     stitching,
 )
@@ -120,14 +119,6 @@ def test_returns_rise_with_data_quality():
         assert means[2] > means[0] + 5
         assert means[0] <= means[1] <= means[2]
     assert res["cql"][2] == res["optimal"]
-
-
-def test_online_agent_learns_offline_limited_by_coverage():
-    res = online_vs_offline(n_online_episodes=200, progress=False)
-    assert res["online_final_return"] == res["optimal_return"]
-    offline = res["offline"]
-    assert offline["expert"]["coverage"] < offline["random"]["coverage"]
-    assert offline["noisy expert"]["return"] < res["optimal_return"]
 
 
 def test_bcq_filter_interpolates_between_greedy_and_bc():

@@ -23,7 +23,7 @@ import numpy as np
 from IPython.display import display
 
 from offline_rl import plotting
-from offline_rl.behavior import narrow_expert_dataset, noisy_expert_policy, quality_dataset
+from offline_rl.behavior import narrow_expert_dataset, quality_dataset, random_policy
 from offline_rl.datasets import OfflineDataset, collect_dataset
 from offline_rl.envs import GridLayout, get_layout, make_grid_env
 from offline_rl.evaluation import fitted_q_evaluation
@@ -31,6 +31,9 @@ from offline_rl.online import online_q_learning
 from offline_rl.planning import greedy_policy, policy_evaluation, rollout_return, value_iteration
 
 __all__ = [
+    "DEMO1_SEEDS",
+    "DEMO1_SIZES",
+    "coverage_sweep",
     "cql_demo",
     "distribution_shift_demo",
     "offline_to_online_plot",
@@ -110,60 +113,120 @@ def replay_q_learning(
     return Q
 
 
+#: Demo 1's settings: the slider's dataset sizes (episodes of a uniformly random behavior
+#: policy) and the seeds averaged at each size. The claim tests run exactly these.
+DEMO1_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+DEMO1_SEEDS: tuple[int, ...] = tuple(range(8))
+
+
+def _first_episodes(data: OfflineDataset, n: int) -> OfflineDataset:
+    """The first ``n`` episodes of ``data`` (so smaller datasets are subsets of larger ones)."""
+    starts = data.episode_starts
+    end = int(starts[n]) if n < len(starts) else len(data)
+    fields = data.as_dict()
+    cut = {k: v[:end] for k, v in fields.items() if k != "episode_starts"}
+    return OfflineDataset(**cut, episode_starts=starts[:n])
+
+
+def _live_pairs(lay: GridLayout) -> np.ndarray:
+    """(S,) mask of the cells where an agent can act (not a wall, goal or pit)."""
+    cells = [lay.coords(s) for s in range(lay.n_states)]
+    return np.array([lay.terminal_reward(c) is None and c not in lay.walls for c in cells])
+
+
+def coverage_sweep(
+    coverage_fn: Callable[..., Any],
+    layout_name: str = "open",
+    sizes: tuple[int, ...] = DEMO1_SIZES,
+    seeds: tuple[int, ...] = DEMO1_SEEDS,
+) -> dict[str, np.ndarray]:
+    """Demo 1's experiment: one fixed behavior policy (uniformly random), more or less of its data.
+
+    Only the dataset size changes between settings, and the datasets of one seed are nested
+    (the first n episodes of the same stream), so coverage can only grow with the size. The
+    offline agent is :func:`replay_q_learning` on that data; its return is the greedy rollout's.
+
+    Returns:
+        ``sizes`` (K,); ``coverage`` and ``returns`` (K, n_seeds): the fraction of the live
+        (s, a) pairs in the data and the offline agent's return.
+    """
+    lay = get_layout(layout_name)
+    live = _live_pairs(lay)
+    coverage = np.zeros((len(sizes), len(seeds)))
+    returns = np.zeros((len(sizes), len(seeds)))
+    env = make_grid_env(lay)
+    for j, seed in enumerate(seeds):
+        stream = collect_dataset(env, random_policy(), max(sizes), seed, progress=False)
+        for i, n in enumerate(sizes):
+            data = _first_episodes(stream, n)
+            counts = np.asarray(
+                _call(coverage_fn, "coverage_counts", data, lay.n_states, lay.n_actions)
+            )
+            coverage[i, j] = float(np.mean(counts[live] > 0))
+            returns[i, j] = rollout_return(lay, greedy_policy(replay_q_learning(data, lay, 60)))
+    return {"sizes": np.asarray(sizes), "coverage": coverage, "returns": returns}
+
+
 def online_vs_offline_demo(
     coverage_fn: Callable[..., Any], layout_name: str = "open"
 ) -> widgets.VBox:
-    """Demo 1: an online agent vs an offline agent whose dataset's coverage the slider sets.
+    """Demo 1: an online agent vs offline agents whose data the slider makes larger.
 
-    The offline data come from an ε-noisy expert; ε = 0 follows one path, larger ε covers more.
+    The behavior policy is fixed (uniformly random); the slider sets how many of its episodes
+    the offline agent gets, which moves coverage and nothing else.
     """
     lay = get_layout(layout_name)
-    _, online_returns = online_q_learning(lay, n_episodes=300, seed=0, progress=False)
-    optimal = rollout_return(lay, greedy_policy(value_iteration(lay)[1]))
+    q_online, online_returns = online_q_learning(lay, n_episodes=300, seed=0, progress=False)
+    online_final = rollout_return(lay, greedy_policy(q_online))
+    sweep: dict[str, np.ndarray] = {}
 
-    def draw(epsilon: float) -> plt.Figure:
-        data = collect_dataset(
-            make_grid_env(lay), noisy_expert_policy(lay, epsilon), 10, seed=0, progress=False
-        )
-        counts = np.asarray(
-            _call(coverage_fn, "coverage_counts", data, lay.n_states, lay.n_actions)
-        )
-        q_off = replay_q_learning(data, lay)
-        policy = greedy_policy(q_off)
-        covered = float(np.mean(counts > 0))
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    def draw(n_episodes: int) -> plt.Figure:
+        if not sweep:
+            sweep.update(coverage_sweep(coverage_fn, layout_name))
+        i = list(DEMO1_SIZES).index(n_episodes)
+        stream = collect_dataset(make_grid_env(lay), random_policy(), n_episodes, DEMO1_SEEDS[0],
+                                 progress=False)  # fmt: skip
+        policy = greedy_policy(replay_q_learning(stream, lay, 60))
+        cov, ret = sweep["coverage"].mean(axis=1), sweep["returns"].mean(axis=1)
+        fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
         plotting.draw_grid(
-            axes[0],
-            lay,
-            counts=counts.sum(axis=1),
-            policy=policy,
-            title=f"offline data: {covered:.0%} of (s, a) pairs covered",
-        )
+            axes[0], lay, counts=_state_counts(coverage_fn, stream, lay), policy=policy,
+            title=f"seed 0, {n_episodes} episodes: {sweep['coverage'][i, 0]:.0%} covered",
+        )  # fmt: skip
+        label = f"offline agent (mean of {len(DEMO1_SEEDS)} seeds)"
+        axes[1].plot(100 * cov, ret, "o-", color="C1", label=label)
+        axes[1].plot(100 * cov[i], ret[i], "o", ms=12, mfc="none", color="k")
+        axes[1].axhline(online_final, color="C0", ls="--", label="online agent, after 300 episodes")
+        axes[1].set_xlabel("coverage of the (s, a) pairs (%)")
+        axes[1].set_ylabel("offline agent's return")
+        axes[1].set_title("more coverage, better offline agent")
+        axes[1].legend(loc="lower right", fontsize=8)
         window = 10
         smooth = np.convolve(online_returns, np.ones(window) / window, mode="valid")
         plotting.plot_curves(
-            axes[1],
-            np.arange(smooth.shape[0]),
-            {"online Q-learning": smooth},
-            xlabel="episode of interaction",
-            ylabel="return",
-        )
-        axes[1].axhline(rollout_return(lay, policy), color="C1", ls="--", label="offline agent")
-        axes[1].axhline(optimal, color="gray", ls=":", label="optimal")
-        axes[1].legend(loc="lower right")
+            axes[2], np.arange(smooth.shape[0]), {"online Q-learning": smooth},
+            xlabel="episode of interaction", ylabel="return (10-episode mean)",
+        )  # fmt: skip
+        axes[2].set_title("the online agent collects its own data")
         fig.tight_layout()
         return fig
 
-    slider = widgets.FloatSlider(
-        value=0.0,
-        min=0.0,
-        max=1.0,
-        step=0.1,
+    slider = widgets.SelectionSlider(
+        options=list(DEMO1_SIZES),
+        value=4,
         continuous_update=False,
-        description="behavior ε",
-        readout_format=".1f",
+        description="episodes of data",
+        style={"description_width": "initial"},
     )
     return _interactive(slider, draw)
+
+
+def _state_counts(
+    coverage_fn: Callable[..., Any], data: OfflineDataset, lay: GridLayout
+) -> np.ndarray:
+    """The student's counts for ``data``, per state (for the heatmap)."""
+    counts = _call(coverage_fn, "coverage_counts", data, lay.n_states, lay.n_actions)
+    return np.asarray(counts).sum(axis=1)
 
 
 # --------------------------------------------------------------------------- Demos 2 and 3

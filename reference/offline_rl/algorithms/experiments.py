@@ -28,6 +28,7 @@ from offline_rl.datasets import OfflineDataset
 from offline_rl.envs import GridLayout, get_layout, transition_model
 from offline_rl.online import online_q_learning
 from offline_rl.planning import greedy_policy, policy_evaluation, rollout_return, value_iteration
+from offline_rl.widgets import DEMO1_SEEDS, DEMO1_SIZES, coverage_sweep
 
 __all__ = [
     "alpha_sweep",
@@ -67,53 +68,31 @@ def _seen_masks(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (counts > 0) & visited, (counts == 0) & visited
 
 
-def _coverage(layout: GridLayout, counts: np.ndarray) -> float:
-    """Fraction of (s, a) pairs over non-terminal, non-wall cells that the data contains."""
-    cells = [layout.coords(s) for s in range(layout.n_states)]
-    live = np.array([layout.terminal_reward(c) is None and c not in layout.walls for c in cells])
-    return float(np.mean(counts[live] > 0))
-
-
 def online_vs_offline(
     layout_name: str = "open",
-    n_online_episodes: int = 200,
-    n_dataset_episodes: int = 10,
-    seed: int = 0,
+    n_online_episodes: int = 300,
+    sizes: Sequence[int] = DEMO1_SIZES,
+    seeds: Sequence[int] = DEMO1_SEEDS,
     counts_fn: CountsFn = coverage_counts,
-    naive_fn: QFn = naive_offline_q,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Demo 1: an online Q-learner vs the same Q-learning run offline on fixed datasets.
+    """Demo 1: an online Q-learner vs the same Q-learning run offline on more and more data.
+
+    The offline data come from one fixed behavior policy (uniformly random); only the number of
+    episodes changes (:func:`offline_rl.widgets.coverage_sweep`, what the notebook runs).
 
     Returns:
         ``online_returns`` (E,) per training episode, ``online_final_return`` (greedy policy),
-        ``optimal_return``, and ``offline``: {dataset name: {"return", "coverage",
-        "n_transitions"}} for datasets "expert", "noisy expert" (ε = 0.3), "50% expert",
-        "random".
+        ``optimal_return``, ``sizes`` (K,), ``coverage`` and ``returns`` (K, n_seeds).
     """
     lay = get_layout(layout_name)
-    S, A, gamma = lay.n_states, lay.n_actions, lay.gamma
-    q_online, online_returns = online_q_learning(lay, n_online_episodes, seed, progress=progress)
-    datasets = {
-        "expert": quality_dataset(layout_name, 1.0, n_dataset_episodes, seed),
-        "noisy expert": narrow_expert_dataset(layout_name, n_dataset_episodes, 0.3, seed),
-        "50% expert": quality_dataset(layout_name, 0.5, n_dataset_episodes, seed),
-        "random": quality_dataset(layout_name, 0.0, n_dataset_episodes, seed),
-    }
-    offline = {}
-    bar = tqdm(datasets.items(), desc="offline agents", disable=not progress, leave=False)
-    for name, ds in bar:
-        q = naive_fn(ds, S, A, gamma)
-        offline[name] = {
-            "return": rollout_return(lay, greedy_policy(q)),
-            "coverage": _coverage(lay, counts_fn(ds, S, A)),
-            "n_transitions": len(ds),
-        }
+    q_online, online_returns = online_q_learning(lay, n_online_episodes, 0, progress=progress)
+    sweep = coverage_sweep(counts_fn, layout_name, tuple(sizes), tuple(seeds))
     return {
         "online_returns": online_returns,
         "online_final_return": rollout_return(lay, greedy_policy(q_online)),
         "optimal_return": rollout_return(lay, greedy_policy(value_iteration(lay)[1])),
-        "offline": offline,
+        **sweep,
     }
 
 
