@@ -15,9 +15,11 @@ import pytest
 from offline_rl import widgets
 from offline_rl.algorithms.coverage import coverage_counts
 from offline_rl.algorithms.experiments import online_vs_offline
-from offline_rl.envs import get_layout
+from offline_rl.algorithms.tabular import offline_q_learning
+from offline_rl.behavior import FAMILY_B, narrow_expert_dataset, stitching_dataset
+from offline_rl.envs import get_layout, transition_model
 from offline_rl.online import online_q_learning
-from offline_rl.planning import greedy_policy, rollout_return, value_iteration
+from offline_rl.planning import greedy_policy, policy_evaluation, rollout_return, value_iteration
 
 SEEDS = tuple(range(5))
 OPEN = get_layout("open")
@@ -83,3 +85,160 @@ def test_demo1_uses_the_students_coverage_function() -> None:
     assert np.all(res["coverage"] == 1.0)
     right = widgets.coverage_sweep(coverage_counts, sizes=(1, 2), seeds=SEEDS)
     assert np.all(right["coverage"] < 0.5)
+
+
+# --------------------------------------------------------------------------- stitching data
+#: Stitching datasets (copies of family A, copies of family B): A is the majority in each, as in
+#: the notebook's (6, 4). The scripted data have no randomness, so the five "seeds" are five
+#: different mixes.
+MIXES = ((6, 4), (3, 2), (5, 4), (7, 3), (9, 6))
+STITCH = get_layout("stitch")
+
+
+def notebook_candidates(data: Any) -> dict[str, np.ndarray]:
+    """The offline-policy-selection cell's candidates, built with the reference learners."""
+    counts = coverage_counts(data, STITCH.n_states, STITCH.n_actions)
+    bc = np.argmax(counts, axis=1)
+    route_b = bc.copy()
+    for cell, action in FAMILY_B.items():
+        route_b[STITCH.state_index(cell)] = action
+    return {
+        "CQL (α=1)": greedy_policy(offline_q_learning(data, 25, 4, 0.9, alpha=1.0)),
+        "route of family B": route_b,
+        "BC": bc,
+        "naive Q": greedy_policy(offline_q_learning(data, 25, 4, 0.9, alpha=0.0)),
+    }
+
+
+@pytest.mark.parametrize("mix", MIXES)
+def test_fqe_ranks_naive_first_and_is_exact_on_the_data(mix: tuple[int, int]) -> None:
+    """Claims: 'the candidates' true values differ'; 'FQE ranks naive Q first: it scores 0 where
+    the truth is -10'; 'restricted to candidates that never leave the data, FQE is exact and
+    picks the truly best policy'."""
+    data = stitching_dataset(*mix)
+    rows = widgets.policy_selection(data, STITCH, notebook_candidates(data))
+    true = sorted({round(r["true"], 6) for r in rows.values()})
+    assert len(true) >= 3 and true[-1] - true[-2] > 1.0, f"true values too close: {true}"
+    naive = rows["naive Q"]
+    assert naive["fqe_rank"] == 1 and naive["true_rank"] > 1, rows
+    assert naive["fqe"] == 0.0 and naive["true"] == pytest.approx(-10.0), naive
+    assert naive["off_data"] > 0.0
+    for name, r in rows.items():
+        if r["off_data"] == 0.0:
+            assert r["fqe"] == pytest.approx(r["true"], abs=1e-6), (name, r)
+    on_data = [k for k in rows if rows[k]["off_data"] == 0.0]
+    best = min(on_data, key=lambda k: rows[k]["fqe_rank"])
+    assert rows[best]["true_rank"] == 1 and best == "CQL (α=1)", rows
+
+
+def test_policy_selection_table_prints_rounded_rows(capsys: pytest.CaptureFixture[str]) -> None:
+    """Results are printed for people: two decimals, no raw floats or dicts."""
+    data = stitching_dataset()
+    widgets.policy_selection_table(data, STITCH, notebook_candidates(data))
+    out = capsys.readouterr().out
+    assert "FQE picks 'naive Q': true rank 3 of 4." in out
+    assert "{" not in out and "-10.000000" not in out, out
+
+
+# --------------------------------------------------------------------------- CQL lower bound
+def stochastic_policy_value(layout: Any, probs: np.ndarray) -> np.ndarray:
+    """Exact V^π (S,) of a stochastic policy ``probs`` (S, A) on the true grid."""
+    lay = get_layout(layout)
+    P, R, done = transition_model(lay)
+    S = lay.n_states
+    P_pi = np.zeros((S, S))
+    for a in range(lay.n_actions):
+        np.add.at(P_pi, (np.arange(S), P[:, a]), probs[:, a] * ~done[:, a])
+    return np.linalg.solve(np.eye(S) - lay.gamma * P_pi, (probs * R).sum(axis=1))
+
+
+def cql_policy_evaluation(
+    data: Any, probs: np.ndarray, gamma: float, alpha: float, n_iters: int = 1000
+) -> np.ndarray:
+    """Tabular CQL evaluation of a fixed π (Kumar et al. 2020, Thm 3.2): B^π backup, push-down
+    under μ = π, push-up under the data. Exact fixed-point iteration of
+    Q(s,a) = y^π(s,a) - α (π(a|s) / π̂_β(a|s) - 1) on the data's pairs. Returns V̂^π (S,)."""
+    S, A = probs.shape
+    counts = coverage_counts(data, S, A).astype(float)
+    visited = counts.sum(axis=1) > 0
+    pi_data = np.divide(counts, counts.sum(axis=1, keepdims=True), out=np.zeros((S, A)),
+                        where=visited[:, None])  # fmt: skip
+    assert np.all(probs[visited][counts[visited] == 0] == 0), "π must stay on the data's actions"
+    s, a, s2 = data.observations, data.actions, data.next_observations
+    r, done = data.rewards.astype(float), data.terminals
+    live_next = s2[~done]
+    assert visited[live_next].all(), "every non-terminal next state must be in the data"
+    ratio = np.divide(probs, pi_data, out=np.zeros((S, A)), where=counts > 0)
+    Q = np.zeros((S, A))
+    for _ in range(n_iters):
+        target = r + gamma * (1.0 - done) * (probs[s2] * Q[s2]).sum(axis=1)
+        sums = np.bincount(s * A + a, weights=target, minlength=S * A).reshape(S, A)
+        y = np.divide(sums, counts, out=np.zeros((S, A)), where=counts > 0)
+        Q = np.where(counts > 0, y - alpha * (ratio - 1.0), 0.0)
+    return (probs * Q).sum(axis=1)
+
+
+def check_lower_bound(v_hat: np.ndarray, v_true: np.ndarray, on_data: np.ndarray) -> None:
+    """The chapter's bound: V̂ <= V on every state of the data (1e-9 for round-off)."""
+    excess = (v_hat - v_true)[on_data]
+    assert np.all(excess <= 1e-9), f"V̂ exceeds the true value by up to {excess.max():.4f}"
+
+
+LOWER_BOUND_DATA = {
+    "cliff ε=0 (Demo 3)": lambda seed: narrow_expert_dataset("cliff", 20, 0.0, seed),
+    "cliff ε=0.1": lambda seed: narrow_expert_dataset("cliff", 20, 0.1, seed),
+    "cliff ε=0.3": lambda seed: narrow_expert_dataset("cliff", 20, 0.3, seed),
+    "stitch": lambda seed: stitching_dataset(*MIXES[seed]),
+}
+
+
+@pytest.mark.parametrize("name", LOWER_BOUND_DATA)
+@pytest.mark.parametrize("alpha", [0.01, 1.0, 100.0])
+def test_cql_evaluation_is_a_lower_bound_for_every_alpha(name: str, alpha: float) -> None:
+    """Claim (Thm 3.2 setting): for a fixed π on the data's actions, B^π backup and μ = π,
+    V̂^π <= V^π on every data state, for every α > 0, strictly where π differs from the data."""
+    layout = "stitch" if name == "stitch" else "cliff"
+    lay = get_layout(layout)
+    for seed in SEEDS:
+        data = LOWER_BOUND_DATA[name](seed)
+        counts = coverage_counts(data, lay.n_states, lay.n_actions)
+        on_data = counts.sum(axis=1) > 0
+        bc = np.eye(lay.n_actions)[np.argmax(counts, axis=1)]  # the data's mode
+        on_support = (counts > 0) / np.maximum((counts > 0).sum(axis=1, keepdims=True), 1)
+        for probs in (bc, on_support):
+            v_hat = cql_policy_evaluation(data, probs, lay.gamma, alpha)
+            v_true = stochastic_policy_value(layout, probs)
+            check_lower_bound(v_hat, v_true, on_data)
+            pi_data = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+            if np.abs(probs - pi_data)[on_data].max() > 1e-9:  # π differs from the data somewhere
+                assert (v_true - v_hat)[on_data].max() > 1e-3 * alpha
+
+
+def one_state_counterexample() -> Any:
+    """One state; the data take action 0 nine times (reward 1), action 1 once (reward 0)."""
+    from offline_rl.datasets import OfflineDataset
+
+    return OfflineDataset(
+        observations=np.zeros(10, dtype=np.int64), actions=np.array([0] * 9 + [1]),
+        rewards=np.array([1.0] * 9 + [0.0], dtype=np.float32),
+        next_observations=np.zeros(10, dtype=np.int64), terminals=np.ones(10, dtype=bool),
+        truncations=np.zeros(10, dtype=bool), episode_starts=np.arange(10),
+    )  # fmt: skip
+
+
+def test_greedy_cql_value_is_not_a_lower_bound() -> None:
+    """Claim: 'neither theorem bounds the greedy policy's value': Q̂(s,0) ≈ 1.02 / 1.07 / 1.1 at
+    α = 0.1 / 1 / 5 against the true 1; and on Demo 3's data greedy V̂ exceeds V by <= 0.5."""
+    data = one_state_counterexample()
+    for alpha, expected in ((0.1, 1.02), (1.0, 1.07), (5.0, 1.1)):
+        q = offline_q_learning(data, 1, 2, 0.9, alpha=alpha)
+        assert q[0].argmax() == 0 and q[0, 0] > 1.0 and q[0, 0] == pytest.approx(expected, abs=0.01)
+        with pytest.raises(AssertionError, match="exceeds"):  # the old wording's check
+            check_lower_bound(q.max(axis=1), np.array([1.0]), np.array([True]))
+    cliff = get_layout("cliff")
+    data = narrow_expert_dataset("cliff", 20, 0.0, 0)
+    on_data = coverage_counts(data, 30, 4).sum(axis=1) > 0
+    for alpha in (0.01, 0.1, 1.0, 10.0, 100.0):  # Demo 3's slider, α > 0
+        q = offline_q_learning(data, 30, 4, 0.9, alpha=alpha)
+        excess = (q.max(axis=1) - policy_evaluation(cliff, greedy_policy(q)))[on_data].max()
+        assert 0.0 < excess <= 0.5, (alpha, excess)

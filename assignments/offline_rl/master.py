@@ -222,11 +222,24 @@ def test_coverage_hidden(coverage_counts, ood_fraction):
 # %% [markdown]
 # ### Demo 1 · Online versus offline
 #
-# Same grid, two learners. The **online** agent runs ε-greedy Q-learning and collects whatever
-# data it wants. The **offline** agent runs the same Q-learning updates, but only on a fixed
-# dataset from a behavior policy; move the slider to change how much of the grid that dataset
-# covers (your `coverage_counts` measures it). Watch the offline agent's return track the
-# *coverage* of its data, while the online agent fixes its own mistakes by exploring.
+# Two learners on the `open` grid (start bottom-left, goal top-right, −1 per step: the best
+# return is +1, wandering until the time limit gives −30). The **online** agent runs ε-greedy
+# Q-learning and collects whatever data it wants (right panel). The **offline** agent runs the
+# same Q-learning update, replayed over a fixed dataset and nothing else. Its data always come
+# from the same behavior policy, a uniformly random one; the slider only sets *how many* of its
+# episodes the offline agent gets (1 to 64), so the one thing that changes is how much of the
+# grid the data cover (your `coverage_counts` measures it). The middle panel shows, for every
+# slider setting, the offline agent's return averaged over 8 datasets (seeds) against their
+# coverage; the circle marks the current setting, whose seed-0 data and greedy policy are on the
+# left.
+#
+# *What to notice:*
+# - The offline return never falls as coverage grows, but it stays near −30 until roughly half
+#   the (s, a) pairs are covered: a greedy agent walks toward the pairs the data never show
+#   (their Q keeps its initial 0, which beats the negative values of real moves) and gets stuck.
+# - It matches the online agent only at the right end, when the data cover more than 90 % of the
+#   pairs; the few still missing lie off the way to the goal.
+# - The online agent needs no such luck: it tries the actions it is wrong about and is corrected.
 #
 # *Expected discovery:* an offline agent is constrained by its dataset. Where the data are silent,
 # it is guessing.
@@ -252,29 +265,49 @@ widgets.online_vs_offline_demo(coverage_fn=coverage_counts)
 #
 # #### Why standard Q-learning *over*estimates out-of-distribution actions
 #
-# Write the learned values as truth plus error, $Q(s,a) = Q^*(s,a) + \epsilon(s,a)$. Errors on
-# unseen pairs are never corrected, so they are as likely to be positive as negative. But the
-# target does not average them, it **maximises** over them:
+# Write the learned values as truth plus error, $Q(s,a) = Q^*(s,a) + \epsilon(s,a)$, and suppose
+# the errors on unseen pairs, never corrected by any data, have **mean zero**: as likely to be
+# too high as too low. The target does not average them, it **maximises** over them, and
 #
-# $$\mathbb{E}\big[\max_{a'} (Q^*(s',a') + \epsilon(s',a'))\big] \;\ge\; \max_{a'} Q^*(s',a'),$$
+# $$\mathbb{E}\big[\max_{a'} (Q^*(s',a') + \epsilon(s',a'))\big] \;\ge\; \max_{a'} Q^*(s',a')$$
 #
-# by Jensen's inequality (max is convex). The max selects precisely the actions whose errors are
-# most positive — and those are the unseen ones, whose errors nothing bounds. The inflated target
-# is then copied backwards by bootstrapping into every state that can reach $s'$. Finally the
-# learned policy, $\arg\max_a Q(s,a)$, *chooses* the inflated unseen actions. Online RL turns this
-# into exploration; offline RL turns it into a policy that confidently does something nobody
-# has ever tried.
+# by Jensen's inequality (the max is convex): zero-mean noise becomes a positive bias. The max
+# favours whichever actions have the most positive errors, and the unseen pairs are the ones
+# whose errors nothing bounds, so they are the usual winners (not always: a seen action can be
+# over-valued too, just less freely). The inflated target is then copied backwards by
+# bootstrapping into every state that can reach $s'$, and the greedy policy *chooses* the
+# inflated unseen actions. Online RL turns this into exploration; offline RL turns it into a
+# policy that confidently does something nobody has ever tried.
+#
+# In this chapter's grids the over-estimation has a simpler, deterministic cause: a table starts
+# at 0, every real move costs −1, so an unseen action that keeps its initial 0 looks better than
+# the real ones. The sign is an accident of the set-up: with positive rewards, the same
+# zero-initialised unseen actions would be *under*-valued and simply never chosen. Neural
+# networks add the Jensen effect on top, because their errors on unseen inputs are not fixed.
 #
 # #### An information-theoretic view
 #
-# The data carry information about $\pi$ only where $\pi$ and $\pi_\beta$ overlap. A return
-# estimate for $\pi$ from $\pi_\beta$'s data reweights each trajectory by the ratio
-# $\prod_t \pi(a_t|s_t)/\pi_\beta(a_t|s_t)$: where $\pi_\beta(a|s) = 0$ but $\pi(a|s) > 0$ the ratio is
-# infinite and the data say *nothing*. More softly, the variance of any such estimate grows with
-# how far $\pi$ strays from $\pi_\beta$ — roughly exponentially in the per-step divergence
-# $D_{\mathrm{KL}}(\pi \,\|\, \pi_\beta)$ summed over the horizon. Distribution shift is the gap between
-# the information the data hold and the information the new policy needs. Every method in
-# section 3 keeps $\pi$ where the data are informative: explicitly (BC, BCQ) or implicitly (CQL).
+# The data carry information about a new policy $\pi$ only where $\pi$ and $\pi_\beta$ overlap.
+# The cleanest way to see it: take two MDPs that agree on every $(s,a)$ in the support of $D$
+# and differ elsewhere. They generate exactly the same datasets, so no method, however clever,
+# can tell them apart, and $Q(s,a)$ off the support is **not identifiable** from $D$. Whatever
+# value a learner puts there comes from its initialisation or its function class, not from data.
+#
+# Importance sampling makes the same point quantitatively. It estimates $\pi$'s return by
+# reweighting each logged trajectory by $w = \prod_t \pi(a_t|s_t)/\pi_\beta(a_t|s_t)$. Where
+# $\pi_\beta(a|s) = 0 < \pi(a|s)$ the needed trajectories never occur, so the estimate is
+# **biased** (it silently leaves out what $\pi$ would do there). Where $\pi_\beta$ is small but
+# positive, the estimate is unbiased but its variance explodes: $\mathbb{E}_{\pi_\beta}[w^2]
+# = 1 + \chi^2(\pi\,\|\,\pi_\beta)$ for the trajectory distributions, a $\chi^2$ (Rényi-2)
+# divergence. It multiplies over time steps: with the same per-step divergence $\chi^2_1$ in every
+# state, $1 + \chi^2 = (1 + \chi^2_1)^H$ over a horizon $H$, exponential in $H$. (The KL divergence
+# only bounds it from below: $1 + \chi^2 \ge e^{D_{\mathrm{KL}}}$.) A common summary is
+# the **effective sample size** $n_{\text{eff}} \approx n / (1 + \chi^2)$: $n$ logged trajectories
+# are worth about that many trajectories of $\pi$. Methods that use the Markov structure (fitted
+# Q evaluation, marginalised importance sampling) avoid the exponential dependence on the
+# horizon, but none can recover what is not identifiable. Every method in section 3 keeps $\pi$
+# where the data are informative: by copying the data (BC), by restricting the actions (BCQ), or
+# by lowering the values outside the data (CQL).
 
 # %% [markdown]
 # ### Question 2 · The naive offline Q-learning target
@@ -474,8 +507,12 @@ def test_tabular_q_hidden(offline_q_learning):
 # with the slider and see what changes.
 #
 # *Expected discovery:* Q-learning's values are only as good as the data behind them. Unseen
-# actions keep arbitrary values (here 0), which on a grid of negative step rewards look
-# **better** than every real action, so the greedy policy picks them.
+# actions keep arbitrary values (here their initial 0, where the truth is −100 for the lava).
+# On the first two bridge cells the real action "right" is worth less than 0 (the goal is still
+# far and every step costs −1), so there the three unseen actions tie at 0 and beat it.
+# `np.argmax` breaks the tie toward action 0, "up", and the greedy policy walks into the lava
+# from the very first step. Further along the bridge "right" is worth more than 0 and wins: the
+# failure needs only one bad state on the path.
 
 # %% tags=["otter_ignore"]
 widgets.distribution_shift_demo(offline_q_fn=offline_q_learning, coverage_fn=coverage_counts)
@@ -493,8 +530,11 @@ widgets.distribution_shift_demo(offline_q_fn=offline_q_learning, coverage_fn=cov
 #
 # This is supervised classification: the network outputs logits, $\log\pi_\theta$ is their
 # log-softmax, and the loss is the cross-entropy with the dataset action. BC needs no rewards at
-# all, which is both its strength (stable, simple) and its limit: it can at best reproduce the
-# average behavior in the data, mistakes included.
+# all, which is both its strength (stable, simple) and its limit: it reproduces the behavior in
+# the data, mistakes included. Acting greedily with the fitted $\pi_\theta$ (as this chapter does)
+# reproduces its **mode**, the most frequent action in each state, not its average: from data
+# that are mostly bad in every state, BC is bad; from data whose most frequent action is good in
+# every state (a noisy expert), BC can be much better than the data's average return.
 #
 # > **Misconception: "Offline RL is just supervised learning."** BC *is* supervised learning.
 # > Offline RL uses rewards to do **better** than the behavior policy — choosing, in each state,
@@ -596,37 +636,67 @@ def test_bc_loss_hidden(bc_loss):
 #
 # BC never leaves the data but also never improves on it. Q-learning can improve, but leaves the
 # data. **Conservative Q-Learning** (Kumar et al., 2020) keeps Q-learning and adds one term that
-# makes out-of-distribution actions look *bad* instead of good. The penalty is
+# makes out-of-distribution actions look *bad* instead of good. The **CQL penalty** (no weight
+# in it) is
 #
-# $$\alpha\cdot\mathbb{E}_{s\sim D}\Big[\log\sum_a \exp Q(s,a) \;-\; \mathbb{E}_{a\sim D(a|s)}\big[Q(s,a)\big]\Big],$$
+# $$\mathcal{R}(Q) = \mathbb{E}_{s\sim D}\Big[\log\sum_a \exp Q(s,a) \;-\; \mathbb{E}_{a\sim \hat\pi_\beta(a|s)}\big[Q(s,a)\big]\Big],$$
 #
-# and the full objective adds it to the usual Bellman error:
+# and the full objective adds it, with weight $\alpha \ge 0$, to the usual Bellman error:
 #
-# $$\min_Q\; \tfrac12\,\mathbb{E}_{(s,a,r,s')\sim D}\big[(Q(s,a) - y)^2\big] \;+\; \alpha\cdot\text{CQL penalty},
+# $$\min_Q\; \tfrac12\,\mathbb{E}_{(s,a,r,s')\sim D}\big[(Q(s,a) - y)^2\big] \;+\; \alpha\,\mathcal{R}(Q),
 # \qquad y = r + \gamma\,(1-d)\max_{a'} Q_{\text{target}}(s',a').$$
 #
+# This is the variant the paper calls **CQL(H)**: the log-sum-exp comes from pushing down under
+# the soft-max policy of $Q$ itself, and the target takes the max, as in Q-learning.
+#
 # Read the penalty term by term. The **log-sum-exp** is a soft maximum over *all* actions:
-# minimising it pushes every Q-value down, the largest ones hardest — and the largest ones are
-# exactly the overestimated unseen actions. The **second term** pushes the Q-values of the actions
-# the data actually took back up. Net effect: actions in the data keep their Bellman values,
-# actions outside it are pushed down. The gradient of the penalty with respect to $Q(s,\cdot)$ is
-# $\operatorname{softmax}(Q(s,\cdot)) - \hat\pi_\beta(\cdot|s)$: it is zero exactly when the
-# learned Q's soft-max policy already matches the data's action frequencies.
+# its gradient is $\operatorname{softmax}(Q(s,\cdot))$, so minimising it pushes every Q-value down,
+# the largest ones hardest, and the largest ones are often the over-estimated unseen actions.
+# The **second term** pushes up the actions the data took, each in proportion to how often.
+# The gradient of the penalty with respect to $Q(s,\cdot)$ is
+# $\operatorname{softmax}(Q(s,\cdot)) - \hat\pi_\beta(\cdot|s)$: it is zero exactly when the learned
+# Q's soft-max policy already matches the data's action frequencies.
 #
-# #### CQL as a lower bound
+# The net effect is *not* that data actions keep their Bellman values. In the tabular case,
+# setting the gradient of the objective to zero at a pair the data contain gives
 #
-# Take the tabular case and set the gradient of the objective to zero at a state-action pair
-# that appears in the data. One obtains (Kumar et al., Thm 3.2) that the policy value CQL assigns,
-# $\hat V(s) = \mathbb{E}_{a\sim\pi}[\hat Q(s,a)]$, satisfies
+# $$Q(s,a) \;=\; y(s,a) \;-\; \alpha\Big(\frac{\operatorname{softmax}(Q(s,\cdot))_a}{\hat\pi_\beta(a|s)} - 1\Big).$$
 #
-# $$\hat V^\pi(s) \;\le\; V^\pi(s) \quad \text{for every } s \text{ in the data, when } \alpha \text{ is large enough,}$$
+# An action the data take *more* often than the soft-max policy would ends **above** its Bellman
+# target; a rare one ends below it. A pair the data never contain has no Bellman term at all, so
+# nothing stops the push-down: its value keeps falling as training continues. The larger α, the
+# more the data's frequencies, rather than the rewards, decide the values (section 3's trade-off).
 #
-# because each Bellman backup subtracts $\alpha\,\big(\pi(a|s)/\hat\pi_\beta(a|s) - 1\big)$, whose
-# expectation under $\pi$ is a (non-negative) $\chi^2$-type divergence between $\pi$ and $\pi_\beta$.
-# The bound is on *values of the policy*, not on every $Q(s,a)$: actions that the data take often
-# can even be valued a bit above the truth. The more $\pi$ departs from the data, the larger the
-# subtraction — **distribution shift is charged for, not ignored**. The tests of this course
-# check this bound numerically on the grid.
+# #### What CQL guarantees, and for which policy
+#
+# CQL's lower bound is a statement about **evaluating a fixed policy** $\pi$ (Kumar et al., 2020,
+# Theorem 3.2). There the target is the policy's own backup, $y = r + \gamma(1-d)\,
+# \mathbb{E}_{a'\sim\pi}Q(s',a')$, and the push-down is taken under $\pi$ instead of the soft-max.
+# The tabular fixed point is $\hat Q^\pi(s,a) = y(s,a) - \alpha\,(\pi(a|s)/\hat\pi_\beta(a|s) - 1)$,
+# and averaging it over $a \sim \pi$ gives
+#
+# $$\hat V^\pi(s) \;=\; \mathbb{E}_{a\sim\pi}\big[y(s,a)\big] \;-\; \alpha\,\chi^2\big(\pi(\cdot|s)\,\|\,\hat\pi_\beta(\cdot|s)\big),
+# \qquad \chi^2(p\,\|\,q) = \sum_a \frac{p(a)^2}{q(a)} - 1 \;\ge\; 0 .$$
+#
+# The subtraction is never negative and is carried backwards by the backup, so with exact backups
+# $\hat V^\pi(s) \le V^\pi(s)$ in every state of the data, **for every α > 0**, as long as $\pi$ only
+# takes actions the data contain. (The paper's "α large enough" is about *sampling* error: with
+# few samples the empirical backup itself can err upward, and α must outweigh that.) The bound is
+# on the value of $\pi$, not on every $Q(s,a)$: actions that $\pi$ takes less often than the data
+# do are valued above the truth. The more $\pi$ departs from the data, the larger the
+# subtraction: **distribution shift is charged for, not ignored**.
+#
+# The learner you write is the *control* version, CQL(H). Its matching result (Theorem 3.3) is
+# about the soft-max policy $\hat\pi \propto \exp \hat Q$ and assumes that policy changes slowly
+# between iterations. Neither theorem bounds the value of the **greedy** policy, and in general
+# it is not bounded. One state, the data take action 0 nine times (reward 1) and action 1 once
+# (reward 0), both ending the episode: the true value of action 0 is 1, but tabular CQL(H)
+# converges to $\hat Q(s, 0) \approx 1.02$ at α = 0.1, 1.07 at α = 1 and 1.1 at α = 5. The frequent
+# action is lifted above its target, and greedy picks it. On Demo 3's cliff data the greedy
+# value is over-estimated by a little (at most about 0.5) for every α that the demo offers.
+# What CQL(H) does reliably is the qualitative part: unseen actions are pushed far below the
+# actions the data support. The tests of this course check the evaluation bound on several
+# datasets, and the counterexample.
 #
 # ### Question 5 · The CQL penalty and the CQL loss
 #

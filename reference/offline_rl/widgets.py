@@ -38,6 +38,7 @@ __all__ = [
     "distribution_shift_demo",
     "offline_to_online_plot",
     "online_vs_offline_demo",
+    "policy_selection",
     "policy_selection_table",
     "quality_demo",
     "replay_q_learning",
@@ -393,28 +394,69 @@ def quality_demo(
 
 
 # --------------------------------------------------------------------------- guided parts
-def policy_selection_table(
+def _ranks(values: list[float]) -> list[int]:
+    """Competition ranks, 1 = largest; values equal to 1e-6 share a rank."""
+    return [1 + sum(other > v + 1e-6 for other in values) for v in values]
+
+
+def policy_selection(
     dataset: OfflineDataset, layout: str | GridLayout, candidates: dict[str, np.ndarray]
-) -> dict[str, tuple[float, float]]:
-    """Offline policy selection: FQE's estimate of V^π(start) next to the true value.
+) -> dict[str, dict[str, float]]:
+    """Offline policy selection by FQE, next to the truth that a real application never sees.
 
     Returns:
-        {name: (fqe_estimate, true_value)}; also prints a ranked table.
+        {name: {"fqe", "true", "fqe_rank", "true_rank", "off_data"}}: FQE's estimate and the
+        exact discounted value of the policy at the start state, their ranks (1 = best, ties
+        share a rank) and ``off_data``, the fraction of the dataset's states in which the
+        policy picks an action the data never took there.
     """
     lay = get_layout(layout)
-    rows = {}
+    S, A = lay.n_states, lay.n_actions
+    sa = dataset.observations * A + dataset.actions
+    counts = np.bincount(sa, minlength=S * A).reshape(S, A)
+    visited = counts.sum(axis=1) > 0
+    start = lay.start_state
+    rows: dict[str, dict[str, float]] = {}
     for name, policy in candidates.items():
         policy = np.asarray(policy, dtype=np.int64)
-        q_hat = fitted_q_evaluation(dataset, policy, lay.n_states, lay.n_actions, lay.gamma)
-        start = lay.start_state
-        true = policy_evaluation(lay, policy)[start]
-        rows[name] = (float(q_hat[start, policy[start]]), float(true))
-    print(f"{'policy':<12}{'FQE estimate':>14}{'true value':>12}")
-    for name, (est, true) in sorted(rows.items(), key=lambda kv: -kv[1][0]):
-        print(f"{name:<12}{est:>14.2f}{true:>12.2f}")
-    best_fqe = max(rows, key=lambda k: rows[k][0])
-    best_true = max(rows, key=lambda k: rows[k][1])
-    print(f"FQE picks {best_fqe!r}; the truly best is {best_true!r}.")
+        q_hat = fitted_q_evaluation(dataset, policy, S, A, lay.gamma)
+        unseen = counts[np.arange(S), policy] == 0
+        rows[name] = {
+            "fqe": float(q_hat[start, policy[start]]),
+            "true": float(policy_evaluation(lay, policy)[start]),
+            "off_data": float(np.mean(unseen[visited])),
+        }
+    names = list(rows)
+    for key in ("fqe", "true"):
+        for name, rank in zip(names, _ranks([rows[n][key] for n in names]), strict=True):
+            rows[name][key + "_rank"] = rank
+    return rows
+
+
+def policy_selection_table(
+    dataset: OfflineDataset, layout: str | GridLayout, candidates: dict[str, np.ndarray]
+) -> dict[str, dict[str, float]]:
+    """Print :func:`policy_selection` as a small table, best FQE estimate first, and FQE's picks.
+
+    Returns:
+        the rows of :func:`policy_selection` (assign them: a bare call would echo the dict).
+    """
+    rows = policy_selection(dataset, layout, candidates)
+    order = sorted(rows, key=lambda k: rows[k]["fqe_rank"])
+    width = max(len(name) for name in rows) + 2
+    print(f"{'policy':<{width}}{'FQE value':>10}{'FQE rank':>10}{'true value':>12}"
+          f"{'true rank':>11}{'off the data':>14}")  # fmt: skip
+    for name in order:
+        r = rows[name]
+        print(f"{name:<{width}}{r['fqe']:>10.2f}{r['fqe_rank']:>10d}{r['true']:>12.2f}"
+              f"{r['true_rank']:>11d}{r['off_data']:>14.0%}")  # fmt: skip
+    pick = order[0]
+    print(f"\nFQE picks {pick!r}: true rank {rows[pick]['true_rank']} of {len(rows)}.")
+    on_data = [k for k in order if rows[k]["off_data"] == 0.0]
+    if on_data and on_data[0] != pick:
+        best = on_data[0]
+        print(f"Among the candidates that never leave the data, FQE picks {best!r}: "
+              f"true rank {rows[best]['true_rank']}.")  # fmt: skip
     return rows
 
 
