@@ -921,18 +921,43 @@ plt.show()
 print("largest Q-value on the dataset's states:", {k: round(v, 1) for k, v in cartpole_max_q.items()})
 
 # %% [markdown]
-# ### Implicit behavior constraints: BCQ
+# ### Explicit action constraints: BCQ
 #
-# CQL changes the *values*. **Batch-Constrained Q-learning** (BCQ; Fujimoto et al., 2019) instead
-# constrains the *actions*: the policy may only choose among actions that the behavior policy
-# would plausibly take. In the discrete version, with $\hat\pi_\beta(a|s)$ the data's action
-# frequencies,
+# CQL changes the *values*. **Batch-Constrained Q-learning** (BCQ; Fujimoto, Meger and Precup,
+# 2019) instead constrains the *actions*: the policy may only choose among actions that the
+# behavior policy would plausibly take. Its discrete version (Fujimoto, Conti, Ghavamzadeh and
+# Pineau, 2019) learns a model $G_\omega(a|s)$ of $\pi_\beta$ and allows action $a$ in state $s$
+# when $G_\omega(a|s)/\max_{a'}G_\omega(a'|s) > \tau$. With the data's action frequencies
+# $\hat\pi_\beta(a|s)$ in place of the learned model,
 #
-# $$\pi(s) = \arg\max_{a \,:\, \hat\pi_\beta(a|s) / \max_{a'}\hat\pi_\beta(a'|s) \,\ge\, \tau} Q(s,a).$$
+# $$\mathcal{A}_\tau(s) = \Big\{a : \frac{\hat\pi_\beta(a|s)}{\max_{a'}\hat\pi_\beta(a'|s)} \ge \tau\Big\},
+# \qquad \pi(s) = \arg\max_{a \in \mathcal{A}_\tau(s)} Q(s,a).$$
 #
-# τ = 0 is plain Q-learning; τ = 1 keeps only the most frequent action (behavior cloning). The
-# constraint is *implicit* in that no penalty appears in any loss: the unreliable actions are
-# simply never considered.
+# (With counts we use $\ge$ so that τ = 1 keeps the most frequent action; the paper's $>$ with a
+# learned, never exactly tied model behaves the same way.) τ = 0 is plain Q-learning; τ = 1
+# keeps only the most frequent action (behavior cloning). The constraint is **explicit**: it is
+# a hard rule on which actions may be chosen, and the full algorithm applies it in two places,
+# when acting *and* inside the Bellman target, $y = r + \gamma(1-d)\max_{a' \in
+# \mathcal{A}_\tau(s')} Q(s',a')$, so that the filtered-out actions never enter any value.
+# Question 6 implements the acting half only: it filters a Q-table that was learned with the
+# plain max, whose values on the allowed actions may already carry the unseen actions'
+# over-estimates through the backup. On the stitching data the acting filter alone happens to
+# be enough (the unseen values are 0, and the filtered policy finds the stitched path).
+#
+# ### Implicit constraints: advantage-weighted methods
+#
+# A third family keeps the policy close to $\pi_\beta$ without ever evaluating an unseen action.
+# Maximising the expected advantage subject to a KL constraint to $\pi_\beta$ has the closed form
+#
+# $$\pi^*(a|s) \;\propto\; \pi_\beta(a|s)\,\exp\big(A(s,a)/\lambda\big),$$
+#
+# which is fitted by **weighted behavior cloning**: maximise $\mathbb{E}_{(s,a)\sim D}\big[
+# \exp(A(s,a)/\lambda)\,\log\pi_\theta(a|s)\big]$. Only dataset actions appear, so nothing
+# outside the data is ever queried. λ plays α's role: λ → ∞ gives plain BC, small λ the greedy
+# improvement. AWR (Peng et al., 2019) and AWAC (Nair et al., 2020) estimate $A$ with a critic;
+# IQL (Kostrikov et al., 2022) learns the critic by expectile regression on dataset actions only,
+# so even its Bellman targets never query an unseen action. The constraint is *implicit*: it
+# lives in the form of the policy update, not in a filter or a penalty.
 #
 # ### Question 6 · BCQ's action filter
 #
@@ -998,10 +1023,15 @@ def test_bcq_hidden(bcq_policy):
 #
 # - **α too small:** the penalty cannot outweigh the extrapolated values of unseen actions —
 #   distribution shift, as in Demo 2.
-# - **α too large:** the penalty dominates the Bellman error. The learned Q becomes (up to a
-#   constant) $\alpha\log\hat\pi_\beta(a|s)$, its greedy policy is the most frequent action in the
-#   data — **behavior cloning**, with all of its limits.
+# - **α too large:** the penalty dominates the Bellman error. Go back to the fixed point above,
+#   $Q(s,a) = y(s,a) - \alpha\,(\operatorname{softmax}(Q(s,\cdot))_a / \hat\pi_\beta(a|s) - 1)$:
+#   as α grows, what must the soft-max of $Q$ approach for the right-hand side to stay finite, and
+#   what does that leave of the rewards? Question 11 asks where the greedy policy ends up.
 # - **In between:** the policy improves on the data *within* its support.
+#
+# *Exercise (not graded).* In a state with two data actions, frequencies 0.6 and 0.4, and
+# Bellman targets $y_1 < y_2$, write the fixed-point condition for both actions and find the α at
+# which the greedy choice switches. The stitching grid's cell M is such a state.
 #
 # > **Misconception: "CQL is too conservative."** Conservatism is a dial, not a verdict. Too
 # > conservative = mimic the behavior policy; too liberal = distribution shift. In practice α is
@@ -1019,6 +1049,12 @@ def test_bcq_hidden(bcq_policy):
 #
 # Return `{"alphas": ..., "returns": ..., "ood_q": ...}`, each a 1-D numpy array in the order of
 # `alphas`. The plot below runs it on the stitching dataset of section 1.
+#
+# *Note on convergence.* With α > 0 an unseen pair has no Bellman term, only the push-down, so it
+# has no finite fixed point: its value keeps falling, more and more slowly, the longer you train
+# (at α = 100 on the stitching data the mean is about −5 after 1,000 iterations, −11 after 5,000
+# and −13 after 20,000). So `ood_q` measures the push-down *after* `n_iters` iterations; compare
+# α values at the same `n_iters`, as the plot does. The seen pairs do converge.
 
 # %% [raw]
 # # BEGIN QUESTION
@@ -1093,9 +1129,14 @@ plt.show()
 # behavior was) and **coverage** (how much of the state-action space it explores). Expert data
 # are high quality but narrow; random data are broad but mostly bad.
 #
-# > **Misconception: "More data always helps."** Ten thousand random transitions do not
-# > contain the path to the goal more often than ten expert episodes do. Quality and coverage of
-# > the *relevant* parts of the space matter more than size.
+# > **Misconception: "More data always helps."** More of the *same narrow* data does not: twenty
+# > or two hundred episodes of the cliff expert hold exactly the same (s, a) pairs, and naive
+# > Q-learning walks into the lava from both. What helps is data that cover what was missing.
+# > Broad data need not be good data: on the `open` grid, 30 episodes of a *random* policy
+# > already let naive Q-learning and CQL find the optimal path, because dynamic programming
+# > assembles it from pieces of many episodes (the stitching of the next part), while behavior
+# > cloning of the same data still wanders until the time limit (−30). Size, coverage and quality
+# > are different things, and which one matters depends on the method.
 #
 # ### Question 8 · The dataset-quality experiment
 #
@@ -1179,12 +1220,25 @@ def test_quality_hidden(quality_experiment):
 # returns for BC, naive Q-learning and CQL across all quality levels, with the chosen level marked
 # and its dataset's coverage drawn on the grid.
 #
-# *Expected discovery:* offline RL is bounded by its data. Good data give good policies; CQL
-# degrades more gracefully than BC as the data get worse, because it uses the rewards, but no
-# method recovers what the data never show.
+# *Expected discovery:* offline RL is bounded by its data. Good data give good policies. As the
+# data get worse, CQL degrades more gracefully than BC, because it uses the rewards: in the mean
+# over the seeds, CQL is at least as good as BC and as naive Q-learning at every quality. The
+# learning curves below the demo show how each method gets there during training.
 
 # %% tags=["otter_ignore"]
 widgets.quality_demo(quality_experiment_fn=quality_experiment, coverage_fn=coverage_counts)
+
+# %% [markdown]
+# **Learning curves.** The next cell retrains your `offline_q_learning` on the quality-0.5
+# datasets of the five seeds, stopping after 10, 30, …, 3,000 iterations, and plots the greedy
+# return (mean over the seeds) against training length; BC has no training loop and is a flat
+# line. *What to notice:* CQL reaches the optimal return within a few dozen iterations and stays
+# there. Naive Q-learning gets **worse** the longer it trains: each iteration carries the
+# unseen actions' optimistic values one step further back through the backup, until they
+# decide the greedy policy on more of the grid.
+
+# %% tags=["otter_ignore"]
+learning_curves = widgets.quality_learning_curves(offline_q_fn=offline_q_learning, coverage_fn=coverage_counts)
 
 # %% [markdown]
 # ### Stitching: beating every trajectory in the data
@@ -1193,12 +1247,17 @@ widgets.quality_demo(quality_experiment_fn=quality_experiment, coverage_fn=cover
 # > together the good parts of different trajectories.
 #
 # In the `stitch` grid (section 1) the dataset has two families of trajectories. Family A
-# (6 copies) starts well — straight up to the middle cell M — then walks into the pit: return −17.
-# Family B (4 copies) dawdles to M, then goes straight to the goal: return +1. Both pass through
-# M, and nowhere else in common. The optimal path is A's first half followed by B's second half,
-# return +3, and **no trajectory in the dataset follows it**. Dynamic programming finds it
-# anyway: the Bellman backup at M sees that B's continuation is worth more and propagates that
-# value backward along A's first half. Behavior cloning cannot: at S it copies the majority (A).
+# (6 copies) starts well, up, up, right, right to the middle cell M, then turns up and left into
+# the pit: return −17. Family B (4 copies) dawdles to M (right three times, then a detour), then
+# goes right, right, up, up to the goal: return +1. The two families share only the start S and
+# M. The optimal path is A's first half followed by B's second half, return +3, and **no
+# trajectory in the dataset follows it**. Dynamic programming finds it anyway: the Bellman
+# backup at M sees that B's continuation is worth more and propagates that value backward along
+# A's first half. Behavior cloning cannot: at S and at M it copies the majority (A) into the pit.
+# Naive Q-learning does worst of all (−20): at S the two data actions have negative values
+# (−0.43 and −1, every step costs), while the unseen "down" and "left" keep their initial 0;
+# `np.argmax` picks "down", which bumps into the grid's edge and leaves the agent at S, so it
+# repeats that move until the time limit: 20 steps of −1.
 #
 # ### Question 9 · The stitching experiment
 #
@@ -1282,33 +1341,57 @@ plt.show()
 # deploy each candidate to see which is best. **Offline policy selection** ranks candidates with
 # the data alone. A standard tool is **fitted Q evaluation** (FQE): run the Bellman backup for a
 # *fixed* policy $\pi$ — $Q(s,a) \leftarrow r + \gamma(1-d)\,Q(s', \pi(s'))$ — on the dataset, then
-# read off $\hat V^\pi(s_0) = Q(s_0, \pi(s_0))$. The cell below (support code, nothing to write)
-# ranks four candidate policies by FQE on a noisy dataset and compares with their true values.
-# FQE inherits every problem of this chapter: where $\pi$ leaves the data, its estimate is as
-# unreliable as naive Q-learning's.
+# read off $\hat V^\pi(s_0) = Q(s_0, \pi(s_0))$, the discounted value from the start.
+#
+# The cell below (support code, nothing to write) ranks four candidates trained on the stitching
+# data of section 1: CQL with α = 1, a policy that follows family B's route (the best trajectory
+# in the data), BC, and naive Q-learning. It prints FQE's estimate and rank next to the true
+# value and rank, which a real application would never see, and how often each candidate picks
+# an action the data never took in a state they visit.
+#
+# *What to notice:* FQE ranks **naive Q first**, with an estimate of 0 where its true value is
+# −10. Naive Q's first move is one the data never show (section 3's stitching discussion), so
+# FQE has no transition to back up there and its estimate is just the initial 0. This is where
+# FQE fails: it inherits every problem of this chapter, and a candidate that leaves the data is
+# exactly the one whose estimate cannot be trusted. For the three candidates that stay on the
+# data (0 % in the last column), FQE is exact here (deterministic grid, every needed transition
+# present) and ranks them correctly, CQL first. A sound recipe is therefore to check support
+# first and rank by FQE only among the candidates the data can vouch for; with stochastic
+# dynamics or function approximation even those estimates carry error.
 
 # %% tags=["otter_ignore"]
-ope_data = behavior.quality_dataset("open", 0.5, 40, seed=3)
-lay = envs.get_layout("open")
-ope_counts = coverage_counts(ope_data, lay.n_states, lay.n_actions)
+lay = envs.get_layout("stitch")
+ops_counts = coverage_counts(demo_data, lay.n_states, lay.n_actions)
+route_b = np.argmax(ops_counts, axis=1)  # BC's action off family B's route
+for cell, action in behavior.FAMILY_B.items():
+    route_b[lay.state_index(cell)] = action
 candidates = {
-    "BC": np.argmax(ope_counts, axis=1),
-    "naive Q": planning.greedy_policy(offline_q_learning(ope_data, lay.n_states, lay.n_actions, lay.gamma)),
-    "CQL α=1": planning.greedy_policy(offline_q_learning(ope_data, lay.n_states, lay.n_actions, lay.gamma, alpha=1.0)),
-    "random": np.random.default_rng(0).integers(0, lay.n_actions, lay.n_states),
+    "CQL (α=1)": planning.greedy_policy(offline_q_learning(demo_data, lay.n_states, lay.n_actions, lay.gamma, alpha=1.0)),
+    "route of family B": route_b,
+    "BC": np.argmax(ops_counts, axis=1),
+    "naive Q": planning.greedy_policy(offline_q_learning(demo_data, lay.n_states, lay.n_actions, lay.gamma)),
 }
-widgets.policy_selection_table(ope_data, lay, candidates)
+ops_rows = widgets.policy_selection_table(demo_data, lay, candidates)
 
 # %% [markdown]
 # ### Hybrid offline-to-online training
 #
 # Offline RL is often a *first* step: learn a safe initial policy from logs, deploy it, then keep
 # improving online with a small, controlled amount of exploration. The cell below starts online
-# Q-learning on the `open` grid from your CQL Q-table instead of from zeros. The conservative start
-# is good from the first episode; online interaction then corrects the pessimism on actions the
-# data never showed.
+# Q-learning on the `open` grid from your CQL Q-table (trained on 40 episodes, half expert, half
+# random) instead of from zeros. Here the conservative start is near the optimum from the first
+# episodes, while the agent that starts from zeros needs dozens of episodes to get there; online
+# interaction then corrects the pessimism on the actions the data never showed.
+#
+# With neural networks the hand-over is often less smooth: fine-tuning from a pessimistic Q can
+# first make the policy *worse* (an "initial dip"), because the under-valued unseen actions are
+# corrected upward one by one and briefly look better than they are relative to the rest.
+# Cal-QL (Nakamoto et al., 2023) avoids the dip by calibrating the conservative values so they
+# never fall below those of a reference policy such as the behavior policy.
 
 # %% tags=["otter_ignore"]
+ope_data = behavior.quality_dataset("open", 0.5, 40, seed=3)
+lay = envs.get_layout("open")
 cql_q = offline_q_learning(ope_data, lay.n_states, lay.n_actions, lay.gamma, alpha=1.0)
 widgets.offline_to_online_plot("open", cql_q)
 
@@ -1493,8 +1576,9 @@ def test_q12_hidden(q12_answer):
 # %% [markdown]
 # **Sufficient** when the data come from a consistent, near-optimal expert and the deployment
 # distribution matches the data: e.g. the cliff grid's expert dataset — cloning it walks the
-# bridge. **Insufficient** when the data are mixed or suboptimal (BC copies the average, mistakes
-# included: the stitching grid, where BC follows family A into the pit), when better behavior
+# bridge. **Insufficient** when the data are mixed or suboptimal (greedy BC copies the most
+# frequent action, mistakes included: the stitching grid, where BC follows the majority family A
+# into the pit), when better behavior
 # exists only as *parts* of trajectories (stitching), or when the learner's small errors take it
 # to states no expert visited (compounding error). In healthcare, cloning average practice also
 # reproduces its systematic mistakes; offline RL can use outcomes to prefer the better decisions.
@@ -1531,8 +1615,21 @@ def test_q12_hidden(q12_answer):
 # the bad exit; type 2 the long entrance and the good exit; they share one junction cell. The best
 # trajectory return is type 2's; BC follows the majority type at each state; naive Q may prefer
 # unseen actions (0 value > negative step costs); CQL (moderate α) backs up the good exit's value
-# through the junction into the short entrance and beats every trajectory. α above the analytic
-# threshold collapses CQL to BC.
+# through the junction into the short entrance and beats every trajectory. α above a threshold
+# collapses CQL to BC.
+#
+# *The threshold, derived for the chapter's stitching data (specific to this dataset).* At M the
+# data take up 6 times and right 4 times: $\hat\pi_\beta = (0.6, 0.4)$. The Bellman targets are
+# $y_{\text{up}} = -1 + 0.9\cdot(-10) = -10$ (the pit) and $y_{\text{right}} = -1 + 0.9\cdot 6.2 = 4.58$
+# (B's route to the goal). At the CQL fixed point of a seen pair,
+# $Q_a = y_a - \alpha(\sigma_a/\hat\pi_\beta(a) - 1)$ with $\sigma$ the soft-max of $Q(M,\cdot)$. The greedy
+# choice switches when the two data actions tie, where their soft-max weights are equal ($\sigma_{\text{up}} = \sigma_{\text{right}}$,
+# and the unseen actions' weight is negligible, so both ≈ 1/2):
+# $y_{\text{right}} - y_{\text{up}} = \alpha\,(\tfrac{1/2}{0.4} - \tfrac{1/2}{0.6}) = \tfrac{5}{12}\alpha$, so
+# $\alpha^* = 12 \cdot 14.58 / 5 \approx 35$. Below it CQL goes right at M (+3); above it, up (−17).
+# As α → ∞ the fixed point forces $\sigma \to \hat\pi_\beta$, i.e. $Q(s,a) \to \log\hat\pi_\beta(a|s) + c(s)$
+# (no α in front): at M, $Q_{\text{up}} - Q_{\text{right}} \to \log 1.5 = 0.405$ (0.26 at α = 100,
+# 0.40 at α = 1000), and the greedy policy becomes count-based BC.
 
 # %% [raw]
 # # END SOLUTION
@@ -1551,7 +1648,11 @@ def test_q12_hidden(q12_answer):
 # them can learn what the data never show — dataset quality and coverage bound them all.
 #
 # This is what makes RL deployable where exploration is expensive or dangerous. It also sets up
-# the next chapter: **RLHF** trains language models from fixed datasets of human preference
-# comparisons, and keeps the tuned model close to its starting point with a KL penalty — a
-# conservative, behavior-regularised objective in exactly this chapter's sense, so that the model
-# becomes more helpful without wandering into behaviors the data never judged.
+# the next chapter, **RLHF**, which is partly offline. Its reward model is trained offline, on a
+# fixed dataset of human preference comparisons. The policy is then optimised online (PPO samples
+# fresh responses from the model being tuned), against that learned reward, with a KL penalty
+# that keeps it close to its starting model. That penalty is a behavior-regularised objective in
+# the style of KL-control and BRAC (the implicit-constraint family of section 3), not CQL's value
+# penalty; it has the same purpose as this chapter's conservatism: the reward model is only
+# trustworthy near the responses it was trained on, and the policy must not wander where the data
+# never judged it.

@@ -41,6 +41,7 @@ __all__ = [
     "policy_selection",
     "policy_selection_table",
     "quality_demo",
+    "quality_learning_curves",
     "replay_q_learning",
 ]
 
@@ -345,7 +346,7 @@ def quality_demo(
     coverage_fn: Callable[..., Any],
     layout_name: str = "open",
     n_episodes: int = 4,
-    seeds: tuple[int, ...] = (0, 1, 2),
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4),
 ) -> widgets.VBox:
     """Demo 4: returns of BC, naive Q and CQL against the fraction of expert data."""
     lay = get_layout(layout_name)
@@ -391,6 +392,57 @@ def quality_demo(
         options=qualities, value=0.5, continuous_update=False, description="data quality"
     )
     return _interactive(slider, draw)
+
+
+#: Demo 4's learning curves: training lengths (iterations of the student's learner) shown.
+CURVE_ITERS: tuple[int, ...] = (10, 30, 100, 300, 1000, 3000)
+
+
+def quality_learning_curves(
+    offline_q_fn: Callable[..., Any],
+    coverage_fn: Callable[..., Any],
+    quality: float = 0.5,
+    layout_name: str = "open",
+    n_episodes: int = 4,
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4),
+    n_iters: tuple[int, ...] = CURVE_ITERS,
+    alpha: float = 1.0,
+) -> dict[str, np.ndarray]:
+    """Demo 4's learning curves: greedy return (mean over seeds) after each training length.
+
+    Naive Q (α = 0) and CQL are the student's ``offline_q_fn`` stopped after ``n_iters``
+    iterations; BC (argmax of the student's counts) has no training loop and is a flat line.
+
+    Returns:
+        ``n_iters`` (K,); ``naive``, ``cql`` (K,) and ``bc`` (float array): seed means.
+    """
+    lay = get_layout(layout_name)
+    S, A = lay.n_states, lay.n_actions
+    curves = {key: np.zeros((len(n_iters), len(seeds))) for key in ("naive", "cql")}
+    bc = np.zeros(len(seeds))
+    for j, seed in enumerate(seeds):
+        data = quality_dataset(layout_name, quality, n_episodes, seed)
+        counts = np.asarray(_call(coverage_fn, "coverage_counts", data, S, A))
+        bc[j] = rollout_return(lay, np.argmax(counts, axis=1))
+        for i, n in enumerate(n_iters):
+            for key, a in (("naive", 0.0), ("cql", alpha)):
+                q = _call(offline_q_fn, "offline_q_learning", data, S, A, lay.gamma, alpha=a,
+                          n_iters=n)  # fmt: skip
+                curves[key][i, j] = rollout_return(lay, greedy_policy(np.asarray(q)))
+    out = {"n_iters": np.asarray(n_iters), "bc": np.array(bc.mean())}
+    out.update({k: v.mean(axis=1) for k, v in curves.items()})
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    plotting.plot_curves(
+        ax, out["n_iters"], {"naive Q": out["naive"], f"CQL (α={alpha:g})": out["cql"]},
+        xlabel="training iterations", ylabel=f"return (mean of {len(seeds)} seeds)",
+    )  # fmt: skip
+    ax.axhline(float(out["bc"]), color="C2", ls="--", label="BC (no training loop)")
+    ax.set_xscale("log")
+    ax.legend(loc="center right", fontsize=8)
+    ax.set_title(f"learning curves at quality {quality:g}")
+    fig.tight_layout()
+    plt.show()
+    return out
 
 
 # --------------------------------------------------------------------------- guided parts
