@@ -14,9 +14,15 @@ import numpy as np
 import pytest
 from offline_rl import widgets
 from offline_rl.algorithms.coverage import coverage_counts
-from offline_rl.algorithms.experiments import online_vs_offline
+from offline_rl.algorithms.experiments import (
+    cql_vs_naive,
+    distribution_shift,
+    online_vs_offline,
+    quality_sweep,
+    stitching,
+)
 from offline_rl.algorithms.tabular import offline_q_learning
-from offline_rl.behavior import FAMILY_B, narrow_expert_dataset, stitching_dataset
+from offline_rl.behavior import FAMILY_B, narrow_expert_dataset, quality_dataset, stitching_dataset
 from offline_rl.envs import get_layout, transition_model
 from offline_rl.online import online_q_learning
 from offline_rl.planning import greedy_policy, policy_evaluation, rollout_return, value_iteration
@@ -242,3 +248,167 @@ def test_greedy_cql_value_is_not_a_lower_bound() -> None:
         q = offline_q_learning(data, 30, 4, 0.9, alpha=alpha)
         excess = (q.max(axis=1) - policy_evaluation(cliff, greedy_policy(q)))[on_data].max()
         assert 0.0 < excess <= 0.5, (alpha, excess)
+
+
+# --------------------------------------------------------------------------- Demos 2 and 3
+def test_demo2_unseen_zero_beats_right_only_near_the_start() -> None:
+    """Demo 2's text: unseen actions keep 0 where the truth is -100; 'right' is worth < 0 only on
+    the first two bridge cells; argmax's tie-break picks 'up' into the lava at the start.
+    (ε = 0 expert data are deterministic: the five seeds give the same dataset.)"""
+    cliff = get_layout("cliff")
+    q_star = value_iteration(cliff)[1]
+    for seed in SEEDS:
+        res = distribution_shift(epsilon=0.0, seed=seed)
+        q, counts = res["q"], res["counts"]
+        unseen = (counts == 0) & (counts.sum(axis=1, keepdims=True) > 0)
+        bridge = [cliff.state_index((1, c)) for c in range(9)]
+        assert np.all(q[unseen] == 0.0)
+        assert np.all(unseen[bridge][:, [0, 2]]) and np.all(q_star[bridge][:, [0, 2]] == -100.0)
+        right_negative = [c for c, s in enumerate(bridge) if q[s, 1] < 0]
+        assert right_negative == [0, 1], right_negative
+        assert greedy_policy(q)[cliff.start_state] == 0  # 'up': the first of the tied zeros
+        assert res["naive_outcome"] == "pit"
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.1, 1.0, 10.0, 100.0])
+def test_demo3_any_cql_weight_walks_the_bridge(alpha: float) -> None:
+    """Demo 3's text: α = 0 gives Demo 2's failure; from small α on the unseen values drop below
+    the seen ones and the greedy policy reaches the goal (deterministic data, 5 seeds)."""
+    for seed in SEEDS:
+        res = cql_vs_naive(alpha=alpha, epsilon=0.0, seed=seed)
+        assert res["naive"]["outcome"] == "pit"
+        assert res["cql"]["outcome"] == "goal" and res["cql"]["return"] == res["optimal_return"]
+        assert res["cql"]["mean_q_unseen"] < res["cql"]["mean_q_seen"] - 1.0
+        assert res["cql"]["mean_q_unseen"] < res["naive"]["mean_q_unseen"] - 1.0
+
+
+# --------------------------------------------------------------------------- Demo 4
+@pytest.fixture(scope="module")
+def demo4() -> dict[str, np.ndarray]:
+    import inspect
+
+    defaults = inspect.signature(widgets.quality_demo).parameters
+    seeds, n_episodes = defaults["seeds"].default, defaults["n_episodes"].default
+    assert len(seeds) >= 5
+    return quality_sweep(seeds=seeds, n_episodes=n_episodes, progress=False)
+
+
+def test_demo4_cql_at_least_as_good_as_bc_and_naive_at_every_quality(demo4: dict) -> None:
+    """Demo 4's text: in the seed mean CQL >= BC and CQL >= naive at every quality; expert
+    data give the optimal policy to all three; worse data hurt BC more than CQL."""
+    assert np.all(demo4["cql"] >= demo4["bc"]) and np.all(demo4["cql"] >= demo4["naive"]), demo4
+    for key in ("bc", "naive", "cql"):
+        assert demo4[key][-1] == demo4["optimal"]
+    assert demo4["optimal"] - demo4["bc"][0] > demo4["optimal"] - demo4["cql"][0] + 10
+
+
+def test_demo4_learning_curves() -> None:
+    """Learning-curve text: CQL reaches the optimum within a few dozen iterations and stays;
+    naive Q ends worse than it started (5 seeds, seed mean)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    curves = widgets.quality_learning_curves(offline_q_learning, coverage_counts)
+    optimal = rollout_return(OPEN, greedy_policy(value_iteration(OPEN)[1]))
+    reached = np.flatnonzero(curves["n_iters"] >= 30)
+    assert np.all(curves["cql"][reached] == optimal), curves
+    assert curves["naive"][-1] < curves["naive"][0], curves
+
+
+# --------------------------------------------------------------------------- section 4
+@pytest.mark.parametrize("mix", MIXES)
+def test_stitching_claims_on_every_mix(mix: tuple[int, int]) -> None:
+    """Stitching text: CQL (α = 1) +3 = optimal > best trajectory +1 > BC -17 > naive -20;
+    naive's first move is the unseen 'down', which bumps the edge."""
+    res = stitching(alpha=1.0, dataset=stitching_dataset(*mix))
+    assert res["cql_return"] == res["optimal_return"] == 3.0
+    assert res["best_trajectory_return"] == 1.0 and res["bc_return"] == -17.0
+    assert res["naive_q_return"] == -20.0
+    q = offline_q_learning(stitching_dataset(*mix), 25, 4, 0.9)
+    assert greedy_policy(q)[STITCH.start_state] == 2 and q[STITCH.start_state, 2] == 0.0
+
+
+def test_more_of_the_same_narrow_data_does_not_help() -> None:
+    """Misconception box: 20 or 200 cliff-expert episodes hold the same pairs and naive Q walks
+    into the lava from both; 50 random episodes on 'open' make naive Q and CQL optimal while BC
+    still times out at -30 (5 seeds each)."""
+    for seed in SEEDS:
+        small, big = (narrow_expert_dataset("cliff", n, 0.0, seed) for n in (20, 200))
+        assert np.array_equal(coverage_counts(small, 30, 4) > 0, coverage_counts(big, 30, 4) > 0)
+        for data in (small, big):
+            q = offline_q_learning(data, 30, 4, 0.9)
+            assert rollout_return("cliff", greedy_policy(q)) == -100.0
+    optimal = rollout_return(OPEN, greedy_policy(value_iteration(OPEN)[1]))
+    for seed in SEEDS:
+        data = quality_dataset("open", 0.0, 50, seed)
+        for alpha in (0.0, 1.0):
+            q = offline_q_learning(data, 36, 4, 0.9, alpha=alpha)
+            assert rollout_return(OPEN, greedy_policy(q)) == optimal, (seed, alpha)
+        assert rollout_return(OPEN, np.argmax(coverage_counts(data, 36, 4), axis=1)) == -30.0
+
+
+def test_greedy_bc_reproduces_the_mode_not_the_average() -> None:
+    """BC text: from a noisy expert (ε = 0.5, 10 episodes) greedy BC is optimal while the data's
+    average return is >= 5 below it (5 seeds)."""
+    optimal = rollout_return(OPEN, greedy_policy(value_iteration(OPEN)[1]))
+    for seed in SEEDS:
+        data = narrow_expert_dataset("open", 10, 0.5, seed)
+        bc = np.argmax(coverage_counts(data, 36, 4), axis=1)
+        assert rollout_return(OPEN, bc) == optimal
+        assert data.episode_returns().mean() <= optimal - 5
+
+
+def test_hybrid_start_is_near_optimal_from_the_first_episodes() -> None:
+    """Hybrid text: from the CQL table the first 10 online episodes average within 2 of the
+    optimum; from zeros they average >= 10 below it (5 dataset seeds)."""
+    optimal = rollout_return(OPEN, greedy_policy(value_iteration(OPEN)[1]))
+    _, from_zero = online_q_learning(OPEN, 10, 0, progress=False)
+    assert from_zero.mean() <= optimal - 10
+    for seed in SEEDS:
+        q = offline_q_learning(quality_dataset("open", 0.5, 40, seed), 36, 4, 0.9, alpha=1.0)
+        _, from_cql = online_q_learning(OPEN, 10, 0, q_init=q, progress=False)
+        assert from_cql.mean() >= optimal - 2, (seed, from_cql)
+
+
+def test_unseen_values_do_not_converge_but_seen_ones_do() -> None:
+    """Question 7's note: at α = 100 the unseen mean is about -5, -11, -13 after 1,000, 5,000 and
+    20,000 iterations; the seen values drift less than that between 5,000 and 20,000."""
+    data = stitching_dataset()
+    counts = coverage_counts(data, 25, 4)
+    unseen = (counts == 0) & (counts.sum(axis=1, keepdims=True) > 0)
+    qs = [offline_q_learning(data, 25, 4, 0.9, alpha=100.0, n_iters=n) for n in (1000, 5000, 20000)]
+    means = [q[unseen].mean() for q in qs]
+    assert np.allclose(means, [-5.3, -11.0, -13.3], atol=0.1), means
+    seen_drift = np.abs(qs[2] - qs[1])[counts > 0].mean()
+    assert seen_drift < abs(means[2] - means[1]), (seen_drift, means)
+
+
+def test_large_alpha_limit_is_log_behavior_plus_constant() -> None:
+    """Q14 solution: Q(M, up) - Q(M, right) -> log(0.6 / 0.4) with no α in front: 0.26 at
+    α = 100, 0.40 at α = 1000."""
+    data = stitching_dataset()
+    m = STITCH.state_index((2, 2))
+    gaps = []
+    for alpha in (100.0, 1000.0):
+        q = offline_q_learning(data, 25, 4, 0.9, alpha=alpha)
+        gaps.append(q[m, 0] - q[m, 1])
+    assert gaps[0] == pytest.approx(0.26, abs=0.01) and gaps[1] == pytest.approx(0.40, abs=0.01)
+    assert abs(gaps[1] - np.log(1.5)) < 0.01
+
+
+def test_importance_weight_second_moment_is_one_plus_chi_square() -> None:
+    """Information-theoretic view: E_β[w²] = 1 + χ²(π‖β), it multiplies over steps, exceeds
+    exp(KL), and the effective sample size of n weights is about n / (1 + χ²)."""
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        pi, beta = rng.dirichlet(np.ones(4)), rng.dirichlet(np.ones(4))
+        chi2 = np.sum(pi**2 / beta) - 1.0
+        kl = np.sum(pi * np.log(pi / beta))
+        assert np.sum(beta * (pi / beta) ** 2) == pytest.approx(1 + chi2)
+        assert 1 + chi2 >= np.exp(kl)
+        horizon = 3  # same per-step policies: trajectory weight moment is the product
+        assert np.sum(beta * (pi / beta) ** 2) ** horizon == pytest.approx((1 + chi2) ** horizon)
+        a = rng.choice(4, size=200_000, p=beta)
+        w = pi[a] / beta[a]
+        ess = w.sum() ** 2 / np.sum(w**2)
+        assert ess == pytest.approx(len(w) / (1 + chi2), rel=0.05)

@@ -1054,7 +1054,8 @@ def test_bcq_hidden(bcq_policy):
 # has no finite fixed point: its value keeps falling, more and more slowly, the longer you train
 # (at α = 100 on the stitching data the mean is about −5 after 1,000 iterations, −11 after 5,000
 # and −13 after 20,000). So `ood_q` measures the push-down *after* `n_iters` iterations; compare
-# α values at the same `n_iters`, as the plot does. The seen pairs do converge.
+# α values at the same `n_iters`, as the plot does. At large α the seen values drift too, through
+# the soft-max, but by less.
 
 # %% [raw]
 # # BEGIN QUESTION
@@ -1132,7 +1133,7 @@ plt.show()
 # > **Misconception: "More data always helps."** More of the *same narrow* data does not: twenty
 # > or two hundred episodes of the cliff expert hold exactly the same (s, a) pairs, and naive
 # > Q-learning walks into the lava from both. What helps is data that cover what was missing.
-# > Broad data need not be good data: on the `open` grid, 30 episodes of a *random* policy
+# > Broad data need not be good data: on the `open` grid, 50 episodes of a *random* policy
 # > already let naive Q-learning and CQL find the optimal path, because dynamic programming
 # > assembles it from pieces of many episodes (the stitching of the next part), while behavior
 # > cloning of the same data still wanders until the time limit (−30). Size, coverage and quality
