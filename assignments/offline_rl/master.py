@@ -306,8 +306,9 @@ widgets.online_vs_offline_demo(coverage_fn=coverage_counts)
 # are worth about that many trajectories of $\pi$. Methods that use the Markov structure (fitted
 # Q evaluation, marginalised importance sampling) avoid the exponential dependence on the
 # horizon, but none can recover what is not identifiable. Every method in section 3 keeps $\pi$
-# where the data are informative: by copying the data (BC), by restricting the actions (BCQ), or
-# by lowering the values outside the data (CQL).
+# where the data are informative: by copying the data (BC), by restricting the actions (BCQ), by
+# lowering the values outside the data (CQL), or by reweighting the data's own actions
+# (advantage-weighted methods).
 
 # %% [markdown]
 # ### Question 2 · The naive offline Q-learning target
@@ -1652,8 +1653,46 @@ def test_q12_hidden(q12_answer):
 # the next chapter, **RLHF**, which is partly offline. Its reward model is trained offline, on a
 # fixed dataset of human preference comparisons. The policy is then optimised online (PPO samples
 # fresh responses from the model being tuned), against that learned reward, with a KL penalty
-# that keeps it close to its starting model. That penalty is a behavior-regularised objective in
-# the style of KL-control and BRAC (the implicit-constraint family of section 3), not CQL's value
-# penalty; it has the same purpose as this chapter's conservatism: the reward model is only
-# trustworthy near the responses it was trained on, and the policy must not wander where the data
-# never judged it.
+# that keeps it close to its starting model. That penalty is a policy regulariser in the style of
+# KL-control and BRAC, not CQL's value penalty; its optimum has the same closed form as the
+# advantage-weighted methods of section 3, $\pi^* \propto \pi_{\text{ref}}\exp(r/\beta)$. It serves
+# the purpose of this chapter's conservatism: the reward model is only trustworthy near the
+# responses it was trained on, and the policy must not wander where the data never judged it.
+
+# %% [markdown]
+# ---
+# ## References
+#
+# Each paper the chapter relies on, and what it is used for here.
+#
+# - **Kumar, Zhou, Tucker and Levine (2020).** *Conservative Q-Learning for Offline Reinforcement
+#   Learning.* NeurIPS. The CQL(H) objective of Question 5 and the tabular learner of Question 3;
+#   Theorem 3.2 (the evaluation lower bound $\hat V^\pi \le V^\pi$ with the $B^\pi$ backup and
+#   push-down under π) and Theorem 3.3 (the soft-max policy of CQL(H), slowly changing policies).
+# - **Fujimoto, Meger and Precup (2019).** *Off-Policy Deep Reinforcement Learning without
+#   Exploration.* ICML. Batch-constrained Q-learning and extrapolation error.
+# - **Fujimoto, Conti, Ghavamzadeh and Pineau (2019).** *Benchmarking Batch Deep Reinforcement
+#   Learning Algorithms.* NeurIPS Deep RL Workshop. Discrete BCQ: the relative-probability filter
+#   $G_\omega(a|s)/\max_{a'}G_\omega(a'|s) > \tau$, used when acting and in the target (Question 6).
+# - **Levine, Kumar, Tucker and Fu (2020).** *Offline Reinforcement Learning: Tutorial, Review, and
+#   Perspectives on Open Problems.* arXiv:2005.01643. Distribution shift, the failure of
+#   importance sampling over long horizons, and the taxonomy of explicit and implicit constraints.
+# - **Peng, Kumar, Zhang and Levine (2019).** *Advantage-Weighted Regression.* arXiv:1910.00177;
+#   **Nair, Gupta, Dalal and Levine (2020).** *AWAC.* arXiv:2006.09359; **Kostrikov, Nair and
+#   Levine (2022).** *Offline RL with Implicit Q-Learning.* ICLR. The implicit constraint
+#   $\pi^* \propto \pi_\beta \exp(A/\lambda)$ fitted by weighted behavior cloning.
+# - **Wu, Tucker and Nachum (2019).** *Behavior Regularized Offline Reinforcement Learning*
+#   (BRAC). arXiv:1911.11361. KL and other divergence penalties toward the behavior policy.
+# - **Le, Voloshin and Yue (2019).** *Batch Policy Learning under Constraints.* ICML. Fitted Q
+#   evaluation, used for offline policy selection. **Liu, Li, Tang and Zhou (2018).** *Breaking
+#   the Curse of Horizon.* NeurIPS. Marginalised importance sampling.
+# - **Kong (1992)**, as used by **Metelli, Papini, Faccio and Restelli (2018).** *Policy
+#   Optimization via Importance Sampling.* NeurIPS. The effective sample size $n/(1 + \chi^2)$ and
+#   the exponentiated Rényi-2 divergence as the second moment of importance weights.
+# - **Nakamoto, Zhai, Singh, Sobol Mark, Ma, Finn, Kumar and Levine (2023).** *Cal-QL: Calibrated
+#   Offline RL Pre-Training for Efficient Online Fine-Tuning.* NeurIPS. The initial dip when
+#   fine-tuning from conservative values, and its fix.
+# - **Chen, Lu, Rajeswaran, Lee, Grover, Laskin, Abbeel, Srinivas and Mordatch (2021).** *Decision
+#   Transformer.* NeurIPS. Return-conditioned sequence modelling (section 4's preview).
+# - **Ouyang et al. (2022).** *Training Language Models to Follow Instructions with Human
+#   Feedback.* NeurIPS. RLHF: an offline reward model, online PPO with a KL penalty (Closing).
