@@ -1386,8 +1386,10 @@ ops_rows = widgets.policy_selection_table(demo_data, lay, candidates)
 # interaction then corrects the pessimism on the actions the data never showed.
 #
 # With neural networks the hand-over is often less smooth: fine-tuning from a pessimistic Q can
-# first make the policy *worse* (an "initial dip"), because the under-valued unseen actions are
-# corrected upward one by one and briefly look better than they are relative to the rest.
+# first make the policy *worse* (an "initial dip"). The conservative values sit well below the
+# true returns; the first online updates lift the values of whatever actions were just tried
+# toward their real returns, while the good actions' values are still far too low, so for a
+# while the policy prefers the merely-tried over the good.
 # Cal-QL (Nakamoto et al., 2023) avoids the dip by calibrating the conservative values so they
 # never fall below those of a reference policy such as the behavior policy.
 
