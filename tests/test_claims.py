@@ -81,6 +81,8 @@ def test_demo1_return_rises_with_coverage(demo1: dict[str, Any]) -> None:
     # nested datasets: coverage can only grow along the slider, on every seed
     assert np.all(np.diff(demo1["coverage"], axis=0) >= 0)
     check_demo1_claim(demo1["coverage"], demo1["returns"], demo1["online_final_return"])
+    cov, ret = demo1["coverage"].mean(axis=1), demo1["returns"].mean(axis=1)
+    assert np.all(ret[cov < 0.5] <= -25), "text: 'stays near -30 until about half is covered'"
 
 
 def test_demo1_uses_the_students_coverage_function() -> None:
