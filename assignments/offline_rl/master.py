@@ -1035,7 +1035,7 @@ def test_bcq_hidden(bcq_policy):
 # which the greedy choice switches. The stitching grid's cell M is such a state.
 #
 # > **Misconception: "CQL is too conservative."** Conservatism is a dial, not a verdict. Too
-# > conservative = mimic the behavior policy; too liberal = distribution shift. In practice α is
+# > conservative = the rewards stop mattering; too liberal = distribution shift. In practice α is
 # > tuned on held-out data or by offline policy selection (section 4).
 #
 # ### Question 7 · The α trade-off experiment
