@@ -11,7 +11,8 @@
 #   - hidden_expected.npz
 # export_cell:
 #   pdf: false
-#   instructions: "Save the notebook (Ctrl+S / Cmd+S) first. The cell writes a zip next to this notebook: upload that zip to Gradescope."
+#   run_tests: false
+#   instructions: "Save the notebook (Ctrl+S / Cmd+S) first, then run this cell again. It writes offline_rl_submission.zip next to this notebook (replacing any earlier one): upload that zip to Gradescope."
 # check_all_cell: true
 # generate:
 #   show_stdout: true
@@ -124,7 +125,7 @@ layout = envs.get_layout("stitch")
 demo_data = behavior.stitching_dataset()
 print(demo_data)
 fig, ax = plt.subplots(figsize=(3.6, 3.6))
-plotting.draw_grid(ax, layout, title="The 'stitch' grid: S start, G goal, P pit")
+plotting.draw_grid(ax, layout, title="The 'stitch' grid: S start, G goal, X pit")
 plt.show()
 
 # %% [markdown]
@@ -837,18 +838,21 @@ agents = {
     "CQL (α=1)": StudentCQL(4, 2, alpha=1.0),
 }
 cartpole_returns, cartpole_max_q = {}, {}
-for label, agent in agents.items():
-    training.train_offline(agent, random_data, n_steps=3000, batch_size=256, seed=0, progress=True)
-    cartpole_returns[label] = training.evaluate_policy(cartpole.make_env(), agent.act, n_episodes=10, seed=1).mean()
-    if hasattr(agent, "q_net"):
-        with torch.no_grad():
-            cartpole_max_q[label] = agent.q_net(torch.as_tensor(random_data.observations)).max().item()
+# One update of fresh agents on a small batch: are bc_update, td_target and cql_loss written yet?
+probe_batch = training.to_torch_batch(random_data.sample(8, np.random.default_rng(0)))
+if widgets.wait_for("q4, q5", lambda: [StudentBC(4, 2).update(probe_batch), StudentCQL(4, 2, alpha=1.0).update(probe_batch)]):
+    for label, agent in agents.items():
+        training.train_offline(agent, random_data, n_steps=3000, batch_size=256, seed=0, progress=True)
+        cartpole_returns[label] = training.evaluate_policy(cartpole.make_env(), agent.act, n_episodes=10, seed=1).mean()
+        if hasattr(agent, "q_net"):
+            with torch.no_grad():
+                cartpole_max_q[label] = agent.q_net(torch.as_tensor(random_data.observations)).max().item()
 
-fig, ax = plt.subplots(figsize=(6, 3))
-plotting.plot_bars(ax, cartpole_returns, reference_line=behavior_return)
-ax.set_title("CartPole from random data (dashed: the behavior policy's mean return)")
-plt.show()
-print("largest Q-value on the dataset's states:", {k: round(v, 1) for k, v in cartpole_max_q.items()})
+    fig, ax = plt.subplots(figsize=(6, 3))
+    plotting.plot_bars(ax, cartpole_returns, reference_line=behavior_return)
+    ax.set_title("CartPole from random data (dashed: the behavior policy's mean return)")
+    plt.show()
+    print("largest Q-value on the dataset's states:", {k: round(v, 1) for k, v in cartpole_max_q.items()})
 
 # %% [markdown]
 # ### Implicit behavior constraints: BCQ
@@ -1004,14 +1008,15 @@ def test_alpha_hidden(alpha_experiment):
 # # END QUESTION
 
 # %% tags=["otter_ignore"]
-alpha_result = alpha_experiment(behavior.stitching_dataset(), "stitch", [0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0])
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-plotting.plot_curves(axes[0], alpha_result["alphas"], {"greedy return": alpha_result["returns"]}, xlabel="α", ylabel="return")
-plotting.plot_curves(axes[1], alpha_result["alphas"], {"mean Q of unseen pairs": alpha_result["ood_q"]}, xlabel="α", ylabel="Q")
-for ax in axes:
-    ax.set_xscale("symlog", linthresh=0.1)  # log scale that still shows alpha = 0
-plt.tight_layout()
-plt.show()
+alpha_result = widgets.wait_for("q7", alpha_experiment, behavior.stitching_dataset(), "stitch", [0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0])
+if alpha_result is not None:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    plotting.plot_curves(axes[0], alpha_result["alphas"], {"greedy return": alpha_result["returns"]}, xlabel="α", ylabel="return")
+    plotting.plot_curves(axes[1], alpha_result["alphas"], {"mean Q of unseen pairs": alpha_result["ood_q"]}, xlabel="α", ylabel="Q")
+    for ax in axes:
+        ax.set_xscale("symlog", linthresh=0.1)  # log scale that still shows alpha = 0
+    plt.tight_layout()
+    plt.show()
 
 # %% [markdown]
 # ---
@@ -1198,12 +1203,13 @@ def test_stitching_hidden(stitching_experiment):
 # # END QUESTION
 
 # %% tags=["otter_ignore"]
-stitch = stitching_experiment(behavior.stitching_dataset())
-fig, ax = plt.subplots(figsize=(6, 3))
-plotting.plot_bars(ax, {"BC": stitch["bc_return"], "naive Q": stitch["naive_q_return"], "CQL": stitch["cql_return"]},
-                   reference_line=stitch["best_trajectory_return"])
-ax.set_title("Stitching (dashed: best trajectory in the dataset)")
-plt.show()
+stitch = widgets.wait_for("q9", stitching_experiment, behavior.stitching_dataset())
+if stitch is not None:
+    fig, ax = plt.subplots(figsize=(6, 3))
+    plotting.plot_bars(ax, {"BC": stitch["bc_return"], "naive Q": stitch["naive_q_return"], "CQL": stitch["cql_return"]},
+                       reference_line=stitch["best_trajectory_return"])
+    ax.set_title("Stitching (dashed: best trajectory in the dataset)")
+    plt.show()
 
 # %% [markdown]
 # ### Offline policy selection: choosing without a simulator
@@ -1220,14 +1226,14 @@ plt.show()
 # %% tags=["otter_ignore"]
 ope_data = behavior.quality_dataset("open", 0.5, 40, seed=3)
 lay = envs.get_layout("open")
-ope_counts = coverage_counts(ope_data, lay.n_states, lay.n_actions)
-candidates = {
-    "BC": np.argmax(ope_counts, axis=1),
+candidates = widgets.wait_for("q1, q3", lambda: {
+    "BC": np.argmax(coverage_counts(ope_data, lay.n_states, lay.n_actions), axis=1),
     "naive Q": planning.greedy_policy(offline_q_learning(ope_data, lay.n_states, lay.n_actions, lay.gamma)),
     "CQL α=1": planning.greedy_policy(offline_q_learning(ope_data, lay.n_states, lay.n_actions, lay.gamma, alpha=1.0)),
     "random": np.random.default_rng(0).integers(0, lay.n_actions, lay.n_states),
-}
-widgets.policy_selection_table(ope_data, lay, candidates)
+})
+if candidates is not None:
+    widgets.policy_selection_table(ope_data, lay, candidates)  # inside `if`: prints the table only
 
 # %% [markdown]
 # ### Hybrid offline-to-online training
@@ -1239,8 +1245,8 @@ widgets.policy_selection_table(ope_data, lay, candidates)
 # data never showed.
 
 # %% tags=["otter_ignore"]
-cql_q = offline_q_learning(ope_data, lay.n_states, lay.n_actions, lay.gamma, alpha=1.0)
-widgets.offline_to_online_plot("open", cql_q)
+cql_q = widgets.wait_for("q3", offline_q_learning, ope_data, lay.n_states, lay.n_actions, lay.gamma, alpha=1.0)
+widgets.offline_to_online_plot("open", cql_q) if cql_q is not None else None
 
 # %% [markdown]
 # ### A preview: Decision Transformer
@@ -1414,9 +1420,6 @@ def test_q12_hidden(q12_answer):
 # manual: true
 # points: 2
 
-# %% [markdown]
-# _Type your answer here, replacing this text._
-
 # %% [raw]
 # # BEGIN SOLUTION
 
@@ -1449,9 +1452,6 @@ def test_q12_hidden(q12_answer):
 # name: q14_design_stitching
 # manual: true
 # points: 2
-
-# %% [markdown]
-# _Type your answer here, replacing this text._
 
 # %% [raw]
 # # BEGIN SOLUTION
