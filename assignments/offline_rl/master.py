@@ -333,11 +333,16 @@ def test_td_target_small(td_target, torch):
 
 # %%
 def test_td_target_bool_terminals(td_target, torch):
-    y = td_target(torch.zeros(2), torch.ones(2, 4), torch.tensor([True, False]), 0.9)
+    try:
+        y = td_target(torch.zeros(2), torch.ones(2, 4), torch.tensor([True, False]), 0.9)
+    except (TypeError, RuntimeError) as err:
+        raise AssertionError(f"td_target fails on boolean terminals ({err}): convert terminals to float first") from None
     assert y is not None, "td_target returned None: replace the ... with your code."
-    assert torch.allclose(y, torch.tensor([0.0, 0.9])), (
-        f"with boolean terminals expected [0, 0.9], got {y.tolist()}: convert terminals to float first"
+    assert torch.allclose(y[0], torch.tensor(0.0)), (
+        f"terminals[0] is True, so y[0] must be r = 0 with no bootstrap; got {y[0].item():.4f}: "
+        "multiply the bootstrap by (1 - terminals)"
     )
+    assert torch.allclose(y, torch.tensor([0.0, 0.9])), f"with boolean terminals expected [0, 0.9], got {y.tolist()}"
 
 # %%
 """ # BEGIN TEST CONFIG
@@ -445,9 +450,31 @@ def test_offline_q_penalty_lowers_unseen(offline_q_learning, datasets, np):
         next_observations=np.array([1]), terminals=np.array([True]), truncations=np.array([False]),
         episode_starts=np.array([0]),
     )
-    Q = np.asarray(offline_q_learning(toy, 2, 2, gamma=0.9, alpha=1.0, n_iters=2000))
+    Q = offline_q_learning(toy, 2, 2, gamma=0.9, alpha=1.0, n_iters=2000)
+    assert Q is not None, "offline_q_learning returned None: replace the ... with your code."
+    Q = np.asarray(Q)
     assert Q[0, 0] < -1.0, f"with alpha = 1 the unseen action's Q(0, 0) must be pushed well below 0, got {Q[0, 0]:.3f}"
     assert Q[0, 1] > Q[0, 0] + 1.0, "the dataset action must end up clearly preferred to the unseen one"
+
+# %%
+def test_offline_q_terminal_mask(offline_q_learning, datasets, np):
+    # 0 --a=1, r=1--> 1 is terminal, but the data also start an episode in 1 (1 --a=0, r=5--> 2).
+    # Q(1, 0) = 5, so forgetting (1 - d) changes Q(0, 1) from r = 1 to 1 + gamma * 5.
+    toy = datasets.OfflineDataset(
+        observations=np.array([0, 1]), actions=np.array([1, 0]),
+        rewards=np.array([1.0, 5.0], dtype=np.float32), next_observations=np.array([1, 2]),
+        terminals=np.array([True, True]), truncations=np.array([False, False]),
+        episode_starts=np.array([0, 1]),
+    )
+    Q = offline_q_learning(toy, 3, 2, gamma=0.9, alpha=0.0, n_iters=500)
+    assert Q is not None, "offline_q_learning returned None: replace the ... with your code."
+    Q = np.asarray(Q)
+    assert np.isclose(Q[1, 0], 5.0, atol=1e-3), f"Q(1, 0) must converge to r = 5, got {Q[1, 0]:.4f}"
+    assert np.isclose(Q[0, 1], 1.0, atol=1e-3), (
+        f"the transition 0 -> 1 is terminal, so Q(0, 1) must be r = 1, got {Q[0, 1]:.4f}; "
+        f"1 + gamma * max Q(1, .) = {1 + 0.9 * Q[1].max():.4f} means the target bootstrapped from a "
+        "terminal next state: multiply the bootstrap by (1 - d)."
+    )
 
 # %%
 """ # BEGIN TEST CONFIG
@@ -638,7 +665,8 @@ def test_bc_loss_hidden(bc_loss):
 #    with keys `observations (B, obs_dim)`, `actions (B,)`, `rewards (B,)`, `next_observations`,
 #    `terminals (B,)`. Use your `td_target` with the **target network**, ½·mean squared Bellman
 #    error, plus `alpha * cql_penalty`. Return `(total_loss, info)` where `info` is a dict of floats
-#    with keys `"bellman_loss"`, `"cql_penalty"`, `"total_loss"`.
+#    with keys `"bellman_loss"`, `"cql_penalty"`, `"total_loss"` (get them with `tensor.item()`;
+#    `float(tensor)` on a tensor that requires grad raises a warning).
 #
 # *Shapes matter:* `q_values.gather(1, actions.unsqueeze(1))` has shape `(B, 1)`; subtracting a
 # `(B,)` tensor from it silently broadcasts to `(B, B)`. Squeeze to `(B,)` first.
@@ -683,19 +711,40 @@ def cql_loss(q_net, target_net, batch, alpha, gamma):
 # # BEGIN TESTS
 
 # %%
-def test_cql_penalty_constant_q(cql_penalty, torch, np):
-    value = cql_penalty(torch.full((4, 3), 2.5), torch.tensor([0, 1, 2, 1]))
+def test_cql_penalty_small(cql_penalty, torch, np):
+    q = np.array([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
+    actions = np.array([0, 2])
+    value = cql_penalty(torch.tensor(q, dtype=torch.float32), torch.tensor(actions))
     assert value is not None, "cql_penalty returned None: replace the ... with your code."
     assert value.dim() == 0, f"cql_penalty must return a scalar, got shape {tuple(value.shape)}"
-    assert np.isclose(value.item(), np.log(3), atol=1e-5), (
-        "with Q constant over 3 actions, logsumexp - Q(s, a) = log(3) = 1.0986 exactly; "
-        f"got {value.item():.4f}. (A max instead of logsumexp gives 0.)"
+    expected = np.mean(np.log(np.exp(q).sum(axis=1)) - q[[0, 1], actions])
+    with_max = np.mean(q.max(axis=1) - q[[0, 1], actions])
+    assert np.isclose(value.item(), expected, atol=1e-5), (
+        f"expected mean_i [logsumexp_a Q(s_i, a) - Q(s_i, a_i)] = {expected:.4f}, got {value.item():.4f}"
+        + (" (that is a max instead of logsumexp)" if np.isclose(value.item(), with_max, atol=1e-5) else "")
     )
+
+# %%
+def test_cql_penalty_large_q_values(cql_penalty, torch, np):
+    # CartPole's Q-values reach about 100; exp(100) is inf in float32 (its largest is ~3.4e38).
+    q = np.array([[100.0, 99.0, 90.0], [120.0, 121.0, 119.5]])
+    actions = np.array([1, 0])
+    value = cql_penalty(torch.tensor(q, dtype=torch.float32), torch.tensor(actions))
+    assert value is not None, "cql_penalty returned None: replace the ... with your code."
+    shifted = q - q.max(axis=1, keepdims=True)  # float64 and shifted: no overflow here
+    expected = np.mean(q.max(axis=1) + np.log(np.exp(shifted).sum(axis=1)) - q[[0, 1], actions])
+    assert np.isfinite(value.item()), (
+        f"with Q-values around 100 the penalty is {value.item()}: exp overflows in float32, so "
+        "log(sum(exp(q))) is inf. Use torch.logsumexp, which subtracts the max first."
+    )
+    assert np.isclose(value.item(), expected, atol=1e-3), f"expected {expected:.4f}, got {value.item():.4f}"
 
 # %%
 def test_cql_penalty_pushes_down_unseen(cql_penalty, torch):
     q = torch.tensor([[1.0, 3.0, 0.0]], requires_grad=True)
-    cql_penalty(q, torch.tensor([0])).backward()
+    value = cql_penalty(q, torch.tensor([0]))
+    assert value is not None, "cql_penalty returned None: replace the ... with your code."
+    value.backward()
     grad = q.grad[0]
     assert grad[0] < 0, "the dataset action's Q must be pushed UP (negative gradient of the penalty)"
     assert grad[1] > 0 and grad[2] > 0, "the other actions' Q must be pushed DOWN (positive gradient)"
@@ -703,6 +752,8 @@ def test_cql_penalty_pushes_down_unseen(cql_penalty, torch):
 
 # %%
 def test_cql_loss_small(cql_loss, torch, nn, np):
+    import warnings
+
     torch.manual_seed(0)
     q_net, target_net = nn.Linear(2, 2), nn.Linear(2, 2)
     batch = {
@@ -712,8 +763,15 @@ def test_cql_loss_small(cql_loss, torch, nn, np):
         "next_observations": torch.tensor([[0.0, 1.0], [1.0, 1.0]]),
         "terminals": torch.tensor([0.0, 1.0]),
     }
-    out = cql_loss(q_net, target_net, batch, alpha=0.5, gamma=0.9)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = cql_loss(q_net, target_net, batch, alpha=0.5, gamma=0.9)
     assert out is not None, "cql_loss returned None: replace the ... with your code."
+    grad_warnings = [str(w.message) for w in caught if "requires_grad" in str(w.message)]
+    assert not grad_warnings, (
+        "cql_loss warned: " + grad_warnings[0].splitlines()[0] + " For the info floats use "
+        "tensor.item() (float(tensor) on a tensor that requires grad warns)."
+    )
     total, info = out
     assert set(info) >= {"bellman_loss", "cql_penalty", "total_loss"}, f"info keys: {sorted(info)}"
     assert total.dim() == 0, f"the loss must be a scalar, got shape {tuple(total.shape)}"
