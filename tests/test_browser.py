@@ -55,6 +55,7 @@ CHROMIUM_FLAGS = [
 ]
 RUN_ALL_TIMEOUT = 300  # s; the filled-in notebook takes about 90 s on 2 cores
 MOVE_TIMEOUT = 60  # s for one slider move to redraw
+STOPPED_AFTER = 10  # s of an idle kernel with unrun cells: Run All has stopped
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 TIMINGS: dict[str, float] = {}
@@ -226,9 +227,21 @@ def _run_all(page: Any, label: str) -> float:
     start = time.monotonic()
     page.evaluate("() => window.jupyterapp.commands.execute('runmenu:run-all')")
 
+    idle_since: list[float] = []
+
     def done() -> bool:
         state = page.evaluate(CELLS_JS)
-        return state["status"] == "idle" and all(c is not None for c in state["counts"])
+        if state["status"] != "idle":
+            idle_since.clear()
+            return False
+        if all(c is not None for c in state["counts"]):
+            return True
+        # Lab stops Run All at a cell that raises: the kernel then stays idle with cells unrun
+        # (between two cells it is idle for well under a second).
+        idle_since.append(idle_since[0] if idle_since else time.monotonic())
+        if time.monotonic() - idle_since[0] > STOPPED_AFTER:
+            raise AssertionError("stopped")
+        return False
 
     try:
         _wait(done, RUN_ALL_TIMEOUT, f"Run All of the {label} notebook to reach the last cell")
@@ -237,7 +250,8 @@ def _run_all(page: Any, label: str) -> float:
         stuck = next(i for i, c in enumerate(counts) if c is None)
         page.screenshot(path=str(ARTIFACTS / f"{label}-run-all-stuck.png"), full_page=True)
         raise AssertionError(
-            f"Run All of the {label} notebook stopped before code cell {stuck} of {len(counts)}"
+            f"Run All of the {label} notebook stopped before code cell {stuck} of {len(counts)}; "
+            f"red output on the page: {_error_texts(page)[:2]}"
         ) from None
     _wait(lambda: _status_idle(page), 30, "the status bar to read '| Idle'")
     seconds = time.monotonic() - start
@@ -366,6 +380,12 @@ def test_each_demo_redraws_once_per_move_with_the_state_its_value_implies(
         "(a demo displayed twice, or not at all)"
     )
     assert not _error_texts(page), f"red output after Run All: {_error_texts(page)}"
+    images = page.evaluate(
+        "() => Array.from(document.querySelectorAll('.jp-CodeCell'))"
+        ".map(cell => cell.querySelectorAll('.jp-OutputArea img').length)"
+    )
+    twice = {i: n for i, n in enumerate(images) if n > 1}
+    assert not twice, f"code cells (index: images) showing a figure more than once: {twice}"
     for index, demo in enumerate(DEMOS):
         cell = page.locator(".jp-CodeCell").filter(has=page.locator(".offline-rl-demo-state"))
         cell = cell.nth(index)
