@@ -46,13 +46,20 @@ class NotImplementedYetError(RuntimeError):
     """A student function returned None or raised: the demo waits for it."""
 
 
+#: The question that asks for each student function a demo calls (for the waiting line).
+QUESTION_OF = {"coverage_counts": "q1", "offline_q_learning": "q3", "quality_experiment": "q8"}
+
+
 def _call(fn: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> Any:
+    question = QUESTION_OF.get(name, "its question")
     try:
         out = fn(*args, **kwargs)
     except Exception as err:
-        raise NotImplementedYetError(f"{name} raised {type(err).__name__}: {err}") from err
+        raise NotImplementedYetError(
+            f"waiting for your code ({question}): {name} raised {type(err).__name__}: {err}"
+        ) from err
     if out is None:
-        raise NotImplementedYetError(f"{name} returned None")
+        raise NotImplementedYetError(f"waiting for your code ({question}): {name} returned None")
     return out
 
 
@@ -88,8 +95,7 @@ def wait_for(question: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -
 def _note(output: widgets.Output, message: str) -> None:
     with output:
         output.clear_output(wait=True)
-        print(f"This demo runs on your code and is waiting for it: {message}.")
-        print("Finish the question, re-run its cell, then re-run this cell.")
+        print(f"{message}. This demo runs on it: finish the question, then re-run this cell.")
 
 
 def _show(fig: plt.Figure, output: widgets.Output) -> None:
@@ -124,7 +130,7 @@ def _interactive(control: widgets.Widget, draw: Callable[[Any], plt.Figure]) -> 
             caption.value = _describe(cache[value])
             _show(cache[value], output)
         except NotImplementedYetError as err:
-            caption.value = "waiting for your code"
+            caption.value = str(err).split(":")[0]  # "waiting for your code (q1)"
             _note(output, str(err))
 
     control.observe(redraw, names="value")
