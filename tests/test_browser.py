@@ -162,7 +162,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                     ) from None
                 time.sleep(0.5)
         with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+            browser = pw.chromium.launch(
+                executable_path=str(CHROMIUM),
+                args=CHROMIUM_FLAGS,
+                env={**os.environ, "HOME": str(home)},  # its crash reports stay out of ~
+            )
             try:
                 yield Lab(url, token, root, release, browser)
             finally:
@@ -210,7 +214,8 @@ def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
 
 def _open(lab: Lab, folder: str) -> Any:
     page = lab.browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{lab.url}/lab/tree/{folder}/{NAME}.ipynb?token={lab.token}")
+    # One workspace per notebook, reset: otherwise Lab restores the other notebook's tab too.
+    page.goto(f"{lab.url}/lab/workspaces/{folder}/tree/{folder}/{NAME}.ipynb?reset&token={lab.token}")
     page.wait_for_function(
         "() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
         " && window.jupyterapp.shell.currentWidget.sessionContext"
