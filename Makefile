@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: release test test-fast lint fixtures bench venv clean corpus kill-matrix grading-tests resources
+.PHONY: release test test-fast lint fixtures bench venv clean corpus kill-matrix grading-tests resources browser-tests
 
 venv: $(STAMP)
 
@@ -42,6 +42,9 @@ kill-matrix: $(STAMP)
 
 grading-tests: $(STAMP)
 	$(PY) -m pytest -m grading $(PYTEST_ARGS)
+
+browser-tests: $(STAMP)
+	$(PY) -m pytest -m browser $(PYTEST_ARGS)
 
 resources: $(STAMP)
 	$(PY) benchmarks/grading_resources.py

@@ -146,4 +146,4 @@ def test_solution_notebook_runs_headless_top_to_bottom(tmp_path):
     ]
     assert all(demo_outputs), "every demo cell must display something"
     shown = json.dumps(demo_outputs)
-    assert "waiting for it" not in shown, "a demo did not run on the solution's functions"
+    assert "waiting for your code" not in shown, "a demo did not run on the solution's functions"

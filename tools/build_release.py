@@ -158,12 +158,21 @@ def run(cmd: list[str], name: str, cwd: Path | None = None) -> None:
         raise BuildError(f"{name}: `{' '.join(cmd)}` failed (exit {proc.returncode}):\n{tail}")
 
 
-def normalise_notebook(src: Path, dst: Path) -> None:
-    """Copy a notebook with deterministic cell ids and without volatile metadata."""
+def normalise_notebook(src: Path, dst: Path, name: str) -> None:
+    """Copy a notebook with deterministic cell ids and without volatile metadata.
+
+    Otter's export cell names its zip with a timestamp, so Run All (which runs the export cell
+    before the student saves) and the export after saving leave two zips; a fixed name makes the
+    second export replace the first.
+    """
     nb = nbformat.read(src, as_version=4)
     nb.metadata.pop("jupytext", None)
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"cell-{i:03d}"
+        if cell.cell_type == "code" and "grader.export(" in cell.source:
+            cell.source = cell.source.replace(
+                "grader.export(", f'grader.export(export_path="{name}_submission.zip", ', 1
+            )
         for key in VOLATILE_CELL_METADATA:
             cell.metadata.pop(key, None)
         if cell.cell_type == "code":
@@ -231,7 +240,7 @@ def build(spec: AssignmentSpec, out: Path, self_check: bool) -> dict[str, float]
             shutil.rmtree(folder)
     notebook = f"{spec.name}.ipynb"
     copy_tree(dist / "student", student_out, skip={notebook})
-    normalise_notebook(dist / "student" / notebook, student_out / notebook)
+    normalise_notebook(dist / "student" / notebook, student_out / notebook, spec.name)
     grader_out.mkdir(parents=True)
     for readme, target in (
         ("README.student.md", student_out),
@@ -240,7 +249,9 @@ def build(spec: AssignmentSpec, out: Path, self_check: bool) -> dict[str, float]
         if (spec.source / readme).exists():
             shutil.copyfile(spec.source / readme, target / "README.md")
     normalise_zip(zips[0], grader_out / "autograder.zip")
-    normalise_notebook(dist / "autograder" / notebook, grader_out / f"{spec.name}-solution.ipynb")
+    normalise_notebook(
+        dist / "autograder" / notebook, grader_out / f"{spec.name}-solution.ipynb", spec.name
+    )
     seconds = time.perf_counter() - t0
     print(f"built {spec.name}{env_note} in {seconds:.1f} s:")
     for path in sorted(p for p in (*student_out.rglob("*"), *grader_out.rglob("*")) if p.is_file()):

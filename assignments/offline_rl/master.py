@@ -11,7 +11,8 @@
 #   - hidden_expected.npz
 # export_cell:
 #   pdf: false
-#   instructions: "Save the notebook (Ctrl+S / Cmd+S) first. The cell writes a zip next to this notebook: upload that zip to Gradescope."
+#   run_tests: false
+#   instructions: "Save the notebook (Ctrl+S / Cmd+S) first, then run this cell again. It writes offline_rl_submission.zip next to this notebook (replacing any earlier one): upload that zip to Gradescope."
 # check_all_cell: true
 # generate:
 #   show_stdout: true
@@ -124,7 +125,7 @@ layout = envs.get_layout("stitch")
 demo_data = behavior.stitching_dataset()
 print(demo_data)
 fig, ax = plt.subplots(figsize=(3.6, 3.6))
-plotting.draw_grid(ax, layout, title="The 'stitch' grid: S start, G goal, P pit")
+plotting.draw_grid(ax, layout, title="The 'stitch' grid: S start, G goal, X pit")
 plt.show()
 
 # %% [markdown]
@@ -366,11 +367,16 @@ def test_td_target_small(td_target, torch):
 
 # %%
 def test_td_target_bool_terminals(td_target, torch):
-    y = td_target(torch.zeros(2), torch.ones(2, 4), torch.tensor([True, False]), 0.9)
+    try:
+        y = td_target(torch.zeros(2), torch.ones(2, 4), torch.tensor([True, False]), 0.9)
+    except (TypeError, RuntimeError) as err:
+        raise AssertionError(f"td_target fails on boolean terminals ({err}): convert terminals to float first") from None
     assert y is not None, "td_target returned None: replace the ... with your code."
-    assert torch.allclose(y, torch.tensor([0.0, 0.9])), (
-        f"with boolean terminals expected [0, 0.9], got {y.tolist()}: convert terminals to float first"
+    assert torch.allclose(y[0], torch.tensor(0.0)), (
+        f"terminals[0] is True, so y[0] must be r = 0 with no bootstrap; got {y[0].item():.4f}: "
+        "multiply the bootstrap by (1 - terminals)"
     )
+    assert torch.allclose(y, torch.tensor([0.0, 0.9])), f"with boolean terminals expected [0, 0.9], got {y.tolist()}"
 
 # %%
 """ # BEGIN TEST CONFIG
@@ -478,9 +484,31 @@ def test_offline_q_penalty_lowers_unseen(offline_q_learning, datasets, np):
         next_observations=np.array([1]), terminals=np.array([True]), truncations=np.array([False]),
         episode_starts=np.array([0]),
     )
-    Q = np.asarray(offline_q_learning(toy, 2, 2, gamma=0.9, alpha=1.0, n_iters=2000))
+    Q = offline_q_learning(toy, 2, 2, gamma=0.9, alpha=1.0, n_iters=2000)
+    assert Q is not None, "offline_q_learning returned None: replace the ... with your code."
+    Q = np.asarray(Q)
     assert Q[0, 0] < -1.0, f"with alpha = 1 the unseen action's Q(0, 0) must be pushed well below 0, got {Q[0, 0]:.3f}"
     assert Q[0, 1] > Q[0, 0] + 1.0, "the dataset action must end up clearly preferred to the unseen one"
+
+# %%
+def test_offline_q_terminal_mask(offline_q_learning, datasets, np):
+    # 0 --a=1, r=1--> 1 is terminal, but the data also start an episode in 1 (1 --a=0, r=5--> 2).
+    # Q(1, 0) = 5, so forgetting (1 - d) changes Q(0, 1) from r = 1 to 1 + gamma * 5.
+    toy = datasets.OfflineDataset(
+        observations=np.array([0, 1]), actions=np.array([1, 0]),
+        rewards=np.array([1.0, 5.0], dtype=np.float32), next_observations=np.array([1, 2]),
+        terminals=np.array([True, True]), truncations=np.array([False, False]),
+        episode_starts=np.array([0, 1]),
+    )
+    Q = offline_q_learning(toy, 3, 2, gamma=0.9, alpha=0.0, n_iters=500)
+    assert Q is not None, "offline_q_learning returned None: replace the ... with your code."
+    Q = np.asarray(Q)
+    assert np.isclose(Q[1, 0], 5.0, atol=1e-3), f"Q(1, 0) must converge to r = 5, got {Q[1, 0]:.4f}"
+    assert np.isclose(Q[0, 1], 1.0, atol=1e-3), (
+        f"the transition 0 -> 1 is terminal, so Q(0, 1) must be r = 1, got {Q[0, 1]:.4f}; "
+        f"1 + gamma * max Q(1, .) = {1 + 0.9 * Q[1].max():.4f} means the target bootstrapped from a "
+        "terminal next state: multiply the bootstrap by (1 - d)."
+    )
 
 # %%
 """ # BEGIN TEST CONFIG
@@ -708,7 +736,8 @@ def test_bc_loss_hidden(bc_loss):
 #    with keys `observations (B, obs_dim)`, `actions (B,)`, `rewards (B,)`, `next_observations`,
 #    `terminals (B,)`. Use your `td_target` with the **target network**, ½·mean squared Bellman
 #    error, plus `alpha * cql_penalty`. Return `(total_loss, info)` where `info` is a dict of floats
-#    with keys `"bellman_loss"`, `"cql_penalty"`, `"total_loss"`.
+#    with keys `"bellman_loss"`, `"cql_penalty"`, `"total_loss"` (get them with `tensor.item()`;
+#    `float(tensor)` on a tensor that requires grad raises a warning).
 #
 # *Shapes matter:* `q_values.gather(1, actions.unsqueeze(1))` has shape `(B, 1)`; subtracting a
 # `(B,)` tensor from it silently broadcasts to `(B, B)`. Squeeze to `(B,)` first.
@@ -753,19 +782,40 @@ def cql_loss(q_net, target_net, batch, alpha, gamma):
 # # BEGIN TESTS
 
 # %%
-def test_cql_penalty_constant_q(cql_penalty, torch, np):
-    value = cql_penalty(torch.full((4, 3), 2.5), torch.tensor([0, 1, 2, 1]))
+def test_cql_penalty_small(cql_penalty, torch, np):
+    q = np.array([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
+    actions = np.array([0, 2])
+    value = cql_penalty(torch.tensor(q, dtype=torch.float32), torch.tensor(actions))
     assert value is not None, "cql_penalty returned None: replace the ... with your code."
     assert value.dim() == 0, f"cql_penalty must return a scalar, got shape {tuple(value.shape)}"
-    assert np.isclose(value.item(), np.log(3), atol=1e-5), (
-        "with Q constant over 3 actions, logsumexp - Q(s, a) = log(3) = 1.0986 exactly; "
-        f"got {value.item():.4f}. (A max instead of logsumexp gives 0.)"
+    expected = np.mean(np.log(np.exp(q).sum(axis=1)) - q[[0, 1], actions])
+    with_max = np.mean(q.max(axis=1) - q[[0, 1], actions])
+    assert np.isclose(value.item(), expected, atol=1e-5), (
+        f"expected mean_i [logsumexp_a Q(s_i, a) - Q(s_i, a_i)] = {expected:.4f}, got {value.item():.4f}"
+        + (" (that is a max instead of logsumexp)" if np.isclose(value.item(), with_max, atol=1e-5) else "")
     )
+
+# %%
+def test_cql_penalty_large_q_values(cql_penalty, torch, np):
+    # CartPole's Q-values reach about 100; exp(100) is inf in float32 (its largest is ~3.4e38).
+    q = np.array([[100.0, 99.0, 90.0], [120.0, 121.0, 119.5]])
+    actions = np.array([1, 0])
+    value = cql_penalty(torch.tensor(q, dtype=torch.float32), torch.tensor(actions))
+    assert value is not None, "cql_penalty returned None: replace the ... with your code."
+    shifted = q - q.max(axis=1, keepdims=True)  # float64 and shifted: no overflow here
+    expected = np.mean(q.max(axis=1) + np.log(np.exp(shifted).sum(axis=1)) - q[[0, 1], actions])
+    assert np.isfinite(value.item()), (
+        f"with Q-values around 100 the penalty is {value.item()}: exp overflows in float32, so "
+        "log(sum(exp(q))) is inf. Use torch.logsumexp, which subtracts the max first."
+    )
+    assert np.isclose(value.item(), expected, atol=1e-3), f"expected {expected:.4f}, got {value.item():.4f}"
 
 # %%
 def test_cql_penalty_pushes_down_unseen(cql_penalty, torch):
     q = torch.tensor([[1.0, 3.0, 0.0]], requires_grad=True)
-    cql_penalty(q, torch.tensor([0])).backward()
+    value = cql_penalty(q, torch.tensor([0]))
+    assert value is not None, "cql_penalty returned None: replace the ... with your code."
+    value.backward()
     grad = q.grad[0]
     assert grad[0] < 0, "the dataset action's Q must be pushed UP (negative gradient of the penalty)"
     assert grad[1] > 0 and grad[2] > 0, "the other actions' Q must be pushed DOWN (positive gradient)"
@@ -773,6 +823,8 @@ def test_cql_penalty_pushes_down_unseen(cql_penalty, torch):
 
 # %%
 def test_cql_loss_small(cql_loss, torch, nn, np):
+    import warnings
+
     torch.manual_seed(0)
     q_net, target_net = nn.Linear(2, 2), nn.Linear(2, 2)
     batch = {
@@ -782,8 +834,15 @@ def test_cql_loss_small(cql_loss, torch, nn, np):
         "next_observations": torch.tensor([[0.0, 1.0], [1.0, 1.0]]),
         "terminals": torch.tensor([0.0, 1.0]),
     }
-    out = cql_loss(q_net, target_net, batch, alpha=0.5, gamma=0.9)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = cql_loss(q_net, target_net, batch, alpha=0.5, gamma=0.9)
     assert out is not None, "cql_loss returned None: replace the ... with your code."
+    grad_warnings = [str(w.message) for w in caught if "requires_grad" in str(w.message)]
+    assert not grad_warnings, (
+        "cql_loss warned: " + grad_warnings[0].splitlines()[0] + " For the info floats use "
+        "tensor.item() (float(tensor) on a tensor that requires grad warns)."
+    )
     total, info = out
     assert set(info) >= {"bellman_loss", "cql_penalty", "total_loss"}, f"info keys: {sorted(info)}"
     assert total.dim() == 0, f"the loss must be a scalar, got shape {tuple(total.shape)}"
@@ -908,18 +967,21 @@ agents = {
     "CQL (α=1)": StudentCQL(4, 2, alpha=1.0),
 }
 cartpole_returns, cartpole_max_q = {}, {}
-for label, agent in agents.items():
-    training.train_offline(agent, random_data, n_steps=3000, batch_size=256, seed=0, progress=True)
-    cartpole_returns[label] = training.evaluate_policy(cartpole.make_env(), agent.act, n_episodes=10, seed=1).mean()
-    if hasattr(agent, "q_net"):
-        with torch.no_grad():
-            cartpole_max_q[label] = agent.q_net(torch.as_tensor(random_data.observations)).max().item()
+# One update of fresh agents on a small batch: are bc_update, td_target and cql_loss written yet?
+probe_batch = training.to_torch_batch(random_data.sample(8, np.random.default_rng(0)))
+if widgets.wait_for("q4, q5", lambda: [StudentBC(4, 2).update(probe_batch), StudentCQL(4, 2, alpha=1.0).update(probe_batch)]):
+    for label, agent in agents.items():
+        training.train_offline(agent, random_data, n_steps=3000, batch_size=256, seed=0, progress=True)
+        cartpole_returns[label] = training.evaluate_policy(cartpole.make_env(), agent.act, n_episodes=10, seed=1).mean()
+        if hasattr(agent, "q_net"):
+            with torch.no_grad():
+                cartpole_max_q[label] = agent.q_net(torch.as_tensor(random_data.observations)).max().item()
 
-fig, ax = plt.subplots(figsize=(6, 3))
-plotting.plot_bars(ax, cartpole_returns, reference_line=behavior_return)
-ax.set_title("CartPole from random data (dashed: the behavior policy's mean return)")
-plt.show()
-print("largest Q-value on the dataset's states:", {k: round(v, 1) for k, v in cartpole_max_q.items()})
+    fig, ax = plt.subplots(figsize=(6, 3))
+    plotting.plot_bars(ax, cartpole_returns, reference_line=behavior_return)
+    ax.set_title("CartPole from random data (dashed: the behavior policy's mean return)")
+    plt.show()
+    print("largest Q-value on the dataset's states:", {k: round(v, 1) for k, v in cartpole_max_q.items()})
 
 # %% [markdown]
 # ### Explicit action constraints: BCQ
@@ -1112,14 +1174,15 @@ def test_alpha_hidden(alpha_experiment):
 # # END QUESTION
 
 # %% tags=["otter_ignore"]
-alpha_result = alpha_experiment(behavior.stitching_dataset(), "stitch", [0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0])
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-plotting.plot_curves(axes[0], alpha_result["alphas"], {"greedy return": alpha_result["returns"]}, xlabel="α", ylabel="return")
-plotting.plot_curves(axes[1], alpha_result["alphas"], {"mean Q of unseen pairs": alpha_result["ood_q"]}, xlabel="α", ylabel="Q")
-for ax in axes:
-    ax.set_xscale("symlog", linthresh=0.1)  # log scale that still shows alpha = 0
-plt.tight_layout()
-plt.show()
+alpha_result = widgets.wait_for("q7", alpha_experiment, behavior.stitching_dataset(), "stitch", [0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0])
+if alpha_result is not None:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    plotting.plot_curves(axes[0], alpha_result["alphas"], {"greedy return": alpha_result["returns"]}, xlabel="α", ylabel="return")
+    plotting.plot_curves(axes[1], alpha_result["alphas"], {"mean Q of unseen pairs": alpha_result["ood_q"]}, xlabel="α", ylabel="Q")
+    for ax in axes:
+        ax.set_xscale("symlog", linthresh=0.1)  # log scale that still shows alpha = 0
+    plt.tight_layout()
+    plt.show()
 
 # %% [markdown]
 # ---
@@ -1329,12 +1392,13 @@ def test_stitching_hidden(stitching_experiment):
 # # END QUESTION
 
 # %% tags=["otter_ignore"]
-stitch = stitching_experiment(behavior.stitching_dataset())
-fig, ax = plt.subplots(figsize=(6, 3))
-plotting.plot_bars(ax, {"BC": stitch["bc_return"], "naive Q": stitch["naive_q_return"], "CQL": stitch["cql_return"]},
-                   reference_line=stitch["best_trajectory_return"])
-ax.set_title("Stitching (dashed: best trajectory in the dataset)")
-plt.show()
+stitch = widgets.wait_for("q9", stitching_experiment, behavior.stitching_dataset())
+if stitch is not None:
+    fig, ax = plt.subplots(figsize=(6, 3))
+    plotting.plot_bars(ax, {"BC": stitch["bc_return"], "naive Q": stitch["naive_q_return"], "CQL": stitch["cql_return"]},
+                       reference_line=stitch["best_trajectory_return"])
+    ax.set_title("Stitching (dashed: best trajectory in the dataset)")
+    plt.show()
 
 # %% [markdown]
 # ### Offline policy selection: choosing without a simulator
@@ -1363,17 +1427,25 @@ plt.show()
 
 # %% tags=["otter_ignore"]
 lay = envs.get_layout("stitch")
-ops_counts = coverage_counts(demo_data, lay.n_states, lay.n_actions)
-route_b = np.argmax(ops_counts, axis=1)  # BC's action off family B's route
-for cell, action in behavior.FAMILY_B.items():
-    route_b[lay.state_index(cell)] = action
-candidates = {
-    "CQL (α=1)": planning.greedy_policy(offline_q_learning(demo_data, lay.n_states, lay.n_actions, lay.gamma, alpha=1.0)),
-    "route of family B": route_b,
-    "BC": np.argmax(ops_counts, axis=1),
-    "naive Q": planning.greedy_policy(offline_q_learning(demo_data, lay.n_states, lay.n_actions, lay.gamma)),
-}
-ops_rows = widgets.policy_selection_table(demo_data, lay, candidates)
+
+
+def ops_candidates() -> dict:
+    """Four policies trained on the stitching data, from your coverage_counts and offline_q_learning."""
+    ops_counts = coverage_counts(demo_data, lay.n_states, lay.n_actions)
+    route_b = np.argmax(ops_counts, axis=1)  # BC's action off family B's route
+    for cell, action in behavior.FAMILY_B.items():
+        route_b[lay.state_index(cell)] = action
+    return {
+        "CQL (α=1)": planning.greedy_policy(offline_q_learning(demo_data, lay.n_states, lay.n_actions, lay.gamma, alpha=1.0)),
+        "route of family B": route_b,
+        "BC": np.argmax(ops_counts, axis=1),
+        "naive Q": planning.greedy_policy(offline_q_learning(demo_data, lay.n_states, lay.n_actions, lay.gamma)),
+    }
+
+
+candidates = widgets.wait_for("q1, q3", ops_candidates)
+if candidates is not None:
+    ops_rows = widgets.policy_selection_table(demo_data, lay, candidates)
 
 # %% [markdown]
 # ### Hybrid offline-to-online training
@@ -1396,8 +1468,8 @@ ops_rows = widgets.policy_selection_table(demo_data, lay, candidates)
 # %% tags=["otter_ignore"]
 ope_data = behavior.quality_dataset("open", 0.5, 40, seed=3)
 lay = envs.get_layout("open")
-cql_q = offline_q_learning(ope_data, lay.n_states, lay.n_actions, lay.gamma, alpha=1.0)
-widgets.offline_to_online_plot("open", cql_q)
+cql_q = widgets.wait_for("q3", offline_q_learning, ope_data, lay.n_states, lay.n_actions, lay.gamma, alpha=1.0)
+widgets.offline_to_online_plot("open", cql_q) if cql_q is not None else None
 
 # %% [markdown]
 # ### A preview: Decision Transformer
@@ -1571,9 +1643,6 @@ def test_q12_hidden(q12_answer):
 # manual: true
 # points: 2
 
-# %% [markdown]
-# _Type your answer here, replacing this text._
-
 # %% [raw]
 # # BEGIN SOLUTION
 
@@ -1607,9 +1676,6 @@ def test_q12_hidden(q12_answer):
 # name: q14_design_stitching
 # manual: true
 # points: 2
-
-# %% [markdown]
-# _Type your answer here, replacing this text._
 
 # %% [raw]
 # # BEGIN SOLUTION

@@ -43,6 +43,7 @@ __all__ = [
     "quality_demo",
     "quality_learning_curves",
     "replay_q_learning",
+    "wait_for",
 ]
 
 
@@ -50,21 +51,56 @@ class NotImplementedYetError(RuntimeError):
     """A student function returned None or raised: the demo waits for it."""
 
 
+#: The question that asks for each student function a demo calls (for the waiting line).
+QUESTION_OF = {"coverage_counts": "q1", "offline_q_learning": "q3", "quality_experiment": "q8"}
+
+
 def _call(fn: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> Any:
+    question = QUESTION_OF.get(name, "its question")
     try:
         out = fn(*args, **kwargs)
     except Exception as err:
-        raise NotImplementedYetError(f"{name} raised {type(err).__name__}: {err}") from err
+        raise NotImplementedYetError(
+            f"waiting for your code ({question}): {name} raised {type(err).__name__}: {err}"
+        ) from err
     if out is None:
-        raise NotImplementedYetError(f"{name} returned None")
+        raise NotImplementedYetError(f"waiting for your code ({question}): {name} returned None")
+    return out
+
+
+def _has_none(value: Any) -> bool:
+    """None itself, or a dict/tuple/list holding a None (e.g. ``{"bc_loss": None}``)."""
+    if value is None:
+        return True
+    if isinstance(value, dict):
+        return any(_has_none(v) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return any(_has_none(v) for v in value)
+    return False
+
+
+def wait_for(question: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` for a guided cell, or None while the student's code is missing.
+
+    A guided cell runs support code on the student's functions. Before they are written (they
+    return None, or raise), the cell prints one line, "waiting for your code (q7): ...", instead
+    of a traceback from deep inside the support code, so Run All goes on to the end.
+    """
+    try:
+        out = fn(*args, **kwargs)
+    except Exception as err:
+        print(f"waiting for your code ({question}): {type(err).__name__}: {err}"[:300])
+        return None
+    if _has_none(out):
+        print(f"waiting for your code ({question}): a function you write still returns None.")
+        return None
     return out
 
 
 def _note(output: widgets.Output, message: str) -> None:
     with output:
         output.clear_output(wait=True)
-        print(f"This demo runs on your code and is waiting for it: {message}.")
-        print("Finish the question, re-run its cell, then re-run this cell.")
+        print(f"{message}. This demo runs on it: finish the question, then re-run this cell.")
 
 
 def _show(fig: plt.Figure, output: widgets.Output) -> None:
@@ -74,9 +110,21 @@ def _show(fig: plt.Figure, output: widgets.Output) -> None:
     plt.close(fig)
 
 
+def _describe(fig: plt.Figure) -> str:
+    """The figure's axes titles, joined: the state the plot shows, as text."""
+    return " · ".join(ax.get_title() for ax in fig.axes if ax.get_title())
+
+
 def _interactive(control: widgets.Widget, draw: Callable[[Any], plt.Figure]) -> widgets.VBox:
-    """A control above an output area redrawn by ``draw(value)``; results cached per value."""
+    """A control, a caption and an output area redrawn by ``draw(value)``; cached per value.
+
+    The box is returned, not displayed: the notebook cell's value shows it, exactly once. The
+    caption repeats the figure's titles as text, so the state of the plot can be read without
+    looking at pixels (screen readers, the browser tests).
+    """
     output = widgets.Output()
+    caption = widgets.HTML()
+    caption.add_class("offline-rl-demo-state")
     cache: dict[Any, plt.Figure] = {}
 
     def redraw(change: Any = None) -> None:
@@ -84,15 +132,15 @@ def _interactive(control: widgets.Widget, draw: Callable[[Any], plt.Figure]) -> 
         try:
             if value not in cache:
                 cache[value] = draw(value)
+            caption.value = _describe(cache[value])
             _show(cache[value], output)
         except NotImplementedYetError as err:
+            caption.value = str(err).split(":")[0]  # "waiting for your code (q1)"
             _note(output, str(err))
 
     control.observe(redraw, names="value")
     redraw()
-    box = widgets.VBox([control, output])
-    display(box)
-    return box
+    return widgets.VBox([control, caption, output])
 
 
 # --------------------------------------------------------------------------- Demo 1
@@ -277,9 +325,17 @@ def distribution_shift_demo(
             )
         )
         policy = greedy_policy(q)
-        fig, axes = plt.subplots(1, 3, figsize=(15, 3.4))
+        # The two 3 x 10 grids stacked on the left, the scatter on the right: at Lab's default
+        # width a single row of three panels shrank the count labels below readability.
+        fig = plt.figure(figsize=(11, 5.6))
+        grid = fig.add_gridspec(2, 2, width_ratios=[1.5, 1])
+        axes = [fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[:, 1])]
+        axes.append(fig.add_subplot(grid[1, 0]))
         plotting.draw_grid(
-            axes[0], lay, counts=counts.sum(axis=1), title="dataset visits per state"
+            axes[0],
+            lay,
+            counts=counts.sum(axis=1),
+            title=f"ε = {epsilon:g}: dataset visits per state",
         )
         plotting.plot_q_seen_vs_unseen(axes[1], q, counts, q_true, title="learned vs true Q")
         plotting.draw_grid(
@@ -329,6 +385,7 @@ def cql_demo(offline_q_fn: Callable[..., Any], coverage_fn: Callable[..., Any]) 
         plotting.plot_bars(
             axes[1],
             {"seen (s, a)": float(q[seen].mean()), "unseen (s, a)": float(q[unseen].mean())},
+            ylabel="mean learned Q(s, a)",
         )
         axes[1].set_title("mean learned Q")
         fig.tight_layout()
@@ -372,6 +429,7 @@ def quality_demo(
         counts = np.asarray(
             _call(coverage_fn, "coverage_counts", data, lay.n_states, lay.n_actions)
         )
+        visited = int(np.sum(counts.sum(axis=1) > 0))
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
         curves = {"BC": sweep["bc"], "naive Q": sweep["naive"], "CQL": sweep["cql"]}
         plotting.plot_curves(
@@ -386,7 +444,7 @@ def quality_demo(
             axes[1],
             lay,
             counts=counts.sum(axis=1),
-            title=f"quality {quality:.2f}: states the data visit",
+            title=f"quality {quality:.2f}: the data visit {visited} states",
         )
         fig.tight_layout()
         return fig
@@ -533,5 +591,5 @@ def offline_to_online_plot(
         ylabel="return",
     )
     fig.tight_layout()
-    plt.show()
+    plt.close(fig)  # returned, not shown: the cell's value displays it once
     return fig
