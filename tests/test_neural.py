@@ -231,6 +231,63 @@ def test_cql_soft_update_moves_target_toward_q_net():
         torch.testing.assert_close(t, 0.5 * b + 0.5 * q)
 
 
+def test_hard_target_update_every_interval_steps(small_cartpole):
+    # tau = 1 with an interval N is DQN's hard copy: the target stays frozen for N - 1 steps,
+    # then equals the Q-network. Updating every step (the interval ignored) fails the first check.
+    agent = CQL(4, 2, CQLConfig(hidden=(8,), tau=1.0, target_update_interval=3))
+    frozen = [p.clone() for p in agent.target_net.parameters()]
+    rng = np.random.default_rng(0)
+    for step in (1, 2, 3):
+        agent.update(to_torch_batch(small_cartpole.sample(16, rng)))
+        now = list(agent.target_net.parameters())
+        if step < 3:
+            assert all(torch.equal(t, f) for t, f in zip(now, frozen)), f"moved at step {step}"
+    assert all(torch.equal(t, q) for t, q in zip(now, agent.q_net.parameters()))
+    assert not all(torch.equal(t, f) for t, f in zip(now, frozen))
+    with pytest.raises(ValueError, match="target_update_interval"):
+        CQL(4, 2, CQLConfig(target_update_interval=0))
+
+
+def test_fused_adam_does_the_same_arithmetic_as_adam():
+    # The agents use fused Adam for speed; it must be Adam (same lr, betas, eps, bias correction).
+    from offline_rl.algorithms.neural import _adam
+
+    nets = [mlp(4, 2, (8,)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    optimizers = [_adam(nets[0].parameters(), 1e-2), torch.optim.Adam(nets[1].parameters(), 1e-2)]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        x = torch.randn(16, 4, generator=g)
+        for net, opt in zip(nets, optimizers):
+            opt.zero_grad()
+            net(x).pow(2).mean().backward()
+            opt.step()
+    for fused, plain in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_train_offline_feeds_the_minibatches_dataset_sample_draws(small_cartpole):
+    # train_offline converts the dataset once and gathers rows; the minibatches must be exactly
+    # those of to_torch_batch(dataset.sample(batch_size, rng)) with rng seeded by ``seed``.
+    seen: list[dict[str, torch.Tensor]] = []
+
+    class Recorder:
+        def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            seen.append(batch)
+            return {"loss": batch["rewards"].sum()}  # a 0-d tensor, logged as a float
+
+    history = train_offline(Recorder(), small_cartpole, 3, 8, seed=5, progress=False, log_every=1)
+    rng = np.random.default_rng(5)
+    for batch in seen:
+        expected = to_torch_batch(small_cartpole.sample(8, rng))
+        assert batch.keys() == expected.keys()
+        for key, value in expected.items():
+            assert batch[key].dtype == value.dtype, key
+            torch.testing.assert_close(batch[key], value, rtol=0, atol=0)
+    assert history["loss"] == [float(b["rewards"].sum()) for b in seen]
+    assert all(type(v) is float for v in history["loss"])
+
+
 def test_bcq_threshold_restricts_actions():
     logits = torch.log(torch.tensor([[0.6, 0.3, 0.1]]))
     # ratios to the most likely action: 1, 0.5, 1/6
