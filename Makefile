@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: release test test-fast lint fixtures bench venv clean corpus kill-matrix grading-tests resources browser-tests
+.PHONY: release test test-fast lint fixtures bench bench-d3rlpy venv clean corpus kill-matrix grading-tests resources browser-tests
 
 venv: $(STAMP)
 
@@ -51,6 +51,21 @@ resources: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_reference.py
+
+# d3rlpy lives in its own venv (it pins gymnasium 1.0 and must never enter the course's
+# environment); it gets the course's torch pin, so both sides run the same CPU build.
+BENCH_VENV := build/bench-venv
+D3RLPY     := d3rlpy==2.8.1
+
+$(BENCH_VENV)/.installed: requirements.txt
+	@echo ">> creating $(BENCH_VENV) with $(D3RLPY)"
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check \
+		"$$(grep '^torch==' requirements.txt)" "$(D3RLPY)"
+	@touch $@
+
+bench-d3rlpy: $(STAMP) $(BENCH_VENV)/.installed
+	$(PY) benchmarks/bench_d3rlpy.py --d3rlpy-python $(BENCH_VENV)/bin/python $(BENCH_ARGS)
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

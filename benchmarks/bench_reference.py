@@ -2,6 +2,8 @@
 
 * Neural CQL: seconds per 1,000 gradient steps on a CartPole dataset, at batch 32 and 256,
   with one torch thread and with torch's default thread count.
+* Tabular CQL: 1,000 sweeps of ``tabular_cql`` on a 10x10 grid from 20 and from 200 random
+  episodes (budget: <= 0.1 s).
 * Tabular sweeps (``offline_rl.algorithms.experiments.alpha_sweep`` / ``quality_sweep``) with
   their default arguments, when those modules import.
 
@@ -61,6 +63,28 @@ def bench_neural() -> list[str]:
     return rows
 
 
+def bench_tabular_cql() -> list[str]:
+    """1,000 full-table sweeps of tabular CQL on a 10x10 grid (goal in the far corner), on 20
+    and on 200 random episodes: a sweep costs O(transitions), not O(states x actions)."""
+    from offline_rl.algorithms.tabular import tabular_cql
+    from offline_rl.behavior import random_policy
+    from offline_rl.datasets import collect_dataset
+    from offline_rl.envs import GridLayout, make_grid_env
+
+    grid = GridLayout(name="bench10", rows=10, cols=10, start=(9, 0), goals={(0, 9): 10.0},
+                      horizon=50)
+    rows = []
+    for episodes in (20, 200):
+        data = collect_dataset(make_grid_env(grid), random_policy(), episodes, seed=0,
+                               progress=False)
+        times = _time(lambda data=data: tabular_cql(data, grid.n_states, grid.n_actions,
+                                                    grid.gamma, alpha=1.0, n_iters=1_000))
+        verdict = "met" if statistics.median(times) <= 0.1 else "MISSED"
+        label = f"tabular CQL 1,000 sweeps, 10x10, {len(data):,} transitions"
+        rows.append(_row(label, times) + f"   goal <= 0.1 s: {verdict}")
+    return rows
+
+
 def bench_tabular() -> list[str]:
     try:
         from offline_rl.algorithms.experiments import alpha_sweep, quality_sweep
@@ -76,7 +100,7 @@ def main() -> None:
     np.set_printoptions(precision=3)
     print(f"torch {torch.__version__}, default threads {torch.get_num_threads()}")
     print(f"{'what':<44} {'median':>10}   [min, max] over {REPEATS} runs")
-    for row in bench_neural() + bench_tabular():
+    for row in bench_neural() + bench_tabular_cql() + bench_tabular():
         print(row, flush=True)
 
 

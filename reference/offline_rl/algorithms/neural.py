@@ -16,7 +16,7 @@ the same as halving alpha.)
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -180,6 +180,19 @@ def cql_loss(
     Returns:
         (total loss as a scalar tensor, {"bellman_loss", "cql_penalty", "total_loss"} floats).
     """
+    total, terms = _cql_objective(q_net, target_net, batch, alpha, gamma)
+    return total, {key: float(value.item()) for key, value in terms.items()}
+
+
+def _cql_objective(
+    q_net: nn.Module,
+    target_net: nn.Module,
+    batch: dict[str, Tensor],
+    alpha: float,
+    gamma: float,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``cql_loss`` with its three terms as detached 0-d tensors: converting them to floats
+    costs a synchronisation per call, which a training step that logs nothing can skip."""
     obs, actions = batch["observations"], batch["actions"]
     _check_actions(actions, obs.shape[0], "cql_loss")
     with torch.no_grad():
@@ -189,12 +202,8 @@ def cql_loss(
     bellman = bellman_loss(q_values, actions, targets)
     penalty = cql_penalty(q_values, actions)
     total = bellman + alpha * penalty
-    info = {
-        "bellman_loss": float(bellman.item()),
-        "cql_penalty": float(penalty.item()),
-        "total_loss": float(total.item()),
-    }
-    return total, info
+    terms = {"bellman_loss": bellman, "cql_penalty": penalty, "total_loss": total}
+    return total, {key: value.detach() for key, value in terms.items()}
 
 
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
@@ -202,8 +211,8 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     if not 0.0 < tau <= 1.0:
         raise ValueError(f"tau must be in (0, 1], got {tau}.")
     with torch.no_grad():
-        for t, s in zip(target.parameters(), source.parameters()):
-            t.mul_(1.0 - tau).add_(s, alpha=tau)
+        # One batched lerp over all tensors: theta_t + tau * (theta - theta_t), the same average.
+        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -212,6 +221,12 @@ def _seeded_mlp(in_dim: int, out_dim: int, hidden: Sequence[int], seed: int) -> 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return mlp(in_dim, out_dim, hidden)
+
+
+def _adam(params: Iterable[nn.Parameter], lr: float) -> torch.optim.Adam:
+    """Adam whose step updates every parameter tensor in one fused kernel (torch's default on
+    CPU loops over the tensors one at a time); the arithmetic is the same."""
+    return torch.optim.Adam(params, lr=lr, fused=True)
 
 
 def _obs_tensor(obs: np.ndarray | Tensor, obs_dim: int) -> Tensor:
@@ -248,7 +263,10 @@ class CQLConfig:
     hidden: tuple[int, ...] = (256, 256)
     """Hidden layer widths of the Q-network."""
     tau: float = 0.005
-    """Polyak rate of the target network, updated after every gradient step."""
+    """Polyak rate of the target network: ``theta_target <- lerp(theta_target, theta, tau)``."""
+    target_update_interval: int = 1
+    """Gradient steps between two target updates; ``tau = 1`` with an interval N copies the
+    Q-network into the target every N steps (DQN's hard update)."""
     seed: int = 0
     """Seeds the network initialization."""
 
@@ -261,25 +279,33 @@ class CQL:
         self.config = config or CQLConfig()
         if self.config.alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {self.config.alpha}.")
+        if self.config.target_update_interval < 1:
+            raise ValueError(
+                f"target_update_interval must be >= 1, got {self.config.target_update_interval}."
+            )
         self.obs_dim, self.n_actions = obs_dim, n_actions
         self.q_net = _seeded_mlp(obs_dim, n_actions, self.config.hidden, self.config.seed)
         self.target_net = copy.deepcopy(self.q_net).requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.q_net.parameters(), lr=self.config.lr)
+        self.optimizer = _adam(self.q_net.parameters(), self.config.lr)
+        self.steps = 0
 
     def compute_cql_penalty(self, states: Tensor, actions: Tensor) -> Tensor:
         """The penalty (without alpha) on a batch: states (B, O), actions (B,) -> scalar."""
         return cql_penalty(self.q_net(states), actions)
 
-    def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        """One gradient step, then a soft target update. Returns the three loss terms."""
-        loss, info = cql_loss(
+    def update(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One gradient step, then a soft target update. Returns the three loss terms as
+        0-d tensors (``train_offline`` turns them into floats only on the steps it logs)."""
+        loss, terms = _cql_objective(
             self.q_net, self.target_net, batch, self.config.alpha, self.config.gamma
         )
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        self.soft_update(self.config.tau)
-        return info
+        self.steps += 1
+        if self.steps % self.config.target_update_interval == 0:
+            self.soft_update(self.config.tau)
+        return terms
 
     def soft_update(self, tau: float) -> None:
         """Move the target network a fraction ``tau`` toward the Q-network."""
@@ -323,7 +349,7 @@ class BehaviorCloning:
         self.config = config or BCConfig()
         self.obs_dim, self.n_actions = obs_dim, n_actions
         self.policy = _seeded_mlp(obs_dim, n_actions, self.config.hidden, self.config.seed)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.config.lr)
+        self.optimizer = _adam(self.policy.parameters(), self.config.lr)
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
         """One gradient step on the BC loss. Returns ``{"bc_loss": ...}``."""
@@ -394,7 +420,7 @@ class DiscreteBCQ:
         # A different seed so the two networks do not start identical.
         self.bc_net = _seeded_mlp(obs_dim, n_actions, self.config.hidden, self.config.seed + 1)
         params = [*self.q_net.parameters(), *self.bc_net.parameters()]
-        self.optimizer = torch.optim.Adam(params, lr=self.config.lr)
+        self.optimizer = _adam(params, self.config.lr)
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
         """One step on ``bellman_loss + bc_loss``. Returns both and their sum."""
