@@ -9,7 +9,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: release test test-fast lint fixtures bench venv clean corpus kill-matrix grading-tests resources
+.PHONY: release test test-fast lint fixtures bench venv clean corpus kill-matrix grading-tests resources \
+	sandbox-paths
 
 venv: $(STAMP)
 
@@ -24,26 +25,30 @@ $(STAMP): requirements.txt pyproject.toml
 release: $(STAMP)
 	$(PY) tools/build_release.py
 
-test: $(STAMP)
+# As root: let the sandbox user reach Python and .venv (shared with .ci/run through `make test`).
+sandbox-paths: $(STAMP)
+	@$(PY) tools/open_sandbox_paths.py
+
+test: $(STAMP) sandbox-paths
 	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) sandbox-paths
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-corpus: $(STAMP)
+corpus: $(STAMP) sandbox-paths
 	$(PY) -m pytest -m corpus $(PYTEST_ARGS)
 
-kill-matrix: $(STAMP)
+kill-matrix: $(STAMP) sandbox-paths
 	$(PY) tools/kill_matrix.py
 
-grading-tests: $(STAMP)
+grading-tests: $(STAMP) sandbox-paths
 	$(PY) -m pytest -m grading $(PYTEST_ARGS)
 
-resources: $(STAMP)
+resources: $(STAMP) sandbox-paths
 	$(PY) benchmarks/grading_resources.py
 
 bench: $(STAMP)
