@@ -17,7 +17,8 @@ venv: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
 	@echo ">> bootstrapping $(VENV) from requirements.txt"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@$(PY) tools/sync_environment.py --installable build/requirements.venv.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r build/requirements.venv.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $(STAMP)
