@@ -8,6 +8,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Two pytest-xdist workers (CI has two cores), each grading as its own sandbox user
+# (tests/corpus/corpus.py: default_uid); tests sharing /autograder stay on one (xdist_group).
+XDIST ?= -n 2 --dist loadgroup
 
 .PHONY: release test test-fast lint fixtures bench venv clean corpus kill-matrix grading-tests resources \
 	sandbox-paths
@@ -32,22 +35,22 @@ sandbox-paths: $(STAMP)
 
 test: $(STAMP) sandbox-paths
 	$(PY) -m ruff check .
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP) sandbox-paths
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
 corpus: $(STAMP) sandbox-paths
-	$(PY) -m pytest -m corpus $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m corpus $(PYTEST_ARGS)
 
 kill-matrix: $(STAMP) sandbox-paths
 	$(PY) tools/kill_matrix.py
 
 grading-tests: $(STAMP) sandbox-paths
-	$(PY) -m pytest -m grading $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m grading $(PYTEST_ARGS)
 
 resources: $(STAMP) sandbox-paths
 	$(PY) benchmarks/grading_resources.py

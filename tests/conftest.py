@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +18,22 @@ import open_sandbox_paths
 SANDBOX_SKIP = "sandboxed grading skipped"
 #: The one command that runs what a non-root (or unprepared) run skipped.
 RUN_THEM = "sudo make test"
+
+
+@pytest.fixture(scope="session")
+def grade_once(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., dict[str, Any]]:
+    """``corpus.grade_once`` bound to this run's cache: one grading per submission per run.
+
+    With pytest-xdist each worker's base temp is ``<run>/popen-gwN``, so their common parent is
+    this run's alone; never a folder that outlives the run (a stale grading would hide a change).
+    """
+    from tests.corpus import corpus
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    cache = root / "gradings"
+    cache.mkdir(exist_ok=True)
+    return functools.partial(corpus.grade_once, cache)
 
 
 def require_root() -> None:
@@ -46,6 +64,20 @@ def pytest_terminal_summary(
 ) -> Generator[None, None, None]:
     """End a run that skipped sandboxed grading tests loudly: a green row of `s` tests less."""
     yield  # after pytest's own summary (the -ra list of skips), just above the closing line
+    # Figures that tests report with record_property("measured", ...): shown even under xdist,
+    # which swallows a passing test's prints.
+    measured = [
+        f"{report.nodeid.split('::')[-1]}: {value}"
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", ())
+        if name == "measured"
+    ]
+    if measured:
+        terminalreporter.write_sep("-", "measured")
+        for line in measured:
+            terminalreporter.write_line(line)
     skipped = [
         report
         for report in terminalreporter.stats.get("skipped", [])

@@ -106,6 +106,8 @@ def lay_out_autograder(root: Path, notebook_bytes: bytes, break_grader: bool = F
     (root / "submission_metadata.json").write_text(json.dumps(METADATA))
 
 
+# /autograder and run_autograder's default sandbox uid: one such test at a time (test_image.py).
+@pytest.mark.xdist_group("autograder")
 def test_run_autograder_in_the_gradescope_layout(autograder_dir):
     solution = nbformat.writes(corpus.solution()).encode()
     results, proc = _run_harness(autograder_dir, solution)

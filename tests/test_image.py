@@ -35,7 +35,8 @@ from tests.test_gradescope import autograder_dir as autograder_dir  # the fixtur
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import sync_environment
 
-pytestmark = [pytest.mark.slow, pytest.mark.grading]
+# /autograder and run_autograder's default sandbox uid: with the harness test, on one worker.
+pytestmark = [pytest.mark.slow, pytest.mark.grading, pytest.mark.xdist_group("autograder")]
 
 #: Where otter's setup.sh creates the environment, and the Python run_autograder calls.
 IMAGE_ENV = Path("/root/miniforge3/envs/otter-env")
@@ -93,7 +94,7 @@ def _grade(root: Path, notebook: bytes) -> tuple[dict, float, str]:
 
 
 @pytest.fixture(scope="module")
-def image_env() -> Iterator[Path]:
+def image_env() -> Iterator[tuple[Path, str]]:
     """A fresh venv built exactly from the zip's environment.yml, at the image's path."""
     require_root()
     if IMAGE_ENV.parent.parent.exists():
@@ -106,11 +107,11 @@ def image_env() -> Iterator[Path]:
     folder = Path(tempfile.mkdtemp(prefix="image-env-"))
     folder.chmod(0o755)
     try:
-        venv = _build_venv(folder, kept, dropped)
+        venv, note = _build_venv(folder, kept, dropped)
         IMAGE_ENV.parent.mkdir(parents=True)
         IMAGE_ENV.symlink_to(venv)
         try:
-            yield venv
+            yield venv, note
         finally:
             IMAGE_ENV.unlink()
             IMAGE_ENV.parent.rmdir()
@@ -119,7 +120,7 @@ def image_env() -> Iterator[Path]:
         shutil.rmtree(folder)
 
 
-def _build_venv(folder: Path, pip_lines: list[str], dropped: list[str]) -> Path:
+def _build_venv(folder: Path, pip_lines: list[str], dropped: list[str]) -> tuple[Path, str]:
     venv, requirements = folder / "otter-env", folder / "requirements.txt"
     requirements.write_text("\n".join(pip_lines) + "\n")
     base_python = getattr(sys, "_base_executable", sys.executable)
@@ -132,14 +133,16 @@ def _build_venv(folder: Path, pip_lines: list[str], dropped: list[str]) -> Path:
         timeout=1800,
     )
     assert proc.returncode == 0, f"pip could not build the image's environment:\n{proc.stderr}"
-    print(
-        f"\nimage venv: {_size_mb(venv):.0f} MB, built in {time.perf_counter() - t0:.0f} s "
+    note = (
+        f"image venv {_size_mb(venv):.0f} MB, built in {time.perf_counter() - t0:.0f} s "
         f"from {len(pip_lines)} pip lines (left out here, unreachable: {dropped or 'none'})"
     )
-    return venv
+    return venv, note
 
 
-def test_image_env_has_the_pins_and_cpu_torch(image_env):
+def test_image_env_has_the_pins_and_cpu_torch(image_env, record_property):
+    image_env, note = image_env
+    record_property("measured", note)
     reqs = sync_environment.read_requirements(
         Path(__file__).resolve().parents[1] / "requirements.txt"
     )
@@ -163,7 +166,7 @@ def test_image_env_has_the_pins_and_cpu_torch(image_env):
 
 
 @pytest.mark.usefixtures("autograder_dir")
-def test_solution_full_marks_and_blank_zero_in_the_emulated_image(image_env):
+def test_solution_full_marks_and_blank_zero_in_the_emulated_image(image_env, record_property):
     # setup.sh's own permission step, run as written in the zip (after otter's lines).
     setup = zipfile.ZipFile(corpus.ZIP).read("setup.sh").decode()
     step = setup.split("# Added by tools/build_release.py", 1)[1]
@@ -177,10 +180,11 @@ def test_solution_full_marks_and_blank_zero_in_the_emulated_image(image_env):
     assert gs.validate(results) == [], gs.validate(results)
     assert results["score"] == sum(corpus.full_marks(results).values()) > 0, output[-3000:]
     assert corpus.question_scores(results) == corpus.full_marks(results), output[-3000:]
-    print(
-        f"\nsolution in the emulated image: {results['score']:g} points, "
+    record_property(
+        "measured",
+        f"solution in the emulated image: {results['score']:g} points, "
         f"{results['execution_time']:.0f} s, peak RSS (grader + kernel) {peak:.0f} MB "
-        f"of Gradescope's {GRADESCOPE_MB} MB"
+        f"of Gradescope's {GRADESCOPE_MB} MB",
     )
     assert peak < GRADESCOPE_MB, f"peak {peak:.0f} MB: Gradescope would kill the grader"
 
@@ -189,4 +193,4 @@ def test_solution_full_marks_and_blank_zero_in_the_emulated_image(image_env):
     assert gs.validate(results) == [], gs.validate(results)
     assert results["score"] == 0, output[-3000:]
     assert set(corpus.question_scores(results)) == set(corpus.full_marks(results)), output[-3000:]
-    print(f"blank notebook in the emulated image: {results['score']:g} points")
+    record_property("measured", f"blank notebook in the emulated image: {results['score']:g}")
