@@ -8,15 +8,20 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Two pytest-xdist workers (CI has two cores), each grading as its own sandbox user
+# (tests/corpus/corpus.py: default_uid); tests sharing /autograder stay on one (xdist_group).
+XDIST ?= -n 2 --dist loadgroup
 
-.PHONY: release test test-fast lint fixtures bench bench-d3rlpy venv clean corpus kill-matrix grading-tests resources browser-tests
+.PHONY: release test test-fast lint fixtures bench bench-d3rlpy venv clean corpus kill-matrix grading-tests \
+	resources browser-tests sandbox-paths
 
 venv: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
 	@echo ">> bootstrapping $(VENV) from requirements.txt"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@$(PY) tools/sync_environment.py --installable build/requirements.venv.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r build/requirements.venv.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $(STAMP)
@@ -24,29 +29,33 @@ $(STAMP): requirements.txt pyproject.toml
 release: $(STAMP)
 	$(PY) tools/build_release.py
 
-test: $(STAMP)
-	$(PY) -m ruff check .
-	$(PY) -m pytest $(PYTEST_ARGS)
+# As root: let the sandbox user reach Python and .venv (shared with .ci/run through `make test`).
+sandbox-paths: $(STAMP)
+	@$(PY) tools/open_sandbox_paths.py
 
-test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+test: $(STAMP) sandbox-paths
+	$(PY) -m ruff check .
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
+
+test-fast: $(STAMP) sandbox-paths
+	$(PY) -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-corpus: $(STAMP)
-	$(PY) -m pytest -m corpus $(PYTEST_ARGS)
+corpus: $(STAMP) sandbox-paths
+	$(PY) -m pytest $(XDIST) -m corpus $(PYTEST_ARGS)
 
-kill-matrix: $(STAMP)
+kill-matrix: $(STAMP) sandbox-paths
 	$(PY) tools/kill_matrix.py
 
-grading-tests: $(STAMP)
-	$(PY) -m pytest -m grading $(PYTEST_ARGS)
+grading-tests: $(STAMP) sandbox-paths
+	$(PY) -m pytest $(XDIST) -m grading $(PYTEST_ARGS)
 
 browser-tests: $(STAMP)
 	$(PY) -m pytest -m browser $(PYTEST_ARGS)
 
-resources: $(STAMP)
+resources: $(STAMP) sandbox-paths
 	$(PY) benchmarks/grading_resources.py
 
 bench: $(STAMP)

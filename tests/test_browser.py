@@ -57,7 +57,8 @@ RUN_ALL_TIMEOUT = 300  # s; the filled-in notebook takes about 90 s on 2 cores
 MOVE_TIMEOUT = 60  # s for one slider move to redraw
 STOPPED_AFTER = 10  # s of an idle kernel with unrun cells: Run All has stopped
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+# One JupyterLab and one Run All per notebook: every browser test on the same xdist worker.
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.xdist_group("browser")]
 TIMINGS: dict[str, float] = {}
 
 

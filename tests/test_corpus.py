@@ -3,13 +3,12 @@
 Every wrong submission must get exactly its declared score on each question (full marks on the
 others); every valid variant full marks; every hidden check must fail at least one wrong
 submission. ``make corpus`` runs this file alone; ``python tools/kill_matrix.py`` prints the
-matrix. Submissions are graded two at a time (two sandbox users), as CI has two cores.
+matrix. Each submission is graded once per test run (``grade_once``), by whichever pytest-xdist
+worker gets its test first, each worker with its own sandbox user; the tests that need them all
+reuse those gradings.
 """
 
 from __future__ import annotations
-
-import queue
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -21,27 +20,17 @@ pytestmark = [pytest.mark.corpus, pytest.mark.slow]
 MUTANTS = corpus.load_mutants()
 
 
-@pytest.fixture(scope="module")
-def graded() -> dict[str, dict]:
+@pytest.fixture
+def graded(grade_once):
+    """name -> results, grading on first use ("solution" or a mutant's name)."""
     require_root()
-    jobs = [("solution", None), *[(m.name, m) for m in MUTANTS]]
+    by_name = {m.name: m for m in MUTANTS}
 
-    # One sandbox user per concurrent run: the grader kills every process of its user at the end.
-    free_uids: queue.Queue[int] = queue.Queue()
-    for uid in (61_300, 61_301):
-        free_uids.put(uid)
+    def get(name: str) -> dict:
+        nb = corpus.solution()
+        return grade_once(nb if name == "solution" else corpus.apply(nb, by_name[name]))
 
-    def run(job: tuple) -> tuple[str, dict]:
-        name, mutant = job
-        nb = corpus.solution() if mutant is None else corpus.apply(corpus.solution(), mutant)
-        uid = free_uids.get()
-        try:
-            return name, corpus.grade(nb, uid=uid)
-        finally:
-            free_uids.put(uid)
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(pool.map(run, jobs))
+    return get
 
 
 def test_corpus_is_big_enough():
@@ -53,15 +42,15 @@ def test_corpus_is_big_enough():
 
 
 def test_solution_gets_full_marks(graded):
-    results = graded["solution"]
+    results = graded("solution")
     assert corpus.question_scores(results) == corpus.full_marks(results)
     assert results["score"] == sum(corpus.full_marks(results).values())
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])
 def test_submission_gets_its_declared_score(graded, mutant):
-    results = graded[mutant.name]
-    full = corpus.full_marks(graded["solution"])
+    results = graded(mutant.name)
+    full = corpus.full_marks(graded("solution"))
     got, want = corpus.question_scores(results), corpus.expected_scores(mutant, full)
     diff = {q: f"got {got[q]:g}, expected {want[q]:g}" for q in full if got.get(q) != want[q]}
     assert not diff, f"{mutant.name} ({mutant.why}): {diff}"
@@ -74,7 +63,7 @@ def test_every_hidden_check_kills_a_wrong_submission(graded):
     killed = set()
     for mutant in MUTANTS:
         if mutant.kind == "wrong":
-            killed |= corpus.failed_checks(graded[mutant.name])
-    checks = corpus.all_checks(graded["solution"])
+            killed |= corpus.failed_checks(graded(mutant.name))
+    checks = corpus.all_checks(graded("solution"))
     assert len(checks) >= 13
     assert checks - killed == set(), f"hidden checks that catch no mistake: {checks - killed}"

@@ -68,21 +68,7 @@ def autograder_dir():
 def _run_harness(
     root: Path, notebook_bytes: bytes, break_grader: bool = False
 ) -> tuple[dict, subprocess.CompletedProcess]:
-    if root.exists():
-        shutil.rmtree(root)
-    (root / "source").mkdir(parents=True)
-    with zipfile.ZipFile(corpus.ZIP) as zf:
-        zf.extractall(root / "source")
-    # Gradescope keeps the zip's permission bits; extractall does not, so restore them.
-    for name in ("run_autograder", "setup.sh"):
-        os.chmod(root / "source" / name, 0o755)
-    shutil.copy2(root / "source" / "run_autograder", root / "run_autograder")
-    if break_grader:  # e.g. an image whose environment failed to build
-        (root / "source" / "grading" / "runner.py").write_text("raise ImportError('broken image')")
-    (root / "submission").mkdir()
-    (root / "submission" / f"{corpus.ASSIGNMENT}.ipynb").write_bytes(notebook_bytes)
-    (root / "results").mkdir()
-    (root / "submission_metadata.json").write_text(json.dumps(METADATA))
+    lay_out_autograder(root, notebook_bytes, break_grader)
     env = {
         "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
         "HOME": "/root",
@@ -101,6 +87,27 @@ def _run_harness(
     return json.loads(path.read_text()), proc
 
 
+def lay_out_autograder(root: Path, notebook_bytes: bytes, break_grader: bool = False) -> None:
+    """The zip and one submission laid out under ``root`` as Gradescope does."""
+    if root.exists():
+        shutil.rmtree(root)
+    (root / "source").mkdir(parents=True)
+    with zipfile.ZipFile(corpus.ZIP) as zf:
+        zf.extractall(root / "source")
+    # Gradescope keeps the zip's permission bits; extractall does not, so restore them.
+    for name in ("run_autograder", "setup.sh"):
+        os.chmod(root / "source" / name, 0o755)
+    shutil.copy2(root / "source" / "run_autograder", root / "run_autograder")
+    if break_grader:  # e.g. an image whose environment failed to build
+        (root / "source" / "grading" / "runner.py").write_text("raise ImportError('broken image')")
+    (root / "submission").mkdir()
+    (root / "submission" / f"{corpus.ASSIGNMENT}.ipynb").write_bytes(notebook_bytes)
+    (root / "results").mkdir()
+    (root / "submission_metadata.json").write_text(json.dumps(METADATA))
+
+
+# /autograder and run_autograder's default sandbox uid: one such test at a time (test_image.py).
+@pytest.mark.xdist_group("autograder")
 def test_run_autograder_in_the_gradescope_layout(autograder_dir):
     solution = nbformat.writes(corpus.solution()).encode()
     results, proc = _run_harness(autograder_dir, solution)

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import jupytext
 import nbformat
+import sync_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_PKG = ROOT / "reference" / "offline_rl"
@@ -95,6 +96,10 @@ class AssignmentSpec:
     """Other files of the assignment folder copied into the staging folder."""
     fixture_script: str | None
     """Script (in the assignment folder) run as ``python SCRIPT OUTDIR`` to write fixtures."""
+    student_files: tuple[str, ...] = ()
+    """Files of the assignment folder given to students only (e.g. the set-up check)."""
+    student_requirements: bool = False
+    """Ship the runtime pins of requirements.txt to students as ``requirements.txt``."""
 
     @staticmethod
     def load(folder: Path) -> AssignmentSpec:
@@ -113,6 +118,8 @@ class AssignmentSpec:
             support_modules=modules,
             files=tuple(data.get("files", [])),
             fixture_script=data.get("fixtures", {}).get("script"),
+            student_files=tuple(data.get("student", {}).get("files", [])),
+            student_requirements=bool(data.get("student", {}).get("requirements", False)),
         )
 
 
@@ -133,6 +140,8 @@ def stage(spec: AssignmentSpec, staging: Path) -> Path:
     nb_path = staging / f"{spec.name}.ipynb"
     nbformat.write(master, nb_path)
     # Otter merges this into the Gradescope image; it is generated from requirements.txt.
+    if sync_environment.main(["--check"]) != 0:
+        raise BuildError("environment.yml is stale: run `python tools/sync_environment.py`.")
     shutil.copy2(ROOT / "environment.yml", staging / "environment.yml")
     for rel in spec.files:
         src = spec.source / rel
@@ -203,6 +212,18 @@ def normalise_zip(src: Path, dst: Path) -> None:
     dst.write_bytes(buffer.getvalue())
 
 
+def ship_student_environment(spec: AssignmentSpec, student_out: Path) -> None:
+    """Give students the pinned requirements and the set-up check their README names."""
+    if spec.student_requirements:
+        reqs = sync_environment.read_requirements(ROOT / "requirements.txt")
+        (student_out / "requirements.txt").write_text(sync_environment.render_student(reqs))
+    for rel in spec.student_files:
+        src = spec.source / rel
+        if not src.is_file():
+            raise BuildError(f"{spec.name}: release.toml gives students {rel!r}, not a file.")
+        shutil.copyfile(src, student_out / rel)
+
+
 def copy_tree(src: Path, dst: Path, skip: set[str]) -> None:
     """Copy ``src`` into ``dst`` without caches and without the names in ``skip``."""
     for path in sorted(src.rglob("*")):
@@ -241,6 +262,7 @@ def build(spec: AssignmentSpec, out: Path, self_check: bool) -> dict[str, float]
     notebook = f"{spec.name}.ipynb"
     copy_tree(dist / "student", student_out, skip={notebook})
     normalise_notebook(dist / "student" / notebook, student_out / notebook, spec.name)
+    ship_student_environment(spec, student_out)
     grader_out.mkdir(parents=True)
     for readme, target in (
         ("README.student.md", student_out),

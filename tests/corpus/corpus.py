@@ -8,6 +8,8 @@ Shared by ``tests/test_corpus.py`` (one test per submission) and ``tools/kill_ma
 from __future__ import annotations
 
 import copy
+import fcntl
+import hashlib
 import json
 import os
 import re
@@ -82,15 +84,25 @@ def apply(nb: nbformat.NotebookNode, mutant: Mutant) -> nbformat.NotebookNode:
     return nb
 
 
+def default_uid() -> int:
+    """The sandbox uid of this test process: one per pytest-xdist worker (the grader kills every
+    process of its uid at the end, so two concurrent gradings must never share one). Without
+    workers, the grader's own default; with them, 61_400 + the worker's number (gw0, gw1, ...),
+    clear of the uids that tests pass explicitly (61_234 for run_autograder, 61_290..61_399)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return 61_400 + int(worker[2:]) if worker.startswith("gw") else 61_234
+
+
 def grade(
     nb: nbformat.NotebookNode | None,
     *,
     files: dict[str, bytes] | None = None,
-    uid: int = 61_234,
+    uid: int | None = None,
     extra_args: tuple[str, ...] = (),
     env_extra: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Grade a notebook (or raw submission files) with the release's autograder.zip."""
+    uid = default_uid() if uid is None else uid
     with tempfile.TemporaryDirectory(prefix="corpus-") as tmp:
         src, sub, res = Path(tmp, "source"), Path(tmp, "submission"), Path(tmp, "results")
         with zipfile.ZipFile(ZIP) as zf:
@@ -111,6 +123,33 @@ def grade(
         if not path.exists():
             raise AssertionError(f"no results.json; grader said:\n{proc.stdout}\n{proc.stderr}")
         return json.loads(path.read_text())
+
+
+def grade_once(
+    cache: Path,
+    nb: nbformat.NotebookNode | None,
+    *,
+    files: dict[str, bytes] | None = None,
+    extra_args: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """``grade``, but a submission graded before in this test run (``cache`` is the run's own
+    folder, shared by its xdist workers) is not graded again: the corpus test, the bad-submission
+    tests and anything else asking for the same submission share one grading. A worker that asks
+    while another grades it waits for that result."""
+    key = hashlib.sha256(ZIP.read_bytes())
+    key.update(nbformat.writes(nb).encode() if nb is not None else b"<no notebook>")
+    for name, data in sorted((files or {}).items()):
+        key.update(f"\0{name}\0".encode() + hashlib.sha256(data).digest())
+    key.update(json.dumps(extra_args).encode())
+    stem = cache / key.hexdigest()[:24]
+    with open(stem.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        done = stem.with_suffix(".json")
+        if done.exists():
+            return json.loads(done.read_text())
+        results = grade(nb, files=files, extra_args=extra_args)
+        done.write_text(json.dumps(results))
+        return results
 
 
 def question_scores(results: dict[str, Any]) -> dict[str, float]:

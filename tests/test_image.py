@@ -1,0 +1,196 @@
+"""The Gradescope image, emulated as far as this machine allows (slow; CI runs it).
+
+Otter's setup.sh builds the image from the zip's own environment.yml: conda for Python, then pip
+with the listed arguments. Here a fresh venv (nothing from .venv) is built from exactly those pip
+arguments, less only an index URL whose host does not resolve here. Then the zip's
+run_autograder grades the solution and the blank student notebook under /autograder, as root,
+after setup.sh's own permission step, with that venv where setup.sh puts the environment
+(/root/miniforge3/envs/otter-env, the path run_autograder calls). Prints the venv's size and the
+solution's peak memory (grader and kernel together) against Gradescope's 768 MB.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from benchmarks.grading_resources import tree_rss_mb
+from grading import results as gs
+from tests.conftest import open_sandbox_paths, require_root
+from tests.corpus import corpus
+from tests.test_gradescope import AUTOGRADER, lay_out_autograder
+from tests.test_gradescope import autograder_dir as autograder_dir  # the fixture
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import sync_environment
+
+# /autograder and run_autograder's default sandbox uid: with the harness test, on one worker.
+pytestmark = [pytest.mark.slow, pytest.mark.grading, pytest.mark.xdist_group("autograder")]
+
+#: Where otter's setup.sh creates the environment, and the Python run_autograder calls.
+IMAGE_ENV = Path("/root/miniforge3/envs/otter-env")
+GRADESCOPE_MB = 768
+
+
+def image_pip_arguments() -> tuple[list[str], list[str]]:
+    """The zip's environment.yml as (pip lines usable here, lines left out)."""
+    with zipfile.ZipFile(corpus.ZIP) as zf:
+        env = yaml.safe_load(zf.read("environment.yml"))
+    deps = env["dependencies"]
+    conda = [d for d in deps if isinstance(d, str)]
+    python = next(d for d in conda if d.startswith("python="))
+    assert python == f"python={sys.version_info[0]}.{sys.version_info[1]}", (
+        f"the image's {python} differs from this machine's Python: the emulation would not hold"
+    )
+    # Conda's other packages (otter adds jupyter_server) come from pip here, by the same name.
+    pip = [d for d in conda if d != python and d != "pip"]
+    pip += next(d["pip"] for d in deps if isinstance(d, dict))
+    kept, dropped = [], []
+    for line in pip:
+        words = line.split()
+        if words[0] in sync_environment.INDEX_OPTIONS and not sync_environment.host_resolves(
+            words[-1]
+        ):
+            dropped.append(line)
+        else:
+            kept.append(line)
+    return kept, dropped
+
+
+def _size_mb(path: Path) -> float:
+    blocks = sum(p.lstat().st_blocks for p in path.rglob("*") if not p.is_symlink())
+    return blocks * 512 / 2**20
+
+
+def _grade(root: Path, notebook: bytes) -> tuple[dict, float, str]:
+    """run_autograder under ``root``; (results, peak MB of its process tree, its output)."""
+    lay_out_autograder(root, notebook)
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
+    proc = subprocess.Popen(
+        [str(root / "run_autograder")],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    peak = 0.0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss_mb(proc.pid))
+        time.sleep(0.02)
+    output = proc.stdout.read().decode() if proc.stdout else ""
+    results = json.loads((root / "results" / "results.json").read_text())
+    return results, peak, output
+
+
+@pytest.fixture(scope="module")
+def image_env() -> Iterator[tuple[Path, str]]:
+    """A fresh venv built exactly from the zip's environment.yml, at the image's path."""
+    require_root()
+    if IMAGE_ENV.parent.parent.exists():
+        pytest.fail(
+            f"{IMAGE_ENV.parent.parent} exists: this test would shadow or damage it "
+            "(if an interrupted run left it, remove it)"
+        )
+    kept, dropped = image_pip_arguments()
+    # Not under pytest's 0700 tmp folder: like /root/miniforge3, the sandbox user must reach it.
+    folder = Path(tempfile.mkdtemp(prefix="image-env-"))
+    folder.chmod(0o755)
+    try:
+        venv, note = _build_venv(folder, kept, dropped)
+        IMAGE_ENV.parent.mkdir(parents=True)
+        IMAGE_ENV.symlink_to(venv)
+        try:
+            yield venv, note
+        finally:
+            IMAGE_ENV.unlink()
+            IMAGE_ENV.parent.rmdir()
+            IMAGE_ENV.parent.parent.rmdir()
+    finally:
+        shutil.rmtree(folder)
+
+
+def _build_venv(folder: Path, pip_lines: list[str], dropped: list[str]) -> tuple[Path, str]:
+    venv, requirements = folder / "otter-env", folder / "requirements.txt"
+    requirements.write_text("\n".join(pip_lines) + "\n")
+    base_python = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base_python, "-m", "venv", str(venv)], check=True, timeout=300)
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-r", str(requirements)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert proc.returncode == 0, f"pip could not build the image's environment:\n{proc.stderr}"
+    note = (
+        f"image venv {_size_mb(venv):.0f} MB, built in {time.perf_counter() - t0:.0f} s "
+        f"from {len(pip_lines)} pip lines (left out here, unreachable: {dropped or 'none'})"
+    )
+    return venv, note
+
+
+def test_image_env_has_the_pins_and_cpu_torch(image_env, record_property):
+    image_env, note = image_env
+    record_property("measured", note)
+    reqs = sync_environment.read_requirements(
+        Path(__file__).resolve().parents[1] / "requirements.txt"
+    )
+    code = (
+        "import importlib.metadata as m, json, torch; "
+        f"print(json.dumps({{n: m.version(n) for n in {sorted(reqs.runtime)!r}}})); "
+        "print(torch.version.cuda)"
+    )
+    out = subprocess.run(
+        [str(image_env / "bin" / "python"), "-c", code], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    installed = json.loads(out[0])
+    wrong = {
+        n: (v, installed[n]) for n, v in reqs.runtime.items() if installed[n].split("+")[0] != v
+    }
+    assert not wrong, f"the image installs other versions (pin, installed): {wrong}"
+    assert out[1] == "None", f"the image got a CUDA torch (cuda {out[1]})"
+    show = [str(image_env / "bin" / "python"), "-m", "pip", "show", "-q"]
+    dev = [n for n in reqs.dev if not subprocess.run([*show, n], capture_output=True).returncode]
+    assert not dev, f"dev-only packages reached the image: {dev}"
+
+
+@pytest.mark.usefixtures("autograder_dir")
+def test_solution_full_marks_and_blank_zero_in_the_emulated_image(image_env, record_property):
+    # setup.sh's own permission step, run as written in the zip (after otter's lines).
+    setup = zipfile.ZipFile(corpus.ZIP).read("setup.sh").decode()
+    step = setup.split("# Added by tools/build_release.py", 1)[1]
+    subprocess.run(["bash", "-euc", step], check=True)
+    python = IMAGE_ENV / "bin" / "python"
+    closed = open_sandbox_paths.closed_folders({str(python), str(python.resolve())})
+    assert not closed, f"after setup.sh the sandbox user still cannot reach Python: {closed}"
+
+    solution = nbformat.writes(corpus.solution()).encode()
+    results, peak, output = _grade(AUTOGRADER, solution)
+    assert gs.validate(results) == [], gs.validate(results)
+    assert results["score"] == sum(corpus.full_marks(results).values()) > 0, output[-3000:]
+    assert corpus.question_scores(results) == corpus.full_marks(results), output[-3000:]
+    record_property(
+        "measured",
+        f"solution in the emulated image: {results['score']:g} points, "
+        f"{results['execution_time']:.0f} s, peak RSS (grader + kernel) {peak:.0f} MB "
+        f"of Gradescope's {GRADESCOPE_MB} MB",
+    )
+    assert peak < GRADESCOPE_MB, f"peak {peak:.0f} MB: Gradescope would kill the grader"
+
+    blank = nbformat.writes(corpus.student()).encode()
+    results, _, output = _grade(AUTOGRADER, blank)
+    assert gs.validate(results) == [], gs.validate(results)
+    assert results["score"] == 0, output[-3000:]
+    assert set(corpus.question_scores(results)) == set(corpus.full_marks(results)), output[-3000:]
+    record_property("measured", f"blank notebook in the emulated image: {results['score']:g}")
