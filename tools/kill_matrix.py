@@ -5,7 +5,10 @@
 
 Rows are submissions, columns questions; a cell is the score got, with the expected score after
 a slash where they differ. A final line lists hidden checks that kill no mutant (there must be
-none). Needs root (the grader's sandbox user) and a built release (`make release`).
+none; with named mutants, only the checks of the questions they target are judged), and any
+failure message showing a magnitude (a decimal number: an expected value or a distance) is
+printed as LEAK and fails the run. Needs root (the grader's sandbox user) and a built release
+(`make release`).
 """
 
 from __future__ import annotations
@@ -61,10 +64,20 @@ def main(argv: list[str]) -> int:
             text = f"{got[q]:g}" if got[q] == want[q] else f"{got[q]:g}/{want[q]:g}!"
             cells.append(f"{text:>9}")
         print(f"{name:<{width}}  {status:8}" + "".join(cells))
-    unkilled = sorted(corpus.all_checks(base) - killed)
+    # With named mutants, judge only the checks of the questions they are meant to change.
+    judged = corpus.all_checks(base)
+    if argv:
+        per_question = corpus.checks_by_question(base)
+        judged = {
+            c for m in mutants if m.kind == "wrong" for q in m.scores for c in per_question[q]
+        }
+    unkilled = sorted(judged - killed)
+    leaks = [f"{m.name}: {line}" for m, r in zip(mutants, graded) for line in corpus.leaks(r)]
+    for leak in leaks:
+        print("LEAK", leak)
     print(f"\n{len(rows)} submissions, {mismatches} mismatches, {time.perf_counter() - t0:.0f} s")
     print("hidden checks that kill no mutant:", ", ".join(unkilled) or "none")
-    return 1 if mismatches or unkilled else 0
+    return 1 if mismatches or unkilled or leaks else 0
 
 
 if __name__ == "__main__":

@@ -143,6 +143,29 @@ def all_checks(results: dict[str, Any]) -> set[str]:
     return found
 
 
+def checks_by_question(results: dict[str, Any]) -> dict[str, set[str]]:
+    """Question -> the hidden checks it reports."""
+    return {
+        t["name"]: set(re.findall(r"^[✓✗] hidden check (\w+):", t.get("output", ""), re.M))
+        for t in results["tests"]
+    }
+
+
+#: A decimal number: failure messages must show none (no expected value, no distance to it).
+_DECIMAL = re.compile(r"(?<![\w.])[-+]?(\d+\.\d+|\d+(\.\d*)?[eE][-+]?\d+)(?![\w.])")
+
+
+def leaks(results: dict[str, Any]) -> list[str]:
+    """Failure lines of hidden checks that show a magnitude (the hint lines are the
+    instructor's own text and are not scanned)."""
+    found = []
+    for test in results["tests"]:
+        for line in test.get("output", "").splitlines():
+            if line.startswith("✗ hidden check") and _DECIMAL.search(line.split(": ", 1)[-1]):
+                found.append(f"{test['name']}: {line}")
+    return found
+
+
 STUDENT = ROOT / "student_release" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
 
 
