@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: release test test-fast lint fixtures bench venv clean corpus kill-matrix grading-tests resources
+.PHONY: release test test-fast lint fixtures bench venv clean corpus kill-matrix grading-tests resources check-question
 
 venv: $(STAMP)
 
@@ -39,6 +39,13 @@ corpus: $(STAMP)
 
 kill-matrix: $(STAMP)
 	$(PY) tools/kill_matrix.py
+
+# The fast loop for one question: rebuild (without otter's self-check), then grade the solution
+# and only the mutants that target question Q, and print their rows of the kill matrix.
+check-question: $(STAMP)
+	@test -n "$(Q)" || { echo "usage: make check-question Q=q4_behavior_cloning (or Q=q4)"; exit 2; }
+	$(PY) tools/build_release.py --no-self-check
+	$(PY) tools/kill_matrix.py --question $(Q)
 
 grading-tests: $(STAMP)
 	$(PY) -m pytest -m grading $(PYTEST_ARGS)

@@ -145,7 +145,7 @@ def stage(spec: AssignmentSpec, staging: Path) -> Path:
                 f"{spec.name}: release.toml lists {rel!r}, missing from {spec.source}."
             )
         shutil.copy2(src, staging / rel) if src.is_file() else shutil.copytree(src, staging / rel)
-    declare_checks(spec, master, staging)
+    DECLARED[spec.name] = declare_checks(spec, master, staging)
     nbformat.write(master, nb_path)
     # Otter merges this into the Gradescope image; it is generated from requirements.txt.
     shutil.copy2(ROOT / "environment.yml", staging / "environment.yml")
@@ -159,6 +159,8 @@ def stage(spec: AssignmentSpec, staging: Path) -> Path:
 
 
 HIDDEN_CHECK_TAG = "hidden_check"
+#: assignment -> its hidden-check declarations (filled by stage(), read for the README table).
+DECLARED: dict[str, dict[str, Any]] = {}
 DECLARATIONS = "hidden_declarations.py"
 #: The otter test the build writes in place of each declaration cell (the grader finds checks
 #: by the name test_<check>_hidden and passes notebook values by parameter name).
@@ -268,6 +270,25 @@ def declare_checks(
     return registry
 
 
+def checks_table(registry: dict[str, Any]) -> str:
+    """The instructor README's table of hidden checks, one row per declaration."""
+    if not registry:
+        return ""
+    rows = [
+        "\n## Hidden checks (generated from the master's declarations)\n",
+        "| question | check | grades | tolerance (rtol, atol) | blames first | hint |",
+        "|---|---|---|---|---|---|",
+    ]
+    for decl in registry.values():
+        grades = ", ".join(f"`{g}`" for g in decl.graded)
+        uses = ", ".join(decl.uses) or "—"
+        hint = decl.hint.replace("|", "\\|") or "—"
+        rows.append(
+            f"| {decl.question} | {decl.name} | {grades} | {decl.tolerance} | {uses} | {hint} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
 def run(cmd: list[str], name: str, cwd: Path | None = None) -> None:
     """Run ``cmd``; on failure raise BuildError with the tail of its output."""
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
@@ -357,6 +378,8 @@ def build(spec: AssignmentSpec, out: Path, self_check: bool) -> dict[str, float]
     ):
         if (spec.source / readme).exists():
             shutil.copyfile(spec.source / readme, target / "README.md")
+    with open(grader_out / "README.md", "a") as readme:
+        readme.write(checks_table(DECLARED.get(spec.name, {})))
     normalise_zip(zips[0], grader_out / "autograder.zip")
     normalise_notebook(dist / "autograder" / notebook, grader_out / f"{spec.name}-solution.ipynb")
     seconds = time.perf_counter() - t0

@@ -2,6 +2,7 @@
 
     python tools/kill_matrix.py            # every mutant in tests/corpus/mutants.toml
     python tools/kill_matrix.py NAME ...   # only these
+    python tools/kill_matrix.py --question q4_behavior_cloning   # the mutants that target q4
 
 Rows are submissions, columns questions; a cell is the score got, with the expected score after
 a slash where they differ. A final line lists hidden checks that kill no mutant (there must be
@@ -24,8 +25,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.corpus import corpus
 
 
+def select(argv: list[str]) -> list[corpus.Mutant]:
+    """The named mutants, or with ``--question Q`` those whose scores change question Q (a full
+    name or its number, e.g. q4), or all of them."""
+    mutants = corpus.load_mutants()
+    if argv[:1] == ["--question"] and len(argv) == 2:
+        q = argv[1]
+        chosen = [m for m in mutants if any(k == q or k.split("_")[0] == q for k in m.scores)]
+        if not chosen:
+            raise SystemExit(f"no mutant in {corpus.MUTANTS.name} changes question {q!r}: add one")
+        return chosen
+    unknown = set(argv) - {m.name for m in mutants}
+    if unknown:
+        raise SystemExit(f"unknown mutants: {sorted(unknown)}")
+    return [m for m in mutants if not argv or m.name in argv]
+
+
 def main(argv: list[str]) -> int:
-    mutants = [m for m in corpus.load_mutants() if not argv or m.name in argv]
+    mutants = select(argv)
     t0 = time.perf_counter()
     base = corpus.grade(corpus.solution())
     full = corpus.full_marks(base)

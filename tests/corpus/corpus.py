@@ -113,6 +113,17 @@ def grade(
         return json.loads(path.read_text())
 
 
+def total_points() -> float:
+    """The autograder's total, from its otter test files (what Gradescope shows as the maximum)."""
+    from grading.runner import load_questions
+
+    with tempfile.TemporaryDirectory(prefix="points-") as tmp, zipfile.ZipFile(ZIP) as zf:
+        for name in zf.namelist():
+            if name.startswith("tests/"):
+                zf.extract(name, tmp)
+        return sum(q.points for q in load_questions(Path(tmp, "tests")))
+
+
 def question_scores(results: dict[str, Any]) -> dict[str, float]:
     return {t["name"]: float(t["score"]) for t in results["tests"] if t.get("max_score", 0) > 0}
 
