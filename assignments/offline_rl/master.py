@@ -1362,13 +1362,21 @@ def test_quality_experiment_shapes(quality_experiment, np):
 def _quality_cases(rng):
     # No argument at its default: a function that ignores n_episodes, alpha or layout_name, or
     # loops over range(len(seeds)), computes something else.
-    return [{
-        "qualities": np.array([0.0, 0.5, 1.0]),
-        "seeds": np.array([7, 3]),
-        "layout": np.array("cliff"),
-        "n_episodes": np.array(3),
-        "alpha": np.array(0.3),
-    }]
+    # (Each mistake was checked to change these answers: alpha=1.0, n_episodes=4 or seeds
+    # range(2) in case0; n_episodes, seeds or the "open" layout in case1.)
+    return [
+        {
+            "qualities": np.array(qualities),
+            "seeds": np.array(seeds),
+            "layout": np.array(layout),
+            "n_episodes": np.array(n_episodes),
+            "alpha": np.array(alpha),
+        }
+        for qualities, seeds, layout, n_episodes, alpha in [
+            ([0.0, 0.5], [5, 2], "open", 2, 10.0),
+            ([0.2, 0.6], [7, 3], "cliff", 2, 5.0),
+        ]
+    ]
 
 
 @hidden_check(
