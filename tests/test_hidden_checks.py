@@ -256,9 +256,8 @@ def test_a_later_question_blames_the_earlier_function_it_calls(staged, generated
     outputs.update(_wrong_outputs(engine, "coverage", generated[0], "zero"))
     tabular = {k: v for k, v in expected.items() if k.startswith("tabular_q/")}
     outputs.update({k.replace("/expected_", "/") + "/value": v for k, v in tabular.items()})
-    with pytest.raises(
-        AssertionError, match=r"uses your `coverage_counts`, `ood_fraction`.*fix q1_coverage first"
-    ):
+    blame = r"uses your `coverage_counts` / `ood_fraction` from q1_coverage.*fix q1_coverage first"
+    with pytest.raises(AssertionError, match=blame):
         engine.compare("alpha", outputs, fixtures=expected)
 
 

@@ -93,6 +93,7 @@ def main(argv: list[str]) -> int:
     for leak in leaks:
         print("LEAK", leak)
     print(f"\n{len(rows)} submissions, {mismatches} mismatches, {time.perf_counter() - t0:.0f} s")
+    print(f"the solution's grading took {base.get('execution_time', float('nan'))} s")
     print("hidden checks that kill no mutant:", ", ".join(unkilled) or "none")
     return 1 if mismatches or unkilled or leaks else 0
 

@@ -348,11 +348,11 @@ def compare(
             try:
                 _compare_one(dep, outputs, fx)
             except AssertionError:
-                fns = ", ".join(f"`{g}`" for g in dep.graded)
+                fns = " / ".join(f"`{g}`" for g in dep.graded)
                 where = dep.question or dep.name
                 here = decl.question or decl.name
                 raise AssertionError(
-                    f"{here} uses your {fns}, which fails hidden check {dep.name} of {where}: "
+                    f"{here} uses your {fns} from {where}, which fail hidden check {dep.name}: "
                     f"fix {where} first ({own})"
                 ) from None
         raise
