@@ -81,20 +81,23 @@ def main(argv: list[str]) -> int:
             text = f"{got[q]:g}" if got[q] == want[q] else f"{got[q]:g}/{want[q]:g}!"
             cells.append(f"{text:>9}")
         print(f"{name:<{width}}  {status:8}" + "".join(cells))
-    # With named mutants, judge only the checks of the questions they are meant to change.
+    # Every check must kill a mutant: judged over the whole corpus, or with --question over the
+    # checks of that question. Named mutants are judged by their own rows only.
     judged = corpus.all_checks(base)
-    if argv:
+    if argv[:1] == ["--question"]:
+        number = argv[1].split("_")[0]
         per_question = corpus.checks_by_question(base)
-        judged = {
-            c for m in mutants if m.kind == "wrong" for q in m.scores for c in per_question[q]
-        }
+        judged = {c for q, cs in per_question.items() if q.split("_")[0] == number for c in cs}
+    elif argv:
+        judged = set()
     unkilled = sorted(judged - killed)
     leaks = [f"{m.name}: {line}" for m, r in zip(mutants, graded) for line in corpus.leaks(r)]
     for leak in leaks:
         print("LEAK", leak)
     print(f"\n{len(rows)} submissions, {mismatches} mismatches, {time.perf_counter() - t0:.0f} s")
     print(f"the solution's grading took {base.get('execution_time', float('nan'))} s")
-    print("hidden checks that kill no mutant:", ", ".join(unkilled) or "none")
+    if judged:
+        print("hidden checks that kill no mutant:", ", ".join(unkilled) or "none")
     return 1 if mismatches or unkilled or leaks else 0
 
 
