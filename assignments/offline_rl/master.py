@@ -1807,68 +1807,6 @@ def _q12_run(case, q12_answer):
 # # END QUESTION
 
 # %% [markdown]
-# ### Question 15 · Advantage-weighted behavior cloning
-#
-# Advantage-weighted regression clones the data's actions with weights
-# $w_i = \min(\exp(A_i / \beta), w_{\max})$: actions better than the behavior policy's average
-# count more. Write `awr_weights(advantages, beta, max_weight=20.0)` for a `(B,)` tensor of
-# advantages; return the `(B,)` tensor of weights.
-
-# %% [raw]
-# # BEGIN QUESTION
-# name: q15_awr_weights
-# points: 1
-
-# %% [raw]
-# # BEGIN SOLUTION
-
-# %%
-def awr_weights(advantages, beta, max_weight=20.0):
-    """(B,) weights min(exp(A / beta), max_weight)."""
-    # BEGIN SOLUTION
-    return torch.clamp(torch.exp(advantages / beta), max=max_weight)
-    # END SOLUTION
-
-# %% [raw]
-# # END SOLUTION
-
-# %% [raw]
-# # BEGIN TESTS
-
-# %%
-def test_awr_weights_small(awr_weights, torch):
-    w = awr_weights(torch.tensor([0.0, 1.0, 10.0]), 1.0, max_weight=5.0)
-    assert w is not None, "awr_weights returned None: replace the ... with your code."
-    assert torch.allclose(w, torch.tensor([1.0, 2.7182817, 5.0])), f"expected [1, e, 5] (the last one clipped), got {w}"
-
-# %% tags=["hidden_check"]
-def _awr_weights_cases(rng):
-    return [
-        {"advantages": (3 * rng.normal(size=20)).astype(np.float32), "beta": np.array(beta), "max_weight": np.array(w_max)}
-        for beta, w_max in [(0.5, 5.0), (2.0, 3.0)]
-    ]
-
-
-@hidden_check(
-    "awr_weights",
-    cases=_awr_weights_cases,
-    tolerance=(1e-4, 1e-6),
-    reference={"awr_weights": "offline_rl.algorithms.neural:awr_weights"},
-    hint="w = exp(advantage / beta), clipped at max_weight.",
-)
-def _awr_weights_run(case, awr_weights):
-    import torch
-
-    weights = awr_weights(torch.tensor(case["advantages"]), float(case["beta"]), float(case["max_weight"]))
-    return {"weights": weights}
-
-# %% [raw]
-# # END TESTS
-
-# %% [raw]
-# # END QUESTION
-
-# %% [markdown]
 # ---
 # ## Closing
 #

@@ -155,11 +155,6 @@ def bc_update(
     return float(loss.item())
 
 
-def awr_weights(advantages: Tensor, beta: float, max_weight: float = 20.0) -> Tensor:
-    """Advantage-weighted regression's weights ``min(exp(A / beta), max_weight)``: (B,)."""
-    return torch.clamp(torch.exp(advantages / beta), max=max_weight)
-
-
 def cql_penalty(q_values: Tensor, actions: Tensor) -> Tensor:
     """CQL penalty without alpha: ``mean_s [ logsumexp_a Q(s, a) - Q(s, a_data) ]``.
 
