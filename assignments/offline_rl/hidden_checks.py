@@ -359,27 +359,17 @@ def compare(
 
 
 # ----------------------------------------------------------------------------- declaration helpers
-DATASET_FIELDS = (
-    "observations",
-    "actions",
-    "rewards",
-    "next_observations",
-    "terminals",
-    "truncations",
-    "episode_starts",
-)
-
-
 def dataset_fields(prefix: str, dataset: Any) -> dict[str, np.ndarray]:
     """An OfflineDataset as case fields ``prefix/<field>`` (for a ``cases`` builder)."""
-    return {f"{prefix}/{f}": np.asarray(getattr(dataset, f)) for f in DATASET_FIELDS}
+    return {f"{prefix}/{f}": np.asarray(v) for f, v in dataset.as_dict().items()}
 
 
 def dataset_from(case: dict[str, Any], prefix: str) -> Any:
     """The OfflineDataset stored by :func:`dataset_fields` (for a ``run``)."""
     from offline_rl.datasets import OfflineDataset
 
-    return OfflineDataset(**{f: np.array(case[f"{prefix}/{f}"]) for f in DATASET_FIELDS})
+    fields = {k.removeprefix(f"{prefix}/"): v for k, v in case.items() if k.startswith(f"{prefix}/")}
+    return OfflineDataset(**{f: np.array(v) for f, v in fields.items()})
 
 
 def mlp_fields(prefix: str, net: Any) -> dict[str, np.ndarray]:
