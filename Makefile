@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 XDIST ?= -n 2 --dist loadgroup
 
 .PHONY: release test test-fast lint fixtures bench bench-d3rlpy venv clean corpus kill-matrix grading-tests \
-	resources browser-tests sandbox-paths
+	resources browser-tests sandbox-paths check-question
 
 venv: $(STAMP)
 
@@ -48,6 +48,13 @@ corpus: $(STAMP) sandbox-paths
 
 kill-matrix: $(STAMP) sandbox-paths
 	$(PY) tools/kill_matrix.py
+
+# The fast loop for one question: rebuild (without otter's self-check), then grade the solution
+# and only the mutants that target question Q, and print their rows of the kill matrix.
+check-question: $(STAMP)
+	@test -n "$(Q)" || { echo "usage: make check-question Q=q4_behavior_cloning (or Q=q4)"; exit 2; }
+	$(PY) tools/build_release.py --no-self-check
+	$(PY) tools/kill_matrix.py --question $(Q)
 
 grading-tests: $(STAMP) sandbox-paths
 	$(PY) -m pytest $(XDIST) -m grading $(PYTEST_ARGS)

@@ -10,6 +10,8 @@ reuse those gradings.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.conftest import require_root
@@ -67,3 +69,15 @@ def test_every_hidden_check_kills_a_wrong_submission(graded):
     checks = corpus.all_checks(graded("solution"))
     assert len(checks) >= 13
     assert checks - killed == set(), f"hidden checks that catch no mistake: {checks - killed}"
+
+
+def test_no_failure_message_in_the_corpus_shows_a_magnitude(graded):
+    """Messages say where an answer differs, never by how much: no expected value, no distance
+    (a decimal number) and, for multiple choice, no key."""
+    leaks = [f"{name}: {line}" for name, r in graded.items() for line in corpus.leaks(r)]
+    assert leaks == [], "\n".join(leaks)
+    for name, results in graded.items():
+        for test in results["tests"]:
+            if test["name"].startswith(("q10", "q11")) and "✗ hidden check" in test["output"]:
+                assert "not the right choice" in test["output"], (name, test["output"])
+                assert not re.search(r'["\'][abcd]["\']', test["output"]), (name, test["output"])

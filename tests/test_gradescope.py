@@ -42,7 +42,7 @@ METADATA = {
         "late_due_date": None,
         "release_date": "2026-11-20T00:00:00.000000-08:00",
         "title": "Offline Reinforcement Learning",
-        "total_points": "35.0",
+        "total_points": "",  # filled in from the release: corpus.total_points()
     },
     "submission_method": "upload",
     "users": [{"email": "student@example.edu", "id": 1234, "name": "Student User"}],
@@ -103,7 +103,9 @@ def lay_out_autograder(root: Path, notebook_bytes: bytes, break_grader: bool = F
     (root / "submission").mkdir()
     (root / "submission" / f"{corpus.ASSIGNMENT}.ipynb").write_bytes(notebook_bytes)
     (root / "results").mkdir()
-    (root / "submission_metadata.json").write_text(json.dumps(METADATA))
+    metadata = {**METADATA, "assignment": dict(METADATA["assignment"])}
+    metadata["assignment"]["total_points"] = f"{corpus.total_points():.1f}"
+    (root / "submission_metadata.json").write_text(json.dumps(metadata))
 
 
 # /autograder and run_autograder's default sandbox uid: one such test at a time (test_image.py).
@@ -112,7 +114,7 @@ def test_run_autograder_in_the_gradescope_layout(autograder_dir):
     solution = nbformat.writes(corpus.solution()).encode()
     results, proc = _run_harness(autograder_dir, solution)
     assert gs.validate(results) == [], gs.validate(results)
-    assert results["score"] == 35.0, (results["output"], proc.stderr[-2000:])
+    assert results["score"] == corpus.total_points(), (results["output"], proc.stderr[-2000:])
     assert {t["visibility"] for t in results["tests"]} <= gs.VISIBILITY
     assert all(isinstance(t["output"], str) for t in results["tests"])
     assert 0 < results["execution_time"] < 600
@@ -169,6 +171,6 @@ def test_same_submission_same_score_and_messages():
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = [_without_timing(r) for r in pool.map(grade, runs)]
     first = results[0]
-    assert first["score"] < 35 and "left-over debugging" in json.dumps(first)
+    assert first["score"] < corpus.total_points() and "left-over debugging" in json.dumps(first)
     for i, other in enumerate(results[1:], start=2):
         assert other == first, f"run {i} differs from run 1"

@@ -186,6 +186,7 @@ def test_autograder_zip_is_normalised_and_complete():
             "otter_config.json",
             "environment.yml",
             "files/hidden_checks.py",
+            "files/hidden_declarations.py",
             "files/hidden_inputs.npz",
             "files/hidden_expected.npz",
             "grading/__main__.py",
@@ -208,15 +209,20 @@ def test_autograder_zip_is_normalised_and_complete():
     assert re.search(r"^\s*- pytorch", env, re.M) is None, "torch comes from pip, pinned"
 
 
-def test_every_question_has_a_hidden_test_and_the_three_named_checks_exist():
+def test_every_question_has_a_hidden_test_and_every_declared_check_is_one():
+    """The build turns each hidden_check declaration of the master into test_<name>_hidden."""
     with zipfile.ZipFile(GRADER / "autograder.zip") as zf:
         tests = {n: zf.read(n).decode() for n in zf.namelist() if n.startswith("tests/")}
+        declarations = zf.read("files/hidden_declarations.py").decode()
     hidden = {n for n, text in tests.items() if "hidden=True" in text}
     assert hidden == set(tests), f"questions without a hidden test: {sorted(set(tests) - hidden)}"
     joined = "\n".join(tests.values())
-    for check in ("bc_loss", "cql_penalty", "stitching"):
+    declared = re.findall(r'^@hidden_check\(\n\s+"(\w+)"', declarations, re.M)
+    assert {"bc_loss", "bc_update", "cql_penalty", "stitching"} <= set(declared), declared
+    for check in declared:
         assert f"def test_{check}_hidden(" in joined, f"hidden check {check} missing"
         assert f"hidden_checks.check('{check}'" in joined, f"hidden check {check} not called"
+    assert len(re.findall(r"def test_\w+_hidden\(", joined)) == len(declared)
 
 
 def test_student_notebook_has_stable_ids_and_no_outputs():

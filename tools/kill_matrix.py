@@ -2,10 +2,14 @@
 
     python tools/kill_matrix.py            # every mutant in tests/corpus/mutants.toml
     python tools/kill_matrix.py NAME ...   # only these
+    python tools/kill_matrix.py --question q4_behavior_cloning   # the mutants that target q4
 
 Rows are submissions, columns questions; a cell is the score got, with the expected score after
 a slash where they differ. A final line lists hidden checks that kill no mutant (there must be
-none). Needs root (the grader's sandbox user) and a built release (`make release`).
+none; with named mutants, only the checks of the questions they target are judged), and any
+failure message showing a magnitude (a decimal number: an expected value or a distance) is
+printed as LEAK and fails the run. Needs root (the grader's sandbox user) and a built release
+(`make release`).
 """
 
 from __future__ import annotations
@@ -21,8 +25,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.corpus import corpus
 
 
+def select(argv: list[str]) -> list[corpus.Mutant]:
+    """The named mutants, or with ``--question Q`` those whose scores change question Q (a full
+    name or its number, e.g. q4), or all of them."""
+    mutants = corpus.load_mutants()
+    if argv[:1] == ["--question"] and len(argv) == 2:
+        q = argv[1]
+        chosen = [m for m in mutants if any(k == q or k.split("_")[0] == q for k in m.scores)]
+        if not chosen:
+            raise SystemExit(f"no mutant in {corpus.MUTANTS.name} changes question {q!r}: add one")
+        return chosen
+    unknown = set(argv) - {m.name for m in mutants}
+    if unknown:
+        raise SystemExit(f"unknown mutants: {sorted(unknown)}")
+    return [m for m in mutants if not argv or m.name in argv]
+
+
 def main(argv: list[str]) -> int:
-    mutants = [m for m in corpus.load_mutants() if not argv or m.name in argv]
+    mutants = select(argv)
     t0 = time.perf_counter()
     base = corpus.grade(corpus.solution())
     full = corpus.full_marks(base)
@@ -61,10 +81,24 @@ def main(argv: list[str]) -> int:
             text = f"{got[q]:g}" if got[q] == want[q] else f"{got[q]:g}/{want[q]:g}!"
             cells.append(f"{text:>9}")
         print(f"{name:<{width}}  {status:8}" + "".join(cells))
-    unkilled = sorted(corpus.all_checks(base) - killed)
+    # Every check must kill a mutant: judged over the whole corpus, or with --question over the
+    # checks of that question. Named mutants are judged by their own rows only.
+    judged = corpus.all_checks(base)
+    if argv[:1] == ["--question"]:
+        number = argv[1].split("_")[0]
+        per_question = corpus.checks_by_question(base)
+        judged = {c for q, cs in per_question.items() if q.split("_")[0] == number for c in cs}
+    elif argv:
+        judged = set()
+    unkilled = sorted(judged - killed)
+    leaks = [f"{m.name}: {line}" for m, r in zip(mutants, graded) for line in corpus.leaks(r)]
+    for leak in leaks:
+        print("LEAK", leak)
     print(f"\n{len(rows)} submissions, {mismatches} mismatches, {time.perf_counter() - t0:.0f} s")
-    print("hidden checks that kill no mutant:", ", ".join(unkilled) or "none")
-    return 1 if mismatches or unkilled else 0
+    print(f"the solution's grading took {base.get('execution_time', float('nan'))} s")
+    if judged:
+        print("hidden checks that kill no mutant:", ", ".join(unkilled) or "none")
+    return 1 if mismatches or unkilled or leaks else 0
 
 
 if __name__ == "__main__":

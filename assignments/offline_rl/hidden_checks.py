@@ -1,364 +1,248 @@
 """Hidden checks for the offline_rl assignment (an autograder-only file: never shipped to students).
 
-Each check is two separate steps, so the comparison runs outside the student's kernel:
+This file is the engine; the checks themselves are *declared* in the master notebook, one
+``@hidden_check(...)`` cell per check (cells tagged ``hidden_check``). The release build extracts
+those cells into ``hidden_declarations.py`` and replaces each by the otter test
+``test_<name>_hidden``; ``make_fixtures.py`` turns every declaration into inputs and expected
+values. A declaration is::
 
-1. ``outputs_<name>(student functions...) -> dict[str, np.ndarray]`` runs the student's code on the
-   fixture inputs and records plain arrays (values, shapes, flags). It never sees expected values.
-2. ``compare(name, outputs)`` compares those arrays with the expected values that
-   ``make_fixtures.py`` generated from ``reference/`` and raises ``AssertionError`` with a message
-   that says which case failed and how.
+    def _bc_loss_cases(rng):                     # inputs, from the check's own seeded generator
+        return [{"logits": ..., "actions": ...}, ...]
 
-``CHECKS`` names every check; the grader (``grading/``) runs step 1 in the sandboxed kernel on
-``hidden_inputs.npz`` and step 2 in the trusted process with ``hidden_expected.npz``, which the
-kernel cannot read. ``check(name, ...)`` runs both in one process (otter's own self-check).
+    @hidden_check("bc_loss", cases=_bc_loss_cases, tolerance=(1e-4, 1e-5),
+                  reference={"bc_loss": "offline_rl.algorithms.neural:bc_loss"},
+                  hint="...")
+    def _bc_loss_run(case, bc_loss):             # graded functions = the parameters after case
+        return {"loss": bc_loss(torch.tensor(case["logits"]), torch.tensor(case["actions"]))}
 
-Tolerances accept every correct implementation (float32 or float64, gather or indexing,
-``F.cross_entropy`` or ``log_softmax``, hand-written stable log-sum-exp) and reject the real
-mistakes (see ``TOLERANCES``).
+The same ``run`` produces the expected values (called with the reference functions, on inputs
+upcast to float64, at build time) and the student's outputs (called with the notebook's
+functions, in the sandboxed kernel). Each check is graded in two separate steps, so the
+comparison runs outside the student's kernel:
+
+1. ``CHECKS[name](*notebook_values) -> dict[str, np.ndarray]`` runs the student's code on
+   ``hidden_inputs.npz`` and records plain arrays. It never sees expected values.
+2. ``compare(name, outputs)`` compares them with ``hidden_expected.npz`` (which the kernel cannot
+   read) and raises ``AssertionError`` with a message that says where the answer differs, never
+   by how much, so it teaches without leaking the key.
+
+``check(name, ...)`` runs both in one process (otter's own self-check).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 INPUTS = Path(__file__).with_name("hidden_inputs.npz")
 EXPECTED = Path(__file__).with_name("hidden_expected.npz")
-
-#: (rtol, atol) per check. float32 arithmetic differs between correct implementations by ~1e-6;
-#: the closest mistake measured (the (B,)/(B,1) broadcast in the Bellman error) moves the loss by
-#: more than 1e-2, so 1e-4 separates them with room on both sides.
-TOLERANCES: dict[str, tuple[float, float]] = {
-    "coverage": (0.0, 0.0),
-    "td_target": (1e-4, 1e-5),
-    "bc_loss": (1e-4, 1e-5),
-    "cql_penalty": (1e-4, 1e-5),
-    "cql_loss": (1e-4, 1e-5),
-    "tabular_q": (1e-3, 1e-3),
-    "bcq": (0.0, 0.0),
-    # Returns on the deterministic grids are whole numbers: 0.5 accepts float noise only.
-    "alpha": (1e-3, 1e-3),
-    "quality": (0.0, 0.5),
-    "stitching": (0.0, 0.5),
-    "q10": (0.0, 0.0),
-    "q11": (0.0, 0.0),
-    "q12": (0.0, 1e-3),
-}
+DECLARATIONS = Path(__file__).with_name("hidden_declarations.py")
+#: Relative slack every comparison allows: expected values are stored rounded to 28 significant
+#: bits (make_fixtures.canonical), so "exact" means equal up to that rounding (~4e-9).
+STORED_RTOL = 2.0**-26
+#: Absolute slack likewise: stored values below 2**-30 in magnitude are stored as 0.
+STORED_ATOL = 2.0**-29
+#: Kinds of answer, which decide what a failure message may say.
+KINDS = ("array", "choice", "number")
 
 
+class DeclarationError(ValueError):
+    """A hidden-check declaration is incomplete or inconsistent (the build stops, naming it)."""
+
+
+class Declaration(NamedTuple):
+    """One hidden check, as declared in the master. (A NamedTuple, not a dataclass: the grader
+    loads this file without registering it in sys.modules, which dataclasses need.)"""
+
+    name: str
+    cases: Callable[[np.random.Generator], list[dict[str, Any]]]
+    run: Callable[..., dict[str, Any]]
+    tolerance: tuple[float, float]
+    """(rtol, atol) of every float output: wide enough for float32 and other correct orders of
+    operations, narrow enough for the mistakes of the corpus."""
+    reference: dict[str, str]
+    """Graded name -> where the build finds the expected behaviour: ``"module:function"`` or
+    ``"master:NAME"`` (the value of ``NAME = ...  # SOLUTION`` in the master)."""
+    hint: str
+    """Shown under a failed check (otter's failure_message)."""
+    kind: str = "array"
+    uses: tuple[str, ...] = ()
+    """Earlier checks whose graded functions this one calls: a failure is blamed on them first."""
+    flags: dict[str, str] = {}  # noqa: RUF012 (never mutated)
+    """Boolean outputs that must be True -> the message when one is False."""
+    units: dict[str, str] = {}  # noqa: RUF012 (never mutated)
+    """Output -> what its first axis indexes ("states"), for messages."""
+    question: str = ""
+    """The otter question holding the declaration (filled in by the build)."""
+
+    @property
+    def graded(self) -> tuple[str, ...]:
+        """The notebook names this check grades: ``run``'s parameters after ``case``."""
+        return tuple(inspect.signature(self.run).parameters)[1:]
+
+
+#: Every declaration, in the master's order.
+REGISTRY: dict[str, Declaration] = {}
+
+
+def hidden_check(
+    name: str,
+    *,
+    cases: Callable[[np.random.Generator], list[dict[str, Any]]],
+    tolerance: tuple[float, float] | None = None,
+    reference: dict[str, str] | None = None,
+    hint: str = "",
+    kind: str = "array",
+    uses: tuple[str, ...] = (),
+    flags: dict[str, str] | None = None,
+    units: dict[str, str] | None = None,
+    question: str = "",
+) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
+    """Declare a hidden check (decorates its ``run(case, *graded)``); see the module docstring."""
+
+    def register(run: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+        if tolerance is None:
+            raise DeclarationError(
+                f"hidden check {name!r} declares no tolerance: give tolerance=(rtol, atol) "
+                "(use (0.0, 0.0) for exact answers)"
+            )
+        if kind not in KINDS:
+            raise DeclarationError(f"hidden check {name!r}: kind must be one of {KINDS}")
+        if name in REGISTRY:
+            raise DeclarationError(f"hidden check {name!r} is declared twice")
+        decl = Declaration(
+            name=name,
+            cases=cases,
+            run=run,
+            tolerance=(float(tolerance[0]), float(tolerance[1])),
+            reference=dict(reference or {}),
+            hint=" ".join(hint.split()),
+            kind=kind,
+            uses=tuple(uses),
+            flags=dict(flags or {}),
+            units=dict(units or {}),
+            question=question,
+        )
+        if not decl.graded:
+            raise DeclarationError(f"hidden check {name!r}: run(case, ...) grades no function")
+        missing = set(decl.graded) - set(decl.reference)
+        if missing:
+            raise DeclarationError(
+                f"hidden check {name!r}: no reference for {sorted(missing)} "
+                '(reference={"name": "module:function"})'
+            )
+        unknown = [u for u in decl.uses if u not in REGISTRY]
+        if unknown:
+            raise DeclarationError(f"hidden check {name!r} uses undeclared checks {unknown}")
+        REGISTRY[name] = decl
+        return run
+
+    return register
+
+
+def load_declarations(path: Path = DECLARATIONS) -> dict[str, Declaration]:
+    """Execute the declarations file into :data:`REGISTRY` (once) and return it."""
+    if not REGISTRY and path.exists():
+        namespace = {
+            "hidden_check": hidden_check,
+            # The build writes `hidden_check = _hidden_check_in("<question>")` before each cell.
+            "_hidden_check_in": lambda q: functools.partial(hidden_check, question=q),
+            "__name__": "hidden_declarations",
+            **HELPERS,
+        }
+        exec(compile(path.read_text(), str(path), "exec"), namespace)
+    return REGISTRY
+
+
+# ----------------------------------------------------------------------------- step 1: outputs
 def _load(path: Path = INPUTS) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
 
 
-def _cases(fixtures: dict[str, np.ndarray], name: str) -> list[str]:
-    prefix = f"{name}/"
-    return sorted({k.split("/")[1] for k in fixtures if k.startswith(prefix)})
+def case_inputs(fixtures: dict[str, np.ndarray], name: str) -> list[tuple[str, dict[str, Any]]]:
+    """``[(case label, {field: array})]`` of check ``name`` from a fixture dict."""
+    cases: dict[str, dict[str, Any]] = {}
+    for key, value in fixtures.items():
+        check, _, rest = key.partition("/")
+        if check != name:
+            continue
+        case, _, fld = rest.partition("/")
+        cases.setdefault(case, {})[fld] = value
+    return sorted(cases.items(), key=lambda kv: int(kv[0].removeprefix("case")))
 
 
-def _as_array(value: Any) -> np.ndarray:
-    """A student's return value (tensor, array, float) as a float64 numpy array."""
+def as_array(value: Any) -> np.ndarray:
+    """A returned value (tensor, array, float, bool) as a numpy array of float64."""
     if hasattr(value, "detach"):
         value = value.detach().cpu().numpy()
     return np.asarray(value, dtype=np.float64)
 
 
-def _run(fn: Callable[..., Any], *args: Any) -> tuple[Any, str | None]:
-    try:
-        return fn(*args), None
-    except Exception as err:
-        return None, f"{type(err).__name__}: {err}"
+def _describe_error(err: BaseException) -> str:
+    return f"{type(err).__name__}: {str(err)[:300]}"
 
 
-def _record(outputs: dict[str, np.ndarray], key: str, value: Any, error: str | None) -> None:
-    if error is not None:
-        outputs[f"{key}/error"] = np.array(error)
-    elif value is None:
-        outputs[f"{key}/error"] = np.array("returned None (is the function implemented?)")
-    else:
-        arr = _as_array(value)
-        outputs[f"{key}/value"] = arr
-        outputs[f"{key}/shape"] = np.array(arr.shape, dtype=np.int64)
-
-
-# ----------------------------------------------------------------------------- step 1: outputs
-def outputs_coverage(coverage_counts: Callable, ood_fraction: Callable) -> dict[str, np.ndarray]:
-    from offline_rl.datasets import OfflineDataset
-
-    fx, out = _load(), {}
-    for case in _cases(fx, "coverage"):
-        p = f"coverage/{case}"
-        n_states, n_actions = (int(v) for v in fx[f"{p}/sizes"])
-        obs, actions = fx[f"{p}/observations"], fx[f"{p}/actions"]
-        n = obs.shape[0]
-        dataset = OfflineDataset(
-            observations=obs,
-            actions=actions,
-            rewards=np.zeros(n, dtype=np.float32),
-            next_observations=obs.copy(),
-            terminals=np.zeros(n, dtype=bool),
-            truncations=np.zeros(n, dtype=bool),
-            episode_starts=np.array([0], dtype=np.int64),
-        )
-        counts, err = _run(coverage_counts, dataset, n_states, n_actions)
-        _record(out, f"{p}/counts", counts, err)
-        frac, err = _run(ood_fraction, fx[f"{p}/counts"], fx[f"{p}/policy"])
-        _record(out, f"{p}/ood_fraction", frac, err)
-    return out
-
-
-def outputs_td_target(td_target: Callable) -> dict[str, np.ndarray]:
-    import torch
-
-    fx, out = _load(), {}
-    for case in _cases(fx, "td_target"):
-        p = f"td_target/{case}"
-        next_q = torch.tensor(fx[f"{p}/next_q_values"], requires_grad=True)
-        terminals = torch.tensor(fx[f"{p}/terminals"])
-        y, err = _run(
-            td_target, torch.tensor(fx[f"{p}/rewards"]), next_q, terminals, float(fx[f"{p}/gamma"])
-        )
-        _record(out, f"{p}/y", y, err)
-        if err is None and y is not None:
-            out[f"{p}/detached"] = np.array(not bool(getattr(y, "requires_grad", False)))
-    return out
-
-
-def outputs_bc_loss(bc_loss: Callable) -> dict[str, np.ndarray]:
-    import torch
-
-    fx, out = _load(), {}
-    for case in _cases(fx, "bc_loss"):
-        p = f"bc_loss/{case}"
-        loss, err = _run(bc_loss, torch.tensor(fx[f"{p}/logits"]), torch.tensor(fx[f"{p}/actions"]))
-        _record(out, f"{p}/loss", loss, err)
-    return out
-
-
-def outputs_cql_penalty(cql_penalty: Callable) -> dict[str, np.ndarray]:
-    import torch
-
-    fx, out = _load(), {}
-    for case in _cases(fx, "cql_penalty"):
-        p = f"cql_penalty/{case}"
-        q = torch.tensor(fx[f"{p}/q_values"], requires_grad=True)
-        value, err = _run(cql_penalty, q, torch.tensor(fx[f"{p}/actions"]))
-        _record(out, f"{p}/penalty", value, err)
-        if err is None and value is not None and getattr(value, "requires_grad", False):
-            value.sum().backward()
-            _record(out, f"{p}/grad", q.grad, None)
-    return out
-
-
-def _mlp_from(fx: dict[str, np.ndarray], prefix: str) -> Any:
-    import torch
-    from torch import nn
-
-    w0, b0, w1, b1 = (fx[f"{prefix}/{k}"] for k in ("w0", "b0", "w1", "b1"))
-    net = nn.Sequential(
-        nn.Linear(w0.shape[1], w0.shape[0]), nn.ReLU(), nn.Linear(w1.shape[1], w1.shape[0])
-    )
-    with torch.no_grad():
-        for param, value in zip(net.parameters(), (w0, b0, w1, b1)):
-            param.copy_(torch.tensor(value))
-    return net
-
-
-def outputs_cql_loss(cql_loss: Callable) -> dict[str, np.ndarray]:
-    import torch
-
-    fx, out = _load(), {}
-    for case in _cases(fx, "cql_loss"):
-        p = f"cql_loss/{case}"
-        q_net, target_net = _mlp_from(fx, f"{p}/q_net"), _mlp_from(fx, f"{p}/target_net")
-        batch = {
-            k: torch.tensor(fx[f"{p}/{k}"])
-            for k in ("observations", "actions", "rewards", "next_observations", "terminals")
-        }
-        result, err = _run(
-            cql_loss, q_net, target_net, batch, float(fx[f"{p}/alpha"]), float(fx[f"{p}/gamma"])
-        )
-        if err is None and not (isinstance(result, tuple) and len(result) == 2):
-            err = f"must return (total_loss, info), got {type(result).__name__}"
-        if err is not None:
-            _record(out, f"{p}/total", None, err)
-            continue
-        total, info = result
-        _record(out, f"{p}/total", total, None)
-        for key in ("bellman_loss", "cql_penalty"):
-            value = info.get(key) if isinstance(info, dict) else None
-            _record(out, f"{p}/{key}", value, None if value is not None else f"info has no {key!r}")
-        if getattr(total, "requires_grad", False):
-            total.backward()
-            grads = [q.grad for q in q_net.parameters()]
-            flat = torch.cat([g.flatten() if g is not None else torch.zeros(0) for g in grads])
-            _record(out, f"{p}/q_grad", flat, None)
-            leaked = any(
-                t.grad is not None and bool(t.grad.abs().sum() > 0) for t in target_net.parameters()
-            )
-            out[f"{p}/target_untouched"] = np.array(not leaked)
-    return out
-
-
-def _dataset_from(fx: dict[str, np.ndarray], prefix: str) -> Any:
-    from offline_rl.datasets import OfflineDataset
-
-    fields = (
-        "observations",
-        "actions",
-        "rewards",
-        "next_observations",
-        "terminals",
-        "truncations",
-        "episode_starts",
-    )
-    return OfflineDataset(**{f: fx[f"{prefix}/{f}"] for f in fields})
-
-
-def outputs_tabular_q(offline_q_learning: Callable) -> dict[str, np.ndarray]:
-    fx, out = _load(), {}
-    for case in _cases(fx, "tabular_q"):
-        p = f"tabular_q/{case}"
-        n_states, n_actions, n_iters = (int(v) for v in fx[f"{p}/sizes"])
-        gamma, alpha = float(fx[f"{p}/gamma"]), float(fx[f"{p}/alpha"])
-        q, err = _run(
-            offline_q_learning,
-            _dataset_from(fx, f"{p}/data"),
-            n_states,
-            n_actions,
-            gamma,
-            alpha,
-            n_iters,
-        )
-        _record(out, f"{p}/q", q, err)
-    return out
-
-
-def outputs_bcq(bcq_policy: Callable) -> dict[str, np.ndarray]:
-    fx, out = _load(), {}
-    for case in _cases(fx, "bcq"):
-        p = f"bcq/{case}"
-        policy, err = _run(
-            bcq_policy, fx[f"{p}/q"].copy(), fx[f"{p}/counts"].copy(), float(fx[f"{p}/threshold"])
-        )
-        _record(out, f"{p}/policy", policy, err)
-    return out
-
-
-def outputs_alpha(alpha_experiment: Callable) -> dict[str, np.ndarray]:
-    fx, out = _load(), {}
-    for case in _cases(fx, "alpha"):
-        p = f"alpha/{case}"
-        alphas = [float(a) for a in fx[f"{p}/alphas"]]
-        result, err = _run(
-            alpha_experiment, _dataset_from(fx, f"{p}/data"), str(fx[f"{p}/layout"]), alphas
-        )
-        for key in ("returns", "ood_q"):
-            value = result.get(key) if isinstance(result, dict) else None
-            _record(
-                out,
-                f"{p}/{key}",
-                value,
-                err if err else (None if value is not None else f"no key {key!r}"),
-            )
-    return out
-
-
-def outputs_quality(quality_experiment: Callable) -> dict[str, np.ndarray]:
-    fx, out = _load(), {}
-    for case in _cases(fx, "quality"):
-        p = f"quality/{case}"
-        args = ([float(q) for q in fx[f"{p}/qualities"]], [int(s) for s in fx[f"{p}/seeds"]])
-        kwargs = {
-            "layout_name": str(fx[f"{p}/layout"]),
-            "n_episodes": int(fx[f"{p}/n_episodes"]),
-            "alpha": float(fx[f"{p}/alpha"]),
-        }
-        try:
-            result, err = quality_experiment(*args, **kwargs), None
-        except Exception as exc:
-            result, err = None, f"{type(exc).__name__}: {exc}"
-        for key in ("bc", "naive", "cql"):
-            value = result.get(key) if isinstance(result, dict) else None
-            _record(
-                out,
-                f"{p}/{key}",
-                value,
-                err if err else (None if value is not None else f"no key {key!r}"),
-            )
-    return out
-
-
-STITCH_KEYS = ("best_trajectory_return", "bc_return", "naive_q_return", "cql_return")
-
-
-def outputs_stitching(stitching_experiment: Callable) -> dict[str, np.ndarray]:
-    fx, out = _load(), {}
-    for case in _cases(fx, "stitching"):
-        p = f"stitching/{case}"
-        result, err = _run(
-            stitching_experiment, _dataset_from(fx, f"{p}/data"), "stitch", float(fx[f"{p}/alpha"])
-        )
-        for key in STITCH_KEYS:
-            value = result.get(key) if isinstance(result, dict) else None
-            _record(
-                out,
-                f"{p}/{key}",
-                value,
-                err if err else (None if value is not None else f"no key {key!r}"),
-            )
-    return out
-
-
-def outputs_choice(question: str, answer: Any) -> dict[str, np.ndarray]:
-    letters = "abcd"
-    index = letters.index(answer) if isinstance(answer, str) and answer in letters else -1
-    return {
-        f"{question}/answer/value": np.asarray(float(index)),
-        f"{question}/answer/shape": np.zeros(0, dtype=np.int64),
-    }
-
-
-def outputs_number(question: str, answer: Any) -> dict[str, np.ndarray]:
+def run_cases(
+    decl: Declaration, cases: list[tuple[str, dict[str, Any]]], fns: tuple[Any, ...]
+) -> dict[str, np.ndarray]:
+    """``decl.run`` on every case; ``{name/case/field/value|shape, name/case/error}``."""
     out: dict[str, np.ndarray] = {}
-    try:
-        _record(out, f"{question}/answer", float(answer), None)
-    except (TypeError, ValueError):
-        _record(out, f"{question}/answer", None, f"{answer!r} is not a number")
+    for label, case in cases:
+        p = f"{decl.name}/{label}"
+        try:
+            result = decl.run(dict(case), *fns)
+            if not isinstance(result, dict):
+                raise TypeError("the check's run must return a dict")
+            for fld, value in result.items():
+                if value is None:
+                    out[f"{p}/{fld}/error"] = np.array(
+                        f"{fld}: your function returned None (is it implemented?)"
+                    )
+                    continue
+                arr = as_array(value)
+                out[f"{p}/{fld}/value"] = arr
+                out[f"{p}/{fld}/shape"] = np.array(arr.shape, dtype=np.int64)
+        except Exception as err:  # the student's code raised: recorded, judged in step 2
+            out[f"{p}/error"] = np.array(_describe_error(err))
     return out
 
 
-def outputs_q10(q10_answer: Any) -> dict[str, np.ndarray]:
-    return outputs_choice("q10", q10_answer)
+def outputs(name: str, *fns: Any, fixtures: dict[str, np.ndarray] | None = None) -> dict:
+    """Step 1 of check ``name`` (and of the checks it uses, for blame)."""
+    registry = load_declarations()
+    decl = registry[name]
+    fx = _load() if fixtures is None else fixtures
+    values = dict(zip(parameters(decl), fns))
+    out = run_cases(decl, case_inputs(fx, name), tuple(values[g] for g in decl.graded))
+    for used in decl.uses:
+        dep = registry[used]
+        out.update(run_cases(dep, case_inputs(fx, used), tuple(values[g] for g in dep.graded)))
+    return out
 
 
-def outputs_q11(q11_answer: Any) -> dict[str, np.ndarray]:
-    return outputs_choice("q11", q11_answer)
+def parameters(decl: Declaration) -> list[str]:
+    """The notebook names step 1 of ``decl`` needs: its own, then those of the checks it uses."""
+    names = list(decl.graded)
+    for used in decl.uses:
+        names += [g for g in REGISTRY[used].graded if g not in names]
+    return names
 
 
-def outputs_q12(q12_answer: Any) -> dict[str, np.ndarray]:
-    return outputs_number("q12", q12_answer)
+def _step_one(decl: Declaration) -> Callable[..., dict[str, np.ndarray]]:
+    def step(*fns: Any) -> dict[str, np.ndarray]:
+        return outputs(decl.name, *fns)
 
-
-#: check name -> step 1. The parameter names are the notebook globals the check is given.
-CHECKS: dict[str, Callable[..., dict[str, np.ndarray]]] = {
-    "coverage": outputs_coverage,
-    "td_target": outputs_td_target,
-    "tabular_q": outputs_tabular_q,
-    "bc_loss": outputs_bc_loss,
-    "cql_penalty": outputs_cql_penalty,
-    "cql_loss": outputs_cql_loss,
-    "bcq": outputs_bcq,
-    "alpha": outputs_alpha,
-    "quality": outputs_quality,
-    "stitching": outputs_stitching,
-    "q10": outputs_q10,
-    "q11": outputs_q11,
-    "q12": outputs_q12,
-}
+    # The grader passes notebook globals by these parameter names (grading/kernel_side.py).
+    params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in parameters(decl)]
+    step.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    step.__name__ = f"outputs_{decl.name}"
+    return step
 
 
 def check(name: str, *notebook_values: Any) -> None:
@@ -367,69 +251,161 @@ def check(name: str, *notebook_values: Any) -> None:
 
 
 # ----------------------------------------------------------------------------- step 2: compare
+def _where(mask: np.ndarray, limit: int = 6, unit: str = "") -> str:
+    """Positions where ``mask`` is True: "entries (0, 2), (3, 1) (2 of 12)". Never values."""
+    idx = np.argwhere(mask)
+    total, count = mask.size, len(idx)
+    if mask.ndim == 0:
+        return ""
+    shown = ", ".join(
+        str(int(i[0])) if mask.ndim == 1 else "(" + ", ".join(str(int(j)) for j in i) + ")"
+        for i in idx[:limit]
+    )
+    more = ", ..." if count > limit else ""
+    noun = unit or ("entry" if count == 1 else "entries")
+    return f"{noun} {shown}{more} ({count} of {total})"
+
+
+def _mismatch(decl: Declaration, label: str, fld: str, got: np.ndarray, want: np.ndarray) -> str:
+    """The failure message for a value outside the tolerance: where, never by how much."""
+    where = f"hidden case {label}, {fld}"
+    if decl.kind == "choice":
+        return "your answer is not the right choice"
+    if decl.kind == "number" or want.size == 1:
+        return f"{where}: outside the tolerance"
+    rtol, atol = max(decl.tolerance[0], STORED_RTOL), max(decl.tolerance[1], STORED_ATOL)
+    off = ~np.isclose(got, want, rtol=rtol, atol=atol)
+    return f"{where}: differs from the reference in {_where(off, unit=decl.units.get(fld, ''))}"
+
+
+def _compare_one(
+    decl: Declaration, got: dict[str, np.ndarray], fixtures: dict[str, np.ndarray]
+) -> None:
+    prefix = f"{decl.name}/"
+    expected = {
+        k: v
+        for k, v in fixtures.items()
+        if k.startswith(prefix) and k.rsplit("/", 1)[-1].startswith("expected_")
+    }
+    if not expected:
+        raise AssertionError(f"no fixtures for {decl.name!r}: rebuild the release")
+    items = []
+    for key in sorted(expected):
+        case_path, _, leaf = key.rpartition("/")
+        fld = leaf.removeprefix("expected_")
+        label = case_path.removeprefix(prefix)
+        items.append((label, fld, f"{case_path}/{fld}", np.asarray(expected[key])))
+    # Errors and shapes first, for every case: "wrong shape" teaches more than a value that is off.
+    for label, fld, out_key, want in items:
+        case_path = out_key.rsplit("/", 1)[0]
+        for err_key in (f"{case_path}/error", f"{out_key}/error"):
+            if err_key in got:
+                raise AssertionError(f"hidden case {label}: your code raised {got[err_key]}")
+        if f"{out_key}/value" not in got:
+            raise AssertionError(f"hidden case {label}: no {fld} recorded")
+        shape = tuple(np.shape(got[f"{out_key}/value"]))
+        if decl.kind == "array" and shape != want.shape:
+            raise AssertionError(
+                f"hidden case {label}, {fld}: expected shape {want.shape}, got {shape} "
+                "(a (B, 1) vs (B,) broadcast, or a missing mean?)"
+            )
+    rtol, atol = max(decl.tolerance[0], STORED_RTOL), max(decl.tolerance[1], STORED_ATOL)
+    for label, fld, out_key, want in items:
+        value = np.asarray(got[f"{out_key}/value"], dtype=np.float64)
+        if fld in decl.flags:
+            if not bool(np.all(value)):
+                raise AssertionError(f"hidden case {label}: {decl.flags[fld]}")
+            continue
+        if decl.kind != "array" and value.shape != want.shape:
+            raise AssertionError(_mismatch(decl, label, fld, value, want))
+        if decl.kind == "choice" and not np.array_equal(value, want):
+            raise AssertionError(_mismatch(decl, label, fld, value, want))
+        if not np.all(np.isfinite(value)):
+            where = _where(~np.isfinite(value)) if value.ndim else ""
+            raise AssertionError(
+                f"hidden case {label}, {fld}: your output contains NaN or inf {where}".rstrip()
+            )
+        if not np.allclose(value, want.astype(np.float64), rtol=rtol, atol=atol):
+            raise AssertionError(_mismatch(decl, label, fld, value, want.astype(np.float64)))
+
+
 def compare(
     name: str, outputs: dict[str, np.ndarray], fixtures: dict[str, np.ndarray] | None = None
 ) -> None:
-    """Compare a check's outputs with the expected values; raise AssertionError on the first miss."""
+    """Compare a check's outputs with the expected values; raise AssertionError on the first miss.
+
+    When the check fails and a check it ``uses`` fails too, the message blames that one: the
+    later question called the student's earlier function, so that is what to fix first.
+    """
+    registry = load_declarations()
     fx = _load(EXPECTED) if fixtures is None else fixtures
-    rtol, atol = TOLERANCES.get(name, (0.0, 0.0))
-    expected = {k: v for k, v in fx.items() if k.startswith(f"{name}/") and "/expected_" in k}
-    if not expected:
-        raise AssertionError(f"no fixtures for {name!r}: rebuild the release")
-    keys = sorted(expected)
-    # Errors and shapes first, for every case: "wrong shape" teaches more than a value that is off
-    # (and a wrong shape often makes a derived output, such as a gradient, look merely off).
-    for key in keys:
-        out_key = key.replace("/expected_", "/")
-        label = out_key.removeprefix(f"{name}/")
-        if f"{out_key}/error" in outputs:
-            raise AssertionError(
-                f"hidden case {label}: your code raised {outputs[f'{out_key}/error']}"
-            )
-        if f"{out_key}/value" in outputs:
-            got, want = np.shape(outputs[f"{out_key}/value"]), np.shape(expected[key])
-            if tuple(got) != tuple(want):
+    decl = registry[name]
+    try:
+        _compare_one(decl, outputs, fx)
+    except AssertionError as own:
+        for used in decl.uses:
+            dep = registry[used]
+            try:
+                _compare_one(dep, outputs, fx)
+            except AssertionError:
+                fns = " / ".join(f"`{g}`" for g in dep.graded)
+                where = dep.question or dep.name
+                here = decl.question or decl.name
                 raise AssertionError(
-                    f"hidden case {label}: expected shape {tuple(want)}, got {tuple(got)} "
-                    "(a (B, 1) vs (B,) broadcast, or a missing mean?)"
-                )
-    for key in keys:
-        out_key = key.replace("/expected_", "/")
-        label = out_key.removeprefix(f"{name}/")
-        if out_key.endswith(("/detached", "/target_untouched")):
-            got = outputs.get(out_key)
-            if got is None or not bool(got):
-                what = (
-                    "the target must be detached"
-                    if "detached" in out_key
-                    else (
-                        "gradients reached the target network: compute the target under torch.no_grad()"
-                    )
-                )
-                raise AssertionError(f"hidden case {label}: {what}")
-            continue
-        if f"{out_key}/value" not in outputs:
-            raise AssertionError(
-                f"hidden case {label}: no output recorded (did the function return a tensor?)"
-            )
-        got = np.asarray(outputs[f"{out_key}/value"], dtype=np.float64)
-        want = np.asarray(expected[key], dtype=np.float64)
-        if not np.all(np.isfinite(got)):
-            raise AssertionError(f"hidden case {label}: your output contains NaN or inf")
-        if not np.allclose(got, want, rtol=rtol, atol=atol):
-            worst = float(np.max(np.abs(got - want)))
-            raise AssertionError(
-                f"hidden case {label}: off by up to {worst:.3g} (tolerance rtol={rtol}, atol={atol})"
-            )
-    if name == "stitching":
-        _check_stitching_order(outputs)
+                    f"{here} uses your {fns} from {where}, which fail hidden check {dep.name}: "
+                    f"fix {where} first ({own})"
+                ) from None
+        raise
 
 
-def _check_stitching_order(outputs: dict[str, np.ndarray]) -> None:
-    """The chapter's claim on the canonical dataset (case0): CQL > best trajectory > BC."""
-    get = {k: float(outputs[f"stitching/case0/{k}/value"]) for k in STITCH_KEYS}
-    if not get["cql_return"] > get["best_trajectory_return"] > get["bc_return"]:
-        raise AssertionError(
-            "on the stitching dataset CQL must beat the best trajectory, which must beat BC; got "
-            + ", ".join(f"{k} = {v:g}" for k, v in get.items())
-        )
+# ----------------------------------------------------------------------------- declaration helpers
+def dataset_fields(prefix: str, dataset: Any) -> dict[str, np.ndarray]:
+    """An OfflineDataset as case fields ``prefix/<field>`` (for a ``cases`` builder)."""
+    return {f"{prefix}/{f}": np.asarray(v) for f, v in dataset.as_dict().items()}
+
+
+def dataset_from(case: dict[str, Any], prefix: str) -> Any:
+    """The OfflineDataset stored by :func:`dataset_fields` (for a ``run``)."""
+    from offline_rl.datasets import OfflineDataset
+
+    fields = {k.removeprefix(f"{prefix}/"): v for k, v in case.items() if k.startswith(f"{prefix}/")}
+    return OfflineDataset(**{f: np.array(v) for f, v in fields.items()})
+
+
+def mlp_fields(prefix: str, net: Any) -> dict[str, np.ndarray]:
+    """The parameters of a Linear-ReLU-Linear network as case fields ``prefix/p<i>``."""
+    return {
+        f"{prefix}/p{i}": p.detach().numpy().copy() for i, p in enumerate(net.parameters())
+    }
+
+
+def mlp_from(case: dict[str, Any], prefix: str) -> Any:
+    """The network stored by :func:`mlp_fields`, in the dtype of the stored weights."""
+    import torch
+    from torch import nn
+
+    w0, b0, w1, b1 = (np.asarray(case[f"{prefix}/p{i}"]) for i in range(4))
+    net = nn.Sequential(
+        nn.Linear(w0.shape[1], w0.shape[0]), nn.ReLU(), nn.Linear(w1.shape[1], w1.shape[0])
+    ).to(torch.float64 if w0.dtype == np.float64 else torch.float32)
+    with torch.no_grad():
+        for param, value in zip(net.parameters(), (w0, b0, w1, b1)):
+            param.copy_(torch.tensor(value))
+    return net
+
+
+HELPERS = {
+    "dataset_fields": dataset_fields,
+    "dataset_from": dataset_from,
+    "mlp_fields": mlp_fields,
+    "mlp_from": mlp_from,
+}
+
+
+load_declarations()
+#: check name -> step 1. Its parameter names are the notebook globals the check is given.
+CHECKS: dict[str, Callable[..., dict[str, np.ndarray]]] = {
+    n: _step_one(d) for n, d in REGISTRY.items()
+}
+#: check name -> (rtol, atol), from the declarations.
+TOLERANCES: dict[str, tuple[float, float]] = {n: d.tolerance for n, d in REGISTRY.items()}

@@ -152,6 +152,17 @@ def grade_once(
         return results
 
 
+def total_points() -> float:
+    """The autograder's total, from its otter test files (what Gradescope shows as the maximum)."""
+    from grading.runner import load_questions
+
+    with tempfile.TemporaryDirectory(prefix="points-") as tmp, zipfile.ZipFile(ZIP) as zf:
+        for name in zf.namelist():
+            if name.startswith("tests/"):
+                zf.extract(name, tmp)
+        return sum(q.points for q in load_questions(Path(tmp, "tests")))
+
+
 def question_scores(results: dict[str, Any]) -> dict[str, float]:
     return {t["name"]: float(t["score"]) for t in results["tests"] if t.get("max_score", 0) > 0}
 
@@ -179,6 +190,29 @@ def all_checks(results: dict[str, Any]) -> set[str]:
     found = set()
     for test in results["tests"]:
         found |= set(re.findall(r"^[✓✗] hidden check (\w+):", test.get("output", ""), re.M))
+    return found
+
+
+def checks_by_question(results: dict[str, Any]) -> dict[str, set[str]]:
+    """Question -> the hidden checks it reports."""
+    return {
+        t["name"]: set(re.findall(r"^[✓✗] hidden check (\w+):", t.get("output", ""), re.M))
+        for t in results["tests"]
+    }
+
+
+#: A decimal number: failure messages must show none (no expected value, no distance to it).
+_DECIMAL = re.compile(r"(?<![\w.])[-+]?(\d+\.\d+|\d+(\.\d*)?[eE][-+]?\d+)(?![\w.])")
+
+
+def leaks(results: dict[str, Any]) -> list[str]:
+    """Failure lines of hidden checks that show a magnitude (the hint lines are the
+    instructor's own text and are not scanned)."""
+    found = []
+    for test in results["tests"]:
+        for line in test.get("output", "").splitlines():
+            if line.startswith("✗ hidden check") and _DECIMAL.search(line.split(": ", 1)[-1]):
+                found.append(f"{test['name']}: {line}")
     return found
 
 

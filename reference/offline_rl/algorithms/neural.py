@@ -35,6 +35,7 @@ __all__ = [
     "DiscreteBCQ",
     "NaiveDQN",
     "bc_loss",
+    "bc_update",
     "bcq_allowed_actions",
     "bcq_greedy",
     "bellman_loss",
@@ -137,6 +138,21 @@ def bc_loss(logits: Tensor, actions: Tensor) -> Tensor:
     _check_actions(actions, logits.shape[0], where)
     log_probs = F.log_softmax(logits, dim=1)  # (B, A)
     return -log_probs.gather(1, actions.unsqueeze(1)).squeeze(1).mean()
+
+
+def bc_update(
+    policy: nn.Module, optimizer: torch.optim.Optimizer, observations: Tensor, actions: Tensor
+) -> float:
+    """One optimizer step on ``bc_loss(policy(observations), actions)``; returns the loss.
+
+    Gradients are zeroed first (they accumulate otherwise), and the loss comes back as a
+    Python float (a tensor would keep the graph alive).
+    """
+    loss = bc_loss(policy(observations), actions)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return float(loss.item())
 
 
 def cql_penalty(q_values: Tensor, actions: Tensor) -> Tensor:

@@ -1,0 +1,289 @@
+"""The hidden-check declarations and their fixtures (no grading: these run in seconds).
+
+* every argument of every graded function is given a non-default value by some hidden case;
+* a check's fixture bytes depend on that check alone (adding or reordering checks shifts none);
+* stored expected values survive the few-ulp differences of another CPU bit for bit;
+* failure messages never carry a magnitude: no expected value, no distance, no MC key;
+* a declaration without a tolerance, or grading a name the master never defines, fails the build.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import re
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import jupytext
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSIGNMENT = ROOT / "assignments" / "offline_rl"
+sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(ASSIGNMENT))
+
+import build_release  # noqa: E402
+import make_fixtures  # noqa: E402
+
+ZIP = ROOT / "autograder" / "offline_rl" / "autograder.zip"
+
+
+def _stage(folder: Path, master: Any = None) -> dict[str, Any]:
+    """hidden_checks.py + the declarations extracted from the master, in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(ASSIGNMENT / "hidden_checks.py", folder / "hidden_checks.py")
+    spec = build_release.AssignmentSpec.load(ASSIGNMENT)
+    nb = jupytext.read(ASSIGNMENT / "master.py") if master is None else master
+    return build_release.declare_checks(spec, nb, folder)
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("declared")
+    _stage(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def generated(staged: Path) -> tuple[dict[str, np.ndarray], dict[str, dict[str, list]]]:
+    calls: dict[str, dict[str, list]] = {}
+    return make_fixtures.make_fixtures(staged, calls=calls), calls
+
+
+# ----------------------------------------------------------------------------- argument variation
+def _same(value: Any, default: Any) -> bool:
+    try:
+        return bool(
+            np.array_equal(np.asarray(value, dtype=object), np.asarray(default, dtype=object))
+        )
+    except Exception:
+        return value is default
+
+
+def _is_range(value: Any) -> bool:
+    """A sequence of ints equal to range(len): seeds a loop over range(len(seeds)) would match."""
+    if not isinstance(value, (list, tuple, range, np.ndarray)):
+        return False
+    items = list(np.asarray(value).ravel())
+    return (
+        bool(items)
+        and all(isinstance(v, (int, np.integer)) for v in items)
+        and ([int(v) for v in items] == list(range(len(items))))
+    )
+
+
+def unvaried(engine: Any, calls: dict[str, dict[str, list]]) -> list[str]:
+    """``check: function(argument)`` for each argument no hidden case varies: never passed a
+    value other than its default, or (int sequences) never anything but range(len)."""
+    import inspect
+
+    problems = []
+    for name, decl in engine.REGISTRY.items():
+        for graded in decl.graded:
+            target = make_fixtures.resolve(decl.reference[graded])
+            if not callable(target):
+                continue  # a value answer (multiple choice, number): nothing to vary
+            recorded = calls.get(name, {}).get(graded, [])
+            if not recorded:
+                problems.append(f"{name}: {graded} is never called")
+                continue
+            for param in inspect.signature(target).parameters.values():
+                values = [c[param.name] for c in recorded if param.name in c]
+                default = param.default
+                varied = [
+                    v for v in values if default is inspect.Parameter.empty or not _same(v, default)
+                ]
+                if not varied or all(_is_range(v) for v in varied):
+                    problems.append(f"{name}: {graded}({param.name})")
+    return problems
+
+
+def test_every_argument_of_every_graded_function_is_varied(staged, generated):
+    engine = make_fixtures.load_engine(staged)
+    assert unvaried(engine, generated[1]) == []
+
+
+def test_argument_variation_test_fails_when_a_case_is_removed(staged):
+    """The guard has teeth: drop tabular_q's one case that passes lr, and it names lr."""
+    engine = make_fixtures.load_engine(staged)
+    decl = engine.REGISTRY["tabular_q"]
+    fewer = decl._replace(cases=lambda rng: [c for c in decl.cases(rng) if "lr" not in c])
+    calls: dict[str, list] = {}
+    make_fixtures.fixtures_of(engine, fewer, calls)
+    problems = [p for p in unvaried(engine, {"tabular_q": calls}) if p.startswith("tabular_q")]
+    assert problems == ["tabular_q: offline_q_learning(lr)"], "removing the lr case must be caught"
+    seeds = {"qualities": [0.0], "seeds": [0, 1]}
+    assert _is_range(seeds["seeds"]) and not _is_range([7, 3])
+
+
+# ------------------------------------------------------------ fixtures that do not shift
+def test_each_checks_fixtures_depend_on_that_check_alone(staged, generated):
+    """Adding a check (first, so everything after it would shift with one shared generator) or
+    reordering the checks leaves every other check's bytes unchanged."""
+    everything = generated[0]
+    engine = make_fixtures.load_engine(staged)
+
+    @engine.hidden_check(
+        "added_example",
+        cases=lambda rng: [{"x": rng.normal(size=50)}],
+        tolerance=(0.0, 0.0),
+        reference={"bc_loss": "offline_rl.algorithms.neural:bc_loss"},
+    )
+    def _run(case: dict, bc_loss: Any) -> dict:
+        return {"y": case["x"]}
+
+    order = ["added_example", *reversed([n for n in engine.REGISTRY if n != "added_example"])]
+    again: dict[str, np.ndarray] = {}
+    for name in order:
+        again.update(make_fixtures.fixtures_of(engine, engine.REGISTRY[name]))
+    added = {k for k in again if k.startswith("added_example/")}
+    assert added and set(again) - added == set(everything)
+    changed = [k for k in everything if _npy(again[k]) != _npy(everything[k])]
+    assert changed == [], f"fixtures shifted: {changed[:5]}"
+
+
+def _npy(value: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.asarray(value), allow_pickle=False)
+    return buffer.getvalue()
+
+
+# ------------------------------------------------------------ bit-for-bit on any CPU
+def _one_ulp(seed: int) -> Any:
+    """A 'different CPU': every float result moved by one ulp, up or down (another summation
+    order moves float64 reductions by about that much)."""
+    rng = np.random.default_rng(seed)
+
+    def perturb(raw: np.ndarray) -> np.ndarray:
+        if not np.issubdtype(raw.dtype, np.floating):
+            return raw
+        direction = np.where(rng.random(raw.shape) < 0.5, -np.inf, np.inf)
+        return np.nextafter(raw, direction)
+
+    return perturb
+
+
+def _expected_bytes(fx: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    make_fixtures.write_npz(buffer, make_fixtures.split(fx)[1])  # type: ignore[arg-type]
+    return buffer.getvalue()
+
+
+def test_one_ulp_leaves_every_stored_expected_value_unchanged(generated):
+    expected = make_fixtures.split(generated[0])[1]
+    floats = {k: v for k, v in expected.items() if np.issubdtype(v.dtype, np.floating)}
+    assert floats
+    for key, stored in floats.items():
+        for direction in (-np.inf, np.inf):
+            moved = make_fixtures.canonical(np.nextafter(stored, direction))
+            assert _npy(moved) == _npy(stored), f"{key}: 1 ulp changes the stored bytes"
+
+
+def test_simulated_other_cpu_reproduces_the_release(staged, generated, monkeypatch):
+    """Fixtures recomputed with every raw float moved by one ulp give the same bytes as here and
+    as the committed release; without canonicalisation (the old behaviour) they would not."""
+    other_cpu = make_fixtures.make_fixtures(staged, perturb=_one_ulp(1))
+    assert _expected_bytes(other_cpu) == _expected_bytes(generated[0])
+    with zipfile.ZipFile(ZIP) as zf:
+        committed = zf.read("files/hidden_expected.npz")
+    assert _expected_bytes(other_cpu) == committed, (
+        "the committed release differs from the fixtures recomputed on a simulated other CPU "
+        "(run `make release`)"
+    )
+    monkeypatch.setattr(make_fixtures, "canonical", lambda values, bits=53: np.asarray(values))
+    old_here = make_fixtures.make_fixtures(staged, only={"tabular_q"})
+    old_other = make_fixtures.make_fixtures(staged, perturb=_one_ulp(1), only={"tabular_q"})
+    assert _expected_bytes(old_here) != _expected_bytes(old_other), "the simulation changes nothing"
+
+
+# ----------------------------------------------------------------------------- messages
+FLOAT = re.compile(r"(?<![\w.])[-+]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][-+]?\d+)(?![\w.])")
+
+
+def _wrong_outputs(engine: Any, name: str, fx: dict[str, np.ndarray], how: str) -> dict:
+    """Outputs of check ``name`` that are wrong in a given way, built from the expected ones."""
+    out: dict[str, np.ndarray] = {}
+    for key, want in make_fixtures.split(fx)[1].items():
+        if not key.startswith(f"{name}/"):
+            continue
+        path = key.replace("/expected_", "/")
+        value = np.asarray(want, dtype=np.float64)
+        if how == "shifted":
+            value = value + 0.6180339 * (1 + np.abs(value))
+        elif how == "zero":
+            value = np.zeros_like(value)
+        elif how == "one_entry":
+            value = value.copy()
+            value.flat[-1] += 1.234567
+        elif how == "inf":
+            value = value.copy()
+            value.flat[0] = np.inf
+        out[f"{path}/value"] = value
+        out[f"{path}/shape"] = np.array(value.shape, dtype=np.int64)
+    return out
+
+
+@pytest.mark.parametrize("how", ["shifted", "zero", "one_entry", "inf"])
+def test_failure_messages_carry_no_magnitude(staged, generated, how):
+    engine = make_fixtures.load_engine(staged)
+    fx = generated[0]
+    expected = make_fixtures.split(fx)[1]
+    failed = 0
+    for name, decl in engine.REGISTRY.items():
+        try:
+            engine.compare(name, _wrong_outputs(engine, name, fx, how), fixtures=expected)
+        except AssertionError as err:
+            message = str(err)
+            failed += 1
+        else:
+            continue
+        floats = [m.group(0) for m in FLOAT.finditer(message)]
+        assert not floats, f"{name} ({how}): the message shows numbers {floats}: {message}"
+        if decl.kind == "choice":
+            assert message == "your answer is not the right choice", message
+    assert failed >= len(engine.REGISTRY) // 2
+
+
+def test_a_later_question_blames_the_earlier_function_it_calls(staged, generated):
+    engine = make_fixtures.load_engine(staged)
+    expected = make_fixtures.split(generated[0])[1]
+    outputs = _wrong_outputs(engine, "alpha", generated[0], "shifted")
+    outputs.update(_wrong_outputs(engine, "coverage", generated[0], "zero"))
+    tabular = {k: v for k, v in expected.items() if k.startswith("tabular_q/")}
+    outputs.update({k.replace("/expected_", "/") + "/value": v for k, v in tabular.items()})
+    blame = r"uses your `coverage_counts` / `ood_fraction` from q1_coverage.*fix q1_coverage first"
+    with pytest.raises(AssertionError, match=blame):
+        engine.compare("alpha", outputs, fixtures=expected)
+
+
+# ----------------------------------------------------------------------------- build errors
+def _master_with(edit: Any) -> Any:
+    nb = copy.deepcopy(jupytext.read(ASSIGNMENT / "master.py"))
+    cell = next(
+        c for c in nb.cells if '"bcq",' in c.source and "hidden_check" in c.metadata.get("tags", [])
+    )
+    cell.source = edit(cell.source)
+    return nb
+
+
+def test_a_check_without_tolerance_fails_the_build_naming_it(tmp_path):
+    nb = _master_with(lambda s: s.replace("    tolerance=(0.0, 0.0),\n", "", 1))
+    with pytest.raises(build_release.BuildError, match="'bcq' declares no tolerance"):
+        _stage(tmp_path, nb)
+
+
+def test_a_check_grading_an_undefined_name_fails_the_build_naming_it(tmp_path):
+    nb = _master_with(
+        lambda s: (
+            s.replace("case, bcq_policy)", "case, bcq_polcy)")
+            .replace('"bcq_policy": "', '"bcq_polcy": "')
+            .replace("bcq_policy(case", "bcq_polcy(case")
+        )
+    )
+    with pytest.raises(build_release.BuildError, match="'bcq' grades 'bcq_polcy'"):
+        _stage(tmp_path, nb)
