@@ -69,8 +69,11 @@ behavior takes a uniformly random action with probability ``epsilon = 1 - qualit
 ``"poor"`` (75% random actions) has a mean return near 50, a tenth of the expert's. Yet greedy
 behavior cloning *denoises* it: wherever the expert's action is still the most frequent one
 (any quality > 0, given enough data) the cloned policy's argmax is the expert's action, so BC
-balances for hundreds of steps. Only on ``"random"`` data is there nothing to imitate; there
-CQL, which learns from the rewards, clearly beats both BC and the behavior policy.
+balances for hundreds of steps. Only on ``"random"`` data is there nothing to imitate.
+
+``"expert"`` data are the notebook's over-estimation example: in every state only the expert's
+action appears, and no episode ends in a fall (500 steps is a truncation, not a terminal), so
+nothing in the data tells naive offline DQN that the other action is bad.
 """
 
 

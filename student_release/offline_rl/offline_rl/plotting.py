@@ -73,7 +73,9 @@ def draw_grid(
             ax.arrow(c - 0.25 * dc, r - 0.25 * dr, 0.4 * dc, 0.4 * dr, head_width=0.15,
                      length_includes_head=True, color="black")  # fmt: skip
         if heat is not None and annotate and policy is None:
-            ax.text(c, r, f"{heat[r, c]:.1f}", ha="center", va="center", fontsize=7, color="w")
+            v = float(heat[r, c])
+            label = f"{v:.0f}" if v.is_integer() else f"{v:.1f}"  # counts without ".0"
+            ax.text(c, r, label, ha="center", va="center", fontsize=9, color="w")
     if title:
         ax.set_title(title)
     return ax

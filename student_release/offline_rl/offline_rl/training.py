@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import gymnasium as gym
@@ -35,8 +35,9 @@ _BATCH_KEYS = ("observations", "actions", "rewards", "next_observations", "termi
 class Agent(Protocol):
     """Anything trainable by ``train_offline``."""
 
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One gradient step on a minibatch; returns the numbers to log."""
+    def update(self, batch: dict[str, torch.Tensor]) -> Mapping[str, float | torch.Tensor]:
+        """One gradient step on a minibatch; returns the numbers to log (floats, or 0-d tensors
+        that ``train_offline`` converts only on the steps it logs)."""
         ...
 
 
@@ -140,10 +141,16 @@ def train_offline(
             f"{type(agent).__name__} has no update(batch) method; train_offline needs one."
         )
     rng = np.random.default_rng(seed)
+    # Convert (and check) the whole dataset once; each step then only gathers rows. The rows
+    # are those ``dataset.sample(batch_size, rng)`` would draw, so the minibatches are the same.
+    all_transitions = to_torch_batch(
+        {key: getattr(dataset, key) for key in _BATCH_KEYS}
+    )
     history: dict[str, list[float]] = {"step": []}
     bar = tqdm(range(1, n_steps + 1), desc="offline training", disable=not progress, leave=False)
     for step in bar:
-        info = agent.update(to_torch_batch(dataset.sample(batch_size, rng)))
+        rows = torch.from_numpy(rng.integers(0, len(dataset), size=batch_size))
+        info = agent.update({key: value[rows] for key, value in all_transitions.items()})
         if step % log_every == 0 or step == n_steps:
             history["step"].append(float(step))
             for key, value in info.items():

@@ -23,7 +23,7 @@ import numpy as np
 from IPython.display import display
 
 from offline_rl import plotting
-from offline_rl.behavior import narrow_expert_dataset, noisy_expert_policy, quality_dataset
+from offline_rl.behavior import narrow_expert_dataset, quality_dataset, random_policy
 from offline_rl.datasets import OfflineDataset, collect_dataset
 from offline_rl.envs import GridLayout, get_layout, make_grid_env
 from offline_rl.evaluation import fitted_q_evaluation
@@ -31,13 +31,19 @@ from offline_rl.online import online_q_learning
 from offline_rl.planning import greedy_policy, policy_evaluation, rollout_return, value_iteration
 
 __all__ = [
+    "DEMO1_SEEDS",
+    "DEMO1_SIZES",
+    "coverage_sweep",
     "cql_demo",
     "distribution_shift_demo",
     "offline_to_online_plot",
     "online_vs_offline_demo",
+    "policy_selection",
     "policy_selection_table",
     "quality_demo",
+    "quality_learning_curves",
     "replay_q_learning",
+    "wait_for",
 ]
 
 
@@ -45,21 +51,56 @@ class NotImplementedYetError(RuntimeError):
     """A student function returned None or raised: the demo waits for it."""
 
 
+#: The question that asks for each student function a demo calls (for the waiting line).
+QUESTION_OF = {"coverage_counts": "q1", "offline_q_learning": "q3", "quality_experiment": "q8"}
+
+
 def _call(fn: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> Any:
+    question = QUESTION_OF.get(name, "its question")
     try:
         out = fn(*args, **kwargs)
     except Exception as err:
-        raise NotImplementedYetError(f"{name} raised {type(err).__name__}: {err}") from err
+        raise NotImplementedYetError(
+            f"waiting for your code ({question}): {name} raised {type(err).__name__}: {err}"
+        ) from err
     if out is None:
-        raise NotImplementedYetError(f"{name} returned None")
+        raise NotImplementedYetError(f"waiting for your code ({question}): {name} returned None")
+    return out
+
+
+def _has_none(value: Any) -> bool:
+    """None itself, or a dict/tuple/list holding a None (e.g. ``{"bc_loss": None}``)."""
+    if value is None:
+        return True
+    if isinstance(value, dict):
+        return any(_has_none(v) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return any(_has_none(v) for v in value)
+    return False
+
+
+def wait_for(question: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` for a guided cell, or None while the student's code is missing.
+
+    A guided cell runs support code on the student's functions. Before they are written (they
+    return None, or raise), the cell prints one line, "waiting for your code (q7): ...", instead
+    of a traceback from deep inside the support code, so Run All goes on to the end.
+    """
+    try:
+        out = fn(*args, **kwargs)
+    except Exception as err:
+        print(f"waiting for your code ({question}): {type(err).__name__}: {err}"[:300])
+        return None
+    if _has_none(out):
+        print(f"waiting for your code ({question}): a function you write still returns None.")
+        return None
     return out
 
 
 def _note(output: widgets.Output, message: str) -> None:
     with output:
         output.clear_output(wait=True)
-        print(f"This demo runs on your code and is waiting for it: {message}.")
-        print("Finish the question, re-run its cell, then re-run this cell.")
+        print(f"{message}. This demo runs on it: finish the question, then re-run this cell.")
 
 
 def _show(fig: plt.Figure, output: widgets.Output) -> None:
@@ -69,9 +110,21 @@ def _show(fig: plt.Figure, output: widgets.Output) -> None:
     plt.close(fig)
 
 
+def _describe(fig: plt.Figure) -> str:
+    """The figure's axes titles, joined: the state the plot shows, as text."""
+    return " · ".join(ax.get_title() for ax in fig.axes if ax.get_title())
+
+
 def _interactive(control: widgets.Widget, draw: Callable[[Any], plt.Figure]) -> widgets.VBox:
-    """A control above an output area redrawn by ``draw(value)``; results cached per value."""
+    """A control, a caption and an output area redrawn by ``draw(value)``; cached per value.
+
+    The box is returned, not displayed: the notebook cell's value shows it, exactly once. The
+    caption repeats the figure's titles as text, so the state of the plot can be read without
+    looking at pixels (screen readers, the browser tests).
+    """
     output = widgets.Output()
+    caption = widgets.HTML()
+    caption.add_class("offline-rl-demo-state")
     cache: dict[Any, plt.Figure] = {}
 
     def redraw(change: Any = None) -> None:
@@ -79,15 +132,15 @@ def _interactive(control: widgets.Widget, draw: Callable[[Any], plt.Figure]) -> 
         try:
             if value not in cache:
                 cache[value] = draw(value)
+            caption.value = _describe(cache[value])
             _show(cache[value], output)
         except NotImplementedYetError as err:
+            caption.value = str(err).split(":")[0]  # "waiting for your code (q1)"
             _note(output, str(err))
 
     control.observe(redraw, names="value")
     redraw()
-    box = widgets.VBox([control, output])
-    display(box)
-    return box
+    return widgets.VBox([control, caption, output])
 
 
 # --------------------------------------------------------------------------- Demo 1
@@ -110,60 +163,123 @@ def replay_q_learning(
     return Q
 
 
+#: Demo 1's settings: the slider's dataset sizes (episodes of a uniformly random behavior
+#: policy) and the seeds averaged at each size. The claim tests run exactly these.
+DEMO1_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+DEMO1_SEEDS: tuple[int, ...] = tuple(range(8))
+
+
+def _first_episodes(data: OfflineDataset, n: int) -> OfflineDataset:
+    """The first ``n`` episodes of ``data`` (so smaller datasets are subsets of larger ones)."""
+    starts = data.episode_starts
+    end = int(starts[n]) if n < len(starts) else len(data)
+    fields = data.as_dict()
+    cut = {k: v[:end] for k, v in fields.items() if k != "episode_starts"}
+    return OfflineDataset(**cut, episode_starts=starts[:n])
+
+
+def _live_pairs(lay: GridLayout) -> np.ndarray:
+    """(S,) mask of the cells where an agent can act (not a wall, goal or pit)."""
+    cells = [lay.coords(s) for s in range(lay.n_states)]
+    return np.array([lay.terminal_reward(c) is None and c not in lay.walls for c in cells])
+
+
+def coverage_sweep(
+    coverage_fn: Callable[..., Any],
+    layout_name: str = "open",
+    sizes: tuple[int, ...] = DEMO1_SIZES,
+    seeds: tuple[int, ...] = DEMO1_SEEDS,
+) -> dict[str, np.ndarray]:
+    """Demo 1's experiment: one fixed behavior policy (uniformly random), more or less of its data.
+
+    Only the dataset size changes between settings, and the datasets of one seed are nested
+    (the first n episodes of the same stream), so coverage can only grow with the size. The
+    offline agent is :func:`replay_q_learning` on that data; its return is the greedy rollout's.
+
+    Returns:
+        ``sizes`` (K,); ``coverage`` and ``returns`` (K, n_seeds): the fraction of the live
+        (s, a) pairs in the data and the offline agent's return.
+    """
+    lay = get_layout(layout_name)
+    live = _live_pairs(lay)
+    coverage = np.zeros((len(sizes), len(seeds)))
+    returns = np.zeros((len(sizes), len(seeds)))
+    env = make_grid_env(lay)
+    for j, seed in enumerate(seeds):
+        stream = collect_dataset(env, random_policy(), max(sizes), seed, progress=False)
+        for i, n in enumerate(sizes):
+            data = _first_episodes(stream, n)
+            counts = np.asarray(
+                _call(coverage_fn, "coverage_counts", data, lay.n_states, lay.n_actions)
+            )
+            coverage[i, j] = float(np.mean(counts[live] > 0))
+            returns[i, j] = rollout_return(lay, greedy_policy(replay_q_learning(data, lay, 60)))
+    return {"sizes": np.asarray(sizes), "coverage": coverage, "returns": returns}
+
+
 def online_vs_offline_demo(
     coverage_fn: Callable[..., Any], layout_name: str = "open"
 ) -> widgets.VBox:
-    """Demo 1: an online agent vs an offline agent whose dataset's coverage the slider sets.
+    """Demo 1: an online agent vs offline agents whose data the slider makes larger.
 
-    The offline data come from an ε-noisy expert; ε = 0 follows one path, larger ε covers more.
+    The behavior policy is fixed (uniformly random); the slider sets how many of its episodes
+    the offline agent gets, which moves coverage and nothing else.
     """
     lay = get_layout(layout_name)
-    _, online_returns = online_q_learning(lay, n_episodes=300, seed=0, progress=False)
-    optimal = rollout_return(lay, greedy_policy(value_iteration(lay)[1]))
+    q_online, online_returns = online_q_learning(lay, n_episodes=300, seed=0, progress=False)
+    online_final = rollout_return(lay, greedy_policy(q_online))
+    sweep: dict[str, np.ndarray] = {}
 
-    def draw(epsilon: float) -> plt.Figure:
-        data = collect_dataset(
-            make_grid_env(lay), noisy_expert_policy(lay, epsilon), 10, seed=0, progress=False
-        )
-        counts = np.asarray(
-            _call(coverage_fn, "coverage_counts", data, lay.n_states, lay.n_actions)
-        )
-        q_off = replay_q_learning(data, lay)
-        policy = greedy_policy(q_off)
-        covered = float(np.mean(counts > 0))
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    def draw(n_episodes: int) -> plt.Figure:
+        if not sweep:
+            sweep.update(coverage_sweep(coverage_fn, layout_name))
+        i = list(DEMO1_SIZES).index(n_episodes)
+        stream = collect_dataset(make_grid_env(lay), random_policy(), n_episodes, DEMO1_SEEDS[0],
+                                 progress=False)  # fmt: skip
+        policy = greedy_policy(replay_q_learning(stream, lay, 60))
+        cov, ret = sweep["coverage"].mean(axis=1), sweep["returns"].mean(axis=1)
+        fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
         plotting.draw_grid(
-            axes[0],
-            lay,
-            counts=counts.sum(axis=1),
-            policy=policy,
-            title=f"offline data: {covered:.0%} of (s, a) pairs covered",
-        )
+            axes[0], lay, counts=_state_counts(coverage_fn, stream, lay), policy=policy,
+            title=f"seed 0, {n_episodes} episodes: {sweep['coverage'][i, 0]:.0%} covered",
+        )  # fmt: skip
+        label = f"offline agent (mean of {len(DEMO1_SEEDS)} seeds)"
+        axes[1].plot(100 * cov, ret, "o-", color="C1", label=label)
+        axes[1].plot(100 * cov[i], ret[i], "o", ms=12, mfc="none", color="k")
+        axes[1].axhline(online_final, color="C0", ls="--", label="online agent, after 300 episodes")
+        axes[1].set_xlabel("coverage of the (s, a) pairs (%)")
+        axes[1].set_ylabel("offline agent's return")
+        axes[1].set_title("more coverage, better offline agent")
+        axes[1].text(0.02, 0.8, "little gain until about half the pairs are covered;\n"
+                     "the online agent's return only above 90 % coverage",
+                     transform=axes[1].transAxes, va="top", fontsize=8)  # fmt: skip
+        axes[1].legend(loc="lower right", fontsize=8)
         window = 10
         smooth = np.convolve(online_returns, np.ones(window) / window, mode="valid")
         plotting.plot_curves(
-            axes[1],
-            np.arange(smooth.shape[0]),
-            {"online Q-learning": smooth},
-            xlabel="episode of interaction",
-            ylabel="return",
-        )
-        axes[1].axhline(rollout_return(lay, policy), color="C1", ls="--", label="offline agent")
-        axes[1].axhline(optimal, color="gray", ls=":", label="optimal")
-        axes[1].legend(loc="lower right")
+            axes[2], np.arange(smooth.shape[0]), {"online Q-learning": smooth},
+            xlabel="episode of interaction", ylabel="return (10-episode mean)",
+        )  # fmt: skip
+        axes[2].set_title("the online agent collects its own data")
         fig.tight_layout()
         return fig
 
-    slider = widgets.FloatSlider(
-        value=0.0,
-        min=0.0,
-        max=1.0,
-        step=0.1,
+    slider = widgets.SelectionSlider(
+        options=list(DEMO1_SIZES),
+        value=4,
         continuous_update=False,
-        description="behavior ε",
-        readout_format=".1f",
+        description="episodes of data",
+        style={"description_width": "initial"},
     )
     return _interactive(slider, draw)
+
+
+def _state_counts(
+    coverage_fn: Callable[..., Any], data: OfflineDataset, lay: GridLayout
+) -> np.ndarray:
+    """The student's counts for ``data``, per state (for the heatmap)."""
+    counts = _call(coverage_fn, "coverage_counts", data, lay.n_states, lay.n_actions)
+    return np.asarray(counts).sum(axis=1)
 
 
 # --------------------------------------------------------------------------- Demos 2 and 3
@@ -209,9 +325,17 @@ def distribution_shift_demo(
             )
         )
         policy = greedy_policy(q)
-        fig, axes = plt.subplots(1, 3, figsize=(15, 3.4))
+        # The two 3 x 10 grids stacked on the left, the scatter on the right: at Lab's default
+        # width a single row of three panels shrank the count labels below readability.
+        fig = plt.figure(figsize=(11, 5.6))
+        grid = fig.add_gridspec(2, 2, width_ratios=[1.5, 1])
+        axes = [fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[:, 1])]
+        axes.append(fig.add_subplot(grid[1, 0]))
         plotting.draw_grid(
-            axes[0], lay, counts=counts.sum(axis=1), title="dataset visits per state"
+            axes[0],
+            lay,
+            counts=counts.sum(axis=1),
+            title=f"ε = {epsilon:g}: dataset visits per state",
         )
         plotting.plot_q_seen_vs_unseen(axes[1], q, counts, q_true, title="learned vs true Q")
         plotting.draw_grid(
@@ -261,6 +385,7 @@ def cql_demo(offline_q_fn: Callable[..., Any], coverage_fn: Callable[..., Any]) 
         plotting.plot_bars(
             axes[1],
             {"seen (s, a)": float(q[seen].mean()), "unseen (s, a)": float(q[unseen].mean())},
+            ylabel="mean learned Q(s, a)",
         )
         axes[1].set_title("mean learned Q")
         fig.tight_layout()
@@ -281,7 +406,7 @@ def quality_demo(
     coverage_fn: Callable[..., Any],
     layout_name: str = "open",
     n_episodes: int = 4,
-    seeds: tuple[int, ...] = (0, 1, 2),
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4),
 ) -> widgets.VBox:
     """Demo 4: returns of BC, naive Q and CQL against the fraction of expert data."""
     lay = get_layout(layout_name)
@@ -304,6 +429,7 @@ def quality_demo(
         counts = np.asarray(
             _call(coverage_fn, "coverage_counts", data, lay.n_states, lay.n_actions)
         )
+        visited = int(np.sum(counts.sum(axis=1) > 0))
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
         curves = {"BC": sweep["bc"], "naive Q": sweep["naive"], "CQL": sweep["cql"]}
         plotting.plot_curves(
@@ -318,7 +444,7 @@ def quality_demo(
             axes[1],
             lay,
             counts=counts.sum(axis=1),
-            title=f"quality {quality:.2f}: states the data visit",
+            title=f"quality {quality:.2f}: the data visit {visited} states",
         )
         fig.tight_layout()
         return fig
@@ -329,29 +455,121 @@ def quality_demo(
     return _interactive(slider, draw)
 
 
-# --------------------------------------------------------------------------- guided parts
-def policy_selection_table(
-    dataset: OfflineDataset, layout: str | GridLayout, candidates: dict[str, np.ndarray]
-) -> dict[str, tuple[float, float]]:
-    """Offline policy selection: FQE's estimate of V^π(start) next to the true value.
+#: Demo 4's learning curves: training lengths (iterations of the student's learner) shown.
+CURVE_ITERS: tuple[int, ...] = (10, 30, 100, 300, 1000, 3000)
+
+
+def quality_learning_curves(
+    offline_q_fn: Callable[..., Any],
+    coverage_fn: Callable[..., Any],
+    quality: float = 0.5,
+    layout_name: str = "open",
+    n_episodes: int = 4,
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4),
+    n_iters: tuple[int, ...] = CURVE_ITERS,
+    alpha: float = 1.0,
+) -> dict[str, np.ndarray]:
+    """Demo 4's learning curves: greedy return (mean over seeds) after each training length.
+
+    Naive Q (α = 0) and CQL are the student's ``offline_q_fn`` stopped after ``n_iters``
+    iterations; BC (argmax of the student's counts) has no training loop and is a flat line.
 
     Returns:
-        {name: (fqe_estimate, true_value)}; also prints a ranked table.
+        ``n_iters`` (K,); ``naive``, ``cql`` (K,) and ``bc`` (float array): seed means.
+    """
+    lay = get_layout(layout_name)
+    S, A = lay.n_states, lay.n_actions
+    curves = {key: np.zeros((len(n_iters), len(seeds))) for key in ("naive", "cql")}
+    bc = np.zeros(len(seeds))
+    for j, seed in enumerate(seeds):
+        data = quality_dataset(layout_name, quality, n_episodes, seed)
+        counts = np.asarray(_call(coverage_fn, "coverage_counts", data, S, A))
+        bc[j] = rollout_return(lay, np.argmax(counts, axis=1))
+        for i, n in enumerate(n_iters):
+            for key, a in (("naive", 0.0), ("cql", alpha)):
+                q = _call(offline_q_fn, "offline_q_learning", data, S, A, lay.gamma, alpha=a,
+                          n_iters=n)  # fmt: skip
+                curves[key][i, j] = rollout_return(lay, greedy_policy(np.asarray(q)))
+    out = {"n_iters": np.asarray(n_iters), "bc": np.array(bc.mean())}
+    out.update({k: v.mean(axis=1) for k, v in curves.items()})
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    plotting.plot_curves(
+        ax, out["n_iters"], {"naive Q": out["naive"], f"CQL (α={alpha:g})": out["cql"]},
+        xlabel="training iterations", ylabel=f"return (mean of {len(seeds)} seeds)",
+    )  # fmt: skip
+    ax.axhline(float(out["bc"]), color="C2", ls="--", label="BC (no training loop)")
+    ax.set_xscale("log")
+    ax.legend(loc="center right", fontsize=8)
+    ax.set_title(f"learning curves at quality {quality:g}")
+    fig.tight_layout()
+    plt.show()
+    return out
+
+
+# --------------------------------------------------------------------------- guided parts
+def _ranks(values: list[float]) -> list[int]:
+    """Competition ranks, 1 = largest; values equal to 1e-6 share a rank."""
+    return [1 + sum(other > v + 1e-6 for other in values) for v in values]
+
+
+def policy_selection(
+    dataset: OfflineDataset, layout: str | GridLayout, candidates: dict[str, np.ndarray]
+) -> dict[str, dict[str, float]]:
+    """Offline policy selection by FQE, next to the truth that a real application never sees.
+
+    Returns:
+        {name: {"fqe", "true", "fqe_rank", "true_rank", "off_data"}}: FQE's estimate and the
+        exact discounted value of the policy at the start state, their ranks (1 = best, ties
+        share a rank) and ``off_data``, the fraction of the dataset's states in which the
+        policy picks an action the data never took there.
     """
     lay = get_layout(layout)
-    rows = {}
+    S, A = lay.n_states, lay.n_actions
+    sa = dataset.observations * A + dataset.actions
+    counts = np.bincount(sa, minlength=S * A).reshape(S, A)
+    visited = counts.sum(axis=1) > 0
+    start = lay.start_state
+    rows: dict[str, dict[str, float]] = {}
     for name, policy in candidates.items():
         policy = np.asarray(policy, dtype=np.int64)
-        q_hat = fitted_q_evaluation(dataset, policy, lay.n_states, lay.n_actions, lay.gamma)
-        start = lay.start_state
-        true = policy_evaluation(lay, policy)[start]
-        rows[name] = (float(q_hat[start, policy[start]]), float(true))
-    print(f"{'policy':<12}{'FQE estimate':>14}{'true value':>12}")
-    for name, (est, true) in sorted(rows.items(), key=lambda kv: -kv[1][0]):
-        print(f"{name:<12}{est:>14.2f}{true:>12.2f}")
-    best_fqe = max(rows, key=lambda k: rows[k][0])
-    best_true = max(rows, key=lambda k: rows[k][1])
-    print(f"FQE picks {best_fqe!r}; the truly best is {best_true!r}.")
+        q_hat = fitted_q_evaluation(dataset, policy, S, A, lay.gamma)
+        unseen = counts[np.arange(S), policy] == 0
+        rows[name] = {
+            "fqe": float(q_hat[start, policy[start]]),
+            "true": float(policy_evaluation(lay, policy)[start]),
+            "off_data": float(np.mean(unseen[visited])),
+        }
+    names = list(rows)
+    for key in ("fqe", "true"):
+        for name, rank in zip(names, _ranks([rows[n][key] for n in names]), strict=True):
+            rows[name][key + "_rank"] = rank
+    return rows
+
+
+def policy_selection_table(
+    dataset: OfflineDataset, layout: str | GridLayout, candidates: dict[str, np.ndarray]
+) -> dict[str, dict[str, float]]:
+    """Print :func:`policy_selection` as a small table, best FQE estimate first, and FQE's picks.
+
+    Returns:
+        the rows of :func:`policy_selection` (assign them: a bare call would echo the dict).
+    """
+    rows = policy_selection(dataset, layout, candidates)
+    order = sorted(rows, key=lambda k: rows[k]["fqe_rank"])
+    width = max(len(name) for name in rows) + 2
+    print(f"{'policy':<{width}}{'FQE value':>10}{'FQE rank':>10}{'true value':>12}"
+          f"{'true rank':>11}{'off the data':>14}")  # fmt: skip
+    for name in order:
+        r = rows[name]
+        print(f"{name:<{width}}{r['fqe']:>10.2f}{r['fqe_rank']:>10d}{r['true']:>12.2f}"
+              f"{r['true_rank']:>11d}{r['off_data']:>14.0%}")  # fmt: skip
+    pick = order[0]
+    print(f"\nFQE picks {pick!r}: true rank {rows[pick]['true_rank']} of {len(rows)}.")
+    on_data = [k for k in order if rows[k]["off_data"] == 0.0]
+    if on_data and on_data[0] != pick:
+        best = on_data[0]
+        print(f"Among the candidates that never leave the data, FQE picks {best!r}: "
+              f"true rank {rows[best]['true_rank']}.")  # fmt: skip
     return rows
 
 
@@ -373,5 +591,5 @@ def offline_to_online_plot(
         ylabel="return",
     )
     fig.tight_layout()
-    plt.show()
+    plt.close(fig)  # returned, not shown: the cell's value displays it once
     return fig
