@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import traceback
 from pathlib import Path
@@ -16,6 +17,11 @@ from pathlib import Path
 from grading import results
 from grading.runner import Grader, GradingConfig
 from grading.sandbox import SandboxConfig
+
+#: The grader's own memory (RLIMIT_DATA, soft: the kernel's launcher sets its own). Whatever the
+#: kernel hands over is bounded far below this (runner.MAX_OUTPUT_BYTES); past it a read fails
+#: with MemoryError, which costs one check, instead of the container being killed.
+GRADER_MEMORY_BYTES = 1024 * 2**20
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,14 +38,26 @@ def main(argv: list[str] | None = None) -> int:
         "--reverse-checks", action="store_true", help="run hidden checks last-first (tests only)"
     )
     parser.add_argument(
-        "--uid", type=int, default=SandboxConfig.uid, help="sandbox user (one per parallel run)"
+        "--uid",
+        type=int,
+        default=None,
+        help="force this sandbox uid (runs sharing it wait for each other); default: a fresh one",
+    )
+    parser.add_argument(
+        "--jail",
+        choices=["auto", "require", "off"],
+        default=SandboxConfig.jail,
+        help="mount namespace around the kernel (auto: where the machine allows it)",
     )
     args = parser.parse_args(argv)
     same_user = args.same_user or os.geteuid() != 0
     if same_user and not args.same_user:
         print("grading: not root, so the notebook runs as this user (no sandbox).", file=sys.stderr)
-    uid = None if same_user else args.uid
-    sandbox = SandboxConfig(cell_timeout=args.cell_timeout, uid=uid, gid=uid)
+    uid = None if same_user else ("fresh" if args.uid is None else args.uid)
+    sandbox = SandboxConfig(cell_timeout=args.cell_timeout, uid=uid, jail=args.jail)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if hard == resource.RLIM_INFINITY or hard > GRADER_MEMORY_BYTES:
+        resource.setrlimit(resource.RLIMIT_DATA, (GRADER_MEMORY_BYTES, hard))
     try:
         config = GradingConfig(
             sandbox=sandbox, check_timeout=args.check_timeout, reverse_checks=args.reverse_checks
