@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         results.write({"score": 0.0, "output": message, "tests": []}, args.results)
         return 1
     result = grader.grade(args.submission, args.results)
+    if grader.sandbox_uid is not None:  # tests check that no process of it outlived the run
+        print(f"grading: sandbox uid {grader.sandbox_uid}", file=sys.stderr)
     print(f"score {result['score']:g}: {result['output']}")
     return 0
 

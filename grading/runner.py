@@ -278,6 +278,8 @@ class Grader:
         self.show_hidden = bool(otter_config.get("show_hidden", False))
         self.questions = load_questions(self.source / "tests")
         self.checks = _load_module(self.source / "files" / "hidden_checks.py", "_trusted_checks")
+        self.sandbox_uid: int | None = None
+        """The uid the last run's kernel had (for the record: it is free again afterwards)."""
 
     # ------------------------------------------------------------------ sandbox set-up
     def _prepare_workdir(
@@ -352,6 +354,7 @@ class Grader:
         if sandbox.uid is None:
             return self._grade_as(submission, time.monotonic(), sandbox)
         with uids.reserve(None if sandbox.uid == "fresh" else sandbox.uid) as uid:
+            self.sandbox_uid = uid
             gid = sandbox.gid if sandbox.gid is not None else uid
             # The clock starts once the uid is ours (a forced uid may wait for another run).
             return self._grade_as(

@@ -216,7 +216,8 @@ class Sandbox:
         launch_file.write_text(json.dumps(launch))
         spec_dir = self._private / "kernels" / "sandbox"
         spec_dir.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-I", str(LAUNCHER), str(launch_file), "{connection_file}"]
+        # -I -S: the root launcher reads no environment variable and no .pth file of site-packages.
+        argv = [sys.executable, "-I", "-S", str(LAUNCHER), str(launch_file), "{connection_file}"]
         spec = {"argv": argv, "display_name": "sandbox", "language": "python"}
         (spec_dir / "kernel.json").write_text(json.dumps(spec))
         ksm = KernelSpecManager(kernel_dirs=[str(self._private / "kernels")])
