@@ -224,8 +224,10 @@ def load_npz(data: bytes, max_bytes: int = MAX_OUTPUT_BYTES) -> dict[str, np.nda
             raise ValueError(f"{len(members)} arrays (at most {MAX_OUTPUT_ARRAYS})")
         for member in members:
             name = member.filename.removesuffix(".npy")
-            if name == member.filename or member.file_size > max_bytes + 2**16:
+            if name == member.filename:
                 raise ValueError(f"unexpected member {member.filename[:80]!r}")
+            if member.file_size > max_bytes + 2**16:
+                raise ValueError(f"array {name[:80]!r} larger than {max_bytes / 2**20:g} MB")
             with zf.open(member) as f:
                 version = fmt.read_magic(f)
                 if version == (1, 0):
@@ -239,7 +241,7 @@ def load_npz(data: bytes, max_bytes: int = MAX_OUTPUT_BYTES) -> dict[str, np.nda
                 nbytes = math.prod(int(n) for n in shape) * dtype.itemsize
                 total += nbytes
                 if total > max_bytes:
-                    raise ValueError(f"arrays larger than {max_bytes // 2**20} MB")
+                    raise ValueError(f"arrays larger than {max_bytes / 2**20:g} MB")
                 raw = f.read(nbytes + 1)
             if len(raw) != nbytes:
                 raise ValueError(f"array {name[:80]!r}: {len(raw)} bytes, header says {nbytes}")

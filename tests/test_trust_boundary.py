@@ -15,6 +15,7 @@ To see the attacks succeed against the grader before the fix, point the tests at
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -29,12 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 
 from grading import results as gs
-from grading import uids
+from grading import runner, uids
 from tests.conftest import require_root
 from tests.corpus import attacks, corpus
+from tools import build_release
 
 pytestmark = [pytest.mark.grading, pytest.mark.slow]
 
@@ -282,3 +285,86 @@ def test_forced_uid_is_held_for_the_whole_run():
             pass
     with uids.reserve(61_472):  # released on exit
         pass
+
+
+# ------------------------------------------------------------------ the pieces, without a kernel
+def _npz(**arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _npz_member(name: str, header: dict, body: bytes = b"", version=(1, 0)) -> bytes:
+    member = io.BytesIO()
+    if version == (1, 0):
+        np.lib.format.write_array_header_1_0(member, header)
+    else:
+        member.write(np.lib.format.magic(*version) + b"\x10\x00" + b"{}".ljust(16))
+    buffer = io.BytesIO()
+    with (
+        zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf,
+        zf.open(f"{name}.npy", "w", force_zip64=True) as f,
+    ):
+        f.write(member.getvalue())
+        f.write(body)
+    return buffer.getvalue()
+
+
+def test_load_npz_reads_plain_arrays_back():
+    arrays = {"a/value": np.arange(6.0).reshape(2, 3), "b": np.array("text"), "c": np.int8(3)}
+    got = runner.load_npz(_npz(**arrays))
+    assert set(got) == set(arrays)
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(got[key], value)
+        assert got[key].dtype == np.asarray(value).dtype
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (_npz_member("x", {"descr": "<f8", "fortran_order": False, "shape": (2**40,)}), "larger"),
+        (  # a deflate bomb: 16 MB of zeros behind a truthful header, ~16 KB compressed
+            _npz_member(
+                "x", {"descr": "<f8", "fortran_order": False, "shape": (2**21,)}, bytes(2**24)
+            ),
+            "larger",
+        ),
+        (_npz(x=np.array([{}], dtype=object)), "not accepted"),
+        (_npz(x=np.zeros(3, dtype=[("a", "<f8")])), "not accepted"),
+        (
+            _npz_member("x", {"descr": "<f8", "fortran_order": False, "shape": (4,)}, bytes(8)),
+            "header says",
+        ),
+        (_npz_member("x", {}, version=(3, 0)), "version"),
+        (b"not a zip", "not an .npz"),
+    ],
+    ids=["huge-header", "deflate-bomb", "object", "structured", "truncated", "npy-v3", "garbage"],
+)
+def test_load_npz_refuses_before_it_allocates(data, why):
+    with pytest.raises(ValueError, match=why):
+        runner.load_npz(data, max_bytes=2**20)
+
+
+def test_any_kernel_text_becomes_reportable():
+    text = gs.clean("a\ud800b\x1b[2J\x00c\td\n" + "x" * 50, limit=20)
+    text.encode("utf-8")  # a lone surrogate made the old grader's report writer raise
+    assert "\x1b" not in text and "\x00" not in text and len(text) == 20
+    assert text.startswith("a?b[2Jc\td\n")
+
+
+def test_results_file_check_refuses_what_root_did_not_write(tmp_path):
+    """run_autograder runs ``python -m grading.results`` on results.json before handing it over."""
+    require_root()
+    path = tmp_path / "results.json"
+    check = [sys.executable, "-m", "grading.results", str(path)]
+    path.write_text(json.dumps({"score": 1.0, "tests": []}))
+    assert subprocess.run(check, cwd=corpus.ROOT, capture_output=True).returncode == 0
+    os.chown(path, 61_473, 61_473)  # what the kernel could do to a file root handed it
+    assert subprocess.run(check, cwd=corpus.ROOT, capture_output=True).returncode == 1
+    path.unlink()
+    path.write_text('{"score": "35"}')
+    assert subprocess.run(check, cwd=corpus.ROOT, capture_output=True).returncode == 1
+    path.unlink()
+    path.symlink_to(tmp_path / "elsewhere.json")
+    assert subprocess.run(check, cwd=corpus.ROOT, capture_output=True).returncode == 1
+    assert "grading.results" in build_release.RUN_AUTOGRADER
