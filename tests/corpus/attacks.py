@@ -136,6 +136,19 @@ _i = _argv.index(b"grading")
 _SOURCE, _SUBMISSION, _RESULTS = (a.decode() for a in _argv[_i + 1 : _i + 4])
 """
 
+#: Unless the sandbox user already owns ``_target``: swap the connection file for a link to it and
+#: kill the kernel, so that the root launcher writes (and ``chown``s) ``_target`` on the restart.
+_SWAP_CONNECTION = """
+try:
+    _ours = _os.stat(_target).st_uid == _os.getuid()
+except OSError:
+    _ours = False
+if not _ours:
+    _os.remove(".kernel-connection.json")
+    _os.symlink(_target, ".kernel-connection.json")
+    _os._exit(1)
+"""
+
 #: Finding 1: swap the kernel's connection file for a link to results.json, die, and let the root
 #: launcher create the file for the sandbox user on the restart; then write full marks into it.
 #: A lone surrogate in an error message then made the grader crash before it overwrote them.
@@ -147,17 +160,8 @@ SURROGATE_FUNCTION = (
 )
 FORGE_RESULTS = [
     _GRADER_PATHS
-    + """
-_target = _os.path.join(_RESULTS, "results.json")
-try:
-    _ours = _os.stat(_target).st_uid == _os.getuid()
-except OSError:
-    _ours = False
-if not _ours:
-    _os.remove(".kernel-connection.json")
-    _os.symlink(_target, ".kernel-connection.json")
-    _os._exit(1)
-""",
+    + '_target = _os.path.join(_RESULTS, "results.json")\n'
+    + _SWAP_CONNECTION,
     _GRADER_PATHS
     + """
 import json as _json
@@ -190,17 +194,7 @@ _site = next(p for p in _sys.path if p.endswith("site-packages"))
 _pth = _os.path.join(_site, {PTH_NAME!r})
 """
 ROOT_VIA_PTH = [
-    _FIND_PTH
-    + """
-try:
-    _ours = _os.stat(_pth).st_uid == _os.getuid()
-except OSError:
-    _ours = False
-if not _ours:
-    _os.remove(".kernel-connection.json")
-    _os.symlink(_pth, ".kernel-connection.json")
-    _os._exit(1)
-""",
+    _FIND_PTH + "_target = _pth\n" + _SWAP_CONNECTION,
     _FIND_PTH
     + f"""
 if _os.path.exists(_pth) and _os.stat(_pth).st_uid == _os.getuid() and not _os.path.exists(
