@@ -416,10 +416,14 @@ class Grader:
                 """Start over, replaying the cells that ran (never the one that killed the
                 kernel, which would kill it again), within the time budget. A cell that kills
                 the kernel on its replay is dropped too, and the replay starts again."""
-                nonlocal restarts
+                nonlocal restarts, death
                 while left() > 0:
                     restarts += 1
-                    sandbox.restart()
+                    try:
+                        sandbox.restart()
+                    except RuntimeError as err:  # e.g. the notebook shadowed ipykernel's modules
+                        death = f"{death}; then it could not be restarted ({clean(err, 300)})"
+                        return
                     sandbox.run(setup)
                     for earlier in list(done):
                         if left() <= 0:

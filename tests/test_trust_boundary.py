@@ -118,6 +118,7 @@ def grade(
     """Grade ``base`` + ``cells`` and check what every run owes: a valid root-owned results.json
     in time, an empty temporary folder, no live process of the sandbox uid."""
     with tempfile.TemporaryDirectory(prefix="trust-") as tmp:
+        os.chmod(tmp, 0o711)  # as /tmp is: the sandbox user may traverse to its working directory
         src, sub, res = Path(tmp, "source"), Path(tmp, "submission"), Path(tmp, "results")
         scratch = Path(tmp, "tmp")
         scratch.mkdir(mode=0o755)

@@ -155,13 +155,10 @@ if not _ours:
 #: A graded function whose error message holds a lone surrogate: the kernel hands it over in the
 #: check's outputs, and the old grader died encoding the report (finding 3).
 SURROGATE_FUNCTION = (
-    "def td_target(*args, **kwargs):\n"
-    '    raise ValueError("\\ud800 \\x1b[2J\\x00" + "x" * 200_000)'
+    'def td_target(*args, **kwargs):\n    raise ValueError("\\ud800 \\x1b[2J\\x00" + "x" * 200_000)'
 )
 FORGE_RESULTS = [
-    _GRADER_PATHS
-    + '_target = _os.path.join(_RESULTS, "results.json")\n'
-    + _SWAP_CONNECTION,
+    _GRADER_PATHS + '_target = _os.path.join(_RESULTS, "results.json")\n' + _SWAP_CONNECTION,
     _GRADER_PATHS
     + """
 import json as _json

@@ -86,11 +86,12 @@ def grade(
     nb: nbformat.NotebookNode | None,
     *,
     files: dict[str, bytes] | None = None,
-    uid: int = 61_234,
+    uid: int | None = None,
     extra_args: tuple[str, ...] = (),
     env_extra: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Grade a notebook (or raw submission files) with the release's autograder.zip."""
+    """Grade a notebook (or raw submission files) with the release's autograder.zip; ``uid``
+    forces the sandbox uid (runs forcing the same one wait for each other)."""
     with tempfile.TemporaryDirectory(prefix="corpus-") as tmp:
         src, sub, res = Path(tmp, "source"), Path(tmp, "submission"), Path(tmp, "results")
         with zipfile.ZipFile(ZIP) as zf:
@@ -103,7 +104,9 @@ def grade(
             (sub / name).write_bytes(data)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
         env.update(env_extra or {})
-        cmd = [sys.executable, "-m", "grading", str(src), str(sub), str(res), "--uid", str(uid)]
+        cmd = [sys.executable, "-m", "grading", str(src), str(sub), str(res)]
+        if uid is not None:  # default: the grader picks a fresh uid for the run
+            cmd += ["--uid", str(uid)]
         proc = subprocess.run(
             [*cmd, *extra_args], cwd=src, env=env, capture_output=True, text=True, timeout=900
         )
