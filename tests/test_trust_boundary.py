@@ -130,6 +130,7 @@ def grade(
         for name, data in (files or {}).items():
             (src / name).write_bytes(data)
         sub.mkdir()
+        res.mkdir()  # Gradescope's harness creates it before run_autograder runs
         nbformat.write(_notebook(base, cells), sub / f"{corpus.ASSIGNMENT}.ipynb")
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
         env["TMPDIR"] = str(scratch)
@@ -220,11 +221,12 @@ def test_crashing_cell_is_not_replayed_and_costs_nothing_else():
 
 # ------------------------------------------------------------------------------- finding 6
 def test_replays_count_against_the_time_budget():
-    budget, slow = 40.0, 4.5
-    cells = [attacks.SLOW_CELL.format(seconds=slow)] * 8 + ["import os; os._exit(1)"]
+    # 50 s of slow cells, then a crash inside the 70 s budget: the old grader replayed all 50 s.
+    budget, slow = 70.0, 5.0
+    cells = [attacks.SLOW_CELL.format(seconds=slow)] * 10 + ["import os; os._exit(1)"]
     graded = grade(cells, scale={"budget": budget, "deadline": budget + 20, "cell_timeout": 10})
-    # Before the fix the 36 s of slow cells ran twice (the replay ignored the clock).
-    assert graded.seconds < budget + 25, f"{graded.seconds:.0f} s with a {budget:.0f} s budget"
+    assert graded.seconds < budget + 20, f"{graded.seconds:.0f} s with a {budget:.0f} s budget"
+    assert "crashed the Python kernel" in graded.question("Notebook report")
     assert graded.results["score"] == 0
     assert not graded.owed, graded.owed
 
