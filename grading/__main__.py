@@ -18,10 +18,11 @@ from grading import results
 from grading.runner import Grader, GradingConfig
 from grading.sandbox import SandboxConfig
 
-#: The grader's own memory (RLIMIT_DATA, soft: the kernel's launcher sets its own). Whatever the
-#: kernel hands over is bounded far below this (runner.MAX_OUTPUT_BYTES); past it a read fails
-#: with MemoryError, which costs one check, instead of the container being killed.
-GRADER_MEMORY_BYTES = 1024 * 2**20
+#: The grader's own memory (RLIMIT_DATA, soft: the kernel's launcher sets its own). Grading the
+#: solution peaks at 227 MB VmData (138 MB resident); what the kernel hands over adds at most
+#: a few times runner.MAX_OUTPUT_BYTES. Past the cap a read fails with MemoryError, which costs
+#: one check, instead of the container being killed.
+GRADER_MEMORY_BYTES = 512 * 2**20
 
 
 def main(argv: list[str] | None = None) -> int:

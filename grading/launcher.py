@@ -51,9 +51,9 @@ def jail(root: str, binds: list[str]) -> None:
     for path in binds:
         target = root + path
         if os.path.isdir(path):
-            os.makedirs(target, mode=0o755, exist_ok=True)
+            os.makedirs(target, mode=0o711, exist_ok=True)
         else:
-            os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+            os.makedirs(os.path.dirname(target), mode=0o711, exist_ok=True)
             open(target, "a").close()
         _mount(libc, path, target, None, MS_BIND | MS_REC)
     os.chdir(root)
