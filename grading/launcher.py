@@ -38,6 +38,16 @@ def _mount(libc: ctypes.CDLL, src: str | None, target: str, fs: str | None, flag
         raise OSError(err, f"mount {src} on {target}: {os.strerror(err)}")
 
 
+def _traverse_only(root: str, path: str) -> None:
+    """Create ``root + path`` folder by folder, each 0711: the kernel may pass, never list."""
+    current = root
+    for part in path.strip("/").split("/"):
+        current = os.path.join(current, part)
+        if not os.path.isdir(current):
+            os.mkdir(current, 0o711)
+            os.chmod(current, 0o711)  # whatever the umask
+
+
 def jail(root: str, binds: list[str]) -> None:
     """Private mount namespace; a tmpfs at ``root`` with ``binds`` mounted at their own paths;
     ``chroot`` into it. Raises OSError when the machine does not allow it."""
@@ -51,9 +61,9 @@ def jail(root: str, binds: list[str]) -> None:
     for path in binds:
         target = root + path
         if os.path.isdir(path):
-            os.makedirs(target, mode=0o711, exist_ok=True)
+            _traverse_only(root, path)
         else:
-            os.makedirs(os.path.dirname(target), mode=0o711, exist_ok=True)
+            _traverse_only(root, os.path.dirname(path))
             open(target, "a").close()
         _mount(libc, path, target, None, MS_BIND | MS_REC)
     os.chdir(root)
