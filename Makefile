@@ -8,8 +8,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
-# Two pytest-xdist workers (CI has two cores), each grading as its own sandbox user
-# (tests/corpus/corpus.py: default_uid); tests sharing /autograder stay on one (xdist_group).
+# Two pytest-xdist workers (CI has two cores); every grading gets a fresh sandbox uid from the
+# grader (grading/uids.py); tests sharing /autograder stay on one worker (xdist_group).
 XDIST ?= -n 2 --dist loadgroup
 
 .PHONY: release test test-fast lint fixtures bench bench-d3rlpy venv clean corpus kill-matrix grading-tests \

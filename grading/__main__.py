@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import traceback
 from pathlib import Path
@@ -16,6 +17,12 @@ from pathlib import Path
 from grading import results
 from grading.runner import Grader, GradingConfig
 from grading.sandbox import SandboxConfig
+
+#: The grader's own memory (RLIMIT_DATA, soft: the kernel's launcher sets its own). Grading the
+#: solution peaks at 227 MB VmData (138 MB resident); what the kernel hands over adds at most
+#: a few times runner.MAX_OUTPUT_BYTES. Past the cap a read fails with MemoryError, which costs
+#: one check, instead of the container being killed.
+GRADER_MEMORY_BYTES = 512 * 2**20
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,14 +39,26 @@ def main(argv: list[str] | None = None) -> int:
         "--reverse-checks", action="store_true", help="run hidden checks last-first (tests only)"
     )
     parser.add_argument(
-        "--uid", type=int, default=SandboxConfig.uid, help="sandbox user (one per parallel run)"
+        "--uid",
+        type=int,
+        default=None,
+        help="force this sandbox uid (runs sharing it wait for each other); default: a fresh one",
+    )
+    parser.add_argument(
+        "--jail",
+        choices=["auto", "require", "off"],
+        default=SandboxConfig.jail,
+        help="mount namespace around the kernel (auto: where the machine allows it)",
     )
     args = parser.parse_args(argv)
     same_user = args.same_user or os.geteuid() != 0
     if same_user and not args.same_user:
         print("grading: not root, so the notebook runs as this user (no sandbox).", file=sys.stderr)
-    uid = None if same_user else args.uid
-    sandbox = SandboxConfig(cell_timeout=args.cell_timeout, uid=uid, gid=uid)
+    uid = None if same_user else ("fresh" if args.uid is None else args.uid)
+    sandbox = SandboxConfig(cell_timeout=args.cell_timeout, uid=uid, jail=args.jail)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if hard == resource.RLIM_INFINITY or hard > GRADER_MEMORY_BYTES:
+        resource.setrlimit(resource.RLIMIT_DATA, (GRADER_MEMORY_BYTES, hard))
     try:
         config = GradingConfig(
             sandbox=sandbox, check_timeout=args.check_timeout, reverse_checks=args.reverse_checks
@@ -52,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         results.write({"score": 0.0, "output": message, "tests": []}, args.results)
         return 1
     result = grader.grade(args.submission, args.results)
+    if grader.sandbox_uid is not None:  # tests check that no process of it outlived the run
+        print(f"grading: sandbox uid {grader.sandbox_uid}", file=sys.stderr)
     print(f"score {result['score']:g}: {result['output']}")
     return 0
 

@@ -3,23 +3,28 @@
 Trust boundary (see grading/README.md):
 
 * this process reads the autograder (tests, expected values) and writes results.json; before any
-  student code runs it makes the autograder and the submission unreadable to the sandbox user;
-* the student's notebook runs cell by cell in a kernel owned by the sandbox user
-  (:mod:`grading.sandbox`), in a directory that holds only the shipped support files, the hidden
-  *inputs* and the kernel-side harvester;
+  student code runs it makes the autograder, the submission and the results folder unreadable to
+  the sandbox user, and it never creates, ``chown``s or ``chmod``s anything in a folder that user
+  can write once student code has run;
+* the student's notebook runs cell by cell in a kernel owned by a uid of its own for this run
+  (:mod:`grading.uids`, :mod:`grading.sandbox`), in a 0700 directory that holds only the shipped
+  support files, the hidden *inputs* and the kernel-side harvester;
 * each hidden check's first step runs in that kernel and leaves an ``.npz`` of plain arrays; this
-  process opens it without following links, checks owner and size, loads it without pickle, and
-  compares it with expected values the kernel never saw.
+  process opens it without following links, checks owner and size, checks every array's header
+  (dtype, shape, bytes) before reading it, never unpickles, and compares it with expected values
+  the kernel never saw. Anything wrong with one file costs that check only.
 
 Whatever happens, :func:`grade` writes a results.json with a score and returns it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import importlib.util
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -28,6 +33,7 @@ import sys
 import tempfile
 import time
 import traceback
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -37,6 +43,8 @@ import nbformat
 import numpy as np
 
 from grading import results as gs
+from grading import uids
+from grading.results import clean
 from grading.sandbox import CellRun, Sandbox, SandboxConfig
 from grading.submission import SubmissionError, find_notebook
 
@@ -51,6 +59,11 @@ SCAFFOLDING = re.compile(
 CHECK_CELL = re.compile(r'^\s*grader\.check\(\s*"([\w-]+)"\s*\)\s*$')
 ANSWER_TAGS = {"otter_answer_cell", "otter_assign_solution_cell"}
 MAX_OUTPUT_FILE = 32 * 2**20
+#: Bytes of arrays one hidden check may hand back once inflated, and how many arrays.
+MAX_OUTPUT_BYTES = 64 * 2**20
+MAX_OUTPUT_ARRAYS = 256
+#: dtype kinds accepted from the kernel: bool, integers, floats, complex, strings. No objects.
+SAFE_KINDS = set("biufcUS")
 HIDDEN_CASE = re.compile(r"^test_(\w+)_hidden$")
 
 
@@ -73,7 +86,10 @@ class GradingConfig:
     check_timeout: float = 30.0
     """Seconds one hidden check may run the student's code (the slowest takes ~3 s here)."""
     budget: float = 420.0
-    """Seconds for the whole run (Gradescope stops at 600 with no results at all)."""
+    """Seconds for the notebook's cells and replays; hidden checks stop at the same mark."""
+    deadline: float = 540.0
+    """Seconds after which no wait of the run may continue (Gradescope stops at 600 with no
+    results at all): every cell, check, replay and kernel start is cut to fit."""
     max_restarts: int = 2
     """Kernel restarts allowed after cells that ignore interrupts or kill the kernel."""
     reverse_checks: bool = False
@@ -180,9 +196,58 @@ def _read_outputs(path: Path, uid: int | None) -> dict[str, np.ndarray]:
             raise ValueError("not written by the notebook's kernel")
         if info.st_size > MAX_OUTPUT_FILE:
             raise ValueError(f"{info.st_size} bytes is too large")
-        data = f.read()
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files}
+        data = f.read(MAX_OUTPUT_FILE + 1)
+    if len(data) > MAX_OUTPUT_FILE:
+        raise ValueError("too large")
+    return load_npz(data)
+
+
+def load_npz(data: bytes, max_bytes: int = MAX_OUTPUT_BYTES) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` written by untrusted code, each header checked before its data
+    is read: a known version, a plain dtype (no objects, no pickles), and a declared size that,
+    summed over the arrays, stays within ``max_bytes``. Reading stops at the declared size, so a
+    deflate bomb or a lying header costs at most ``max_bytes``.
+
+    Raises:
+        ValueError: the file breaks one of these rules (the message says which).
+    """
+    fmt = np.lib.format
+    arrays: dict[str, np.ndarray] = {}
+    total = 0
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as err:
+        raise ValueError(f"not an .npz file ({err})") from err
+    with zf:
+        members = zf.infolist()
+        if len(members) > MAX_OUTPUT_ARRAYS:
+            raise ValueError(f"{len(members)} arrays (at most {MAX_OUTPUT_ARRAYS})")
+        for member in members:
+            name = member.filename.removesuffix(".npy")
+            if name == member.filename:
+                raise ValueError(f"unexpected member {member.filename[:80]!r}")
+            if member.file_size > max_bytes + 2**16:
+                raise ValueError(f"array {name[:80]!r} larger than {max_bytes / 2**20:g} MB")
+            with zf.open(member) as f:
+                version = fmt.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = fmt.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, fortran, dtype = fmt.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f"array {name[:80]!r}: .npy version {version} not accepted")
+                if dtype.hasobject or dtype.kind not in SAFE_KINDS or dtype.itemsize == 0:
+                    raise ValueError(f"array {name[:80]!r}: dtype {dtype} not accepted")
+                nbytes = math.prod(int(n) for n in shape) * dtype.itemsize
+                total += nbytes
+                if total > max_bytes:
+                    raise ValueError(f"arrays larger than {max_bytes / 2**20:g} MB")
+                raw = f.read(nbytes + 1)
+            if len(raw) != nbytes:
+                raise ValueError(f"array {name[:80]!r}: {len(raw)} bytes, header says {nbytes}")
+            flat = np.frombuffer(raw, dtype=dtype)
+            arrays[name] = flat.reshape(shape, order="F" if fortran else "C").copy()
+    return arrays
 
 
 def _describe(run: CellRun, cell_timeout: float) -> str:
@@ -192,7 +257,7 @@ def _describe(run: CellRun, cell_timeout: float) -> str:
         return "crashed the Python kernel (out of memory, or a hard crash)"
     if run.ename == "MemoryError" or "can't allocate memory" in run.evalue:
         return f"ran out of memory ({run.ename}: {run.evalue[:200]})"
-    return f"raised {run.ename}: {run.evalue[:300]}"
+    return f"raised {clean(run.ename, 100)}: {clean(run.evalue, 300)}"
 
 
 def _error_line(cell: NotebookCell, timeout: float) -> str:
@@ -215,9 +280,14 @@ class Grader:
         self.show_hidden = bool(otter_config.get("show_hidden", False))
         self.questions = load_questions(self.source / "tests")
         self.checks = _load_module(self.source / "files" / "hidden_checks.py", "_trusted_checks")
+        self.sandbox_uid: int | None = None
+        """The uid the last run's kernel had (for the record: it is free again afterwards)."""
 
     # ------------------------------------------------------------------ sandbox set-up
-    def _prepare_workdir(self, workdir: Path, notebook: Path) -> None:
+    def _prepare_workdir(
+        self, workdir: Path, notebook: Path, uid: int | None, gid: int | None
+    ) -> None:
+        """Fill the kernel's folder while no student code runs yet, then hand it over."""
         for entry in sorted((self.source / "files").iterdir()):
             if any(fnmatch.fnmatch(entry.name, pattern) for pattern in SECRET_FILES):
                 continue
@@ -230,13 +300,23 @@ class Grader:
         shutil.copyfile(notebook, workdir / f"{self.assignment}.ipynb")
         for path in [workdir, *workdir.rglob("*")]:
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        (workdir / ".outputs").mkdir()
+        if uid is not None:
+            # The last root operations in it: from here on the kernel may change anything inside.
+            for path in (workdir / ".outputs", workdir):
+                os.chown(path, uid, gid if gid is not None else uid)
+            os.chmod(workdir, 0o700)
 
     # ------------------------------------------------------------------ grading
     def grade(self, submission: Path, results_dir: Path) -> dict[str, Any]:
         """Grade ``submission`` (a folder) and write ``results_dir/results.json``; never raises."""
         start = time.monotonic()
+        results_dir = Path(results_dir)
+        results_dir.mkdir(parents=True, exist_ok=True)
+        if self.config.sandbox.uid is not None:
+            _lock(results_dir)  # before any student code: the kernel never reaches the report
         try:
-            result = self._grade(Path(submission), start)
+            result = self._grade(Path(submission))
         except SubmissionError as err:
             result = self._zero(f"Your submission could not be graded: {err}")
         except Exception:
@@ -246,11 +326,15 @@ class Grader:
                 "necessarily in your work). Your upload is kept; tell the course staff."
             )
         result["execution_time"] = round(time.monotonic() - start, 1)
-        problems = gs.validate(result)
+        try:
+            result = gs.sanitise(result)
+            problems = gs.validate(result)
+        except Exception as err:
+            problems = [f"{type(err).__name__}: {err}"]
         if problems:  # never hand Gradescope a file it rejects: that would show no score at all
             print("results.json problems: " + "; ".join(problems), file=sys.stderr)
             result = self._zero("The autograder produced an invalid report; tell the course staff.")
-        gs.write(result, Path(results_dir))
+        gs.write(result, results_dir)
         return result
 
     def _zero(self, message: str) -> dict[str, Any]:
@@ -267,74 +351,118 @@ class Grader:
         ]
         return {"score": 0.0, "output": message, "tests": tests, "stdout_visibility": "hidden"}
 
-    def _grade(self, submission: Path, start: float) -> dict[str, Any]:
-        cfg = self.config
-        sandboxed = cfg.sandbox.uid is not None
+    def _grade(self, submission: Path) -> dict[str, Any]:
+        sandbox = self.config.sandbox
+        if sandbox.uid is None:
+            return self._grade_as(submission, time.monotonic(), sandbox)
+        with uids.reserve(None if sandbox.uid == "fresh" else sandbox.uid) as uid:
+            self.sandbox_uid = uid
+            gid = sandbox.gid if sandbox.gid is not None else uid
+            # The clock starts once the uid is ours (a forced uid may wait for another run).
+            return self._grade_as(
+                submission, time.monotonic(), dataclasses.replace(sandbox, uid=uid, gid=gid)
+            )
+
+    def _grade_as(self, submission: Path, start: float, sandbox: SandboxConfig) -> dict[str, Any]:
+        # The run's scratch tree: scratch/ (root, 0711) holds private/ (root, 0700: the upload
+        # unpacked, the kernel's launch files) and work/ (the run's uid, 0700). Removed at the end.
         scratch = Path(tempfile.mkdtemp(prefix="grading-"))
         try:
-            if sandboxed:
+            private = scratch / "private"
+            private.mkdir(mode=0o700)
+            if sandbox.uid is not None:
                 _lock(self.source)
                 _lock(submission)
                 os.chmod(scratch, 0o711)
             found = find_notebook(
-                submission, f"{self.assignment}.ipynb", self.assignment, scratch / "unpacked"
+                submission, f"{self.assignment}.ipynb", self.assignment, private / "unpacked"
             )
-            _lock(scratch / "unpacked")
             cells, skipped = code_cells(found.notebook)
             workdir = scratch / "work"
             workdir.mkdir()
-            self._prepare_workdir(workdir, found.path)
-            outputs, restarts = self._execute(workdir, cells, start)
+            uid = sandbox.uid if isinstance(sandbox.uid, int) else None
+            self._prepare_workdir(workdir, found.path, uid, sandbox.gid)
+            outputs, restarts = self._execute(workdir, private, cells, start, sandbox)
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            shutil.rmtree(scratch, ignore_errors=True)  # fd-based: never follows the kernel's links
         return self._report(found.notes, cells, skipped, outputs, restarts)
 
     def _execute(
-        self, workdir: Path, cells: list[NotebookCell], start: float
+        self,
+        workdir: Path,
+        private: Path,
+        cells: list[NotebookCell],
+        start: float,
+        sandbox_config: SandboxConfig,
     ) -> tuple[dict[str, dict[str, np.ndarray] | str], int]:
         """Run the cells, then harvest every hidden check; return the outputs and restarts."""
         cfg = self.config
+        cell_timeout = sandbox_config.cell_timeout
+        uid = sandbox_config.uid if isinstance(sandbox_config.uid, int) else None
         out_dir = workdir / ".outputs"
-        out_dir.mkdir()
-        if cfg.sandbox.uid is not None:
-            os.chown(out_dir, cfg.sandbox.uid, cfg.sandbox.gid or cfg.sandbox.uid)
         setup = f"import _grading_kernel as __grading__\n__grading__.install({self.seed})"
-        restarts, done = 0, []
+        restarts = 0
+        done: list[NotebookCell] = []  # cells that ran and left the kernel alive: replayed
         outputs: dict[str, dict[str, np.ndarray] | str] = {}
+        budget_end, deadline = start + cfg.budget, start + cfg.deadline
+        death = ""  # what killed the kernel last, for the checks that could not run
 
-        def out_of_time() -> bool:
-            return time.monotonic() - start > cfg.budget
+        def left() -> float:
+            return budget_end - time.monotonic()
 
-        with Sandbox(workdir, cfg.sandbox) as sandbox:
+        with Sandbox(workdir, sandbox_config, private=private, deadline=deadline) as sandbox:
 
             def restart() -> None:
-                # Start over without the cell that killed the kernel, so later answers count.
-                nonlocal restarts
-                restarts += 1
-                sandbox.restart()
-                sandbox.run(setup)
-                for earlier in done:
-                    sandbox.run(earlier.source)
+                """Start over, replaying the cells that ran (never the one that killed the
+                kernel, which would kill it again), within the time budget. A cell that kills
+                the kernel on its replay is dropped too, and the replay starts again."""
+                nonlocal restarts, death
+                while left() > 0:
+                    restarts += 1
+                    try:
+                        sandbox.restart()
+                    except RuntimeError as err:  # e.g. the notebook shadowed ipykernel's modules
+                        death = f"{death}; then it could not be restarted ({clean(err, 300)})"
+                        return
+                    sandbox.run(setup)
+                    for earlier in list(done):
+                        if left() <= 0:
+                            return
+                        sandbox.run(earlier.source, timeout=min(cell_timeout, left()))
+                        if not sandbox.alive():
+                            done.remove(earlier)
+                            break
+                    else:
+                        return
 
             sandbox.run(setup)
             for cell in cells:
-                if out_of_time():
+                if left() <= 0:
                     break
-                cell.run = sandbox.run(cell.source)
-                if not sandbox.alive():
-                    if restarts >= cfg.max_restarts:
-                        break
-                    restart()
-                done.append(cell)
+                cell.run = sandbox.run(cell.source, timeout=min(cell_timeout, left()))
+                if sandbox.alive():
+                    if cell.run.status != "timeout":  # an interrupted cell would only time out
+                        done.append(cell)
+                    continue
+                death = _error_line(cell, cell_timeout)
+                if restarts >= cfg.max_restarts:
+                    break
+                restart()
             order = [c for q in self.questions for c in q.checks]
             for check in reversed(order) if cfg.reverse_checks else order:
-                if not sandbox.alive() or out_of_time():
-                    outputs[check] = "not run: the notebook used up the grading time or crashed"
+                if left() <= 0:
+                    outputs[check] = (
+                        f"not run: the notebook used up the grading time ({cfg.budget:.0f} s)"
+                    )
+                    continue
+                if not sandbox.alive():
+                    outputs[check] = f"not run: the Python kernel was dead ({death})"
                     continue
                 path = out_dir / f"{check}.npz"
                 code = f"__grading__.harvest({check!r}, globals(), {str(path)!r})"
                 run = sandbox.run(code, timeout=cfg.check_timeout)
-                if not sandbox.alive() and not out_of_time():
+                if not sandbox.alive():
+                    death = f"hidden check {check} {_describe(run, cfg.check_timeout)}"
                     restart()  # the budget, not a count, bounds these: each check gets its chance
                 if run.status == "timeout":
                     outputs[check] = (
@@ -347,20 +475,23 @@ class Grader:
                     )
                 else:
                     try:
-                        outputs[check] = _read_outputs(path, cfg.sandbox.uid)
-                    except (OSError, ValueError) as err:
-                        outputs[check] = f"the outputs of your code could not be read ({err})"
+                        outputs[check] = _read_outputs(path, uid)
+                    except Exception as err:
+                        outputs[check] = (
+                            "the outputs of your code could not be read "
+                            f"({type(err).__name__}: {clean(err, 200)})"
+                        )
         return outputs, restarts
 
     def _score_check(self, check: str, got: dict[str, np.ndarray] | str) -> tuple[bool, str]:
         if isinstance(got, str):
             return False, got
         if "__error__" in got:
-            return False, str(got["__error__"])
+            return False, clean(got["__error__"], 1_000)
         try:
             self.checks.compare(check, got)
         except AssertionError as err:
-            return False, str(err)
+            return False, clean(err, 1_000)
         except Exception as err:  # malformed arrays from the kernel: a failed check, not a crash
             return False, f"your outputs have the wrong type or shape ({type(err).__name__}: {err})"
         return True, ""

@@ -1,20 +1,22 @@
 """Run untrusted notebook code in a kernel owned by an unprivileged user, one cell at a time.
 
-The grading process (trusted, usually root on Gradescope) owns the sandbox directory's parent and
-every file with expected values; the kernel runs as ``SandboxConfig.uid`` with memory, file-size
-and process limits, sees only what was copied into its working directory, and is killed, with
-every process of its uid, when grading ends. Each cell gets a wall-clock limit: past it the kernel
-is interrupted, and if it does not answer the interrupt it is killed and the caller may restart it.
+The grading process (trusted, usually root on Gradescope) owns the run's private folder (launch
+configuration, connection file) and every file with expected values; the kernel runs as the run's
+own uid (:mod:`grading.uids`) with memory, file-size and process limits, in a minimal view of the
+filesystem where the machine allows it, sees only what was copied into its working directory, and
+is killed, with every process of its uid, when grading ends. Each cell gets a wall-clock limit:
+past it the kernel is interrupted, and if it does not answer the interrupt it is killed and the
+caller may restart it. No wait is longer than the run's deadline.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import queue
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -22,22 +24,44 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import zmq
 from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
+
+from grading.results import clean
+from grading.uids import kill_uid
 
 LAUNCHER = Path(__file__).with_name("launcher.py")
 
 Status = Literal["ok", "error", "timeout", "died"]
+#: Folders of the host the jailed kernel sees (besides the Python installation and its workdir).
+SYSTEM_DIRS = (
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc",
+    "/dev",
+    "/proc",
+    "/sys",
+)
+MAX_MESSAGE_BYTES = 16 * 2**20
+WRITABLE = (".tmp", ".mpl", ".ipython", ".jupyter")
 
 
 @dataclass(frozen=True)
 class SandboxConfig:
     """Limits and identity of the student kernel."""
 
-    uid: int | None = 61_234
-    """User id the kernel runs as; ``None`` keeps the grader's own user (trusted code only)."""
-    gid: int | None = 61_234
-    """Group id the kernel runs as (ignored when ``uid`` is None)."""
+    uid: int | Literal["fresh"] | None = "fresh"
+    """User id the kernel runs as: ``"fresh"`` picks an unused one per run (grading.uids), an int
+    forces one (runs sharing it wait for each other), ``None`` keeps the grader's own user
+    (trusted code only)."""
+    gid: int | None = None
+    """Group id the kernel runs as (default: the same number as the uid)."""
     memory_bytes: int = 640 * 2**20
     """RLIMIT_DATA of the kernel (private writable memory). The solution needs ~390 MB; 640 MB
     keeps kernel + grader under Gradescope's 768 MB, so a blow-up is a MemoryError in the
@@ -54,6 +78,10 @@ class SandboxConfig:
     """Seconds the kernel may take to start."""
     output_chars: int = 4_000
     """Characters of a cell's printed output kept for the report; the rest is counted, not kept."""
+    jail: Literal["auto", "require", "off"] = "auto"
+    """Shut the kernel into a mount namespace that shows only system folders, the Python
+    installation and its working directory: "auto" where the machine allows it (root with
+    CAP_SYS_ADMIN; Gradescope's container may not), "require" fails the start otherwise."""
 
 
 @dataclass
@@ -67,32 +95,6 @@ class CellRun:
     traceback: list[str] = field(default_factory=list)
     stdout: str = ""
     output_chars: int = 0
-
-
-def _uid_processes(uid: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            zombie = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-            if entry.stat().st_uid == uid and not zombie:
-                pids.append(int(entry.name))
-        except (OSError, IndexError):
-            continue
-    return pids
-
-
-def kill_uid(uid: int) -> None:
-    """SIGKILL every process of ``uid`` (the student's leftovers: children, daemons, forks)."""
-    for _ in range(5):
-        pids = _uid_processes(uid)
-        if not pids:
-            return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
 
 
 def kernel_env(workdir: Path, python: str) -> dict[str, str]:
@@ -122,48 +124,100 @@ def kernel_env(workdir: Path, python: str) -> dict[str, str]:
     }
 
 
-class Sandbox:
-    """A kernel in ``workdir`` running as the sandbox user; use as a context manager."""
+def jail_binds(workdir: Path, python: str) -> list[str]:
+    """What the jailed kernel sees: system folders, the Python installation (a venv and the
+    interpreter it links to), its working directory. Nested paths are left to their parent."""
+    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(python).parent.parent)}
+    wanted = [*SYSTEM_DIRS, *prefixes, *(os.path.realpath(p) for p in prefixes), str(workdir)]
+    binds: list[str] = []
+    for path in sorted({os.path.normpath(p) for p in wanted if os.path.exists(p)}, key=len):
+        if not any(Path(path).is_relative_to(done) for done in binds):
+            binds.append(path)
+    return binds
 
-    def __init__(self, workdir: Path, config: SandboxConfig, python: str = sys.executable) -> None:
+
+class Sandbox:
+    """A kernel in ``workdir`` running as the sandbox user; use as a context manager.
+
+    ``private`` is a root-only folder for the launch configuration and the connection file (a
+    fresh temporary folder when not given, removed on exit); ``deadline`` (a ``time.monotonic``
+    value) caps every wait, the kernel's start included.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        config: SandboxConfig,
+        python: str = sys.executable,
+        private: Path | None = None,
+        deadline: float = math.inf,
+    ) -> None:
+        if config.uid == "fresh":
+            raise ValueError("reserve a uid first (grading.uids.reserve)")
         self.workdir, self.config, self.python = Path(workdir), config, python
-        self._private = Path(tempfile.mkdtemp(prefix="grading-kernel-"))
+        self.deadline = deadline
+        self._own_private = private is None
+        self._private = (
+            Path(tempfile.mkdtemp(prefix="grading-kernel-")) if private is None else private
+        )
         self.km: KernelManager | None = None
         self.kc = None
 
+    @property
+    def uid(self) -> int | None:
+        return self.config.uid if isinstance(self.config.uid, int) else None
+
+    @property
+    def gid(self) -> int | None:
+        return self.config.gid if self.config.gid is not None else self.uid
+
     # ---------------------------------------------------------------- lifecycle
     def __enter__(self) -> Sandbox:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.__exit__()  # a kernel that fails to start leaves nothing behind either
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
-        shutil.rmtree(self._private, ignore_errors=True)
+        try:
+            self.stop()
+        finally:
+            if self._own_private:
+                shutil.rmtree(self._private, ignore_errors=True)
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
 
     def start(self) -> None:
         cfg = self.config
-        writable = [self.workdir] + [
-            self.workdir / sub for sub in (".tmp", ".mpl", ".ipython", ".jupyter")
-        ]
-        for path in writable:
-            path.mkdir(exist_ok=True)
-            if cfg.uid is not None:
-                os.chown(path, cfg.uid, cfg.gid if cfg.gid is not None else cfg.uid)
         launch = {
             "workdir": str(self.workdir),
-            "uid": cfg.uid,
-            "gid": cfg.gid if cfg.gid is not None else cfg.uid,
+            "writable": [str(self.workdir / sub) for sub in WRITABLE],
+            "uid": self.uid,
+            "gid": self.gid,
             "memory_bytes": cfg.memory_bytes,
             "file_bytes": cfg.file_bytes,
             "max_processes": cfg.max_processes,
             "python": self.python,
             "env": kernel_env(self.workdir, self.python),
+            "jail_root": None,
         }
+        if cfg.jail != "off" and self.uid is not None:
+            jail_root = self._private / "root"
+            jail_root.mkdir(mode=0o700, exist_ok=True)
+            launch |= {
+                "jail_root": str(jail_root),
+                "jail_binds": jail_binds(self.workdir, self.python),
+                "jail_required": cfg.jail == "require",
+            }
         launch_file = self._private / "launch.json"
         launch_file.write_text(json.dumps(launch))
         spec_dir = self._private / "kernels" / "sandbox"
         spec_dir.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, str(LAUNCHER), str(launch_file), "{connection_file}"]
+        # -I -S: the root launcher reads no environment variable and no .pth file of site-packages.
+        argv = [sys.executable, "-I", "-S", str(LAUNCHER), str(launch_file), "{connection_file}"]
         spec = {"argv": argv, "display_name": "sandbox", "language": "python"}
         (spec_dir / "kernel.json").write_text(json.dumps(spec))
         ksm = KernelSpecManager(kernel_dirs=[str(self._private / "kernels")])
@@ -172,11 +226,17 @@ class Sandbox:
             kernel_spec_manager=ksm,
             connection_file=str(self._private / "connection.json"),
         )
-        self.km.start_kernel(cwd=str(self.workdir))
+        # The root launcher starts in the private folder, never in one the kernel can change.
+        self.km.start_kernel(cwd=str(self._private))
         self.kc = self.km.client()
         self.kc.start_channels()
+        for channel in (self.kc.iopub_channel, self.kc.shell_channel, self.kc.control_channel):
+            # A kernel that floods one huge message is cut off, not allowed to exhaust the grader.
+            with contextlib.suppress(Exception):
+                channel.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        wait = max(0.1, min(cfg.startup_timeout, self.remaining()))
         try:
-            self.kc.wait_for_ready(timeout=cfg.startup_timeout)
+            self.kc.wait_for_ready(timeout=wait)
         except RuntimeError as err:
             self.stop()
             raise RuntimeError(
@@ -196,8 +256,8 @@ class Sandbox:
             with contextlib.suppress(Exception):  # already dead: nothing to shut down
                 self.km.shutdown_kernel(now=True)
             self.km = None
-        if self.config.uid is not None:
-            kill_uid(self.config.uid)
+        if self.uid is not None:
+            kill_uid(self.uid, self.gid)
 
     def restart(self) -> None:
         self.stop()
@@ -208,6 +268,7 @@ class Sandbox:
         """Execute ``code``; never raises for anything the code does."""
         assert self.kc is not None and self.km is not None
         limit = self.config.cell_timeout if timeout is None else timeout
+        limit = max(0.0, min(limit, self.remaining() - self.config.interrupt_grace))
         start = time.monotonic()
         run = CellRun(status="ok", seconds=0.0)
         kept: list[str] = []
@@ -227,28 +288,39 @@ class Sandbox:
                 break
             try:
                 msg = self.kc.get_iopub_msg(timeout=0.2)
-            except queue.Empty:
+                if not isinstance(msg, dict) or not isinstance(msg.get("content"), dict):
+                    continue
+            except Exception as err:  # queue.Empty, or a message the kernel forged badly
+                if not isinstance(err, queue.Empty):
+                    continue
                 if not self.km.is_alive():
                     run.status = "died" if run.status == "ok" else run.status
                     break
                 continue
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+            parent = msg.get("parent_header")
+            if not isinstance(parent, dict) or parent.get("msg_id") != msg_id:
                 continue
-            kind, content = msg["msg_type"], msg["content"]
+            kind, content = msg.get("msg_type"), msg["content"]
             if kind == "stream":
-                text = content.get("text", "")
+                text = str(content.get("text", ""))
                 run.output_chars += len(text)
                 if sum(map(len, kept)) < self.config.output_chars:
                     kept.append(text)
             elif kind == "error":
                 if run.status == "ok":
                     run.status = "error"
-                run.ename, run.evalue = content.get("ename", ""), content.get("evalue", "")
-                run.traceback = list(content.get("traceback", []))
+                # Everything the kernel says is untrusted text: no surrogates, no control
+                # characters, bounded length (grading.results.clean).
+                run.ename = clean(content.get("ename", ""), 200)
+                run.evalue = clean(content.get("evalue", ""), 2_000)
+                run.traceback = [clean(t, 2_000) for t in list(content.get("traceback", []))[:50]]
             elif kind in ("execute_result", "display_data"):
-                run.output_chars += len(str(content.get("data", {}).get("text/plain", "")))
+                data = content.get("data")
+                run.output_chars += (
+                    len(str(data.get("text/plain", ""))) if isinstance(data, dict) else 0
+                )
             elif kind == "status" and content.get("execution_state") == "idle":
                 break
-        run.stdout = "".join(kept)[: self.config.output_chars]
+        run.stdout = clean("".join(kept), self.config.output_chars)
         run.seconds = time.monotonic() - start
         return run

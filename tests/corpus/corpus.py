@@ -84,15 +84,6 @@ def apply(nb: nbformat.NotebookNode, mutant: Mutant) -> nbformat.NotebookNode:
     return nb
 
 
-def default_uid() -> int:
-    """The sandbox uid of this test process: one per pytest-xdist worker (the grader kills every
-    process of its uid at the end, so two concurrent gradings must never share one). Without
-    workers, the grader's own default; with them, 61_400 + the worker's number (gw0, gw1, ...),
-    clear of the uids that tests pass explicitly (61_234 for run_autograder, 61_290..61_399)."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    return 61_400 + int(worker[2:]) if worker.startswith("gw") else 61_234
-
-
 def grade(
     nb: nbformat.NotebookNode | None,
     *,
@@ -101,8 +92,8 @@ def grade(
     extra_args: tuple[str, ...] = (),
     env_extra: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Grade a notebook (or raw submission files) with the release's autograder.zip."""
-    uid = default_uid() if uid is None else uid
+    """Grade a notebook (or raw submission files) with the release's autograder.zip; ``uid``
+    forces the sandbox uid (runs forcing the same one wait for each other)."""
     with tempfile.TemporaryDirectory(prefix="corpus-") as tmp:
         src, sub, res = Path(tmp, "source"), Path(tmp, "submission"), Path(tmp, "results")
         with zipfile.ZipFile(ZIP) as zf:
@@ -115,7 +106,9 @@ def grade(
             (sub / name).write_bytes(data)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
         env.update(env_extra or {})
-        cmd = [sys.executable, "-m", "grading", str(src), str(sub), str(res), "--uid", str(uid)]
+        cmd = [sys.executable, "-m", "grading", str(src), str(sub), str(res)]
+        if uid is not None:  # default: the grader picks a fresh uid for the run
+            cmd += ["--uid", str(uid)]
         proc = subprocess.run(
             [*cmd, *extra_args], cwd=src, env=env, capture_output=True, text=True, timeout=900
         )
