@@ -52,8 +52,11 @@ KERNEL_SIDE = Path(__file__).with_name("kernel_side.py")
 #: Files of the autograder's files/ folder the kernel must never see.
 SECRET_FILES = ("hidden_expected*",)
 #: Otter scaffolding cells: dropped (they run tests or export zips, never student answers).
+# Otter's own cells: its init (importing otter alone costs ~6 s of every grading), checks and
+# export. Only whole cells that are exactly these are skipped; nothing else of a cell is.
 SCAFFOLDING = re.compile(
     r"^\s*(grader\.check\(\s*\"[\w-]+\"\s*\)|grader\.check_all\(\s*\)|"
+    r"(#[^\n]*\n)*\s*import otter\s*\n\s*grader\s*=\s*otter\.Notebook\([^)]*\)|"
     r"(#[^\n]*\n)*\s*grader\.export\([^)]*\))\s*$"
 )
 CHECK_CELL = re.compile(r'^\s*grader\.check\(\s*"([\w-]+)"\s*\)\s*$')

@@ -147,3 +147,22 @@ def test_solution_notebook_runs_headless_top_to_bottom(tmp_path):
     assert all(demo_outputs), "every demo cell must display something"
     shown = json.dumps(demo_outputs)
     assert "waiting for your code" not in shown, "a demo did not run on the solution's functions"
+
+
+def test_the_grader_skips_exactly_otters_own_cells():
+    """Otter's init, check and export cells are not run (importing otter costs seconds of every
+    grading); a cell that adds anything to them is the student's and runs."""
+    from grading.runner import code_cells
+
+    init = '# Initialize Otter\nimport otter\ngrader = otter.Notebook("offline_rl.ipynb")'
+    sources = [
+        init,
+        'grader.check("q1_coverage")',
+        '# Save first\ngrader.export(export_path="x.zip", pdf=False)',
+        init + "\nimport os",
+        "import otter\nprint(otter.__version__)",
+    ]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+    cells, skipped = code_cells(nb)
+    assert [c.source for c in cells] == sources[3:]
+    assert skipped == 0  # skipping scaffolding is silent; only otter_ignore demos are counted
