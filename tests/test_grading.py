@@ -61,7 +61,8 @@ def test_untouched_student_notebook_scores_zero_with_a_message_per_question():
         if test["max_score"]:
             assert test["score"] == 0 and "✗ hidden check" in test["output"], test
     outputs = "\n".join(t["output"] for t in results["tests"])
-    assert "returned None (is the function implemented?)" in outputs
+    assert "your function returned None (is it implemented?)" in outputs
+    assert "raised counts" not in outputs  # returning None is not raising
     assert "site-packages" not in outputs and "Traceback" not in outputs
 
 

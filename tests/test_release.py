@@ -201,7 +201,7 @@ def test_autograder_zip_is_normalised_and_complete():
         assert "-m grading /autograder/source" in run_autograder
         assert "run_otter" not in run_autograder
         assert "run_otter.py" not in names
-        assert "chmod o+x /root" in zf.read("setup.sh").decode()
+        assert "chmod 0711 /root" in zf.read("setup.sh").decode()
         assert not any("__pycache__" in n for n in names)
         assert not any(n.startswith("files/offline_rl/algorithms") for n in names)
         env = zf.read("environment.yml").decode()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import fcntl
 import importlib
 import importlib.util
 import inspect
@@ -73,7 +74,10 @@ SETUP_SUFFIX = """
 # must be able to traverse /root to reach /root/miniforge3. Traverse only (/root stays
 # unlistable), and every other entry of /root is closed to others, so the bit exposes nothing else.
 chmod 0711 /root
-find /root -mindepth 1 -maxdepth 1 ! -name miniforge3 -exec chmod go-rwx {} +
+# The entry that leads to the environment's real Python stays open too (miniforge3 on Gradescope).
+python_top=$(readlink -f /root/miniforge3/envs/otter-env/bin/python | cut -d/ -f3)
+find /root -mindepth 1 -maxdepth 1 ! -name miniforge3 ! -name "${python_top:-miniforge3}" \
+  -exec chmod go-rwx {} +
 """
 #: Zip entries only root may read once unzipped (the grader also locks the whole source folder).
 SECRET_ENTRIES = ("files/hidden_expected",)
@@ -454,12 +458,17 @@ def main(argv: list[str] | None = None) -> int:
     if not specs:
         print("nothing to build: no assignments/<name>/master.py found", file=sys.stderr)
         return 1
-    try:
-        for spec in specs:
-            build(spec, args.out.resolve(), self_check=not args.no_self_check)
-    except BuildError as err:
-        print(f"release build failed: {err}", file=sys.stderr)
-        return 1
+    (ROOT / "build").mkdir(exist_ok=True)
+    # Builds share the staging folder build/<name>: two at once (a test building into --out while
+    # another rebuilds) would delete each other's files, so they take turns.
+    with open(ROOT / "build" / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            for spec in specs:
+                build(spec, args.out.resolve(), self_check=not args.no_self_check)
+        except BuildError as err:
+            print(f"release build failed: {err}", file=sys.stderr)
+            return 1
     manifest = {s.name: sorted(s.support_modules) for s in specs}
     print("release written for:", json.dumps(manifest))
     return 0
