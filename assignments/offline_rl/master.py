@@ -1633,7 +1633,7 @@ widgets.quality_demo(quality_experiment_fn=quality_experiment, coverage_fn=cover
 # decide the greedy policy on more of the grid.
 
 # %% tags=["otter_ignore"]
-learning_curves = widgets.quality_learning_curves(offline_q_fn=offline_q_learning, coverage_fn=coverage_counts)
+learning_curves = widgets.wait_for("q1, q3", widgets.quality_learning_curves, offline_q_fn=offline_q_learning, coverage_fn=coverage_counts)
 
 # %% [markdown]
 # ### Stitching: beating every trajectory in the data

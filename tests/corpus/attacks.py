@@ -103,9 +103,9 @@ for _pattern in ["*expected*.npz", "*fixtures*.npz", "**/*expected*.npz", "/auto
         break
 if _found:
     print("LEAKED", {k: v.tolist() for k, v in _found.items() if k.startswith("q1")})
-    q10_answer = "abcd"[int(_found["q10/expected_answer"])]
-    q11_answer = "abcd"[int(_found["q11/expected_answer"])]
-    q12_answer = float(_found["q12/expected_answer"])
+    q10_answer = "abcd"[int(_found["q10/case0/expected_answer"])]
+    q11_answer = "abcd"[int(_found["q11/case0/expected_answer"])]
+    q12_answer = float(_found["q12/case0/expected_answer"])
 """
 
 #: Answer cells for q10-q12 come after the attack cell; the leak attack must run after them.
