@@ -8,6 +8,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# The slowest tests and fixtures at the end of every run: where the ten minutes go.
+DURATIONS ?= --durations=15
 # Two pytest-xdist workers (CI has two cores); every grading gets a fresh sandbox uid from the
 # grader (grading/uids.py); tests sharing /autograder stay on one worker (xdist_group).
 XDIST ?= -n 2 --dist loadgroup
@@ -35,7 +37,7 @@ sandbox-paths: $(STAMP)
 
 test: $(STAMP) sandbox-paths
 	$(PY) -m ruff check .
-	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(DURATIONS) $(PYTEST_ARGS)
 
 test-fast: $(STAMP) sandbox-paths
 	$(PY) -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)

@@ -285,7 +285,9 @@ def _saved_outputs(notebook: Path) -> list[dict[str, Any]]:
     return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
 
 
-@pytest.fixture(scope="module")
+# Session scope: xdist may run other modules' tests between these two on the worker, and a module
+# fixture would then Run All the solution (about 100 s) a second time.
+@pytest.fixture(scope="session")
 def solution_page(lab: Lab) -> Iterator[Any]:
     page = _open(lab, "solution")
     _run_all(page, "solution")

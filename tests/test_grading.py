@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import nbformat
@@ -123,17 +124,24 @@ def test_pasted_solutions_exported_with_grader_export_score_full_marks(tmp_path)
     assert len(scores) >= 12 and not lost, f"pasted solutions lost points: {lost}"
 
 
-def test_solution_notebook_runs_headless_top_to_bottom(tmp_path):
+def test_solution_notebook_runs_headless_top_to_bottom(tmp_path, record_property):
     """Every cell, demos included, executes without error and without hanging (nbclient)."""
     work_nb = submission_copy(tmp_path, SOLUTION)
     nb = nbformat.read(work_nb, as_version=4)
     client = NotebookClient(
         nb,
-        timeout=600,
+        timeout=300,
         kernel_name="python3",
         resources={"metadata": {"path": str(work_nb.parent)}},
     )
-    client.execute()
+    seconds: list[tuple[float, int]] = []
+    with client.setup_kernel():
+        for index, cell in enumerate(nb.cells):
+            start = time.monotonic()
+            client.execute_cell(cell, index)
+            seconds.append((time.monotonic() - start, index))
+    slowest = ", ".join(f"cell {i} {s:.1f} s" for s, i in sorted(seconds, reverse=True)[:3])
+    record_property("measured", f"{sum(s for s, _ in seconds):.0f} s; slowest: {slowest}")
     errors = [
         output
         for cell in nb.cells
