@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Generator
 from pathlib import Path
@@ -14,26 +17,49 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import open_sandbox_paths
 
+ROOT = Path(__file__).resolve().parents[1]
+
 #: Every skip that require_root() makes starts with this, so the summary can count them.
 SANDBOX_SKIP = "sandboxed grading skipped"
 #: The one command that runs what a non-root (or unprepared) run skipped.
 RUN_THEM = "sudo make test"
 
 
+def _run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of this test run shared by its xdist workers, and never one that outlives the
+    run (stale results would hide a change): each worker's base temp is ``<run>/popen-gwN``."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def grade_once(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., dict[str, Any]]:
-    """``corpus.grade_once`` bound to this run's cache: one grading per submission per run.
-
-    With pytest-xdist each worker's base temp is ``<run>/popen-gwN``, so their common parent is
-    this run's alone; never a folder that outlives the run (a stale grading would hide a change).
-    """
+    """``corpus.grade_once`` bound to this run's cache: one grading per submission per run."""
     from tests.corpus import corpus
 
-    base = tmp_path_factory.getbasetemp()
-    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    cache = root / "gradings"
+    cache = _run_folder(tmp_path_factory) / "gradings"
     cache.mkdir(exist_ok=True)
     return functools.partial(corpus.grade_once, cache)
+
+
+@pytest.fixture(scope="session")
+def fresh_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The release rebuilt from the masters and reference/ (without otter's self-check) into a
+    folder of this run; built once per run, shared by the xdist workers. Read it, never write."""
+    root = _run_folder(tmp_path_factory)
+    out, done = root / "fresh-release", root / "fresh-release.done"
+    with open(root / "fresh-release.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)
+            proc = subprocess.run(
+                [sys.executable, str(ROOT / "tools" / "build_release.py"), "--no-self-check",
+                 "--out", str(out)],
+                capture_output=True, text=True, timeout=600, cwd=ROOT,
+            )  # fmt: skip
+            assert proc.returncode == 0, f"the release build failed:\n{proc.stdout}{proc.stderr}"
+            done.touch()
+    return out
 
 
 def require_root() -> None:
@@ -96,3 +122,29 @@ def pytest_terminal_summary(
         terminalreporter.write_line(f"!! why: {reason}", **style)
     terminalreporter.write_line(f"!! Run every test, these included:  {RUN_THEM}", **style)
     terminalreporter.write_line("!" * 78, **style)
+
+
+#: Tests that asked for an xdist group but did not get one (filled on xdist workers).
+_UNGROUPED = pytest.StashKey[set[str]]()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Catch ``--dist loadgroup`` not grouping (it stopped once, silently: pytest 9.2 with
+    pytest-xdist 3.8). Tests marked ``xdist_group`` share one resource (``/autograder``, one
+    JupyterLab); split over two workers they collide or do the same work twice."""
+    if not os.environ.get("PYTEST_XDIST_WORKER") or not config.getvalue("loadgroup"):
+        return
+    config.stash[_UNGROUPED] = {
+        item.nodeid
+        for item in items
+        if item.get_closest_marker("xdist_group") and "@" not in item.nodeid.rsplit("]", 1)[-1]
+    }
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.nodeid in item.config.stash.get(_UNGROUPED, set()):
+        pytest.fail(
+            "--dist loadgroup did not keep this xdist_group test on one worker: this "
+            "pytest-xdist does not support this pytest. Install the pinned versions (make venv)."
+        )

@@ -99,19 +99,14 @@ class Lab:
 
 
 @pytest.fixture(scope="session")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+def lab(tmp_path_factory: pytest.TempPathFactory, fresh_release: Path) -> Iterator[Lab]:
     sync_api = _require_browser()
     tmp = tmp_path_factory.mktemp("browser")
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir(parents=True)
     # A fresh release of this checkout: the notebooks, support package and autograder.zip that
     # students and Gradescope get (the committed release may lag behind the sources).
-    release = tmp / "release"
-    subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "build_release.py"), "--out", str(release),
-         "--no-self-check"],
-        check=True, capture_output=True, cwd=ROOT,
-    )  # fmt: skip
+    release = fresh_release
     root = tmp / "root"
     student = release / "student_release" / NAME
     for folder, notebook in (

@@ -32,23 +32,9 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def fresh_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The release rebuilt from the masters and reference/ into a temporary folder."""
-    out = tmp_path_factory.mktemp("release")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "tools" / "build_release.py"),
-            "--no-self-check",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return out
+def fresh_build(fresh_release: Path) -> Path:
+    """The release rebuilt from the masters and reference/ (conftest's, shared by the run)."""
+    return fresh_release
 
 
 def test_committed_release_is_up_to_date(fresh_build):
