@@ -1164,13 +1164,10 @@ widgets.cql_demo(offline_q_fn=offline_q_learning, coverage_fn=coverage_counts)
 #   (`F.mse_loss` alone is (Q − y)², twice that, the same as halving α). The ½ is also what makes
 #   the squared error the small-error half of the **Huber loss**, ½·(Q − y)² for |Q − y| ≤ 1 and
 #   |Q − y| − ½ beyond: its gradient is (Q − y) clipped to [−1, 1]. DQN and d3rlpy use Huber,
-#   and so does the course's reference CQL agent, trained for 10,000 steps on poorer CartPole
-#   data than this cell's. There, while the values climb toward 1/(1 − γ) = 100, about one
-#   sample in ten has |Q − y| > 1 and a few reach 10–20: squared, those few steer the whole
-#   step; clipped, they count like the rest. Over 5 training seeds Huber raised the median
-#   return from 433 to 483 (the worst seed from 312 to 459). Your `cql_loss` keeps the
-#   chapter's ½·(Q − y)²: it is the equation above, and the claims of this cell are checked
-#   with it.
+#   and so does the course's reference CQL agent on longer runs: while the values climb toward
+#   1/(1 − γ) = 100, a few samples have errors far above 1, and squared they would steer the
+#   whole step; clipped, they count like the rest. Your `cql_loss` keeps the chapter's
+#   ½·(Q − y)²: it is the equation above, and the claims of this cell are checked with it.
 #
 # *How to read the table:* "promised" is the agent's own value of the start state,
 # $\max_a Q(s_0, a)$; "achieved" is the discounted return its greedy policy really gets from
