@@ -36,10 +36,9 @@ EVAL_EPISODES, EVAL_SEED = 10, 1000
 DIFFERENCES = [
     "target network: {reference_target}; d3rlpy can only copy it, every {interval} steps "
     "(target_update_interval={interval}: {same})",
-    "Bellman target: reference max_a' Q_target(s', a'); d3rlpy Double DQN "
-    "(argmax by the Q-network, value by the target), one more forward pass",
-    "Bellman loss: reference 1/2 (Q - y)^2; d3rlpy Huber "
-    "(the same for |Q - y| <= 1, linear beyond)",
+    "Bellman target: reference max_a' Q_target(s', a') (CQLConfig.double_q off); d3rlpy Double "
+    "DQN (argmax by the Q-network, value by the target), one more forward pass",
+    "Bellman loss: {reference_loss}; d3rlpy Huber (delta 1)",
     "d3rlpy drops the last transition of a time-limit-truncated episode (its s' is not stored); "
     "the reference keeps it and bootstraps from s'",
 ]
@@ -228,6 +227,15 @@ def main() -> None:
         reference_target=reference_target, interval=interval, same=same))
 
 
+def _reference_loss() -> str:
+    """The reference's Bellman loss as shipped (``CQLConfig().huber``)."""
+    from offline_rl.algorithms.neural import CQLConfig
+
+    if CQLConfig().huber:
+        return "reference Huber (delta 1) too, its default (CQLConfig.huber)"
+    return "reference 1/2 (Q - y)^2 (the same for |Q - y| <= 1, quadratic beyond)"
+
+
 def _print_table(results: dict[tuple[str, int, bool], list[dict[str, float]]],
                  args: argparse.Namespace, target_difference: str) -> None:
     def med(impl: str, batch: int, key: str, evaluated: bool = False) -> float:
@@ -283,7 +291,7 @@ def _print_table(results: dict[tuple[str, int, bool], list[dict[str, float]]],
           f"{args.timing_steps:,} steps, return runs {args.budget:,} steps at b256.")
     print("Differences the designs impose:")
     for line in [target_difference, *DIFFERENCES[1:]]:
-        print("  - " + line)
+        print("  - " + line.format(reference_loss=_reference_loss()))
 
 
 if __name__ == "__main__":

@@ -72,7 +72,9 @@ def run_once() -> tuple[float, float, float]:
             time.sleep(0.02)
         wall = time.perf_counter() - t0
         out = proc.stdout.read().decode() if proc.stdout else ""
-        score = float(out.split()[1].rstrip(":")) if out.startswith("score") else float("nan")
+        # stdout and stderr are merged: the "score N:" line need not come first.
+        lines = [line for line in out.splitlines() if line.startswith("score ")]
+        score = float(lines[0].split()[1].rstrip(":")) if lines else float("nan")
         return wall, peak, score
 
 

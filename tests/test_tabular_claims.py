@@ -202,3 +202,41 @@ def test_terminals_do_not_bootstrap_but_truncations_do():
         np.testing.assert_allclose(q[:, 0], [1.0, 20.0], atol=1e-3)
     q_pi = fitted_q_evaluation(ds, np.zeros(2, dtype=np.int64), 2, 1, 0.9)
     np.testing.assert_allclose(q_pi[:, 0], [1.0, 20.0], atol=1e-3)
+
+
+def _per_transition_q_learning(dataset, n_states, n_actions, gamma, alpha, n_iters):
+    """``offline_q_learning`` written per transition: every sweep recomputes each transition's
+    target ``r + γ (1 - done) max_a' Q(s', a')`` and averages them per (s, a), O(N) a sweep."""
+    s, a, s2 = dataset.observations, dataset.actions, dataset.next_observations
+    r, done = dataset.rewards.astype(np.float64), dataset.terminals
+    sa = s * n_actions + a
+    counts = np.bincount(sa, minlength=n_states * n_actions).reshape(n_states, n_actions) * 1.0
+    n_s = counts.sum(axis=1, keepdims=True)
+    pi_D = np.divide(counts, n_s, out=np.zeros_like(counts), where=n_s > 0)
+    lr = 1.0 / (1.0 + alpha)
+    Q = np.zeros((n_states, n_actions))
+    for _ in range(n_iters):
+        target = r + gamma * (1.0 - done) * Q[s2].max(axis=1)
+        sums = np.bincount(sa, weights=target, minlength=counts.size).reshape(counts.shape)
+        y = np.divide(sums, counts, out=np.zeros(counts.shape), where=counts > 0)
+        soft = np.exp(Q - Q.max(axis=1, keepdims=True))
+        soft /= soft.sum(axis=1, keepdims=True)
+        grad = pi_D * (Q - y) + alpha * (soft - pi_D)
+        Q -= lr * np.where(n_s > 0, grad, 0.0)
+    return Q
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, 5.0])
+@pytest.mark.parametrize("layout", ["cliff", "open"])
+def test_pooled_sweep_equals_per_transition_sweep(layout, alpha):
+    """Pooling the data by (s, a, s') once changes the cost of a sweep, not its result."""
+    if layout == "cliff":
+        data = narrow_expert_dataset("cliff", n_episodes=20, epsilon=0.1, seed=0)
+    else:
+        data = quality_dataset("open", 0.5, 40, 0)
+    assert data.terminals.any() and not data.terminals.all()  # both kinds of transition
+    grid = get_layout(layout)
+    S, A = grid.n_states, grid.n_actions
+    pooled = offline_q_learning(data, S, A, 0.9, alpha=alpha, n_iters=300)
+    plain = _per_transition_q_learning(data, S, A, 0.9, alpha, n_iters=300)
+    np.testing.assert_allclose(pooled, plain, rtol=1e-10, atol=1e-10)

@@ -845,7 +845,9 @@ def _bc_update_run(case, bc_update):
 # \qquad y = r + \gamma\,(1-d)\max_{a'} Q_{\text{target}}(s',a').$$
 #
 # This is the variant the paper calls **CQL(H)**: the log-sum-exp comes from pushing down under
-# the soft-max policy of $Q$ itself, and the target takes the max, as in Q-learning.
+# the soft-max policy of $Q$ itself, and the target takes the max, as in Q-learning. (What the ½
+# means, and the Huber loss that longer neural runs use in its place, come with the CartPole
+# demo below.)
 #
 # Read the penalty term by term. The **log-sum-exp** is a soft maximum over *all* actions:
 # its gradient is $\operatorname{softmax}(Q(s,\cdot))$, so minimising it pushes every Q-value down,
@@ -1158,8 +1160,14 @@ widgets.cql_demo(offline_q_fn=offline_q_learning, coverage_fn=coverage_counts)
 #   CQL uses) is the smooth version with the same ~1/τ = 200-step memory; on this short budget it
 #   backs values up more slowly and shows the same picture less sharply.
 # - **The ½ in front of the Bellman error** only sets its weight against α: ½·(Q − y)² has the
-#   gradient (Q − y). Libraries often use the Huber loss instead, which is ½·(Q − y)² for
-#   |Q − y| ≤ 1 and grows linearly beyond, so large early errors give bounded gradients.
+#   gradient (Q − y), so α = 1 trades one unit of Bellman error against one unit of penalty
+#   (`F.mse_loss` alone is (Q − y)², twice that, the same as halving α). The ½ is also what makes
+#   the squared error the small-error half of the **Huber loss**, ½·(Q − y)² for |Q − y| ≤ 1 and
+#   |Q − y| − ½ beyond: its gradient is (Q − y) clipped to [−1, 1]. DQN and d3rlpy use Huber,
+#   and so does the course's reference CQL agent on longer runs: while the values climb toward
+#   1/(1 − γ) = 100, a few samples have errors far above 1, and squared they would steer the
+#   whole step; clipped, they count like the rest. Your `cql_loss` keeps the chapter's
+#   ½·(Q − y)²: it is the equation above, and the claims of this cell are checked with it.
 #
 # *How to read the table:* "promised" is the agent's own value of the start state,
 # $\max_a Q(s_0, a)$; "achieved" is the discounted return its greedy policy really gets from

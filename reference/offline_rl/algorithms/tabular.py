@@ -68,6 +68,29 @@ def _transitions(
     return s, dataset.actions, dataset.rewards.astype(np.float64), s2, dataset.terminals
 
 
+def _pooled_model(
+    sa: np.ndarray, r: np.ndarray, s2: np.ndarray, done: np.ndarray, counts: np.ndarray,
+    n_states: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The data pooled by (s, a, s'), once, so that a sweep costs O(S·A·S'), not O(N).
+
+    Returns:
+        r_mean: (S, A) mean reward of the transitions from (s, a), ``r̄(s, a)``.
+        p_next: (S·A, S) ``P̂(s' | s, a)`` restricted to non-terminal transitions: the fraction
+            of the (s, a) transitions that reach s' and bootstrap (``done == 0``).
+
+    So the mean of ``r + γ (1 - done) max_a' Q(s', a')`` over the (s, a) transitions is
+    ``r_mean + γ p_next @ max_a' Q(·, a')``; unseen pairs get 0, like ``mean_per_pair``.
+    """
+    r_mean = mean_per_pair(r, sa, counts)  # (S, A)
+    bootstraps = np.bincount(
+        sa * n_states + s2, weights=1.0 - done, minlength=counts.size * n_states
+    ).reshape(counts.size, n_states)  # number of non-terminal (s, a) -> s' transitions
+    n_sa = counts.reshape(-1, 1)  # (S·A, 1)
+    p_next = np.divide(bootstraps, n_sa, out=np.zeros_like(bootstraps), where=n_sa > 0)
+    return r_mean, p_next
+
+
 def _check_gamma(gamma: float) -> None:
     if not 0.0 <= gamma < 1.0:
         raise ValueError(f"gamma must be in [0, 1), got {gamma}.")
@@ -105,19 +128,19 @@ def offline_q_learning(
     sa = s * n_actions + a  # flat index of each transition's (s, a)
     counts = pair_counts(sa, n_states, n_actions)  # n(s, a): (S, A)
     n_s = counts.sum(axis=1, keepdims=True)  # n(s): (S, 1)
-    visited = n_s[:, 0] > 0  # (S,)
-    pi_D = np.divide(counts, n_s, out=np.zeros_like(counts), where=n_s > 0)  # π_D(a|s): (S, A)
+    visited = n_s > 0  # (S, 1)
+    pi_D = np.divide(counts, n_s, out=np.zeros_like(counts), where=visited)  # π_D(a|s): (S, A)
+    r_mean, p_next = _pooled_model(sa, r, s2, done, counts, n_states)
 
     Q = np.zeros((n_states, n_actions))
     for _ in range(n_iters):
-        # Bellman targets y = r + γ (1 - done) max_a' Q(s', a'), averaged per (s, a).
-        target = r + gamma * (1.0 - done) * Q[s2].max(axis=1)  # (N,)
-        y = mean_per_pair(target, sa, counts)  # (S, A)
+        # Bellman targets y(s, a) = mean over the (s, a) transitions of r + γ (1 - done) max Q(s'),
+        # pooled: r̄(s, a) + γ Σ_s' P̂(s' | s, a) max_a' Q(s', a').
+        y = r_mean + gamma * (p_next @ Q.max(axis=1)).reshape(n_states, n_actions)  # (S, A)
 
         bellman_grad = pi_D * (Q - y)  # zero on unseen pairs
         cql_grad = alpha * (softmax(Q) - pi_D)  # push all actions down, data actions up
-        grad = np.where(visited[:, None], bellman_grad + cql_grad, 0.0)
-        Q -= lr * grad
+        Q -= lr * np.where(visited, bellman_grad + cql_grad, 0.0)
     return Q
 
 
