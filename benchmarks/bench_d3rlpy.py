@@ -36,7 +36,7 @@ EVAL_EPISODES, EVAL_SEED = 10, 1000
 DIFFERENCES = [
     "target network: {reference_target}; d3rlpy can only copy it, every {interval} steps "
     "(target_update_interval={interval}: {same})",
-    "Bellman target: reference max_a' Q_target(s', a') (CQLConfig.double_q off); d3rlpy Double "
+    "Bellman target: reference max_a' Q_target(s', a'); d3rlpy Double "
     "DQN (argmax by the Q-network, value by the target), one more forward pass",
     "Bellman loss: {reference_loss}; d3rlpy Huber (delta 1)",
     "d3rlpy drops the last transition of a time-limit-truncated episode (its s' is not stored); "
