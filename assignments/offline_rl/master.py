@@ -811,9 +811,34 @@ def _bc_update_cases(rng):
 def _bc_update_run(case, bc_update):
     import torch
 
+    class MomentumSGD:
+        """torch.optim.SGD(params, lr, momentum)'s update, v <- momentum v + g, p <- p - lr v,
+        without torch.optim: constructing any torch optimizer imports torch._dynamo, 1.5 s of
+        every grading. bc_update uses only zero_grad() and step(), as the prompt says."""
+
+        def __init__(self, params, lr, momentum):
+            self.params, self.lr, self.momentum = list(params), lr, momentum
+            self.velocity = [None] * len(self.params)
+
+        def zero_grad(self, set_to_none=True):
+            for p in self.params:
+                if set_to_none:
+                    p.grad = None
+                elif p.grad is not None:
+                    p.grad.zero_()
+
+        @torch.no_grad()
+        def step(self, closure=None):
+            for i, p in enumerate(self.params):
+                if p.grad is not None:
+                    v = self.velocity[i]
+                    v = p.grad.clone() if v is None else v.mul_(self.momentum).add_(p.grad)
+                    self.velocity[i] = v
+                    p.add_(v, alpha=-self.lr)
+
     policy = mlp_from(case, "policy")
     # Momentum makes gradients that were never zeroed, or a missing step, change later steps.
-    optimizer = torch.optim.SGD(policy.parameters(), lr=float(case["lr"]), momentum=0.5)
+    optimizer = MomentumSGD(policy.parameters(), lr=float(case["lr"]), momentum=0.5)
     observations, actions = torch.tensor(case["observations"]), torch.tensor(case["actions"])
     losses, floats = [], True
     for obs, act in zip(observations, actions):
