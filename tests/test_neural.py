@@ -418,7 +418,7 @@ def test_bad_inputs_raise_clear_errors(small_cartpole):
 # it achieves 99.3. The old design (300 random episodes, Polyak tau 0.005) fails the claim: see
 # the assertion messages.
 CLAIM_SEEDS = (0, 1, 2, 3, 4)
-CLAIM_EPISODES, CLAIM_STEPS, CLAIM_BATCH, CLAIM_TARGET_EVERY = 20, 3_000, 256, 100
+CLAIM_EPISODES, CLAIM_STEPS, CLAIM_BATCH, CLAIM_TARGET_EVERY = 20, 3_000, 64, 100
 EVAL_EPISODES, EVAL_SEED, GAMMA = 10, 1, 0.99
 
 
@@ -460,6 +460,19 @@ def cartpole_claim(seed: int, dataset: OfflineDataset, config: CQLConfig) -> str
     # CQL's value is a lower bound on what it achieves (Kumar et al., Thm 3.2).
     assert cql_promised <= cql_achieved, "CQL's value is not conservative; " + summary
     return summary
+
+
+def test_the_claim_trains_as_the_notebooks_cartpole_cell():
+    """The claim holds for the settings the notebook runs: the same data, steps, batch, target."""
+    from pathlib import Path
+
+    master = (Path(__file__).resolve().parents[1] / "assignments/offline_rl/master.py").read_text()
+    for setting in (
+        f'make_cartpole_dataset("expert", n_episodes={CLAIM_EPISODES},',
+        f"n_steps={CLAIM_STEPS}, batch_size={CLAIM_BATCH},",
+        f"target_every={CLAIM_TARGET_EVERY},",
+    ):
+        assert setting in master, f"the notebook's CartPole cell no longer has {setting!r}"
 
 
 @pytest.mark.slow

@@ -1263,7 +1263,7 @@ cartpole_returns, cartpole_rows = {}, []
 probe_batch = training.to_torch_batch(expert_data.sample(8, np.random.default_rng(0)))
 if widgets.wait_for("q4, q5", lambda: [StudentBC(4, 2).update(probe_batch), StudentCQL(4, 2, alpha=1.0).update(probe_batch)]):
     for label, agent in agents.items():
-        training.train_offline(agent, expert_data, n_steps=3000, batch_size=256, seed=0, progress=True)
+        training.train_offline(agent, expert_data, n_steps=3000, batch_size=64, seed=0, progress=True)
         returns = training.evaluate_policy(cartpole.make_env(), agent.act, n_episodes=n_eval, seed=eval_seed)
         cartpole_returns[label] = returns.mean()
         if hasattr(agent, "q_net"):
