@@ -58,7 +58,12 @@ MOVE_TIMEOUT = 60  # s for one slider move to redraw
 STOPPED_AFTER = 10  # s of an idle kernel with unrun cells: Run All has stopped
 
 # One JupyterLab and one Run All per notebook: every browser test on the same xdist worker.
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.xdist_group("browser")]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.early,
+    pytest.mark.xdist_group("browser"),
+]
 TIMINGS: dict[str, float] = {}
 
 

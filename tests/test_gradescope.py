@@ -149,6 +149,7 @@ def _without_timing(results: dict) -> dict:
     return {k: v for k, v in results.items() if k != "execution_time"}
 
 
+@pytest.mark.early
 def test_same_submission_same_score_and_messages():
     require_root()
     mutant = next(m for m in corpus.load_mutants() if m.name == "cql_loss_online_target")

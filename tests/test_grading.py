@@ -163,6 +163,7 @@ def test_pasted_solutions_exported_with_grader_export_score_full_marks(tmp_path)
     assert len(scores) >= 12 and not lost, f"pasted solutions lost points: {lost}"
 
 
+@pytest.mark.early
 def test_solution_notebook_runs_headless_top_to_bottom(tmp_path, record_property):
     """Every cell, demos included, executes without error and without hanging."""
     ran = _run_headless(submission_copy(tmp_path, SOLUTION), cell_timeout=300)

@@ -37,7 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import sync_environment
 
 # /autograder and run_autograder's default sandbox uid: with the harness test, on one worker.
-pytestmark = [pytest.mark.slow, pytest.mark.grading, pytest.mark.xdist_group("autograder")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.grading,
+    pytest.mark.early,
+    pytest.mark.xdist_group("autograder"),
+]
 
 #: Where otter's setup.sh creates the environment, and the Python run_autograder calls.
 IMAGE_ENV = Path("/root/miniforge3/envs/otter-env")

@@ -220,6 +220,7 @@ def test_crashing_cell_is_not_replayed_and_costs_nothing_else():
 
 
 # ------------------------------------------------------------------------------- finding 6
+@pytest.mark.early
 def test_replays_count_against_the_time_budget():
     # 50 s of slow cells, then a crash inside the 70 s budget: the old grader replayed all 50 s.
     budget, slow = 70.0, 5.0
