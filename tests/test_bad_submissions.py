@@ -3,6 +3,7 @@ points it did not earn, while the rest of the notebook is still graded."""
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
@@ -44,8 +45,9 @@ def _question(results: dict, name: str) -> dict:
     return next(t for t in results["tests"] if t["name"] == name)
 
 
-def _edit(old: str, new: str) -> nbformat.NotebookNode:
-    nb = corpus.solution()
+def _edit(old: str, new: str, nb: nbformat.NotebookNode | None = None) -> nbformat.NotebookNode:
+    """A copy of ``nb`` (default: the solution) with ``old`` replaced by ``new`` in its cell."""
+    nb = copy.deepcopy(nb) if nb is not None else corpus.solution()
     cell = next(c for c in nb.cells if c.cell_type == "code" and old in c.source)
     cell.source = cell.source.replace(old, new, 1)
     return nb
@@ -56,31 +58,75 @@ def _only_lost(results: dict, full: dict, lost: dict[str, float]) -> None:
     assert got == {q: lost.get(q, p) for q, p in full.items()}, got
 
 
-def test_syntax_error_costs_only_its_question(full):
-    results = _valid(
-        corpus.grade(
-            _edit("def cql_penalty(q_values, actions):", "def cql_penalty(q_values, actions:")
-        )
-    )
-    _only_lost(results, full, {"q5_cql": 0.0})
+# Five independent mistakes in one notebook, graded once (a grading is most of a test's time):
+# each sits in a question of its own or in a cell of its own, so together they prove that each
+# cost its own question and nothing else, and each test below reads the message of its own.
+SYNTAX = ("def cql_penalty(q_values, actions):", "def cql_penalty(q_values, actions:")  # q5
+RAISES = (
+    "def bc_loss(logits, actions):",
+    'raise ValueError("oops, debugging")\n\n\ndef bc_loss(logits, actions):',
+)  # q4: the cell stops before it defines bc_loss
+RENAMED = ("def bcq_policy(", "def bcq_policy_v2(")  # q6
+SPAM = "for i in range(300_000):\n    print('spam ' * 20)"  # about 30 MB of output
+BLOW_UP = "import numpy as np\nhog = np.ones(3 * 2**30, dtype=np.uint8)"  # past the kernel's cap
+
+
+@pytest.fixture(scope="module")
+def several_mistakes() -> tuple[nbformat.NotebookNode, dict]:
+    nb = _edit(*SYNTAX)
+    nb = _edit(*RAISES, nb=nb)
+    nb = _edit(*RENAMED, nb=nb)
+    nb = corpus.insert_cell(nb, SPAM)
+    nb = corpus.insert_cell(nb, BLOW_UP, after="def bc_loss(")
+    return nb, _valid(corpus.grade(nb))
+
+
+several = pytest.mark.xdist_group("several-mistakes")  # one worker: one grading
+
+
+@several
+def test_each_mistake_costs_only_its_own_question(full, several_mistakes):
+    _nb, results = several_mistakes
+    _only_lost(results, full, {"q4_behavior_cloning": 0.0, "q5_cql": 0.0, "q6_bcq": 0.0})
+
+
+@several
+def test_syntax_error_is_named_with_its_question(several_mistakes):
+    _nb, results = several_mistakes
     report = _report(results)
     assert "SyntaxError" in report and "question q5_cql" in report, report
     q5 = _question(results, "q5_cql")
     assert "SyntaxError" in q5["output"], "the question that lost points must say which cell broke"
 
 
-def test_exception_names_the_cell_that_raised(full):
-    nb = _edit(
-        "def bc_loss(logits, actions):",
-        'raise ValueError("oops, debugging")\n\n\ndef bc_loss(logits, actions):',
-    )
-    results = _valid(corpus.grade(nb))
-    _only_lost(results, full, {"q4_behavior_cloning": 0.0})
+@several
+def test_exception_names_the_cell_that_raised(several_mistakes):
+    nb, results = several_mistakes
     report = _report(results)
     number = next(i for i, c in enumerate(nb.cells, 1) if "oops, debugging" in c.source)
     assert f"cell {number} " in report and "ValueError: oops, debugging" in report, report
     q4 = _question(results, "q4_behavior_cloning")
     assert "defines no `bc_loss`" in q4["output"], q4["output"]
+
+
+@several
+def test_renamed_function_is_named_in_the_message(several_mistakes):
+    _nb, results = several_mistakes
+    q6 = _question(results, "q6_bcq")
+    assert "defines no `bcq_policy`" in q6["output"], q6["output"]
+
+
+@several
+def test_huge_printed_output_is_counted_not_kept(several_mistakes):
+    _nb, results = several_mistakes
+    assert "printed" in _report(results)
+    assert len(json.dumps(results)) < 50_000
+
+
+@several
+def test_memory_blow_up_is_a_memory_error_not_a_dead_grader(several_mistakes):
+    _nb, results = several_mistakes
+    assert "ran out of memory" in _report(results), _report(results)
 
 
 def test_endless_loop_in_a_function_zeroes_that_question_only(full):
@@ -110,13 +156,6 @@ def test_loop_that_ignores_interrupts_is_killed_and_the_kernel_restarted(full):
     results = _valid(corpus.grade(nb, extra_args=FAST))
     _only_lost(results, full, {})
     assert "restarted 1 time" in _report(results), _report(results)
-
-
-def test_renamed_function_is_named_in_the_message(full):
-    results = _valid(corpus.grade(_edit("def bcq_policy(", "def bcq_policy_v2(")))
-    _only_lost(results, full, {"q6_bcq": 0.0})
-    q6 = _question(results, "q6_bcq")
-    assert "defines no `bcq_policy`" in q6["output"], q6["output"]
 
 
 def test_renamed_notebook_is_graded_with_a_note(full):
@@ -183,22 +222,6 @@ def test_nan_or_wrongly_shaped_outputs_lose_points_with_a_reason(full, old, new,
     _only_lost(results, full, {"q5_cql": 0.0})
     q5 = _question(results, "q5_cql")
     assert says in q5["output"], q5["output"]
-
-
-def test_huge_printed_output_is_counted_not_kept(full):
-    nb = corpus.insert_cell(corpus.solution(), "for i in range(300_000):\n    print('spam ' * 20)")
-    results = _valid(corpus.grade(nb))
-    _only_lost(results, full, {})
-    assert "printed" in _report(results)
-    assert len(json.dumps(results)) < 50_000
-
-
-def test_memory_blow_up_is_a_memory_error_not_a_dead_grader(full):
-    blow_up = "import numpy as np\nhog = np.ones(3 * 2**30, dtype=np.uint8)"
-    nb = corpus.insert_cell(corpus.solution(), blow_up, after="def bc_loss(")
-    results = _valid(corpus.grade(nb))
-    _only_lost(results, full, {})
-    assert "ran out of memory" in _report(results), _report(results)
 
 
 def test_memory_blow_up_inside_a_check_fails_that_check(full):

@@ -285,6 +285,9 @@ def _saved_outputs(notebook: Path) -> list[dict[str, Any]]:
     return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
 
 
+# The suite's one run of the whole solution notebook, demos included: Run All must reach the last
+# cell (a cell that raises stops it), and the demo test below then checks that no output is red
+# and that every demo ran on the solution's functions.
 # Session scope: xdist may run other modules' tests between these two on the worker, and a module
 # fixture would then Run All the solution (about 100 s) a second time.
 @pytest.fixture(scope="session")
