@@ -268,6 +268,38 @@ def test_fused_adam_does_the_same_arithmetic_as_adam():
         torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
 
 
+def test_cql_step_on_flat_vectors_is_adam_and_polyak_on_each_tensor(small_cartpole):
+    # CQL keeps its parameters, their gradients and the target's in flat vectors (one Adam call,
+    # one lerp per step). The same steps with torch.optim.Adam(fused=True) and the per-tensor
+    # soft_update must give the same networks bit for bit: a slice at the wrong offset, a
+    # gradient view that backward() replaced, or a target vector in another order would not.
+    from offline_rl.algorithms.neural import _cql_objective
+
+    config = CQLConfig(hidden=(16, 16), tau=0.1, seed=3, lr=1e-2)
+    agent = CQL(4, 2, config)
+    q_net = mlp(4, 2, config.hidden)
+    q_net.load_state_dict(agent.q_net.state_dict())
+    target = mlp(4, 2, config.hidden).requires_grad_(False)
+    target.load_state_dict(agent.target_net.state_dict())
+    adam = torch.optim.Adam(q_net.parameters(), lr=config.lr, fused=True)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        batch = to_torch_batch(small_cartpole.sample(16, rng))
+        agent.update(batch)
+        loss, _ = _cql_objective(q_net, target, batch, config.alpha, config.gamma, huber=True)
+        adam.zero_grad()
+        loss.backward()
+        adam.step()
+        soft_update(target, q_net, config.tau)
+    for mine, theirs in [(agent.q_net, q_net), (agent.target_net, target)]:
+        for a, b in zip(mine.parameters(), theirs.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # A .grad that someone replaced would silently stop training: the step refuses instead.
+    agent.q_net[0].weight.grad = None
+    with pytest.raises(RuntimeError, match="grad was replaced"):
+        agent.optimizer.step()
+
+
 def test_train_offline_feeds_the_minibatches_dataset_sample_draws(small_cartpole):
     # train_offline converts the dataset once and gathers rows; the minibatches must be exactly
     # those of to_torch_batch(dataset.sample(batch_size, rng)) with rng seeded by ``seed``.

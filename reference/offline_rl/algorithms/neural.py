@@ -44,6 +44,7 @@ __all__ = [
     "bellman_loss",
     "cql_loss",
     "cql_penalty",
+    "flatten_parameters",
     "soft_update",
     "td_target",
 ]
@@ -260,39 +261,70 @@ def _seeded_mlp(in_dim: int, out_dim: int, hidden: Sequence[int], seed: int) -> 
         return mlp(in_dim, out_dim, hidden)
 
 
+def flatten_parameters(params: Iterable[nn.Parameter]) -> Tensor:
+    """Move ``params`` into one contiguous vector and return it; each parameter becomes a view
+    of its slice, so the network computes exactly as before.
+
+    Whatever must touch every parameter each step (Adam, the Polyak average) then runs once on
+    one tensor instead of once per tensor (six for a two-hidden-layer MLP): at batch 32 the
+    per-tensor dispatch, not the arithmetic, is most of the cost of those steps.
+
+    Returns:
+        theta: (P,) where P is the total number of parameters.
+    """
+    params = list(params)
+    with torch.no_grad():
+        theta = torch.cat([p.reshape(-1) for p in params])
+    offset = 0
+    for p in params:
+        p.data = theta[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return theta
+
+
 class _Adam:
     """Adam (Kingma & Ba, 2015) with torch's defaults (betas 0.9 and 0.999, eps 1e-8):
     ``m <- 0.9 m + 0.1 g``, ``v <- 0.999 v + 0.001 g^2``, then
     ``theta <- theta - lr * m_hat / (sqrt(v_hat) + eps)`` with the bias-corrected moments.
 
     ``torch.optim.Adam(fused=True)`` minus ``Optimizer.step``'s bookkeeping (hooks, profiler
-    records, state lookups), which costs about a quarter of a training step at batch 32: the
-    step calls torch's functional Adam (``torch.optim.adam.adam``) on all tensors in one fused
-    kernel. ``tests/test_neural.py`` checks it against ``torch.optim.Adam``.
+    records, state lookups), which costs about a quarter of a training step at batch 32, on the
+    parameters flattened into one vector ``theta`` (``flatten_parameters``) whose gradients are
+    one vector ``grad`` too: a step is one call of torch's functional Adam
+    (``torch.optim.adam.adam``) on one tensor. ``tests/test_neural.py`` checks it against
+    ``torch.optim.Adam``.
     """
 
     def __init__(self, params: Iterable[nn.Parameter], lr: float) -> None:
         self.params = list(params)
         self.lr = lr
-        self.exp_avg = [torch.zeros_like(p) for p in self.params]  # m, one per tensor
-        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]  # v
-        self.steps = [torch.zeros(()) for _ in self.params]  # t
+        self.theta = flatten_parameters(self.params)  # (P,)
+        self.grad = torch.zeros_like(self.theta)  # (P,): every p.grad is a view of it
+        offset = 0
+        for p in self.params:
+            # backward() adds into an existing .grad in place, so these views stay the grads.
+            p.grad = self.grad[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+        self._grad_views = [p.grad for p in self.params]
+        self.exp_avg = torch.zeros_like(self.theta)  # m
+        self.exp_avg_sq = torch.zeros_like(self.theta)  # v
+        self.t = torch.zeros(())  # step count
 
     def zero_grad(self, set_to_none: bool = False) -> None:
-        """Zero the gradients (kept, not freed: the next backward reuses their memory)."""
-        for p in self.params:
-            if p.grad is not None:
-                p.grad.zero_()
+        """Zero the gradients (kept, not freed: they are views of one vector)."""
+        self.grad.zero_()
 
     @torch.no_grad()
     def step(self) -> None:
-        grads = [p.grad for p in self.params]
-        if any(g is None for g in grads):
-            raise RuntimeError("Adam.step() before backward(): a parameter has no gradient.")
+        if any(p.grad is not g for p, g in zip(self.params, self._grad_views)):
+            raise RuntimeError(
+                "a parameter's .grad was replaced (set to None or a new tensor): this Adam "
+                "updates the gradient vector its .grad views belong to; use its zero_grad()."
+            )
         functional_adam(
-            self.params, grads, self.exp_avg, self.exp_avg_sq, [], self.steps, fused=True,
-            amsgrad=False, beta1=0.9, beta2=0.999, lr=self.lr, weight_decay=0.0, eps=1e-8,
-            maximize=False,
+            [self.theta], [self.grad], [self.exp_avg], [self.exp_avg_sq], [], [self.t],
+            fused=True, amsgrad=False, beta1=0.9, beta2=0.999, lr=self.lr, weight_decay=0.0,
+            eps=1e-8, maximize=False,
         )  # fmt: skip
 
 
@@ -370,7 +402,10 @@ class CQL:
         self.obs_dim, self.n_actions = obs_dim, n_actions
         self.q_net = _seeded_mlp(obs_dim, n_actions, self.config.hidden, self.config.seed)
         self.target_net = copy.deepcopy(self.q_net).requires_grad_(False)
+        # Both networks' parameters as flat vectors (in the same order): the Polyak average
+        # is then one lerp of two (P,) vectors, Adam one fused call.
         self.optimizer = _adam(self.q_net.parameters(), self.config.lr)
+        self.target_theta = flatten_parameters(self.target_net.parameters())
         self.steps = 0
 
     def compute_cql_penalty(self, states: Tensor, actions: Tensor) -> Tensor:
@@ -394,8 +429,13 @@ class CQL:
         return terms
 
     def soft_update(self, tau: float) -> None:
-        """Move the target network a fraction ``tau`` toward the Q-network."""
-        soft_update(self.target_net, self.q_net, tau)
+        """Move the target network a fraction ``tau`` toward the Q-network:
+        ``theta_target <- theta_target + tau * (theta - theta_target)`` (``soft_update``, on
+        the flat parameter vectors)."""
+        if not 0.0 < tau <= 1.0:
+            raise ValueError(f"tau must be in (0, 1], got {tau}.")
+        with torch.no_grad():
+            self.target_theta.lerp_(self.optimizer.theta, tau)
 
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         """Q(s, .) for one observation (O,) or a batch (N, O); returns (N, A) float32."""
