@@ -25,7 +25,9 @@ $(STAMP): requirements.txt pyproject.toml
 	@$(PY) tools/sync_environment.py --installable build/requirements.venv.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r build/requirements.venv.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
-	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	@# ipykernel writes the spec into a fresh tmp*_kernels folder and leaves it: give it a folder to lose.
+	@tmp=$$(mktemp -d); TMPDIR=$$tmp $(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null; \
+		status=$$?; rm -rf $$tmp; exit $$status
 	@touch $(STAMP)
 
 release: $(STAMP)
