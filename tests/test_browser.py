@@ -430,6 +430,32 @@ def test_each_demo_redraws_once_per_move_with_the_state_its_value_implies(
             assert not errors, f"demo {demo.name} at {value:g} wrote stderr/warnings: {errors}"
 
 
+def test_cartpole_cell_shows_one_chart_and_a_table_that_states_the_claim(
+    solution_page: Any,
+) -> None:
+    """Question 5's payoff as the student sees it: one bar chart, one table, no progress bar
+    left behind, and the table's numbers say what the text claims (naive DQN promises more
+    than it achieves; CQL returns more than naive DQN)."""
+    page = solution_page
+    cell = page.locator(".jp-CodeCell").filter(has_text="CartPole from expert data")
+    assert cell.count() == 1, f"expected one CartPole cell, found {cell.count()}"
+    output = cell.locator(".jp-OutputArea").first
+    output.scroll_into_view_if_needed()
+    output.screenshot(path=str(ARTIFACTS / "cartpole-cell.png"))
+    assert output.locator("img").count() == 1, "the CartPole cell must show exactly one chart"
+    assert output.locator("progress, .widget-hprogress").count() == 0, "a progress bar stayed"
+    text = output.inner_text()
+    number = r"\s+(-?[\d.]+)"
+    rows = {
+        m[0]: [float(x) for x in m[1:]]
+        for m in re.findall(rf"^(naive DQN \(α=0\)|CQL \(α=1\)){number * 3}\s*$", text, re.M)
+    }
+    assert list(rows) == ["naive DQN (α=0)", "CQL (α=1)"], f"table rows not found in:\n{text}"
+    (naive_return, naive_promised, naive_achieved), (cql_return, *_) = rows.values()
+    assert naive_promised > naive_achieved, f"naive DQN does not overestimate here:\n{text}"
+    assert cql_return > naive_return, f"CQL does not beat naive DQN here:\n{text}"
+
+
 # --------------------------------------------------------------------------- 3. export
 def test_export_after_saving_writes_one_zip_that_grades_to_full_marks(
     lab: Lab, solution_page: Any, tmp_path: Path
