@@ -437,9 +437,14 @@ def test_cartpole_cell_shows_one_chart_and_a_table_that_states_the_claim(
     left behind, and the table's numbers say what the text claims (naive DQN promises more
     than it achieves; CQL returns more than naive DQN)."""
     page = solution_page
-    cell = page.locator(".jp-CodeCell").filter(has_text="CartPole from expert data")
-    assert cell.count() == 1, f"expected one CartPole cell, found {cell.count()}"
-    output = cell.locator(".jp-OutputArea").first
+    # By the model's sources: CodeMirror puts only the lines in view into the page.
+    sources = page.evaluate(
+        "() => Array.from(window.jupyterapp.shell.currentWidget.content.model.cells)"
+        ".map(c => c.sharedModel.getSource())"
+    )
+    found = [i for i, source in enumerate(sources) if "CartPole from expert data" in source]
+    assert len(found) == 1, f"expected one CartPole cell, found {len(found)}"
+    output = page.locator(".jp-Notebook .jp-Cell").nth(found[0]).locator(".jp-OutputArea").first
     output.scroll_into_view_if_needed()
     output.screenshot(path=str(ARTIFACTS / "cartpole-cell.png"))
     assert output.locator("img").count() == 1, "the CartPole cell must show exactly one chart"
