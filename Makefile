@@ -14,21 +14,30 @@ DURATIONS ?= --durations=15
 # grader (grading/uids.py); tests sharing /autograder stay on one worker (xdist_group).
 XDIST ?= -n 2 --dist loadgroup
 
-.PHONY: release test test-fast lint fixtures bench bench-d3rlpy venv clean corpus kill-matrix grading-tests \
+.PHONY: release test test-fast lint lock fixtures bench bench-d3rlpy venv clean corpus kill-matrix grading-tests \
 	resources browser-tests sandbox-paths check-question
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
-	@echo ">> bootstrapping $(VENV) from requirements.txt"
+$(STAMP): requirements.txt requirements.lock pyproject.toml
+	@echo ">> bootstrapping $(VENV) from requirements.txt, every other package as requirements.lock pins it"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) tools/sync_environment.py --installable build/requirements.venv.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check -r build/requirements.venv.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r build/requirements.venv.txt -c requirements.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@# ipykernel writes the spec into a fresh tmp*_kernels folder and leaves it: give it a folder to lose.
 	@tmp=$$(mktemp -d); TMPDIR=$$tmp $(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null; \
 		status=$$?; rm -rf $$tmp; exit $$status
 	@touch $(STAMP)
+
+# After changing a pin in requirements.txt: install the new pins without the old lock, then write
+# the lock from what got installed (and environment.yml from both). Then `make test`.
+lock:
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) tools/sync_environment.py --installable build/requirements.venv.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r build/requirements.venv.txt
+	$(PY) tools/sync_environment.py --lock
+	$(PY) tools/sync_environment.py
 
 release: $(STAMP)
 	$(PY) tools/build_release.py

@@ -152,19 +152,19 @@ def test_image_env_has_the_pins_and_cpu_torch(image_env, record_property):
     reqs = sync_environment.read_requirements(
         Path(__file__).resolve().parents[1] / "requirements.txt"
     )
+    lock = sync_environment.read_requirements(sync_environment.LOCK)
+    want = {**lock.runtime, **lock.image, **reqs.runtime}  # what the tests ran with, every one
     code = (
         "import importlib.metadata as m, json, torch; "
-        f"print(json.dumps({{n: m.version(n) for n in {sorted(reqs.runtime)!r}}})); "
+        f"print(json.dumps({{n: m.version(n) for n in {sorted(want)!r}}})); "
         "print(torch.version.cuda)"
     )
     out = subprocess.run(
         [str(image_env / "bin" / "python"), "-c", code], capture_output=True, text=True, check=True
     ).stdout.splitlines()
     installed = json.loads(out[0])
-    wrong = {
-        n: (v, installed[n]) for n, v in reqs.runtime.items() if installed[n].split("+")[0] != v
-    }
-    assert not wrong, f"the image installs other versions (pin, installed): {wrong}"
+    wrong = {n: (v, installed[n]) for n, v in want.items() if installed[n].split("+")[0] != v}
+    assert not wrong, f"the image installs other versions (pinned or locked, installed): {wrong}"
     assert out[1] == "None", f"the image got a CUDA torch (cuda {out[1]})"
     show = [str(image_env / "bin" / "python"), "-m", "pip", "show", "-q"]
     dev = [n for n in reqs.dev if not subprocess.run([*show, n], capture_output=True).returncode]

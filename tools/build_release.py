@@ -116,7 +116,8 @@ class AssignmentSpec:
     student_files: tuple[str, ...] = ()
     """Files of the assignment folder given to students only (e.g. the set-up check)."""
     student_requirements: bool = False
-    """Ship the runtime pins of requirements.txt to students as ``requirements.txt``."""
+    """Ship the runtime pins of requirements.txt to students as ``requirements.txt``, with the
+    runtime part of requirements.lock as its ``constraints.txt``."""
 
     @staticmethod
     def load(folder: Path) -> AssignmentSpec:
@@ -368,7 +369,10 @@ def ship_student_environment(spec: AssignmentSpec, student_out: Path) -> None:
     """Give students the pinned requirements and the set-up check their README names."""
     if spec.student_requirements:
         reqs = sync_environment.read_requirements(ROOT / "requirements.txt")
+        lock = sync_environment.read_requirements(sync_environment.LOCK)
         (student_out / "requirements.txt").write_text(sync_environment.render_student(reqs))
+        constraints = student_out / sync_environment.STUDENT_CONSTRAINTS
+        constraints.write_text(sync_environment.render_constraints(lock))
     for rel in spec.student_files:
         src = spec.source / rel
         if not src.is_file():
