@@ -156,7 +156,7 @@ def plot_bars(
     names = list(values)
     heights = [float(values[k]) for k in names]
     bars = ax.bar(names, heights, color=[f"C{i}" for i in range(len(names))])
-    ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.bar_label(bars, fmt="%.4g", fontsize=8)  # 500, 9.6, -17, 0.1235: no trailing zeros
     if reference_line is not None:
         ax.axhline(reference_line, color="k", linestyle="--", linewidth=1)
     ax.axhline(0.0, color="0.5", linewidth=0.5)
