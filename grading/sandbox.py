@@ -49,6 +49,8 @@ SYSTEM_DIRS = (
     "/sys",
 )
 MAX_MESSAGE_BYTES = 16 * 2**20
+#: Tries to start a kernel before the grading fails (see ``Sandbox.start``).
+START_ATTEMPTS = 3
 WRITABLE = (".tmp", ".mpl", ".ipython", ".jupyter")
 
 
@@ -221,29 +223,37 @@ class Sandbox:
         spec = {"argv": argv, "display_name": "sandbox", "language": "python"}
         (spec_dir / "kernel.json").write_text(json.dumps(spec))
         ksm = KernelSpecManager(kernel_dirs=[str(self._private / "kernels")])
-        self.km = KernelManager(
-            kernel_name="sandbox",
-            kernel_spec_manager=ksm,
-            connection_file=str(self._private / "connection.json"),
-        )
-        # The root launcher starts in the private folder, never in one the kernel can change.
-        self.km.start_kernel(cwd=str(self._private))
-        self.kc = self.km.client()
-        self.kc.start_channels()
-        for channel in (self.kc.iopub_channel, self.kc.shell_channel, self.kc.control_channel):
-            # A kernel that floods one huge message is cut off, not allowed to exhaust the grader.
-            with contextlib.suppress(Exception):
-                channel.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        wait = max(0.1, min(cfg.startup_timeout, self.remaining()))
-        try:
-            self.kc.wait_for_ready(timeout=wait)
-        except RuntimeError as err:
-            self.stop()
-            raise RuntimeError(
-                f"the grading kernel did not start: {err}. If the grader runs as root, check that "
-                f"uid {cfg.uid} can read and execute {self.python} (e.g. `chmod o+x /root` when "
-                "Python lives under /root)."
-            ) from err
+        # A kernel can die before it answers for reasons that pass: the ports jupyter_client
+        # picked (free when it looked) taken by another process before the kernel bound them.
+        # A few attempts, each with fresh ports, before a student loses the grading to it.
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self.km = KernelManager(
+                kernel_name="sandbox",
+                kernel_spec_manager=ksm,
+                connection_file=str(self._private / "connection.json"),
+            )
+            # The root launcher starts in the private folder, never in one the kernel can change.
+            self.km.start_kernel(cwd=str(self._private))
+            self.kc = self.km.client()
+            self.kc.start_channels()
+            for channel in (self.kc.iopub_channel, self.kc.shell_channel, self.kc.control_channel):
+                # A kernel that floods one huge message is cut off, not allowed to exhaust us.
+                with contextlib.suppress(Exception):
+                    channel.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+            wait = max(0.1, min(cfg.startup_timeout, self.remaining()))
+            try:
+                self.kc.wait_for_ready(timeout=wait)
+                return
+            except RuntimeError as err:
+                self.stop()
+                if attempt < START_ATTEMPTS and self.remaining() > cfg.startup_timeout:
+                    print(f"grading: kernel start {attempt} failed ({err}); again", file=sys.stderr)
+                    continue
+                raise RuntimeError(
+                    f"the grading kernel did not start ({attempt} attempts): {err}. If the grader "
+                    f"runs as root, check that uid {cfg.uid} can read and execute {self.python} "
+                    "(e.g. `chmod o+x /root` when Python lives under /root)."
+                ) from err
 
     def alive(self) -> bool:
         return self.km is not None and self.km.is_alive()

@@ -311,6 +311,30 @@ def test_kernel_that_fails_to_start_leaves_nothing_behind():
     assert not graded.owed, graded.owed
 
 
+def test_kernel_that_dies_at_start_is_started_again(tmp_path, monkeypatch):
+    # A kernel can die before it answers for reasons that pass (ports taken between
+    # jupyter_client picking them and the kernel binding them): one failed start must not cost
+    # the student the grading. Here the first kernel exits at once; the second must serve.
+    from grading import sandbox
+
+    made: list = []
+
+    class FirstOneDies(sandbox.KernelManager):
+        def start_kernel(self, **kwargs):
+            made.append(self)
+            if len(made) == 1:
+                self.kernel_spec.argv = [sys.executable, "-c", "raise SystemExit(3)"]
+            return super().start_kernel(**kwargs)
+
+    monkeypatch.setattr(sandbox, "KernelManager", FirstOneDies)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    with sandbox.Sandbox(workdir, sandbox.SandboxConfig(uid=None, jail="off")) as box:
+        run = box.run("print(6 * 7)")
+    assert len(made) == 2, f"{len(made)} kernel starts"
+    assert run.status == "ok", run
+
+
 def test_forced_uid_is_held_for_the_whole_run():
     with uids.reserve(61_472) as held:
         assert held == 61_472

@@ -115,7 +115,11 @@ def grade(
         path = res / "results.json"
         if not path.exists():
             raise AssertionError(f"no results.json; grader said:\n{proc.stdout}\n{proc.stderr}")
-        return json.loads(path.read_text())
+        results = json.loads(path.read_text())
+        if results["output"].startswith("The autograder itself failed"):
+            # A grader bug, never an expected outcome here: fail with its traceback.
+            raise AssertionError(f"the grader crashed; it said:\n{proc.stderr[-4000:]}")
+        return results
 
 
 def grade_once(
