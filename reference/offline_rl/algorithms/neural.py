@@ -275,11 +275,18 @@ def flatten_parameters(params: Iterable[nn.Parameter]) -> Tensor:
     params = list(params)
     with torch.no_grad():
         theta = torch.cat([p.reshape(-1) for p in params])
-    offset = 0
-    for p in params:
-        p.data = theta[offset : offset + p.numel()].view_as(p)
-        offset += p.numel()
+    for p, view in zip(params, _views_of(theta, params)):
+        p.data = view
     return theta
+
+
+def _views_of(vector: Tensor, params: list[nn.Parameter]) -> list[Tensor]:
+    """Split ``vector`` (P,) into views shaped like ``params``, in order (P = their total size)."""
+    views, offset = [], 0
+    for p in params:
+        views.append(vector[offset : offset + p.numel()].view_as(p))
+        offset += p.numel()
+    return views
 
 
 class _Adam:
@@ -300,11 +307,8 @@ class _Adam:
         self.lr = lr
         self.theta = flatten_parameters(self.params)  # (P,)
         self.grad = torch.zeros_like(self.theta)  # (P,): every p.grad is a view of it
-        offset = 0
-        for p in self.params:
-            # backward() adds into an existing .grad in place, so these views stay the grads.
-            p.grad = self.grad[offset : offset + p.numel()].view_as(p)
-            offset += p.numel()
+        for p, view in zip(self.params, _views_of(self.grad, self.params)):
+            p.grad = view  # backward() adds into an existing .grad in place: it stays this view
         self._grad_views = [p.grad for p in self.params]
         self.exp_avg = torch.zeros_like(self.theta)  # m
         self.exp_avg_sq = torch.zeros_like(self.theta)  # v
