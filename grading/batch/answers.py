@@ -38,8 +38,10 @@ def _notebook_bytes(sub: Submission) -> bytes | None:
                 with zipfile.ZipFile(path) as zf:
                     for info in zf.infolist():
                         name = info.filename
-                        if name.endswith(".ipynb") and "__MACOSX" not in name and (
-                            info.file_size <= MAX_NOTEBOOK_BYTES
+                        if (
+                            name.endswith(".ipynb")
+                            and "__MACOSX" not in name
+                            and (info.file_size <= MAX_NOTEBOOK_BYTES)
                         ):
                             return zf.read(info)
             except (zipfile.BadZipFile, OSError):

@@ -150,19 +150,23 @@ def write_report(
         for r in rows
         if r.record.get("status") != "graded"
     ]
-    html = _env().get_template("report.html.j2").render(
-        title=title,
-        n=len(rows),
-        n_graded=len(graded),
-        possible=possible,
-        mean=sum(totals) / len(totals) if totals else 0.0,
-        histogram=histogram_png(totals, possible) if totals else "",
-        stats=question_stats(rows),
-        problems=problems,
-        duplicates=sorted(dup.items()),
-        regrade=regrade,
-        pairs=similarity(rows, boilerplate),
-        threshold=round(100 * SIMILARITY_THRESHOLD),
+    html = (
+        _env()
+        .get_template("report.html.j2")
+        .render(
+            title=title,
+            n=len(rows),
+            n_graded=len(graded),
+            possible=possible,
+            mean=sum(totals) / len(totals) if totals else 0.0,
+            histogram=histogram_png(totals, possible) if totals else "",
+            stats=question_stats(rows),
+            problems=problems,
+            duplicates=sorted(dup.items()),
+            regrade=regrade,
+            pairs=similarity(rows, boilerplate),
+            threshold=round(100 * SIMILARITY_THRESHOLD),
+        )
     )
     path.write_text(html, encoding="utf-8")
 
@@ -186,8 +190,10 @@ def write_manual(
         key = sorted((_anonym(r.id), r.id) for r in rows)
         with open(path.with_name("manual-key.csv"), "w", encoding="utf-8") as f:
             f.write("code,submission\n" + "".join(f"{c},{i}\n" for c, i in key))
-    html = _env().get_template("manual.html.j2").render(
-        rubric=rubric, entries=entries, anonymise=anonymise
+    html = (
+        _env()
+        .get_template("manual.html.j2")
+        .render(rubric=rubric, entries=entries, anonymise=anonymise)
     )
     path.write_text(html, encoding="utf-8")
 
