@@ -28,6 +28,8 @@ SIMILARITY_K, SIMILARITY_WINDOW = 25, 1
 #: Pairs whose answer code overlaps at least this much (both ways) are listed.
 SIMILARITY_THRESHOLD = 0.6
 MAX_MESSAGES = 5
+#: The similarity table lists at most this many pairs (the most alike first).
+MAX_PAIRS = 50
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,8 @@ def similarity(rows: list[Row], boilerplate: str = "") -> list[dict[str, Any]]:
             if min(sa, sb) >= SIMILARITY_THRESHOLD:
                 pairs.append({"a": a, "b": b, "tokens": int(overlap),
                               "a_pct": round(100 * sa), "b_pct": round(100 * sb)})  # fmt: skip
-    return sorted(pairs, key=lambda p: (-min(p["a_pct"], p["b_pct"]), p["a"], p["b"]))
+    pairs.sort(key=lambda p: (-min(p["a_pct"], p["b_pct"]), -p["tokens"], p["a"], p["b"]))
+    return pairs[:MAX_PAIRS]
 
 
 def _env() -> jinja2.Environment:
