@@ -108,7 +108,7 @@ ADA = "Ada's answer: cloning suffices when the data come from one consistent exp
 
 def _answer_q13(nb: nbformat.NotebookNode, text: str) -> nbformat.NotebookNode:
     """A copy of ``nb`` whose Question 13 answer cell (free text, graded by hand) says ``text``."""
-    nb = nbformat.from_dict(json.loads(nbformat.writes(nb)))
+    nb = nbformat.reads(nbformat.writes(nb), as_version=4)
     prompt = next(i for i, c in enumerate(nb.cells) if "### Question 13" in c.source)
     answer = next(c for c in nb.cells[prompt:] if "otter_answer_cell" in c.metadata.get("tags", []))
     answer.source = text
@@ -146,7 +146,7 @@ def graded_class(tmp_path_factory):
 
 
 def test_grades_match_the_corpus(graded_class):
-    subs, out, expect, _ = graded_class
+    _, out, expect, _ = graded_class
     rows = _rows(out / "grades.csv")
     assert set(rows) == set(expect), sorted(set(rows) ^ set(expect))
     full = {q: float(rows["solution"][q]) for q in corpus.full_marks(_results(out, "solution"))}

@@ -2,7 +2,8 @@
 
 Otter's student notebook tags every answer cell ``otter_answer_cell``; the question an answer
 belongs to is the last ``### Question N`` heading above it. Free-text (markdown) answer cells are
-what manual grading needs; code answer cells are what the similarity table compares.
+what manual grading needs; code answer cells are what the similarity table compares. A student
+can remove a tag, so this is a convenience for the instructor, never part of grading.
 """
 
 from __future__ import annotations
@@ -65,11 +66,11 @@ def from_notebook(nb: dict[str, Any]) -> dict[str, Any]:
                 question = heading.group(1)
                 titles[question] = heading.group(0).lstrip("#").strip()
         tags = (cell.get("metadata") or {}).get("tags") or []
-        if ANSWER_TAG not in tags:
-            continue
-        if cell.get("cell_type") == "markdown" and question is not None:
+        if cell.get("cell_type") == "markdown" and ANSWER_TAG in tags and question is not None:
             manual[question] = (manual.get(question, "") + "\n\n" + source).strip()
-        elif cell.get("cell_type") == "code":
+        elif cell.get("cell_type") == "code" and {ANSWER_TAG, SOLUTION_TAG} & set(tags):
+            # Students answer in otter_answer_cell cells; otter's solution notebook (which
+            # instructors may grade too) tags the same cells otter_assign_solution_cell.
             code.append(source)
     return {"manual": manual, "code": "\n\n".join(code), "titles": titles}
 
