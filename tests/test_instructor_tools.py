@@ -172,7 +172,7 @@ def _row(sid: str, scores: dict[str, float], status: str = "graded", **record) -
         for q, s in scores.items()
     ]  # fmt: skip
     results = {"score": sum(scores.values()), "tests": tests}
-    base = {"id": sid, "status": status, "student": {}, "submission_sha256": sid, "answers": {}}
+    base = {"id": sid, "status": status, "student": {}, "content_sha256": sid, "answers": {}}
     return tables.Row({**base, **record}, results)
 
 

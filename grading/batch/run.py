@@ -142,6 +142,7 @@ def _record(sub: Submission, key: str, sub_sha: str, zip_sha: str) -> dict[str, 
         "files": [sub.relative(p) for p in sub.files],
         "student": asdict(sub.student),
         "submission_sha256": sub_sha,
+        "content_sha256": sub.content_sha256(),
         "autograder_sha256": zip_sha,
         "key": key,
         "answers": answers.extract(sub),
@@ -188,8 +189,8 @@ def grade_all(
         todo.append((sub, _record(sub, key, sub_sha, zip_sha)))
     if not todo:
         return counts
-    # Byte-identical uploads (a student who uploaded twice, a copied file) are graded once: the
-    # grader is deterministic for a given upload and zip, so the copies get the same results.
+    # Identical uploads (same names and bytes) are graded once: the grader is deterministic for
+    # a given upload and zip, so the copies get the same results.
     copies: dict[str, list[tuple[Submission, dict[str, Any]]]] = {}
     for sub, record in todo:
         copies.setdefault(record["key"], []).append((sub, record))

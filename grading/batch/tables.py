@@ -75,11 +75,11 @@ def question_order(rows: list[Row]) -> tuple[list[str], dict[str, float]]:
 
 
 def duplicates(rows: list[Row]) -> dict[str, str]:
-    """Submission id -> the first id (by sorting) with byte-identical upload."""
+    """Submission id -> the first id (by sorting) whose upload holds the same bytes."""
     first: dict[str, str] = {}
     dup = {}
     for row in rows:
-        sha = row.record.get("submission_sha256")
+        sha = row.record.get("content_sha256")
         if not sha:
             continue
         if sha in first:
