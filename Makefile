@@ -65,7 +65,7 @@ kill-matrix: $(STAMP) sandbox-paths
 # The fast loop for one question: rebuild (without otter's self-check), then grade the solution
 # and only the mutants that target question Q, and print their rows of the kill matrix.
 check-question: $(STAMP)
-	@test -n "$(Q)" || { echo "usage: make check-question Q=q4_behavior_cloning (or Q=q4)"; exit 2; }
+	@test -n "$(Q)" || { echo "usage: make check-question Q=q4_behavior_cloning (or Q=q4, or a prefix: Q=q4_beh)"; exit 2; }
 	$(PY) tools/build_release.py --no-self-check
 	$(PY) tools/kill_matrix.py --question $(Q)
 
