@@ -28,6 +28,8 @@ SIMILARITY_K, SIMILARITY_WINDOW = 25, 1
 #: Pairs whose answer code overlaps at least this much (both ways) are listed.
 SIMILARITY_THRESHOLD = 0.6
 MAX_MESSAGES = 5
+#: Characters of one failure message shown (a student's exception text can be long).
+MAX_MESSAGE_CHARS = 240
 #: The similarity table lists at most this many pairs (the most alike first).
 MAX_PAIRS = 50
 
@@ -63,7 +65,7 @@ def question_stats(rows: list[Row]) -> list[QuestionStats]:
             scores.append(float(test["score"]))
             output = str(test.get("output", ""))
             for check, why in FAILED_CHECK.findall(output):
-                messages[f"{check}: {why.strip()}"] += 1
+                messages[_short(f"{check}: {why.strip()}")] += 1
             for line in CELL_ERROR.findall(output):
                 messages[re.sub(r"\d+", "N", line.strip())] += 1  # cell numbers differ per student
         full = sum(s >= maxima[q] - 1e-9 for s in scores)
@@ -71,6 +73,10 @@ def question_stats(rows: list[Row]) -> list[QuestionStats]:
         top = sorted(messages.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_MESSAGES]
         stats.append(QuestionStats(q, maxima[q], len(scores), full, mean, top))
     return stats
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
 def histogram_png(totals: list[float], possible: float) -> str:
