@@ -232,3 +232,14 @@ def test_answers_are_read_from_an_exported_zip(tmp_path):
     sub = inputs.Submission("x", tmp_path / "export.zip", (tmp_path / "export.zip",))
     got = answers.extract(sub)
     assert "def td_target" in got["code"] and set(got["manual"]) == {"13", "14"}
+
+
+def test_check_question_names_the_skipped_valid_entries(capsys):
+    chosen = kill_matrix.select(["--question", "q4"])
+    full = {q.name: q.points for q in corpus._questions()}
+    assert chosen and all("q4_behavior_cloning" in corpus.declared_scores(m, full) for m in chosen)
+    valid = [m.name for m in corpus.load_mutants() if m.kind == "valid"]
+    out = capsys.readouterr().out
+    assert f'skipped {len(valid)} kind = "valid" entries' in out and valid[0] in out
+    with pytest.raises(SystemExit, match="matches no question"):
+        kill_matrix.select(["--question", "q15_awr"])
