@@ -98,6 +98,7 @@ def rubric(solution: Path) -> dict[str, dict[str, str]]:
             question, title = heading.group(1), heading.group(0).lstrip("#").strip()
         if cell.get("cell_type") == "markdown" and SOLUTION_TAG in tags and after_answer:
             text = source.replace("<!-- BEGIN QUESTION -->", "").strip()
+            text = re.sub(r"(?<!\n)\n(?!\n)", " ", text)  # the master's hard wraps: one paragraph
             found[str(question)] = {"title": title, "rubric": text}
         after_answer = cell.get("cell_type") == "markdown" and ANSWER_TAG in tags
     return found
