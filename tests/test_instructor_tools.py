@@ -243,3 +243,44 @@ def test_check_question_names_the_skipped_valid_entries(capsys):
     assert f'skipped {len(valid)} kind = "valid" entries' in out and valid[0] in out
     with pytest.raises(SystemExit, match="matches no question"):
         kill_matrix.select(["--question", "q15_awr"])
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_resume_is_keyed_by_upload_and_zip(tmp_path, monkeypatch):
+    """Without grading: a stand-in for the grader subprocess counts what gets graded."""
+    from grading.batch import run
+
+    graded: list[str] = []
+
+    def fake_grade_one(sub, zip_path, out, grader_args):
+        graded.append(sub.id)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / run.RESULTS).write_text(json.dumps({"score": 1.0, "output": "", "tests": []}))
+        return {"status": "graded", "reason": "", "wall_seconds": 1.0, "cpu_seconds": 1.0}
+
+    monkeypatch.setattr(run, "grade_one", fake_grade_one)
+    subs_dir, out = tmp_path / "subs", tmp_path / "out"
+    subs_dir.mkdir()
+    for name, text in (("a", "{}"), ("b", '{"x": 1}')):
+        (subs_dir / f"{name}.ipynb").write_text(text)
+    (subs_dir / "c").mkdir()
+    (subs_dir / "c" / "a.ipynb").write_text("{}")  # same name and bytes as a.ipynb
+    zip_a, zip_b = tmp_path / "a.zip", tmp_path / "b.zip"
+    zip_a.write_bytes(b"one autograder")
+    zip_b.write_bytes(b"another autograder")
+
+    def batch(zip_path: Path, force: bool = False) -> list[str]:
+        graded.clear()
+        subs = inputs.discover(subs_dir)
+        run.grade_all(zip_path, subs, out, run.BatchConfig(jobs=2, force=force, progress=False))
+        return sorted(graded)
+
+    assert batch(zip_a) == ["a", "b"]  # c is a's upload again: graded once, result copied
+    assert json.loads((out / "submissions" / "c" / "record.json").read_text())["status"] == "graded"
+    assert batch(zip_a) == []  # resumed
+    (subs_dir / "b.ipynb").write_text('{"x": 2}')
+    assert batch(zip_a) == ["b"]  # a changed upload
+    assert batch(zip_b) == ["a", "b"]  # a rebuilt zip regrades everyone
+    assert batch(zip_b, force=True) == ["a", "b"]
