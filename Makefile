@@ -15,7 +15,7 @@ DURATIONS ?= --durations=15
 XDIST ?= -n 2 --dist loadgroup
 
 .PHONY: release test test-fast lint lock fixtures bench bench-d3rlpy venv clean corpus kill-matrix grading-tests \
-	resources browser-tests sandbox-paths check-question
+	resources browser-tests sandbox-paths check-question grade
 
 venv: $(STAMP)
 
@@ -65,9 +65,17 @@ kill-matrix: $(STAMP) sandbox-paths
 # The fast loop for one question: rebuild (without otter's self-check), then grade the solution
 # and only the mutants that target question Q, and print their rows of the kill matrix.
 check-question: $(STAMP)
-	@test -n "$(Q)" || { echo "usage: make check-question Q=q4_behavior_cloning (or Q=q4)"; exit 2; }
+	@test -n "$(Q)" || { echo "usage: make check-question Q=q4_behavior_cloning (or Q=q4, or a prefix: Q=q4_beh)"; exit 2; }
 	$(PY) tools/build_release.py --no-self-check
 	$(PY) tools/kill_matrix.py --question $(Q)
+
+# Grade a whole class (assignments/offline_rl/README.instructor.md, "Grading a whole class"):
+#   make grade ZIP=autograder/offline_rl/autograder.zip SUBMISSIONS=downloads/ OUT=graded/
+# Extra options (--jobs 4, --shard 0/8, --force, --previous old/grades.csv): GRADE_ARGS="...".
+GRADE_ARGS ?=
+grade: $(STAMP) sandbox-paths
+	@test -n "$(SUBMISSIONS)" -a -n "$(OUT)" || { echo "usage: make grade SUBMISSIONS=folder OUT=folder [ZIP=autograder/offline_rl/autograder.zip] [GRADE_ARGS=--jobs 4]"; exit 2; }
+	$(PY) -m grading batch $(or $(ZIP),autograder/offline_rl/autograder.zip) $(SUBMISSIONS) $(OUT) $(GRADE_ARGS)
 
 grading-tests: $(STAMP) sandbox-paths
 	$(PY) -m pytest $(XDIST) -m grading $(PYTEST_ARGS)

@@ -1,5 +1,7 @@
 """``python -m grading SOURCE SUBMISSION RESULTS``: grade a submission into RESULTS/results.json.
 
+(``python -m grading batch ...`` and ``... merge ...`` grade a whole class: grading/batch/.)
+
 SOURCE is an unzipped autograder (Gradescope: /autograder/source), SUBMISSION a folder holding the
 student's upload. Run as root to sandbox the kernel; ``--same-user`` grades trusted notebooks
 (the solution, your own tests) as the current user without the sandbox.
@@ -26,6 +28,11 @@ GRADER_MEMORY_BYTES = 512 * 2**20
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["batch"], ["merge"]):  # instructor tools (grading/batch/), not the grader
+        from grading.batch import cli
+
+        return (cli.main_batch if argv[0] == "batch" else cli.main_merge)(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m grading", description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="the unzipped autograder folder")
     parser.add_argument("submission", type=Path, help="folder with the student's upload")

@@ -167,7 +167,9 @@ def stage(spec: AssignmentSpec, staging: Path) -> Path:
                 f"{spec.name}: release.toml lists {rel!r}, missing from {spec.source}."
             )
         shutil.copy2(src, staging / rel) if src.is_file() else shutil.copytree(src, staging / rel)
+    POINTS[spec.name] = question_points(master)
     DECLARED[spec.name] = declare_checks(spec, master, staging)
+    check_corpus(spec.name, POINTS[spec.name], DECLARED[spec.name])
     nbformat.write(master, nb_path)
     package = staging / "offline_rl"
     package.mkdir()
@@ -192,6 +194,96 @@ def test_{name}_hidden({params}):
     import hidden_checks
     hidden_checks.check("{name}", {params})
 '''
+
+
+#: assignment -> question name -> its points and whether it is graded by hand (filled by stage()).
+POINTS: dict[str, dict[str, QuestionPoints]] = {}
+#: The submission corpus (tests/corpus/mutants.toml) belongs to this assignment.
+CORPUS = ROOT / "tests" / "corpus" / "mutants.toml"
+CORPUS_ASSIGNMENT = "offline_rl"
+
+
+@dataclass(frozen=True)
+class QuestionPoints:
+    """A question's points as the master's ``# BEGIN QUESTION`` cell declares them."""
+
+    name: str
+    """Otter's question name (``q4_behavior_cloning``)."""
+    points: float
+    """Its points: split evenly over its hidden checks (public checks carry none)."""
+    manual: bool
+    """Graded by hand (``manual: true``): no hidden checks, points given on Gradescope."""
+
+
+def question_points(master: nbformat.NotebookNode) -> dict[str, QuestionPoints]:
+    """Every question of the master with its declared points, in notebook order."""
+    found = {}
+    for cell in master.cells:
+        name = _question_name(cell.source) if cell.cell_type == "raw" else None
+        if name:
+            points = re.search(r"^#?\s*points:\s*([0-9.]+)\s*$", cell.source, re.M)
+            manual = re.search(r"^#?\s*manual:\s*true\s*$", cell.source, re.M | re.I)
+            found[name] = QuestionPoints(name, float(points.group(1)) if points else 0.0,
+                                         bool(manual))  # fmt: skip
+    return found
+
+
+def split_scores(points: float, n_checks: int) -> list[float]:
+    """The scores a question can get: k of its ``n_checks`` hidden checks passed, each worth
+    ``points / n_checks``, rounded as the grader rounds (6 decimals), so 4 points over 6 checks
+    gives 4.0 for all six, not 3.9999999999999996."""
+    return [round(points * k / n_checks, 6) for k in range(n_checks + 1)]
+
+
+def check_corpus(name: str, points: dict[str, QuestionPoints], registry: dict[str, Any]) -> None:
+    """Fail the build when the corpus (tests/corpus/mutants.toml) declares a score the declared
+    points can never give, a question that does not exist, or a check no question has.
+    Arithmetic on the declarations only: nothing is graded."""
+    if name != CORPUS_ASSIGNMENT or not CORPUS.is_file() or not registry:
+        return
+    checks: dict[str, list[str]] = {}
+    for decl in registry.values():
+        checks.setdefault(decl.question, []).append(decl.name)
+    problems = []
+    for mutant in tomllib.loads(CORPUS.read_text()).get("mutant", []):
+        label = mutant.get("name", "?")
+        if mutant.get("scores") and mutant.get("fails"):
+            problems.append(f"{label}: give `scores` or `fails`, not both")
+        for question, score in mutant.get("scores", {}).items():
+            if question not in checks:
+                problems.append(f"{label}: scores names {question!r}, not an autograded "
+                                f"question ({', '.join(checks)})")  # fmt: skip
+                continue
+            allowed = split_scores(points[question].points, len(checks[question]))
+            if round(float(score), 6) not in allowed[:-1]:
+                problems.append(
+                    f"{label}: {question} = {score:g}, but {points[question].points:g} points "
+                    f"over {len(checks[question])} hidden check(s) give only "
+                    f"{', '.join(f'{a:g}' for a in allowed[:-1])} to a wrong submission; fix the "
+                    "score, or say which checks it fails with `fails = [...]`"
+                )
+        known = {c for cs in checks.values() for c in cs}
+        for check in mutant.get("fails", []):
+            if check not in known:
+                problems.append(f"{label}: fails names {check!r}, not a hidden check")
+    if problems:
+        raise BuildError(
+            f"{name}: {CORPUS.relative_to(ROOT)} disagrees with the points declared in "
+            "master.py:\n  " + "\n  ".join(problems)
+        )
+
+
+def total_points_line(points: dict[str, QuestionPoints]) -> str:
+    """What the instructor sets as the Gradescope assignment's points."""
+    auto = sum(q.points for q in points.values() if not q.manual)
+    manual = [q for q in points.values() if q.manual]
+    by_hand = sum(q.points for q in manual)
+    names = ", ".join(q.name.split("_")[0] for q in manual)
+    return (
+        f"total points: {auto + by_hand:g} ({auto:g} autograded"
+        + (f" + {by_hand:g} graded by hand: {names}" if manual else "")
+        + ")"
+    )
 
 
 def _question_name(source: str) -> str | None:
@@ -290,21 +382,44 @@ def declare_checks(
     return registry
 
 
-def checks_table(registry: dict[str, Any]) -> str:
-    """The instructor README's table of hidden checks, one row per declaration."""
+def checks_table(registry: dict[str, Any], points: dict[str, QuestionPoints] | None = None) -> str:
+    """The instructor README's tables: points per question (with the total to set on
+    Gradescope), then the hidden checks, one row per declaration with the points it is worth."""
     if not registry:
         return ""
-    rows = [
+    points = points or {}
+    per_question: dict[str, int] = {}
+    for decl in registry.values():
+        per_question[decl.question] = per_question.get(decl.question, 0) + 1
+    rows = []
+    if points:
+        rows += [
+            "\n## Points (generated from the master)\n",
+            f"Set the Gradescope assignment's points to the **{total_points_line(points)}**.",
+            "",
+            "| question | points | graded by |",
+            "|---|---|---|",
+        ]
+        for q in points.values():
+            how = "hand (Gradescope manual grading)" if q.manual else (
+                f"{per_question.get(q.name, 0)} hidden check(s)"
+            )  # fmt: skip
+            rows.append(f"| {q.name} | {q.points:g} | {how} |")
+    rows += [
         "\n## Hidden checks (generated from the master's declarations)\n",
-        "| question | check | grades | tolerance (rtol, atol) | blames first | hint |",
-        "|---|---|---|---|---|---|",
+        "| question | check | points | grades | tolerance (rtol, atol) | blames first | hint |",
+        "|---|---|---|---|---|---|---|",
     ]
     for decl in registry.values():
         grades = ", ".join(f"`{g}`" for g in decl.graded)
         uses = ", ".join(decl.uses) or "—"
         hint = decl.hint.replace("|", "\\|") or "—"
+        share = "—"
+        if decl.question in points:
+            share = f"{round(points[decl.question].points / per_question[decl.question], 6):g}"
         rows.append(
-            f"| {decl.question} | {decl.name} | {grades} | {decl.tolerance} | {uses} | {hint} |"
+            f"| {decl.question} | {decl.name} | {share} | {grades} | {decl.tolerance} | {uses} "
+            f"| {hint} |"
         )
     return "\n".join(rows) + "\n"
 
@@ -429,13 +544,14 @@ def build(spec: AssignmentSpec, out: Path, self_check: bool) -> dict[str, float]
         if (spec.source / readme).exists():
             shutil.copyfile(spec.source / readme, target / "README.md")
     with open(grader_out / "README.md", "a") as readme:
-        readme.write(checks_table(DECLARED.get(spec.name, {})))
+        readme.write(checks_table(DECLARED.get(spec.name, {}), POINTS.get(spec.name)))
     normalise_zip(zips[0], grader_out / "autograder.zip")
     normalise_notebook(
         dist / "autograder" / notebook, grader_out / f"{spec.name}-solution.ipynb", spec.name
     )
     seconds = time.perf_counter() - t0
-    print(f"built {spec.name}{env_note} in {seconds:.1f} s:")
+    total = total_points_line(POINTS[spec.name])
+    print(f"built {spec.name}{env_note} in {seconds:.1f} s; {total}:")
     for path in sorted(p for p in (*student_out.rglob("*"), *grader_out.rglob("*")) if p.is_file()):
         print(f"  {path.relative_to(out)}  ({path.stat().st_size:,} bytes)")
     return {"seconds": seconds}

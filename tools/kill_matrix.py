@@ -25,15 +25,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.corpus import corpus
 
 
+def matching_questions(prefix: str, questions: list[str]) -> list[str]:
+    """The questions ``prefix`` names: a full name or its number (``q4``, which never means q41),
+    else the names it begins (``q15_awr`` for ``q15_awr_weights``)."""
+    exact = [q for q in questions if prefix in (q, q.split("_")[0])]
+    return exact or [q for q in questions if q.startswith(prefix)]
+
+
 def select(argv: list[str]) -> list[corpus.Mutant]:
-    """The named mutants, or with ``--question Q`` those whose scores change question Q (a full
-    name or its number, e.g. q4), or all of them."""
+    """The named mutants, or with ``--question Q`` those whose declared scores change question Q
+    (a full name, its number e.g. q4, or a prefix), or all of them."""
     mutants = corpus.load_mutants()
     if argv[:1] == ["--question"] and len(argv) == 2:
-        q = argv[1]
-        chosen = [m for m in mutants if any(k == q or k.split("_")[0] == q for k in m.scores)]
+        questions = list(corpus.question_checks())
+        named = matching_questions(argv[1], questions)
+        if len(named) != 1:
+            which = "no question" if not named else f"{len(named)} questions ({', '.join(named)})"
+            raise SystemExit(
+                f"--question {argv[1]!r} matches {which} of the built autograder: "
+                f"{', '.join(questions)}. Rebuilt after adding it (make release)?"
+            )
+        full = {q.name: q.points for q in corpus._questions()}
+        chosen = [m for m in mutants if named[0] in corpus.declared_scores(m, full)]
+        valid = [m.name for m in mutants if m.kind == "valid"]
+        if valid:
+            print(f"skipped {len(valid)} kind = \"valid\" entries (they declare no question; "
+                  f"`make kill-matrix` grades them): {', '.join(valid)}")  # fmt: skip
         if not chosen:
-            raise SystemExit(f"no mutant in {corpus.MUTANTS.name} changes question {q!r}: add one")
+            raise SystemExit(
+                f"no mutant in {corpus.MUTANTS.name} changes question {named[0]!r}: add one"
+            )
         return chosen
     unknown = set(argv) - {m.name for m in mutants}
     if unknown:
@@ -85,9 +106,9 @@ def main(argv: list[str]) -> int:
     # checks of that question. Named mutants are judged by their own rows only.
     judged = corpus.all_checks(base)
     if argv[:1] == ["--question"]:
-        number = argv[1].split("_")[0]
         per_question = corpus.checks_by_question(base)
-        judged = {c for q, cs in per_question.items() if q.split("_")[0] == number for c in cs}
+        named = matching_questions(argv[1], list(per_question))
+        judged = {c for q in named for c in per_question[q]}
     elif argv:
         judged = set()
     unkilled = sorted(judged - killed)

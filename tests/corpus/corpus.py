@@ -39,6 +39,7 @@ class Mutant:
     replace: list[tuple[str, str]] = field(default_factory=list)
     wrong_choice: str | None = None
     scores: dict[str, float] = field(default_factory=dict)
+    fails: tuple[str, ...] = ()  # the hidden checks it fails (instead of `scores`)
     cascade: str = ""
 
 
@@ -52,6 +53,7 @@ def load_mutants() -> list[Mutant]:
             replace=[tuple(pair) for pair in m.get("replace", [])],
             wrong_choice=m.get("wrong_choice"),
             scores={k: float(v) for k, v in m.get("scores", {}).items()},
+            fails=tuple(m.get("fails", [])),
             cascade=m.get("cascade", ""),
         )
         for m in data["mutant"]
@@ -149,15 +151,40 @@ def grade_once(
         return results
 
 
-def total_points() -> float:
-    """The autograder's total, from its otter test files (what Gradescope shows as the maximum)."""
+def _questions() -> list:
+    """The autograder's questions (points, hidden checks), from its otter test files."""
     from grading.runner import load_questions
 
     with tempfile.TemporaryDirectory(prefix="points-") as tmp, zipfile.ZipFile(ZIP) as zf:
         for name in zf.namelist():
             if name.startswith("tests/"):
                 zf.extract(name, tmp)
-        return sum(q.points for q in load_questions(Path(tmp, "tests")))
+        return load_questions(Path(tmp, "tests"))
+
+
+def total_points() -> float:
+    """The autograder's total, from its otter test files (what Gradescope shows as the maximum)."""
+    return sum(q.points for q in _questions())
+
+
+def question_checks() -> dict[str, tuple[str, ...]]:
+    """Question -> its hidden checks, in the autograder's order."""
+    return {q.name: q.checks for q in _questions()}
+
+
+def scores_from_fails(fails: tuple[str, ...], full: dict[str, float]) -> dict[str, float]:
+    """The scores a submission failing exactly these hidden checks gets: each question's points
+    split evenly over its checks, rounded as the grader rounds."""
+    checks = question_checks()
+    known = {c for cs in checks.values() for c in cs}
+    if set(fails) - known:
+        raise AssertionError(f"unknown hidden checks {sorted(set(fails) - known)}")
+    scores = {}
+    for question, names in checks.items():
+        lost = sum(c in fails for c in names)
+        if lost:
+            scores[question] = round(full[question] * (len(names) - lost) / len(names), 6)
+    return scores
 
 
 def question_scores(results: dict[str, Any]) -> dict[str, float]:
@@ -168,11 +195,20 @@ def full_marks(results: dict[str, Any]) -> dict[str, float]:
     return {t["name"]: float(t["max_score"]) for t in results["tests"] if t.get("max_score", 0) > 0}
 
 
+def declared_scores(mutant: Mutant, full: dict[str, float]) -> dict[str, float]:
+    """The questions a mutant loses points on, with the score it must get there: its `scores`,
+    or what failing its `fails` checks gives."""
+    if mutant.fails:
+        return scores_from_fails(mutant.fails, full)
+    return dict(mutant.scores)
+
+
 def expected_scores(mutant: Mutant, full: dict[str, float]) -> dict[str, float]:
-    unknown = set(mutant.scores) - set(full)
+    declared = declared_scores(mutant, full)
+    unknown = set(declared) - set(full)
     if unknown:
         raise AssertionError(f"mutant {mutant.name}: unknown questions {sorted(unknown)}")
-    return {q: mutant.scores.get(q, points) for q, points in full.items()}
+    return {q: declared.get(q, points) for q, points in full.items()}
 
 
 def failed_checks(results: dict[str, Any]) -> set[str]:

@@ -1,0 +1,201 @@
+"""``python -m grading batch`` and ``python -m grading merge``: argument parsing and the outputs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from grading.batch import answers, inputs, report, run, tables
+
+SETTINGS = "batch.json"
+
+
+def _settings(args: argparse.Namespace, zip_path: Path) -> dict[str, Any]:
+    """What the outputs need besides the gradings (kept in OUT, so ``merge`` writes the same)."""
+    name = _assignment(zip_path)
+    release = zip_path.resolve().parent
+    solution = args.solution or release / f"{name}-solution.ipynb"
+    blank = args.blank or release.parents[1] / "student_release" / name / f"{name}.ipynb"
+    return {
+        "assignment": name,
+        "autograder": str(zip_path.resolve()),
+        "solution": str(solution) if Path(solution).is_file() else "",
+        "blank": str(blank) if Path(blank).is_file() else "",
+        "previous": str(args.previous.resolve()) if args.previous else "",
+        "anonymise": bool(args.anonymise),
+    }
+
+
+def _assignment(zip_path: Path) -> str:
+    """The assignment's name from the zip's otter_config.json (``offline_rl`` if absent)."""
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            return str(json.loads(zf.read("otter_config.json")).get("assignment_name", ""))
+    except (KeyError, ValueError, zipfile.BadZipFile):
+        return "offline_rl"
+
+
+def write_outputs(out: Path, settings: dict[str, Any], ids: set[str] | None = None) -> list[str]:
+    """grades.csv, grades-canvas.csv, report.html, manual.html from ``out/submissions``; returns
+    what was written. ``ids`` limits the rows to this run's submissions."""
+    rows = [r for r in tables.load_rows(out) if ids is None or r.id in ids]
+    name = settings.get("assignment") or "assignment"
+    tables.write_grades(rows, out / "grades.csv")
+    tables.write_canvas(rows, out / "grades-canvas.csv", f"{name} (autograded)")
+    regrade = None
+    if settings.get("previous"):
+        regrade = tables.regrade_diff(tables.read_grades(Path(settings["previous"])), rows)
+    boilerplate = ""
+    if settings.get("blank"):
+        nb = json.loads(Path(settings["blank"]).read_text(encoding="utf-8"))
+        boilerplate = answers.from_notebook(nb)["code"]
+    report.write_report(
+        rows, out / "report.html", title=name, regrade=regrade, boilerplate=boilerplate
+    )
+    written = ["grades.csv", "grades-canvas.csv", "report.html"]
+    if settings.get("solution"):
+        rubric = answers.rubric(Path(settings["solution"]))
+        if rubric:
+            report.write_manual(
+                rows, out / "manual.html", rubric, anonymise=bool(settings.get("anonymise"))
+            )
+            written.append("manual.html")
+    return written
+
+
+def batch_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m grading batch",
+        description="Grade a class: every submission in SUBMISSIONS through the sandboxed grader, "
+        "into OUT (grades.csv, grades-canvas.csv, report.html, manual.html, one folder per "
+        "submission with its results.json). Run as root for the sandbox.",
+    )
+    parser.add_argument("autograder", type=Path, help="the release's autograder.zip")
+    parser.add_argument(
+        "submissions",
+        type=Path,
+        help="a folder of notebooks, of exported zips, or Gradescope's 'Export Submissions' "
+        "download (submission_<id>/ folders and submission_metadata.yml)",
+    )
+    parser.add_argument("out", type=Path, help="output folder (created; reused to resume)")
+    parser.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 1, help="gradings at once (default: cores)"
+    )
+    parser.add_argument(
+        "--shard", default=None, help="grade only shard K/N (K from 0), e.g. $SLURM_ARRAY_TASK_ID/8"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="grade again what OUT already holds for this zip"
+    )
+    parser.add_argument(
+        "--previous", type=Path, default=None, help="an earlier grades.csv: report who moved"
+    )
+    parser.add_argument(
+        "--solution", type=Path, default=None,
+        help="otter's solution notebook, for manual.html's rubric (default: next to the zip)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--blank", type=Path, default=None,
+        help="the student notebook, whose code the similarity table ignores (default: the "
+        "release's student_release/<name>/<name>.ipynb)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--anonymise", action="store_true", help="manual.html shows codes, not names"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--grader-arg", action="append", default=[],
+        help="passed on to `python -m grading` (repeat), e.g. --grader-arg=--jail=require",
+    )  # fmt: skip
+    return parser
+
+
+def main_batch(argv: list[str]) -> int:
+    """``python -m grading batch``; exit 0 when the run finished (bad submissions included)."""
+    parser = batch_parser()
+    args = parser.parse_args(argv)
+    if not args.autograder.is_file() or not zipfile.is_zipfile(args.autograder):
+        parser.error(f"{args.autograder} is not a zip file: give the release's autograder.zip")
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    try:
+        subs = inputs.discover(args.submissions)
+        if args.shard:
+            subs = inputs.shard(subs, args.shard)
+    except ValueError as err:
+        parser.error(str(err))
+    out = args.out.resolve()
+    if args.submissions.resolve() in (out, *out.parents):
+        parser.error("OUT must not be inside SUBMISSIONS: the originals are never written to")
+    out.mkdir(parents=True, exist_ok=True)
+    os.chmod(out, 0o700)  # results hold every student's work and score
+    settings = _settings(args, args.autograder)
+    (out / SETTINGS).write_text(json.dumps(settings, indent=1, sort_keys=True))
+    if os.geteuid() != 0:
+        print("batch: not root, so notebooks run unsandboxed as this user: trusted input only.",
+              file=sys.stderr)  # fmt: skip
+    config = run.BatchConfig(
+        jobs=args.jobs,
+        force=args.force,
+        grader_args=tuple(args.grader_arg),
+        progress=not args.no_progress,
+    )
+    counts = run.grade_all(args.autograder, subs, out, config)
+    written = write_outputs(out, settings, ids={s.id for s in subs})
+    failed = [
+        r for r in tables.load_rows(out) if r.id in {s.id for s in subs}
+        and r.record.get("status") != "graded"
+    ]  # fmt: skip
+    print(
+        f"{len(subs)} submissions: {counts['graded']} graded now, {counts['reused']} reused "
+        f"(same upload, same autograder), {len(failed)} could not be graded."
+    )
+    for row in failed:
+        print(f"  {row.id}: {row.record.get('status')}: {row.record.get('reason', '')[:200]}")
+    print("wrote", ", ".join(str(out / name) for name in written))
+    return 0
+
+
+def main_merge(argv: list[str]) -> int:
+    """``python -m grading merge``: join shard outputs into one OUT, as one unsharded run."""
+    parser = argparse.ArgumentParser(
+        prog="python -m grading merge",
+        description="Join the OUT folders of `batch --shard K/N` runs into one result, "
+        "identical to an unsharded run.",
+    )
+    parser.add_argument("shards", type=Path, nargs="+", help="the shards' OUT folders")
+    parser.add_argument("--out", type=Path, required=True, help="the merged output folder")
+    args = parser.parse_args(argv)
+    settings: dict[str, Any] | None = None
+    out = args.out.resolve()
+    (out / "submissions").mkdir(parents=True, exist_ok=True)
+    os.chmod(out, 0o700)
+    owner: dict[str, Path] = {}
+    for shard in args.shards:
+        if not (shard / SETTINGS).is_file():
+            parser.error(f"{shard} is not the OUT folder of a batch run (no {SETTINGS})")
+        these = json.loads((shard / SETTINGS).read_text())
+        if settings is not None and these.get("autograder") != settings.get("autograder"):
+            parser.error(f"{shard} was graded with another autograder.zip than {args.shards[0]}")
+        settings = settings or these
+        for folder in sorted((shard / "submissions").glob("*/")):
+            if folder.name in owner:
+                parser.error(f"submission {folder.name} is in two shards: {owner[folder.name]} "
+                             f"and {shard}; were they run with the same N?")  # fmt: skip
+            owner[folder.name] = shard
+            target = out / "submissions" / folder.name
+            if target.resolve() != folder.resolve():
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(folder, target)
+    assert settings is not None
+    (out / SETTINGS).write_text(json.dumps(settings, indent=1, sort_keys=True))
+    written = write_outputs(out, settings, ids=set(owner))
+    print(f"merged {len(owner)} submissions from {len(args.shards)} shards into {out}:",
+          ", ".join(written))  # fmt: skip
+    return 0

@@ -1,0 +1,173 @@
+"""Find the submissions in what an instructor downloaded.
+
+Three layouts are accepted (and may be mixed in one folder):
+
+* notebooks: ``SUBMISSIONS/<anything>.ipynb``, one submission each;
+* the zips the notebook's export cell writes: ``SUBMISSIONS/<anything>.zip``;
+* Gradescope's "Export Submissions" download: one folder per submission (``submission_<id>/``,
+  holding what the student uploaded) and ``submission_metadata.yml`` keyed by those folder names,
+  each entry with ``:submitters:`` (a list of ``:name:``, ``:sid:``, ``:email:``). Any other folder
+  counts as one submission too (its files are the upload).
+
+Nothing here writes to SUBMISSIONS: the originals are only read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+METADATA = "submission_metadata.yml"
+#: Uploads are whatever students send; past this a file is not read (the grader refuses it too).
+MAX_FILE_BYTES = 256 * 2**20
+IGNORED = {".ipynb_checkpoints", "__MACOSX", ".DS_Store"}
+
+
+@dataclass(frozen=True)
+class Student:
+    """Who handed a submission in, as the LMS export names them (all empty when unknown)."""
+
+    name: str = ""
+    """Display name(s); a group submission joins its members with '; '."""
+    sid: str = ""
+    """Student id(s) (Gradescope's ``:sid:``), joined the same way."""
+    email: str = ""
+    """E-mail(s), joined the same way."""
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One submission: the files of one upload, read-only."""
+
+    id: str
+    """Stable, file-system-safe name: the notebook's or zip's stem, or the folder's name."""
+    source: Path
+    """The original file or folder (never written to)."""
+    files: tuple[Path, ...]
+    """The upload's files, each below ``source`` (or ``source`` itself for a single file)."""
+    student: Student = field(default_factory=Student)
+    """The submitter, where the metadata names one."""
+
+    def relative(self, path: Path) -> str:
+        """``path``'s name inside the upload (what the grader's submission folder holds)."""
+        return path.name if path == self.source else path.relative_to(self.source).as_posix()
+
+    def content_sha256(self) -> str:
+        """Hash of the upload's file contents only: the same work under another file name (a
+        student who uploaded twice, a copied notebook) hashes equal."""
+        digests = sorted(hashlib.sha256(path.read_bytes()).digest() for path in self.files)
+        return hashlib.sha256(b"".join(digests)).hexdigest()
+
+    def sha256(self) -> str:
+        """Hash of the upload's names and contents (the grader's input: a file name can change
+        its report, so it is part of the resume key)."""
+        digest = hashlib.sha256()
+        for path in self.files:
+            digest.update(self.relative(path).encode() + b"\0")
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+        return digest.hexdigest()
+
+
+class _LenientLoader(yaml.SafeLoader):
+    """Safe YAML, but a tag this loader does not know (an export written by Ruby may carry
+    ``!ruby/object:...`` tags) is read as the plain value under it instead of failing."""
+
+
+def _untagged(loader: yaml.SafeLoader, _suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    return loader.construct_scalar(node)
+
+
+_LenientLoader.add_multi_constructor("!", _untagged)
+
+
+def read_metadata(path: Path) -> dict[str, Student]:
+    """Folder name -> submitter(s) from Gradescope's ``submission_metadata.yml``.
+
+    Raises:
+        ValueError: the file is not the mapping Gradescope writes; the message says what is wrong.
+    """
+    data = yaml.load(path.read_text(encoding="utf-8"), Loader=_LenientLoader)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of submission folders, got {type(data)}")
+    students = {}
+    for folder, entry in data.items():
+        people = (entry or {}).get(":submitters") or [] if isinstance(entry, dict) else []
+        people = [p for p in people if isinstance(p, dict)]
+
+        def joined(key: str, people: list[dict] = people) -> str:
+            return "; ".join(str(p.get(key, "") or "") for p in people if p.get(key))
+
+        students[str(folder)] = Student(joined(":name"), joined(":sid"), joined(":email"))
+    return students
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "submission"
+
+
+def _files_below(folder: Path) -> tuple[Path, ...]:
+    return tuple(
+        p
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink() and not IGNORED & set(p.relative_to(folder).parts)
+    )
+
+
+def discover(root: Path) -> list[Submission]:
+    """Every submission under ``root``, sorted by id (ids made unique with a suffix).
+
+    Raises:
+        ValueError: ``root`` is not a folder, or its metadata file cannot be read.
+    """
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a folder: give the folder holding the submissions")
+    meta_path = root / METADATA
+    students = read_metadata(meta_path) if meta_path.is_file() else {}
+    found: list[Submission] = []
+    for path in sorted(root.iterdir()):
+        if path.name in IGNORED or path.name == METADATA or path.is_symlink():
+            continue
+        if path.is_dir():
+            files = _files_below(path)
+            student = students.get(path.name, Student())
+            found.append(Submission(_safe(path.name), path, files, student))
+        elif path.suffix.lower() in {".ipynb", ".zip"}:
+            found.append(Submission(_safe(path.stem), path, (path,)))
+    seen: dict[str, int] = {}
+    unique = []
+    for sub in sorted(found, key=lambda s: (s.id, str(s.source))):
+        count = seen.get(sub.id, 0)
+        seen[sub.id] = count + 1
+        if count:
+            sub = Submission(f"{sub.id}-{count + 1}", sub.source, sub.files, sub.student)
+        unique.append(sub)
+    return unique
+
+
+def shard(submissions: list[Submission], spec: str) -> list[Submission]:
+    """The submissions of shard ``K/N`` (K counted from 0, as Slurm array ids usually are).
+
+    A submission's shard depends only on its id (a hash), so every shard job, each listing the
+    folder on its own, agrees on the split, and adding a late submission moves no other one.
+
+    Raises:
+        ValueError: ``spec`` is not ``K/N`` with 0 <= K < N.
+    """
+    match = re.fullmatch(r"(\d+)/(\d+)", spec.strip())
+    if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
+        raise ValueError(f"--shard {spec!r}: expected K/N with 0 <= K < N, e.g. 0/4 ... 3/4")
+    k, n = int(match.group(1)), int(match.group(2))
+
+    def bucket(sub: Submission) -> int:
+        return int.from_bytes(hashlib.sha256(sub.id.encode()).digest()[:8], "big") % n
+
+    return [s for s in submissions if bucket(s) == k]

@@ -1,0 +1,286 @@
+"""The instructor's path without grading: points arithmetic, the corpus format, batch inputs,
+shards, the gradebook, the regrade diff and the manual-grading page (issue 21). Fast: no notebook
+runs here; tests/test_batch.py grades a class end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from grading.batch import answers, inputs, report, tables
+from grading.runner import load_questions
+from tests.conftest import ROOT
+from tests.corpus import corpus
+
+sys.path.insert(0, str(ROOT / "tools"))
+import build_release
+import kill_matrix
+
+# ----------------------------------------------------------------------------- points
+
+
+def test_four_points_over_six_cases_give_four(tmp_path):
+    """Otter splits a question's points over all its cases in floats; the grader's maximum must
+    still be the declared 4, or a full score prints as MISMATCH 4/4!."""
+    cases = "".join(
+        f"@test_case(points=None, hidden={i >= 2})\ndef test_c{i}_hidden():\n    pass\n\n"
+        for i in range(6)
+    )
+    source = 'from otter.test_files import test_case\n\nOK_FORMAT = False\n\nname = "q9_x"\n'
+    (tmp_path / "q9_x.py").write_text(source + "points = 4\n\n" + cases)
+    (question,) = load_questions(tmp_path)
+    assert question.points == 4.0, repr(question.points)
+    assert build_release.split_scores(4, 6)[-1] == 4.0
+
+
+def test_total_points_line_counts_manual_questions():
+    points = {
+        "q1_a": build_release.QuestionPoints("q1_a", 3, False),
+        "q13_b": build_release.QuestionPoints("q13_b", 2, True),
+    }
+    assert build_release.total_points_line(points) == (
+        "total points: 5 (3 autograded + 2 graded by hand: q13)"
+    )
+
+
+def _registry(**checks: str) -> dict:
+    return {name: SimpleNamespace(name=name, question=q) for name, q in checks.items()}
+
+
+def test_release_fails_when_the_corpus_disagrees_with_the_points(tmp_path, monkeypatch):
+    points = {"q4_bc": build_release.QuestionPoints("q4_bc", 4, False)}
+    registry = _registry(bc_loss="q4_bc", bc_update="q4_bc")
+    corpus_file = tmp_path / "mutants.toml"
+    monkeypatch.setattr(build_release, "CORPUS", corpus_file)
+    monkeypatch.setattr(build_release, "ROOT", tmp_path)
+    corpus_file.write_text(
+        '[[mutant]]\nname = "ok"\nkind = "wrong"\nscores = { q4_bc = 2.0 }\n'
+        '[[mutant]]\nname = "by_check"\nkind = "wrong"\nfails = ["bc_loss"]\n'
+    )
+    build_release.check_corpus("offline_rl", points, registry)  # consistent: no error
+    corpus_file.write_text(
+        '[[mutant]]\nname = "three"\nkind = "wrong"\nscores = { q4_bc = 3.0 }\n'
+        '[[mutant]]\nname = "typo"\nkind = "wrong"\nfails = ["bc_los"]\n'
+        '[[mutant]]\nname = "gone"\nkind = "wrong"\nscores = { q5_x = 0.0 }\n'
+    )
+    with pytest.raises(build_release.BuildError) as err:
+        build_release.check_corpus("offline_rl", points, registry)
+    message = str(err.value)
+    assert "three: q4_bc = 3, but 4 points over 2 hidden check(s) give only 0, 2" in message
+    assert "typo: fails names 'bc_los'" in message and "gone: scores names 'q5_x'" in message
+
+
+def test_the_release_corpus_agrees_with_the_master():
+    """The real corpus and master, as `make release` checks them (no grading)."""
+    import jupytext
+
+    spec = build_release.AssignmentSpec.load(ROOT / "assignments" / "offline_rl")
+    master = jupytext.read(spec.source / "master.py")
+    points = build_release.question_points(master)
+    assert {q.name for q in points.values() if q.manual} == {
+        "q13_bc_enough",
+        "q14_design_stitching",
+    }
+    checks = corpus.question_checks()
+    registry = {c: SimpleNamespace(name=c, question=q) for q, cs in checks.items() for c in cs}
+    build_release.check_corpus("offline_rl", points, registry)
+    auto = sum(q.points for q in points.values() if not q.manual)
+    assert auto == corpus.total_points()
+
+
+def test_fails_gives_the_split_score():
+    checks = corpus.question_checks()
+    full = {q.name: q.points for q in corpus._questions()}
+    question = next(q for q, cs in checks.items() if len(cs) > 1)
+    first = checks[question][0]
+    mutant = corpus.Mutant(name="x", kind="wrong", why="", fails=(first,))
+    want = round(full[question] * (len(checks[question]) - 1) / len(checks[question]), 6)
+    assert corpus.expected_scores(mutant, full)[question] == want
+    with pytest.raises(AssertionError, match="unknown hidden checks"):
+        corpus.scores_from_fails(("no_such_check",), full)
+
+
+def test_check_question_accepts_a_prefix_and_never_confuses_q1_with_q10():
+    names = ["q1_coverage", "q10_why", "q15_awr_weights"]
+    assert kill_matrix.matching_questions("q1", names) == ["q1_coverage"]
+    assert kill_matrix.matching_questions("q15_awr", names) == ["q15_awr_weights"]
+    assert kill_matrix.matching_questions("q16", names) == []
+
+
+# ----------------------------------------------------------------------------- inputs
+
+METADATA = """\
+submission_7:
+  :submitters:
+  - :name: Ada Lovelace
+    :sid: '7'
+    :email: ada@example.edu
+  :score: !ruby/object:BigDecimal 18:0.35e2
+  :history: []
+submission_8:
+  :submitters:
+  - :name: A
+    :sid: '81'
+  - :name: B
+    :sid: '82'
+"""
+
+
+def test_discover_reads_every_layout(tmp_path):
+    (tmp_path / "alice.ipynb").write_text("{}")
+    (tmp_path / "bob_submission.zip").write_bytes(b"PK\x05\x06" + b"\0" * 18)
+    (tmp_path / "submission_7").mkdir()
+    (tmp_path / "submission_7" / "offline_rl.ipynb").write_text("{}")
+    (tmp_path / "submission_8" / "nested").mkdir(parents=True)
+    (tmp_path / "submission_8" / "nested" / "x.zip").write_bytes(b"x")
+    (tmp_path / "submission_metadata.yml").write_text(METADATA)
+    found = {s.id: s for s in inputs.discover(tmp_path)}
+    assert sorted(found) == ["alice", "bob_submission", "submission_7", "submission_8"]
+    assert found["submission_7"].student == inputs.Student("Ada Lovelace", "7", "ada@example.edu")
+    assert found["submission_8"].student.sid == "81; 82"
+    assert [found["submission_8"].relative(p) for p in found["submission_8"].files] == [
+        "nested/x.zip"
+    ]
+    with pytest.raises(ValueError, match="not a folder"):
+        inputs.discover(tmp_path / "alice.ipynb")
+
+
+def test_shards_split_the_class_deterministically():
+    subs = [inputs.Submission(f"s{i}", Path(f"s{i}"), ()) for i in range(40)]
+    parts = [inputs.shard(subs, f"{k}/3") for k in range(3)]
+    ids = [{s.id for s in p} for p in parts]
+    assert set().union(*ids) == {s.id for s in subs}
+    assert sum(map(len, ids)) == len(subs) and all(ids)
+    assert {s.id for s in inputs.shard(subs[:20], "1/3")} == ids[1] & {s.id for s in subs[:20]}
+    for bad in ("3/3", "1", "a/b", "-1/2"):
+        with pytest.raises(ValueError, match="K/N"):
+            inputs.shard(subs, bad)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def _row(sid: str, scores: dict[str, float], status: str = "graded", **record) -> tables.Row:
+    tests = [
+        {"name": q, "score": s, "max_score": 2.0, "output": "✗ hidden check c_" + q + ": wrong"
+         if s < 2 else "✓ hidden check c_" + q + ": passed"}
+        for q, s in scores.items()
+    ]  # fmt: skip
+    results = {"score": sum(scores.values()), "tests": tests}
+    base = {"id": sid, "status": status, "student": {}, "content_sha256": sid, "answers": {}}
+    return tables.Row({**base, **record}, results)
+
+
+def test_grades_csv_and_regrade_diff(tmp_path):
+    rows = [_row("a", {"q10_x": 2, "q2_y": 0}), _row("b", {"q10_x": 2, "q2_y": 2})]
+    tables.write_grades(rows, tmp_path / "grades.csv")
+    with open(tmp_path / "grades.csv") as f:
+        header = next(csv.reader(f))
+    assert header.index("q2_y") < header.index("q10_x")  # question order, not string order
+    old = tables.read_grades(tmp_path / "grades.csv")
+    now = [_row("a", {"q10_x": 2, "q2_y": 2}), rows[1], _row("c", {"q10_x": 0, "q2_y": 0})]
+    diff = {c["submission"]: c for c in tables.regrade_diff(old, now)}
+    assert set(diff) == {"a", "c"}
+    assert diff["a"]["questions"] == "q2_y: 0 → 2" and diff["a"]["after"] == "4"
+    assert diff["c"]["questions"] == "new in this run"
+
+
+def test_report_counts_failure_messages(tmp_path):
+    rows = [
+        _row("a", {"q1_x": 0}),
+        _row("b", {"q1_x": 0}),
+        _row("c", {"q1_x": 2}),
+        _row("d", {}, status="ungradable", reason="not a valid notebook"),
+    ]
+    (stats,) = report.question_stats(rows)
+    assert (stats.full, stats.graded) == (1, 3)
+    assert stats.failures == [("c_q1_x: wrong", 2)]
+    report.write_report(rows, tmp_path / "r.html", title="t", regrade=None)
+    page = (tmp_path / "r.html").read_text()
+    assert "c_q1_x: wrong <b>(2)</b>" in page and "not a valid notebook" in page
+    assert "data:image/png;base64," in page
+
+
+def test_manual_page_anonymised(tmp_path):
+    solution = ROOT / "autograder" / "offline_rl" / "offline_rl-solution.ipynb"
+    rubric = answers.rubric(solution)
+    assert set(rubric) == {"13", "14"}, rubric
+    student = {"name": "Ada Lovelace"}
+    rows = [
+        _row("sub1", {}, student=student, answers={"manual": {"13": "my <b>answer</b>"}}),
+        _row("sub2", {}),
+    ]
+    report.write_manual(rows, tmp_path / "manual.html", rubric, anonymise=True)
+    page = (tmp_path / "manual.html").read_text()
+    assert "Ada Lovelace" not in page and "sub1" not in page
+    assert "my &lt;b&gt;answer&lt;/b&gt;" in page  # a student's text is escaped, never HTML
+    key = (tmp_path / "manual-key.csv").read_text()
+    assert "sub1" in key and "sub2" in key
+
+
+def test_answers_are_read_from_an_exported_zip(tmp_path):
+    import zipfile
+
+    nb = json.loads((ROOT / "autograder/offline_rl/offline_rl-solution.ipynb").read_text())
+    with zipfile.ZipFile(tmp_path / "export.zip", "w") as zf:
+        zf.writestr("offline_rl.ipynb", json.dumps(nb))
+    sub = inputs.Submission("x", tmp_path / "export.zip", (tmp_path / "export.zip",))
+    got = answers.extract(sub)
+    assert "def td_target" in got["code"] and set(got["manual"]) == {"13", "14"}
+
+
+def test_check_question_names_the_skipped_valid_entries(capsys):
+    chosen = kill_matrix.select(["--question", "q4"])
+    full = {q.name: q.points for q in corpus._questions()}
+    assert chosen and all("q4_behavior_cloning" in corpus.declared_scores(m, full) for m in chosen)
+    valid = [m.name for m in corpus.load_mutants() if m.kind == "valid"]
+    out = capsys.readouterr().out
+    assert f'skipped {len(valid)} kind = "valid" entries' in out and valid[0] in out
+    with pytest.raises(SystemExit, match="matches no question"):
+        kill_matrix.select(["--question", "q15_awr"])
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_resume_is_keyed_by_upload_and_zip(tmp_path, monkeypatch):
+    """Without grading: a stand-in for the grader subprocess counts what gets graded."""
+    from grading.batch import run
+
+    graded: list[str] = []
+
+    def fake_grade_one(sub, zip_path, out, grader_args):
+        graded.append(sub.id)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / run.RESULTS).write_text(json.dumps({"score": 1.0, "output": "", "tests": []}))
+        return {"status": "graded", "reason": "", "wall_seconds": 1.0, "cpu_seconds": 1.0}
+
+    monkeypatch.setattr(run, "grade_one", fake_grade_one)
+    subs_dir, out = tmp_path / "subs", tmp_path / "out"
+    subs_dir.mkdir()
+    for name, text in (("a", "{}"), ("b", '{"x": 1}')):
+        (subs_dir / f"{name}.ipynb").write_text(text)
+    (subs_dir / "c").mkdir()
+    (subs_dir / "c" / "a.ipynb").write_text("{}")  # same name and bytes as a.ipynb
+    zip_a, zip_b = tmp_path / "a.zip", tmp_path / "b.zip"
+    zip_a.write_bytes(b"one autograder")
+    zip_b.write_bytes(b"another autograder")
+
+    def batch(zip_path: Path, force: bool = False) -> list[str]:
+        graded.clear()
+        subs = inputs.discover(subs_dir)
+        run.grade_all(zip_path, subs, out, run.BatchConfig(jobs=2, force=force, progress=False))
+        return sorted(graded)
+
+    assert batch(zip_a) == ["a", "b"]  # c is a's upload again: graded once, result copied
+    assert json.loads((out / "submissions" / "c" / "record.json").read_text())["status"] == "graded"
+    assert batch(zip_a) == []  # resumed
+    (subs_dir / "b.ipynb").write_text('{"x": 2}')
+    assert batch(zip_a) == ["b"]  # a changed upload
+    assert batch(zip_b) == ["a", "b"]  # a rebuilt zip regrades everyone
+    assert batch(zip_b, force=True) == ["a", "b"]
