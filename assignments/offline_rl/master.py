@@ -1931,26 +1931,45 @@ def _q10_run(case, q10_answer):
 # # END QUESTION
 
 # %% [markdown]
-# ### Question 11 · The α dial
+# ### Question 11 · The α at which CQL stops stitching
 #
-# On the stitching grid, what does the greedy policy of tabular CQL converge to as α → ∞? Set
-# `q11_answer` to `"a"`, `"b"`, `"c"` or `"d"`.
+# At the stitching grid's middle cell M = (2, 2), the data go **up** 6 times (family A, towards
+# the pit) and **right** 4 times (family B, towards the goal). With a small α, tabular CQL(H)
+# goes right at M: that is how it stitches. Find $\alpha^*$, the α at which its greedy action at
+# M switches from right to up, from the fixed point of a seen pair (section 3):
 #
-# - **a.** The optimal policy, because a larger penalty is always safer.
-# - **b.** The naive Q-learning policy.
-# - **c.** Count-based behavior cloning: the most frequent action in each state.
-# - **d.** A uniformly random policy.
+# 1. Compute the two Bellman targets $y(M, \text{up})$ and $y(M, \text{right})$: the discounted
+#    return (γ = 0.9) of what the data do after each action. Every step costs −1; the step into
+#    the pit gives −10 and the step onto the goal +10 instead, and both end the episode. (The
+#    data take a single action in each state after M, so no maximum is needed there.)
+# 2. At the switch the two Q-values at M are equal. What does that make their soft-max weights?
+#    (The unseen actions' weights are negligible: CQL has pushed their values far down.)
+# 3. Write the fixed-point equation for both actions and solve for α.
+#
+# Set `q11_answer` to $\alpha^*$ as a number (a float or an int). It is graded after you submit,
+# with a tolerance of ±1. You can test your derivation with your `offline_q_learning`: at the
+# default `n_iters`, its greedy action at M should flip within that tolerance of your answer.
 
 # %% [raw]
 # # BEGIN QUESTION
-# name: q11_alpha_limit
+# name: q11_alpha_switch
 # points: 1
 
 # %% [raw]
 # # BEGIN SOLUTION
 
 # %%
-q11_answer = "c"  # SOLUTION
+""" # BEGIN PROMPT
+q11_answer = ...  # alpha*: a number
+"""; # END PROMPT
+# BEGIN SOLUTION NO PROMPT
+gamma_grid = 0.9
+y_up = -1 + gamma_grid * (-1) + gamma_grid**2 * (-1) + gamma_grid**3 * (-10)  # up, up, left, left: pit
+y_right = -1 + gamma_grid * (-1) + gamma_grid**2 * (-1) + gamma_grid**3 * 10  # right, right, up, up: goal
+# Equal Q-values at the switch, so equal soft-max weights: 1/2 each. Subtracting the fixed points
+# Q_a = y_a - alpha (1/2 / pi_a - 1) of the two actions: y_right - y_up = alpha / 2 (1/0.4 - 1/0.6).
+q11_answer = (y_right - y_up) / (0.5 * (1 / 0.4 - 1 / 0.6))
+# END SOLUTION
 
 # %% [raw]
 # # END SOLUTION
@@ -1959,19 +1978,28 @@ q11_answer = "c"  # SOLUTION
 # # BEGIN TESTS
 
 # %%
-def test_q11_format(q11_answer):
-    assert q11_answer in {"a", "b", "c", "d"}, f'q11_answer must be one of "a", "b", "c", "d", got {q11_answer!r}'
+""" # BEGIN TEST CONFIG
+success_message: "answer format OK: correctness is graded after you submit"
+""" # END TEST CONFIG
+def test_q11_format_only(q11_answer, np):
+    # A format check only: whether the value is right is graded after you submit.
+    assert isinstance(q11_answer, (int, float, np.integer, np.floating)) and not isinstance(q11_answer, bool), (
+        f"q11_answer must be a number (the alpha at which the greedy action at M switches), got {q11_answer!r}"
+    )
+    assert np.isfinite(q11_answer), f"q11_answer must be a finite number, got {q11_answer!r}"
 
 # %% tags=["hidden_check"]
 @hidden_check(
     "q11",
     cases=lambda rng: [{}],
-    tolerance=(0.0, 0.0),
-    kind="choice",
-    reference={"q11_answer": "master:q11_answer"},
+    tolerance=(0.0, 1.0),
+    kind="number",
+    reference={"q11_answer": "offline_rl.algorithms.tabular:cql_switch_alpha"},
 )
 def _q11_run(case, q11_answer):
-    return {"answer": "abcd".index(q11_answer) if q11_answer in ("a", "b", "c", "d") else -1}
+    # The build passes the reference function, which derives alpha* from the chapter's data;
+    # the grader passes the student's number.
+    return {"answer": float(q11_answer() if callable(q11_answer) else q11_answer)}
 
 # %% [raw]
 # # END TESTS
