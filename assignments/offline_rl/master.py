@@ -107,7 +107,7 @@ np.set_printoptions(precision=3, suppress=True)
 # | Healthcare (treatment policies) | experiments on patients are unethical | electronic health records of past treatments and outcomes |
 # | Autonomous driving | crashes are unacceptable and expensive | millions of hours of logged human driving |
 # | Recommendation, robotics, industrial control | every trial costs money or wear | logs of the current system |
-# | Games (Atari from human demos) | exploring is possible but slow | recordings of human play |
+# | Games (offline Atari) | exploring is possible but slow | logged agent play: the DQN Replay Dataset holds every transition a DQN agent saw while it trained |
 #
 # Offline RL turns *existing data* into policies: safe (no risky trials), cheap (no new data) and
 # reusable (the same dataset trains many policies). It is not magic: the dataset must actually
@@ -643,10 +643,11 @@ def _tabular_q_run(case, offline_q_learning):
 #
 # The **cliff** grid is a narrow bridge between two rows of lava. The dataset comes from an expert
 # that always walks straight across, so it contains only "right" on the bridge — never the
-# catastrophic "up" or "down". Train your `offline_q_learning` with `alpha=0` on it. The left panel
-# shows the dataset's coverage; the middle compares learned and true Q-values on **seen** versus
-# **unseen** pairs; the right panel shows where the greedy policy goes. Add a few noisy episodes
-# with the slider and see what changes.
+# catastrophic "up" or "down". Train your `offline_q_learning` with `alpha=0` on it. The top-left
+# grid shows the dataset's coverage, the bottom-left grid where the greedy policy goes, and the
+# right panel compares learned and true Q-values on **seen** versus **unseen** pairs. The slider
+# sets ε, the probability that the expert takes a uniformly random action at each step, in all
+# 20 episodes: move it and see what changes.
 #
 # *Expected discovery:* Q-learning's values are only as good as the data behind them. Unseen
 # actions keep arbitrary values (here their initial 0, where the truth is −100 for the lava).
@@ -889,40 +890,50 @@ def _bc_update_run(case, bc_update):
 #
 # An action the data take *more* often than the soft-max policy would ends **above** its Bellman
 # target; a rare one ends below it. A pair the data never contain has no Bellman term at all, so
-# nothing stops the push-down: its value keeps falling as training continues. The larger α, the
-# more the data's frequencies, rather than the rewards, decide the values (section 3's trade-off).
+# nothing stops the push-down: its value keeps falling as training continues. How far a seen
+# action moves from its target grows with α; the trade-off below asks what that does to the
+# greedy policy.
 #
 # #### What CQL guarantees, and for which policy
 #
-# CQL's lower bound is a statement about **evaluating a fixed policy** $\pi$ (Kumar et al., 2020,
-# Theorem 3.2). There the target is the policy's own backup, $y = r + \gamma(1-d)\,
-# \mathbb{E}_{a'\sim\pi}Q(s',a')$, and the push-down is taken under $\pi$ instead of the soft-max.
-# The tabular fixed point is $\hat Q^\pi(s,a) = y(s,a) - \alpha\,(\pi(a|s)/\hat\pi_\beta(a|s) - 1)$,
-# and averaging it over $a \sim \pi$ gives
+# CQL's lower bound is about **evaluating a fixed policy** π (Kumar et al., 2020, Theorem 3.2):
+# the target is π's own backup, $y = r + \gamma(1-d)\,\mathbb{E}_{a'\sim\pi}Q(s',a')$, and the
+# push-down is taken under π instead of the soft-max. The tabular fixed point is
+# $\hat Q^\pi(s,a) = y(s,a) - \alpha\,(\pi(a|s)/\hat\pi_\beta(a|s) - 1)$; averaged over $a \sim \pi$,
 #
 # $$\hat V^\pi(s) \;=\; \mathbb{E}_{a\sim\pi}\big[y(s,a)\big] \;-\; \alpha\,\chi^2\big(\pi(\cdot|s)\,\|\,\hat\pi_\beta(\cdot|s)\big),
 # \qquad \chi^2(p\,\|\,q) = \sum_a \frac{p(a)^2}{q(a)} - 1 \;\ge\; 0 .$$
 #
-# The subtraction is never negative and is carried backwards by the backup, so with exact backups
-# $\hat V^\pi(s) \le V^\pi(s)$ in every state of the data, **for every α > 0**, as long as $\pi$ only
-# takes actions the data contain. (The paper's "α large enough" is about *sampling* error: with
-# few samples the empirical backup itself can err upward, and α must outweigh that.) The bound is
-# on the value of $\pi$, not on every $Q(s,a)$: actions that $\pi$ takes less often than the data
-# do are valued above the truth. The more $\pi$ departs from the data, the larger the
-# subtraction: **distribution shift is charged for, not ignored**.
+# The subtraction is never negative and the backup carries it backwards. So, with exact
+# backups, if π takes only actions the data contain and every non-terminal next state in the
+# data is itself a state the data visit, $\hat V^\pi(s) \le V^\pi(s)$ in every state of the data,
+# **for every α > 0**. (The paper's "α large enough" covers *sampling* error, which can push
+# the empirical backup up.) The more π departs from the data, the larger the subtraction:
+# **distribution shift is charged for, not ignored**. The bound is on the value of π, not on
+# every $Q(s,a)$: an action that π takes less often than the data do is lifted *above its
+# target* $y$, and since $y$ is itself pessimistic it may end below or above the truth. A
+# bound on every $Q(s,a)$ needs the push-down term alone, without the push-up of the data's
+# actions (Theorem 3.1).
 #
-# The learner you write is the *control* version, CQL(H). Its matching result (Theorem 3.3) is
-# about the soft-max policy $\hat\pi \propto \exp \hat Q$ and assumes that policy changes slowly
-# between iterations. Neither theorem bounds the value of the **greedy** policy, and in general
-# it is not bounded. One state, the data take action 0 nine times (reward 1) and action 1 once
-# (reward 0), both ending the episode: the true value of action 0 is 1, but tabular CQL(H)
-# converges to $\hat Q(s, 0) \approx 1.02$ at α = 0.1, 1.07 at α = 1 and 1.1 at α = 5. The frequent
-# action is lifted above its target, and greedy picks it. On Demo 3's cliff data the greedy
-# value is over-estimated by a little (at most about 0.5) for every α that the demo offers.
+# The learner you write is the *control* version, CQL(H). The closest result for it (Theorem
+# 3.3) is about the policy π̂ that the iterates produce, assumed to stay close to
+# softmax(Q̂) and to change slowly between iterations, and it bounds π̂'s value computed with
+# π̂'s own backup (an expectation over π̂, not the max). No theorem bounds the value CQL(H)
+# assigns to its **greedy** policy, and it can over-estimate it:
+#
+# - *One state*, action 0 taken nine times (reward 1) and action 1 once (reward 0), both ending
+#   the episode. The true value of action 0 is 1; CQL(H) converges to $\hat Q(s, 0) \approx 1.02$
+#   at α = 0.1, 1.07 at α = 1 and 1.1 at α = 5: the frequent action is lifted above its target,
+#   and greedy picks it.
+# - *The stitching data at α = 100* (in Question 7's sweep): CQL(H) goes up at M, towards the
+#   pit, and values the start at −5.0 where that policy is truly worth −10.0. The
+#   over-estimate grows with α, as CQL(H) collapses toward behavior cloning, and it is large
+#   when the data's most frequent action is a bad one. On Demo 3's cliff data, where the
+#   frequent action is the good one, it stays below 0.5. **A large α does not make values safe.**
+#
 # What CQL(H) does reliably is the qualitative part: unseen actions are pushed far below the
-# actions the data support. The tests of this course check the evaluation bound on several
-# datasets, and the counterexample.
-#
+# actions the data support.
+
 # ### Question 5 · The CQL penalty and the CQL loss
 #
 # 1. `cql_penalty(q_values, actions)`: `q_values: (B, n_actions)`, `actions: (B,)` int64. Return the
@@ -1293,16 +1304,19 @@ if widgets.wait_for("q4, q5", lambda: [StudentBC(4, 2).update(probe_batch), Stud
 # $$\mathcal{A}_\tau(s) = \Big\{a : \frac{\hat\pi_\beta(a|s)}{\max_{a'}\hat\pi_\beta(a'|s)} \ge \tau\Big\},
 # \qquad \pi(s) = \arg\max_{a \in \mathcal{A}_\tau(s)} Q(s,a).$$
 #
-# (With counts we use $\ge$ so that τ = 1 keeps the most frequent action; the paper's $>$ with a
-# learned, never exactly tied model behaves the same way.) τ = 0 is plain Q-learning; τ = 1
-# keeps only the most frequent action (behavior cloning). The constraint is **explicit**: it is
+# (With counts we use $\ge$, so that τ = 1 keeps the most frequent action; with the paper's
+# strict $>$, τ = 1 would allow no action at all, and its useful range is τ < 1.) τ = 0 allows
+# every action (plain greedy Q-learning); τ = 1 keeps only the most frequent one. The
+# constraint is **explicit**: it is
 # a hard rule on which actions may be chosen, and the full algorithm applies it in two places,
 # when acting *and* inside the Bellman target, $y = r + \gamma(1-d)\max_{a' \in
 # \mathcal{A}_\tau(s')} Q(s',a')$, so that the filtered-out actions never enter any value.
 # Question 6 implements the acting half only: it filters a Q-table that was learned with the
 # plain max, whose values on the allowed actions may already carry the unseen actions'
 # over-estimates through the backup. On the stitching data the acting filter alone happens to
-# be enough (the unseen values are 0, and the filtered policy finds the stitched path).
+# be enough for τ ∈ (0, 2/3]: every such τ removes the unseen actions and keeps both data
+# actions at S and at M (2/3 = 4/6 is the ratio of the families' counts there), and the
+# filtered naive Q-table finds the stitched path. Above 2/3 only family A's actions remain.
 #
 # ### Implicit constraints: advantage-weighted methods
 #
@@ -1403,17 +1417,15 @@ def _bcq_run(case, bcq_policy):
 #   distribution shift, as in Demo 2.
 # - **α too large:** the penalty dominates the Bellman error. Go back to the fixed point above,
 #   $Q(s,a) = y(s,a) - \alpha\,(\operatorname{softmax}(Q(s,\cdot))_a / \hat\pi_\beta(a|s) - 1)$:
-#   as α grows, what must the soft-max of $Q$ approach for the right-hand side to stay finite, and
-#   what does that leave of the rewards? Question 11 asks where the greedy policy ends up.
+#   as α grows, what must the soft-max of $Q$ approach for the right-hand side to stay finite?
+#   Question 11 asks for the α at which this changes a decision of the stitching data.
 # - **In between:** the policy improves on the data *within* its support.
 #
-# *Exercise (not graded).* In a state with two data actions, frequencies 0.6 and 0.4, and
-# Bellman targets $y_1 < y_2$, write the fixed-point condition for both actions and find the α at
-# which the greedy choice switches. The stitching grid's cell M is such a state.
-#
-# > **Misconception: "CQL is too conservative."** Conservatism is a dial, not a verdict. Too
-# > conservative = the rewards stop mattering; too liberal = distribution shift. In practice α is
-# > tuned on held-out data or by offline policy selection (section 4).
+# > **Misconception: "CQL is too conservative."** Conservatism is a dial, not a verdict: too
+# > little and distribution shift returns, too much and the data's habits outweigh its
+# > evidence. α is chosen by offline policy selection (section 4). A held-out Bellman (TD)
+# > error is a weak guide: it says the values agree with the data's transitions, not that the
+# > greedy policy is good, and the over-valued greedy policy above can have a small one.
 #
 # ### Question 7 · The α trade-off experiment
 #
