@@ -925,11 +925,12 @@ def _bc_update_run(case, bc_update):
 #   the episode. The true value of action 0 is 1; CQL(H) converges to $\hat Q(s, 0) \approx 1.02$
 #   at α = 0.1, 1.07 at α = 1 and 1.1 at α = 5: the frequent action is lifted above its target,
 #   and greedy picks it.
-# - *The stitching data at α = 100* (in Question 7's sweep): CQL(H) goes up at M, towards the
-#   pit, and values the start at −5.0 where that policy is truly worth −10.0. The
-#   over-estimate grows with α, as CQL(H) collapses toward behavior cloning, and it is large
-#   when the data's most frequent action is a bad one. On Demo 3's cliff data, where the
-#   frequent action is the good one, it stays below 0.5. **A large α does not make values safe.**
+# - *The stitching data at α = 100* (in Question 7's sweep): CQL(H) now follows family A at M,
+#   towards the pit, and values the start at −5.0, where that policy is truly worth −10.0; at
+#   α = 300 it values it at −0.03. Once CQL(H) has collapsed toward behavior cloning, the
+#   over-estimate grows with α, and it is large because the data's most frequent action is a
+#   bad one. On Demo 3's cliff data, where the frequent action is the good one, it stays below
+#   0.5 for every α the demo offers. **A large α does not make values safe.**
 #
 # What CQL(H) does reliably is the qualitative part: unseen actions are pushed far below the
 # actions the data support.
@@ -1176,8 +1177,10 @@ widgets.cql_demo(offline_q_fn=offline_q_learning, coverage_fn=coverage_counts)
 # %% [markdown]
 # #### The same story with neural networks: CartPole from an expert's demonstrations
 #
-# Atari from human demonstrations is the classic large-scale version of this chapter (DQN on
-# logged human play); CartPole is its CPU-sized stand-in. The data below are 20 episodes of an
+# Offline Atari is the classic large-scale version of this chapter: the DQN Replay Dataset logs
+# every transition a DQN agent saw while it trained (agent play, not human play), and offline
+# DQN, BCQ and CQL are compared on it. CartPole is its CPU-sized stand-in. The data below
+# are 20 episodes of an
 # **expert** that balances the pole for all 500 steps. Such data are the neural version of
 # Demo 2's cliff: in every state the log shows one action, the expert's, and never the other
 # one, and no episode ever ends in a fall (the 500-step limit is a time cut, not a terminal). So
@@ -1190,20 +1193,15 @@ widgets.cql_demo(offline_q_fn=offline_q_learning, coverage_fn=coverage_counts)
 #
 # Two choices in the agent, both standard:
 # - **The target network is a copy, refreshed every 100 steps.** For 100 steps the labels
-#   $y$ are fixed, so those steps fit one regression: one step of value iteration. 3,000 steps
-#   are 30 such backups, so values can grow over ~30 steps of the future. A Polyak average
-#   ($\theta^- \leftarrow (1-\tau)\theta^- + \tau\theta$, τ = 0.005, what continuous-action
-#   CQL uses) is the smooth version with the same ~1/τ = 200-step memory; on this short budget it
-#   backs values up more slowly and shows the same picture less sharply.
-# - **The ½ in front of the Bellman error** only sets its weight against α: ½·(Q − y)² has the
+#   $y$ are fixed, so those steps fit one regression: one step of value iteration, and 3,000
+#   steps allow about 30 of them. (A Polyak average, $\theta^- \leftarrow (1-\tau)\theta^- +
+#   \tau\theta$ with τ = 0.005 as in continuous-action CQL, moves the target a little at every
+#   step instead; it is a different schedule, and the hard copy makes the backups easy to count.)
+# - **The ½ in front of the Bellman error** sets its weight against α: ½·(Q − y)² has the
 #   gradient (Q − y), so α = 1 trades one unit of Bellman error against one unit of penalty
-#   (`F.mse_loss` alone is (Q − y)², twice that, the same as halving α). The ½ is also what makes
-#   the squared error the small-error half of the **Huber loss**, ½·(Q − y)² for |Q − y| ≤ 1 and
-#   |Q − y| − ½ beyond: its gradient is (Q − y) clipped to [−1, 1]. DQN and d3rlpy use Huber,
-#   and so does the course's reference CQL agent on longer runs: while the values climb toward
-#   1/(1 − γ) = 100, a few samples have errors far above 1, and squared they would steer the
-#   whole step; clipped, they count like the rest. Your `cql_loss` keeps the chapter's
-#   ½·(Q − y)²: it is the equation above, and the claims of this cell are checked with it.
+#   (`F.mse_loss` alone is (Q − y)², the same as halving α). Longer runs often use the Huber
+#   loss instead, whose gradient is (Q − y) clipped to [−1, 1], so that a few large errors do
+#   not steer the whole step; your `cql_loss` keeps the equation above.
 #
 # *How to read the table:* "promised" is the agent's own value of the start state,
 # $\max_a Q(s_0, a)$; "achieved" is the discounted return its greedy policy really gets from
@@ -1409,6 +1407,46 @@ def _bcq_run(case, bcq_policy):
 # # END QUESTION
 
 # %% [markdown]
+# ### Policy penalties: BRAC, BEAR and TD3+BC
+#
+# Between BCQ's hard filter and the implicit methods sits a family that trains an actor
+# $\pi_\theta$ to maximise Q while paying for its distance from the data's policy:
+#
+# $$\max_\theta\; \mathbb{E}_{s\sim D}\Big[\mathbb{E}_{a\sim\pi_\theta(\cdot|s)}\big[Q(s,a)\big]
+# \;-\; \lambda\, D\big(\pi_\theta(\cdot|s),\,\pi_\beta(\cdot|s)\big)\Big].$$
+#
+# **BRAC** (Wu, Tucker and Nachum, 2019) compares choices of the divergence $D$ (KL, MMD,
+# Wasserstein, with $\pi_\beta$ estimated by BC) and of where to charge it (in the actor's
+# objective or also in the value target). **BEAR** (Kumar, Fu, Tucker and Levine, 2019) uses
+# MMD estimated from a few samples, which in practice constrains the *support* of $\pi_\theta$
+# rather than its probabilities: any action the data make likely enough may be chosen, at any
+# frequency. **TD3+BC** (Fujimoto and Gu, 2021) is the simplest member: for a deterministic
+# continuous actor, $D$ is the squared distance to the data's action,
+# $\max_\theta \mathbb{E}_{(s,a)\sim D}\big[\lambda\, Q(s,\pi_\theta(s)) - (\pi_\theta(s) - a)^2\big]$,
+# with λ scaled by the average $|Q|$ so that the two terms stay comparable. In Levine et al.'s
+# (2020) taxonomy these are *explicit policy constraints*: BCQ restricts the support with a
+# hard rule, BRAC, BEAR and TD3+BC penalise a divergence in the actor's objective, and the
+# advantage-weighted methods (AWR, AWAC, IQL) constrain *implicitly*, by only ever fitting the
+# data's own actions. CQL puts its penalty on the values instead of the policy.
+#
+# ### Model-based offline RL: pessimism moved into the model
+#
+# A learned dynamics model $\hat P(s'|s,a)$, $\hat r(s,a)$ can generate new data, but its
+# predictions where the data are silent are extrapolation, and a policy optimised in the model
+# exploits exactly those errors: distribution shift again, now in the model. **MOPO** (Yu et al.,
+# 2020) subtracts an estimate $u(s,a)$ of the model's error, for example the largest predicted
+# standard deviation across an ensemble of models, from the reward,
+#
+# $$\tilde r(s,a) = \hat r(s,a) - \lambda\, u(s,a),$$
+#
+# and runs RL on short model rollouts that branch from data states; if $u$ bounds the model's
+# error, a policy's return in this penalised model is a lower bound on its true return.
+# **MOReL** (Kidambi, Rajeswaran, Netrapalli and Joachims, 2020) builds a *pessimistic MDP*:
+# pairs on which the ensemble disagrees too much lead to an absorbing HALT state with a large
+# negative reward. **COMBO** (Yu et al., 2021) needs no uncertainty estimate: it applies CQL's
+# push-down to state-action pairs from model rollouts and its push-up to the data. The idea is
+# the one of this chapter, pessimism where the data are silent, placed in the model.
+#
 # ### The conservatism trade-off
 #
 # α sets how much CQL trusts the data over its own Bellman backups.
@@ -1808,10 +1846,12 @@ if stitch is not None:
 # data of section 1: CQL with α = 1, a policy that follows family B's route (the best trajectory
 # in the data), BC, and naive Q-learning. It prints FQE's estimate and rank next to the true
 # value and rank, which a real application would never see, and how often each candidate picks
-# an action the data never took in a state they visit.
+# an action the data never took in a state they visit. "True value" is the quantity FQE
+# estimates: the discounted value of following the policy for ever, with no time limit.
 #
 # *What to notice:* FQE ranks **naive Q first**, with an estimate of 0 where its true value is
-# −10. Naive Q's first move is one the data never show (section 3's stitching discussion), so
+# −10, the value of bumping into the grid's edge for ever (within the grid's 20-step limit it
+# is −8.78). Naive Q's first move is one the data never show (section 3's stitching discussion), so
 # FQE has no transition to back up there and its estimate is just the initial 0. This is where
 # FQE fails: it inherits every problem of this chapter, and a candidate that leaves the data is
 # exactly the one whose estimate cannot be trusted. For the three candidates that stay on the
@@ -1841,6 +1881,68 @@ def ops_candidates() -> dict:
 candidates = widgets.wait_for("q1, q3", ops_candidates)
 if candidates is not None:
     ops_rows = widgets.policy_selection_table(demo_data, lay, candidates)
+
+# %% [markdown]
+# #### FQE beside importance sampling and doubly robust
+#
+# FQE is one off-policy evaluation (OPE) estimator; section 2's importance sampling is the other
+# classic family. With $\rho_{i,t} = \prod_{k\le t}\pi(a_{i,k}|s_{i,k})/\pi_\beta(a_{i,k}|s_{i,k})$, the
+# weight of episode $i$'s first $t+1$ actions, and $n$ episodes:
+#
+# $$\hat V_{\text{PDIS}} = \frac1n\sum_{i,t}\gamma^t\rho_{i,t}\,r_{i,t},\qquad
+# \hat V_{\text{PDWIS}} = \sum_t\gamma^t\,\frac{\sum_i\rho_{i,t}\,r_{i,t}}{\sum_i\rho_{i,t}},\qquad
+# \hat V_{\text{DR}} = \frac1n\sum_{i,t}\gamma^t\Big[\rho_{i,t}\big(r_{i,t}-\hat Q(s_{i,t},a_{i,t})\big)
+# + \rho_{i,t-1}\hat V(s_{i,t})\Big].$$
+#
+# *Per-decision* IS weights each reward only by the actions taken before it (later actions
+# cannot have caused it); the *weighted* version normalises each step's weights to sum to one
+# (a small bias, far less variance); *doubly robust* (with $\rho_{i,-1} = 1$) starts from a
+# model's values, here FQE's $\hat Q$ and $\hat V(s) = \hat Q(s, \pi(s))$, and uses the weights
+# only to correct the model's errors: it is unbiased if either the weights or the model are right.
+#
+# All three need $\pi_\beta(a|s)$, the probability with which each logged action was chosen. The
+# stitching data cannot supply it: whether an episode goes right at M depends on what it did at
+# S (it is family B), so no $\pi_\beta(a|s)$ of the state alone describes them. The cell
+# therefore uses the noisy expert of the behavior-cloning part on the `open` grid: 20 episodes
+# in which the expert takes a uniformly random action with probability ε = 0.5, a policy of the
+# state alone, estimated by the data's frequencies $\hat\pi_\beta$. The policy to evaluate is the
+# expert itself, the one we would like to certify. Each estimator runs on 20 bootstrap
+# resamples of the episodes (drawn with replacement, $\hat\pi_\beta$ and FQE refitted each
+# time): the spread of the dots is the spread to expect from one dataset to the next.
+#
+# *What to notice:*
+# - Section 2's χ² argument predicts trouble. The data take the expert's action with
+#   probability 1 − ε + ε/4 = 0.625, so each of its steps multiplies $\mathbb{E}[w^2] = 1+\chi^2$
+#   by 1/0.625 = 1.6, and its 10 steps to the goal by 1.6¹⁰ ≈ 110: the 20 episodes are worth
+#   $n/(1+\chi^2) \approx 0.2$ episodes of the expert. Not one of them follows it to the goal.
+# - Both IS estimators move from resample to resample (per-decision IS by several units, the
+#   weighted version by one to two) and sit below the truth: the late steps, the goal's +10
+#   among them, are reached by no episode that acted as the expert would.
+# - FQE does not move, and it is exact: it assembles the expert's path from single transitions
+#   of many episodes (stitching again), so it never needs one episode that follows π throughout.
+# - Doubly robust returns FQE's number exactly. On a deterministic grid, a tabular FQE fitted
+#   to the same data has zero Bellman error on every logged transition, so the weights have
+#   nothing to correct. DR earns its keep when the model is wrong: stochastic transitions,
+#   function approximation, a model fitted on other data.
+
+# %% tags=["otter_ignore"]
+from offline_rl import evaluation
+
+open_lay = envs.get_layout("open")
+expert = planning.greedy_policy(planning.value_iteration(open_lay)[1])
+noisy_data = behavior.narrow_expert_dataset("open", n_episodes=20, epsilon=0.5, seed=0)
+ope = evaluation.bootstrap_ope(noisy_data, open_lay, expert, n_boot=20, seed=0)
+estimators = {"fqe": "FQE", "pdis": "per-decision IS", "pdwis": "per-decision WIS", "dr": "doubly robust"}
+fig, ax = plt.subplots(figsize=(7, 3))
+jitter = np.random.default_rng(0).uniform(-0.15, 0.15, size=len(ope["fqe"]))  # dots side by side
+for i, key in enumerate(estimators):
+    ax.scatter(i + jitter, ope[key], s=14, alpha=0.7)
+ax.axhline(ope["true"], color="k", ls="--", lw=1, label=f"true value {ope['true']:.2f}")
+ax.set_xticks(range(len(estimators)), list(estimators.values()))
+ax.set_ylabel("estimated value of the start")
+ax.set_title("The expert's value from 20 noisy-expert episodes (20 bootstrap resamples)")
+ax.legend(loc="lower right")
+plt.show()
 
 # %% [markdown]
 # ### Hybrid offline-to-online training
