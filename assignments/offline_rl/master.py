@@ -1417,7 +1417,7 @@ def _bcq_run(case, bcq_policy):
 #
 # **BRAC** (Wu, Tucker and Nachum, 2019) compares choices of the divergence $D$ (KL, MMD,
 # Wasserstein, with $\pi_\beta$ estimated by BC) and of where to charge it (in the actor's
-# objective or also in the value target). **BEAR** (Kumar, Fu, Tucker and Levine, 2019) uses
+# objective or also in the value target). **BEAR** (Kumar et al., 2019) uses
 # MMD estimated from a few samples, which in practice constrains the *support* of $\pi_\theta$
 # rather than its probabilities: any action the data make likely enough may be chosen, at any
 # frequency. **TD3+BC** (Fujimoto and Gu, 2021) is the simplest member: for a deterministic
@@ -2269,13 +2269,16 @@ def _q12_run(case, q12_answer):
 #
 # - **Kumar, Zhou, Tucker and Levine (2020).** *Conservative Q-Learning for Offline Reinforcement
 #   Learning.* NeurIPS. The CQL(H) objective of Question 5 and the tabular learner of Question 3;
-#   Theorem 3.2 (the evaluation lower bound $\hat V^\pi \le V^\pi$ with the $B^\pi$ backup and
-#   push-down under π) and Theorem 3.3 (the soft-max policy of CQL(H), slowly changing policies).
+#   Theorem 3.1 (a pointwise bound on $\hat Q^\pi$, push-down only), Theorem 3.2 (the evaluation
+#   lower bound $\hat V^\pi \le V^\pi$ with the $B^\pi$ backup and push-down under π) and
+#   Theorem 3.3 (the policy the iterates produce, close to the soft-max of $\hat Q$ and changing
+#   slowly, valued with its own backup).
 # - **Fujimoto, Meger and Precup (2019).** *Off-Policy Deep Reinforcement Learning without
 #   Exploration.* ICML. Batch-constrained Q-learning and extrapolation error.
 # - **Fujimoto, Conti, Ghavamzadeh and Pineau (2019).** *Benchmarking Batch Deep Reinforcement
 #   Learning Algorithms.* NeurIPS Deep RL Workshop. Discrete BCQ: the relative-probability filter
-#   $G_\omega(a|s)/\max_{a'}G_\omega(a'|s) > \tau$, used when acting and in the target (Question 6).
+#   $G_\omega(a|s)/\max_{a'}G_\omega(a'|s) > \tau$, used when acting and in the target (Question 6
+#   implements the acting filter only).
 # - **Levine, Kumar, Tucker and Fu (2020).** *Offline Reinforcement Learning: Tutorial, Review, and
 #   Perspectives on Open Problems.* arXiv:2005.01643. Distribution shift, the failure of
 #   importance sampling over long horizons, and the taxonomy of explicit and implicit constraints.
@@ -2285,9 +2288,28 @@ def _q12_run(case, q12_answer):
 #   $\pi^* \propto \pi_\beta \exp(A/\lambda)$ fitted by weighted behavior cloning.
 # - **Wu, Tucker and Nachum (2019).** *Behavior Regularized Offline Reinforcement Learning*
 #   (BRAC). arXiv:1911.11361. KL and other divergence penalties toward the behavior policy.
+# - **Kumar, Fu, Soh, Tucker and Levine (2019).** *Stabilizing Off-Policy Q-Learning via
+#   Bootstrapping Error Reduction* (BEAR). NeurIPS. An MMD constraint that keeps the actor on
+#   the data's support.
+# - **Fujimoto and Gu (2021).** *A Minimalist Approach to Offline Reinforcement Learning*
+#   (TD3+BC). NeurIPS. The actor's objective λQ(s, π(s)) − (π(s) − a)².
+# - **Yu, Thomas, Yu, Ermon, Zou, Levine, Finn and Ma (2020).** *MOPO: Model-based Offline
+#   Policy Optimization.* NeurIPS. The uncertainty-penalised reward r̂ − λu.
+#   **Kidambi, Rajeswaran, Netrapalli and Joachims (2020).** *MOReL: Model-Based Offline
+#   Reinforcement Learning.* NeurIPS. The pessimistic MDP with its HALT state.
+#   **Yu, Kumar, Rafailov, Rajeswaran, Levine and Finn (2021).** *COMBO: Conservative Offline
+#   Model-Based Policy Optimization.* NeurIPS. CQL's penalty on model rollouts.
+# - **Agarwal, Schuurmans and Norouzi (2020).** *An Optimistic Perspective on Offline
+#   Reinforcement Learning.* ICML. The DQN Replay Dataset (logged DQN agent play on Atari).
 # - **Le, Voloshin and Yue (2019).** *Batch Policy Learning under Constraints.* ICML. Fitted Q
 #   evaluation, used for offline policy selection. **Liu, Li, Tang and Zhou (2018).** *Breaking
 #   the Curse of Horizon.* NeurIPS. Marginalised importance sampling.
+# - **Precup, Sutton and Singh (2000).** *Eligibility Traces for Off-Policy Policy Evaluation.*
+#   ICML. Per-decision importance sampling (and its weighted version).
+#   **Jiang and Li (2016).** *Doubly Robust Off-policy Value Evaluation for Reinforcement
+#   Learning.* ICML. The per-decision doubly robust estimator. **Thomas and Brunskill (2016).**
+#   *Data-Efficient Off-Policy Policy Evaluation for Reinforcement Learning.* ICML. Weighted
+#   doubly robust estimators and their comparison with IS.
 # - **Kong (1992)**, as used by **Metelli, Papini, Faccio and Restelli (2018).** *Policy
 #   Optimization via Importance Sampling.* NeurIPS. The effective sample size $n/(1 + \chi^2)$ and
 #   the exponentiated Rényi-2 divergence as the second moment of importance weights.
