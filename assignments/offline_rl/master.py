@@ -1423,7 +1423,7 @@ def _bcq_run(case, bcq_policy):
 # frequency. **TD3+BC** (Fujimoto and Gu, 2021) is the simplest member: for a deterministic
 # continuous actor, $D$ is the squared distance to the data's action,
 # $\max_\theta \mathbb{E}_{(s,a)\sim D}\big[\lambda\, Q(s,\pi_\theta(s)) - (\pi_\theta(s) - a)^2\big]$,
-# with λ scaled by the average $|Q|$ so that the two terms stay comparable. In Levine et al.'s
+# with λ = 2.5 divided by the batch's mean $|Q|$, so that the two terms stay comparable. In Levine et al.'s
 # (2020) taxonomy these are *explicit policy constraints*: BCQ restricts the support with a
 # hard rule, BRAC, BEAR and TD3+BC penalise a divergence in the actor's objective, and the
 # advantage-weighted methods (AWR, AWAC, IQL) constrain *implicitly*, by only ever fitting the
@@ -1462,8 +1462,8 @@ def _bcq_run(case, bcq_policy):
 # > **Misconception: "CQL is too conservative."** Conservatism is a dial, not a verdict: too
 # > little and distribution shift returns, too much and the data's habits outweigh its
 # > evidence. α is chosen by offline policy selection (section 4). A held-out Bellman (TD)
-# > error is a weak guide: it says the values agree with the data's transitions, not that the
-# > greedy policy is good, and the over-valued greedy policy above can have a small one.
+# > error is a weak guide: a small one says the values agree with the data's transitions, not
+# > that the greedy policy is good.
 #
 # ### Question 7 · The α trade-off experiment
 #
