@@ -2075,7 +2075,7 @@ def _q10_run(case, q10_answer):
 # %%
 """ # BEGIN PROMPT
 q11_answer = ...  # alpha*: a number
-"""; # END PROMPT
+""" # END PROMPT
 # BEGIN SOLUTION NO PROMPT
 gamma_grid = 0.9
 y_up = -1 + gamma_grid * (-1) + gamma_grid**2 * (-1) + gamma_grid**3 * (-10)  # up, up, left, left: pit
