@@ -905,35 +905,31 @@ def _bc_update_run(case, bc_update):
 # \qquad \chi^2(p\,\|\,q) = \sum_a \frac{p(a)^2}{q(a)} - 1 \;\ge\; 0 .$$
 #
 # The subtraction is never negative and the backup carries it backwards. So, with exact
-# backups, if π takes only actions the data contain and every non-terminal next state in the
-# data is itself a state the data visit, $\hat V^\pi(s) \le V^\pi(s)$ in every state of the data,
-# **for every α > 0**. (The paper's "α large enough" covers *sampling* error, which can push
-# the empirical backup up.) The more π departs from the data, the larger the subtraction:
-# **distribution shift is charged for, not ignored**. The bound is on the value of π, not on
-# every $Q(s,a)$: an action that π takes less often than the data do is lifted *above its
-# target* $y$, and since $y$ is itself pessimistic it may end below or above the truth. A
-# bound on every $Q(s,a)$ needs the push-down term alone, without the push-up of the data's
-# actions (Theorem 3.1).
+# backups, if π takes only actions the data contain and every non-terminal state the data lead
+# to is one they also act in, $\hat V^\pi(s) \le V^\pi(s)$ in every state of the data, **for
+# every α > 0** (the paper's "α large enough" covers *sampling* error in the backup). The
+# further π departs from the data, the larger the subtraction: **distribution shift is charged
+# for, not ignored**. The bound is on π's value, not on each $Q(s,a)$: an action π takes less
+# often than the data do is lifted *above its target* $y$, and, $y$ being pessimistic itself,
+# may end above or below the truth. A bound on every $Q(s,a)$ needs the push-down alone, with
+# no push-up of the data's actions (Theorem 3.1).
 #
 # The learner you write is the *control* version, CQL(H). The closest result for it (Theorem
-# 3.3) is about the policy π̂ that the iterates produce, assumed to stay close to
-# softmax(Q̂) and to change slowly between iterations, and it bounds π̂'s value computed with
-# π̂'s own backup (an expectation over π̂, not the max). No theorem bounds the value CQL(H)
-# assigns to its **greedy** policy, and it can over-estimate it:
+# 3.3) concerns the policy π̂ of the iterates, assumed to stay close to softmax(Q̂) and to change
+# slowly, and bounds π̂'s value under π̂'s own backup (an expectation over π̂, not the max).
+# Neither theorem bounds the value CQL(H) gives its **greedy** policy, which can be too high:
 #
-# - *One state*, action 0 taken nine times (reward 1) and action 1 once (reward 0), both ending
-#   the episode. The true value of action 0 is 1; CQL(H) converges to $\hat Q(s, 0) \approx 1.02$
-#   at α = 0.1, 1.07 at α = 1 and 1.1 at α = 5: the frequent action is lifted above its target,
-#   and greedy picks it.
+# - *One state*, action 0 taken nine times (reward 1), action 1 once (reward 0), both ending
+#   the episode. Action 0 is worth 1; CQL(H) converges to $\hat Q(s, 0) \approx 1.02$ at
+#   α = 0.1, 1.07 at α = 1 and 1.1 at α = 5: the frequent action is lifted above its target.
 # - *The stitching data at α = 100* (in Question 7's sweep): CQL(H) now follows family A at M,
-#   towards the pit, and values the start at −5.0, where that policy is truly worth −10.0; at
-#   α = 300 it values it at −0.03. Once CQL(H) has collapsed toward behavior cloning, the
-#   over-estimate grows with α, and it is large because the data's most frequent action is a
-#   bad one. On Demo 3's cliff data, where the frequent action is the good one, it stays below
-#   0.5 for every α the demo offers. **A large α does not make values safe.**
+#   towards the pit, and values the start at −5.0, where that policy is worth −10.0 (at α = 300:
+#   −0.03). Once CQL(H) has collapsed toward behavior cloning, the over-estimate grows with α,
+#   and it is large because the data's most frequent action is a bad one. On Demo 3's cliff
+#   data, where the frequent action is the good one, it is at most 0.5 for every α of the demo.
 #
-# What CQL(H) does reliably is the qualitative part: unseen actions are pushed far below the
-# actions the data support.
+# **A large α does not make values safe.** What CQL(H) does reliably is the qualitative part:
+# unseen actions are pushed far below the actions the data support.
 
 # ### Question 5 · The CQL penalty and the CQL loss
 #
