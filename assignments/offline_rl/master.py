@@ -1413,17 +1413,17 @@ def _bcq_run(case, bcq_policy):
 #
 # **BRAC** (Wu, Tucker and Nachum, 2019) compares choices of the divergence $D$ (KL, MMD,
 # Wasserstein, with $\pi_\beta$ estimated by BC) and of where to charge it (in the actor's
-# objective or also in the value target). **BEAR** (Kumar et al., 2019) uses
-# MMD estimated from a few samples, which in practice constrains the *support* of $\pi_\theta$
-# rather than its probabilities: any action the data make likely enough may be chosen, at any
-# frequency. **TD3+BC** (Fujimoto and Gu, 2021) is the simplest member: for a deterministic
-# continuous actor, $D$ is the squared distance to the data's action,
+# objective or also in the value target). **BEAR** (Kumar et al., 2019) keeps an MMD, estimated
+# from a few samples, below a threshold; in practice this constrains the *support* of
+# $\pi_\theta$ rather than its probabilities: any action the data make likely enough may be
+# chosen, at any frequency. **TD3+BC** (Fujimoto and Gu, 2021) is the simplest member: for a
+# deterministic continuous actor, $D$ is the squared distance to the data's action,
 # $\max_\theta \mathbb{E}_{(s,a)\sim D}\big[\lambda\, Q(s,\pi_\theta(s)) - (\pi_\theta(s) - a)^2\big]$,
-# with λ = 2.5 divided by the batch's mean $|Q|$, so that the two terms stay comparable. In Levine et al.'s
-# (2020) taxonomy these are *explicit policy constraints*: BCQ restricts the support with a
-# hard rule, BRAC, BEAR and TD3+BC penalise a divergence in the actor's objective, and the
-# advantage-weighted methods (AWR, AWAC, IQL) constrain *implicitly*, by only ever fitting the
-# data's own actions. CQL puts its penalty on the values instead of the policy.
+# with λ = 2.5 divided by the batch's mean $|Q|$, so that the two terms stay comparable. In the
+# terms of Levine et al. (2020) all of these, BCQ included, are *policy constraints*: BCQ
+# restricts the support with a hard rule; BRAC, BEAR and TD3+BC charge a divergence explicitly
+# in the actor's objective; the advantage-weighted methods (AWR, AWAC, IQL) constrain
+# *implicitly*, by only ever fitting the data's own actions. CQL penalises values, not the policy.
 #
 # ### Model-based offline RL: pessimism moved into the model
 #
@@ -1435,8 +1435,9 @@ def _bcq_run(case, bcq_policy):
 #
 # $$\tilde r(s,a) = \hat r(s,a) - \lambda\, u(s,a),$$
 #
-# and runs RL on short model rollouts that branch from data states; if $u$ bounds the model's
-# error, a policy's return in this penalised model is a lower bound on its true return.
+# and runs RL on short model rollouts that branch from data states; if $\lambda u(s,a)$ bounds
+# how much the model's error at $(s,a)$ can change the value, a policy's return in this
+# penalised model is a lower bound on its true return.
 # **MOReL** (Kidambi, Rajeswaran, Netrapalli and Joachims, 2020) builds a *pessimistic MDP*:
 # pairs on which the ensemble disagrees too much lead to an absorbing HALT state with a large
 # negative reward. **COMBO** (Yu et al., 2021) needs no uncertainty estimate: it applies CQL's
