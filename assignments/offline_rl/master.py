@@ -1891,11 +1891,12 @@ if candidates is not None:
 # \hat V_{\text{DR}} = \frac1n\sum_{i,t}\gamma^t\Big[\rho_{i,t}\big(r_{i,t}-\hat Q(s_{i,t},a_{i,t})\big)
 # + \rho_{i,t-1}\hat V(s_{i,t})\Big].$$
 #
-# *Per-decision* IS weights each reward only by the actions taken before it (later actions
-# cannot have caused it); the *weighted* version normalises each step's weights to sum to one
-# (a small bias, far less variance); *doubly robust* (with $\rho_{i,-1} = 1$) starts from a
-# model's values, here FQE's $\hat Q$ and $\hat V(s) = \hat Q(s, \pi(s))$, and uses the weights
-# only to correct the model's errors: it is unbiased if either the weights or the model are right.
+# *Per-decision* IS weights each reward only by the actions up to its own step (later actions
+# cannot have caused it). The *weighted* version normalises each step's weights to sum to one:
+# biased, but consistent and with far less variance. *Doubly robust* (with $\rho_{i,-1} = 1$)
+# starts from a model's values, here FQE's $\hat Q$ and $\hat V(s) = \hat Q(s, \pi(s))$, and uses
+# the weights only to correct the model's errors: it is unbiased if either the weights or the
+# model are right.
 #
 # All three need $\pi_\beta(a|s)$, the probability with which each logged action was chosen. The
 # stitching data cannot supply it: whether an episode goes right at M depends on what it did at
