@@ -2223,15 +2223,11 @@ def _q12_run(case, q12_answer):
 # through the junction into the short entrance and beats every trajectory. α above a threshold
 # collapses CQL to BC.
 #
-# *The threshold, derived for the chapter's stitching data (specific to this dataset).* At M the
-# data take up 6 times and right 4 times: $\hat\pi_\beta = (0.6, 0.4)$. The Bellman targets are
-# $y_{\text{up}} = -1 + 0.9\cdot(-10) = -10$ (the pit) and $y_{\text{right}} = -1 + 0.9\cdot 6.2 = 4.58$
-# (B's route to the goal). At the CQL fixed point of a seen pair,
-# $Q_a = y_a - \alpha(\sigma_a/\hat\pi_\beta(a) - 1)$ with $\sigma$ the soft-max of $Q(M,\cdot)$. The greedy
-# choice switches when the two data actions tie, where their soft-max weights are equal ($\sigma_{\text{up}} = \sigma_{\text{right}}$,
-# and the unseen actions' weight is negligible, so both ≈ 1/2):
-# $y_{\text{right}} - y_{\text{up}} = \alpha\,(\tfrac{1/2}{0.4} - \tfrac{1/2}{0.6}) = \tfrac{5}{12}\alpha$, so
-# $\alpha^* = 12 \cdot 14.58 / 5 \approx 35$. Below it CQL goes right at M (+3); above it, up (−17).
+# *The threshold on the chapter's stitching data* is Question 11's $\alpha^*$: at M the data take
+# up 6 times and right 4 times, the targets are $y_{\text{up}} = -10$ (the pit) and
+# $y_{\text{right}} = 4.58$ (B's route to the goal), and the two data actions tie, with soft-max
+# weights ½ each, at $\alpha^* = (4.58 + 10)/(\tfrac12(\tfrac1{0.4} - \tfrac1{0.6})) \approx 35$.
+# Below it CQL goes right at M (+3); above it, up (−17).
 # As α → ∞ the fixed point forces $\sigma \to \hat\pi_\beta$, i.e. $Q(s,a) \to \log\hat\pi_\beta(a|s) + c(s)$
 # (no α in front): at M, $Q_{\text{up}} - Q_{\text{right}} \to \log 1.5 = 0.405$ (0.26 at α = 100,
 # 0.40 at α = 1000), and the greedy policy becomes count-based BC.
