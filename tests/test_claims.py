@@ -414,3 +414,232 @@ def test_importance_weight_second_moment_is_one_plus_chi_square() -> None:
         w = pi[a] / beta[a]
         ess = w.sum() ** 2 / np.sum(w**2)
         assert ess == pytest.approx(len(w) / (1 + chi2), rel=0.05)
+
+
+# --------------------------------------------------------------------------- issue 22: CQL text
+M_CELL = (2, 2)
+
+
+def m_action(data: Any, alpha: float) -> int:
+    """Greedy action of tabular CQL(H) (default n_iters) at the stitching grid's cell M."""
+    q = offline_q_learning(data, STITCH.n_states, STITCH.n_actions, STITCH.gamma, alpha=alpha)
+    return int(q[STITCH.state_index(M_CELL)].argmax())
+
+
+@pytest.mark.parametrize("mix", MIXES)
+def test_q11_switch_alpha_brackets_the_learners_switch(mix: tuple[int, int]) -> None:
+    """Question 11: the fixed-point α* (equal soft-max weights 1/2 at the switch) is where the
+    learner's greedy action at M flips from right to up, within the ±1 the question grades
+    with, at the default n_iters; and the answer without the 1/2 is outside that tolerance."""
+    from offline_rl.algorithms.tabular import cql_switch_alpha, data_action_values
+
+    data = stitching_dataset(*mix)
+    alpha_star = cql_switch_alpha(data)
+    assert m_action(data, alpha_star - 1.0) == 1, (mix, alpha_star)  # right: still stitches
+    assert m_action(data, alpha_star + 1.0) == 0, (mix, alpha_star)  # up: family A
+    m = STITCH.state_index(M_CELL)
+    y = data_action_values(data, STITCH.n_states, STITCH.n_actions, STITCH.gamma)[m]
+    p_up, p_right = mix[0] / sum(mix), mix[1] / sum(mix)
+    forgot_half = (y[1] - y[0]) / (1 / p_right - 1 / p_up)
+    assert abs(forgot_half - alpha_star) > 2.0
+    if mix == (6, 4):  # the notebook's data: the targets the question's hints lead to
+        assert y[0] == pytest.approx(-10.0) and y[1] == pytest.approx(4.58)
+
+
+def test_q11_solution_cell_matches_the_reference() -> None:
+    """The master's solution derivation gives the reference's α* (the build grades it too)."""
+    import re
+    from pathlib import Path
+
+    from offline_rl.algorithms.tabular import cql_switch_alpha
+
+    master = Path(__file__).parents[1] / "assignments" / "offline_rl" / "master.py"
+    block = re.search(r"# BEGIN SOLUTION NO PROMPT\n(.*?)# END SOLUTION", master.read_text(), re.S)
+    assert block is not None, "Question 11's solution block is missing"
+    scope: dict[str, Any] = {}
+    exec(block.group(1), scope)  # the instructor's own code
+    assert scope["q11_answer"] == pytest.approx(cql_switch_alpha(), abs=1e-9)
+
+
+@pytest.mark.parametrize("mix", MIXES)
+def test_greedy_cql_over_estimates_once_it_follows_the_majority(mix: tuple[int, int]) -> None:
+    """Guarantee block: at α = 100 CQL(H) follows family A at M and values the start far above
+    its true value (-5.0 vs -10.0 on the notebook's data); at α = 300 even more (-0.03)."""
+    data = stitching_dataset(*mix)
+    start = STITCH.start_state
+    excess = {}
+    for alpha in (100.0, 300.0):
+        q = offline_q_learning(data, STITCH.n_states, STITCH.n_actions, STITCH.gamma, alpha=alpha)
+        policy = greedy_policy(q)
+        assert policy[STITCH.state_index(M_CELL)] == 0, (mix, alpha)  # up, towards the pit
+        true = policy_evaluation(STITCH, policy)[start]
+        assert true == pytest.approx(-10.0, abs=0.01)
+        excess[alpha] = q[start].max() - true
+        if mix == (6, 4):
+            quoted = {100.0: -5.0, 300.0: -0.03}[alpha]
+            assert q[start].max() == pytest.approx(quoted, abs=0.02), (alpha, q[start].max())
+    assert excess[100.0] >= 4.0 and excess[300.0] > excess[100.0] + 4.0, (mix, excess)
+
+
+def test_lifted_actions_sit_above_their_target_but_not_always_above_the_truth() -> None:
+    """Guarantee block: under CQL evaluation of π, an action π takes less often than the data
+    is lifted above its target y, and may end below or above Q^π (cliff ε = 0.3, π uniform on
+    the data's actions, seeds 0-4: both occur)."""
+    lay = get_layout("cliff")
+    P, R, done = transition_model(lay)
+    below = above = 0
+    for seed in SEEDS:
+        data = narrow_expert_dataset("cliff", 20, 0.3, seed)
+        counts = coverage_counts(data, lay.n_states, lay.n_actions).astype(float)
+        n_s = counts.sum(axis=1, keepdims=True)
+        pi_data = np.divide(counts, n_s, out=np.zeros_like(counts), where=n_s > 0)
+        probs = (counts > 0) / np.maximum((counts > 0).sum(axis=1, keepdims=True), 1)
+        q_hat, y = cql_policy_evaluation_q(data, probs, lay.gamma, alpha=1.0)
+        v_true = stochastic_policy_value("cliff", probs)
+        q_true = R + lay.gamma * np.where(done, 0.0, v_true[P])
+        lifted = (counts > 0) & (probs < pi_data - 1e-12)
+        assert lifted.any()
+        assert np.all(q_hat[lifted] > y[lifted]), seed
+        below += int(np.sum(q_hat[lifted] < q_true[lifted] - 1e-9))
+        above += int(np.sum(q_hat[lifted] > q_true[lifted] + 1e-9))
+    assert below > 0 and above > 0, (below, above)
+
+
+def cql_policy_evaluation_q(
+    data: Any, probs: np.ndarray, gamma: float, alpha: float, n_iters: int = 1000
+) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`cql_policy_evaluation`, but returns (Q̂, y): (S, A) each, on the data's pairs."""
+    S, A = probs.shape
+    counts = coverage_counts(data, S, A).astype(float)
+    n_s = counts.sum(axis=1, keepdims=True)
+    pi_data = np.divide(counts, n_s, out=np.zeros((S, A)), where=n_s > 0)
+    s, a, s2 = data.observations, data.actions, data.next_observations
+    r, done = data.rewards.astype(float), data.terminals
+    ratio = np.divide(probs, pi_data, out=np.zeros((S, A)), where=counts > 0)
+    Q = y = np.zeros((S, A))
+    for _ in range(n_iters):
+        target = r + gamma * (1.0 - done) * (probs[s2] * Q[s2]).sum(axis=1)
+        sums = np.bincount(s * A + a, weights=target, minlength=S * A).reshape(S, A)
+        y = np.divide(sums, counts, out=np.zeros((S, A)), where=counts > 0)
+        Q = np.where(counts > 0, y - alpha * (ratio - 1.0), 0.0)
+    return Q, y
+
+
+@pytest.mark.parametrize("mix", MIXES)
+def test_bcq_acting_filter_stitches_up_to_the_families_count_ratio(mix: tuple[int, int]) -> None:
+    """BCQ text: the acting filter on the naive Q-table stitches (+3) for every τ in (0, r],
+    r = n_B / n_A the families' count ratio at S and M (2/3 on the notebook's data), and gives
+    family A's -17 above it."""
+    from offline_rl.algorithms.tabular import discrete_bcq_policy
+
+    data = stitching_dataset(*mix)
+    counts = coverage_counts(data, STITCH.n_states, STITCH.n_actions)
+    q = offline_q_learning(data, STITCH.n_states, STITCH.n_actions, STITCH.gamma)
+    ratio = mix[1] / mix[0]
+    if mix == (6, 4):
+        assert ratio == pytest.approx(2 / 3)
+    for tau in np.linspace(1e-6, ratio, 9):
+        assert rollout_return(STITCH, discrete_bcq_policy(q, counts, tau)) == 3.0, (mix, tau)
+    for tau in np.linspace(ratio + 1e-6, 1.0, 5):
+        assert rollout_return(STITCH, discrete_bcq_policy(q, counts, tau)) == -17.0, (mix, tau)
+
+
+@pytest.mark.parametrize("mix", MIXES)
+def test_fqe_truth_is_the_infinite_horizon_value(mix: tuple[int, int]) -> None:
+    """OPS text: naive Q's true value -10 is that of bumping into the edge for ever; within the
+    grid's 20-step limit it is -8.78."""
+    from offline_rl.evaluation import finite_horizon_value
+
+    naive = notebook_candidates(stitching_dataset(*mix))["naive Q"]
+    start = STITCH.start_state
+    assert policy_evaluation(STITCH, naive)[start] == pytest.approx(-10.0)
+    assert STITCH.horizon == 20
+    assert finite_horizon_value(STITCH, naive)[start] == pytest.approx(-8.78, abs=0.005)
+
+
+# --------------------------------------------------------------------------- issue 22: OPE demo
+OPE_SEEDS = SEEDS
+
+
+def ope_setting(seed: int) -> tuple[Any, np.ndarray]:
+    """The OPE cell's data (20 episodes of the ε = 0.5 noisy expert on 'open') and its target,
+    the deterministic expert."""
+    expert = greedy_policy(value_iteration(OPEN)[1])
+    return narrow_expert_dataset("open", n_episodes=20, epsilon=0.5, seed=seed), expert
+
+
+def test_ope_estimators_are_exact_on_policy() -> None:
+    """The estimators' code: with π = π̂_β (weights 1) PDIS and PDWIS are the data's mean
+    discounted return; DR with a zero model is PDIS; per-step weights multiply."""
+    from offline_rl import evaluation as ev
+
+    for seed in SEEDS:
+        data, _ = ope_setting(seed)
+        beta = ev.behavior_probs(data, OPEN.n_states, OPEN.n_actions)
+        ep = ev.episode_table(data)
+        rho = ev.per_decision_weights(ep, beta, beta)
+        assert np.allclose(rho, 1.0)
+        mean_return = data.episode_returns(gamma=OPEN.gamma).mean()
+        assert ev.per_decision_is(ep, rho, OPEN.gamma) == pytest.approx(mean_return)
+        assert ev.per_decision_wis(ep, rho, OPEN.gamma) == pytest.approx(mean_return)
+        zero = np.zeros((OPEN.n_states, OPEN.n_actions))
+        pi = ev.policy_probs(greedy_policy(value_iteration(OPEN)[1]), OPEN.n_states, OPEN.n_actions)
+        rho_pi = ev.per_decision_weights(ep, pi, beta)
+        assert ev.doubly_robust(ep, rho_pi, zero, pi, OPEN.gamma) == pytest.approx(
+            ev.per_decision_is(ep, rho_pi, OPEN.gamma)
+        )
+        first = pi[ep.states[:, 0], ep.actions[:, 0]] / beta[ep.states[:, 0], ep.actions[:, 0]]
+        second = pi[ep.states[:, 1], ep.actions[:, 1]] / beta[ep.states[:, 1], ep.actions[:, 1]]
+        assert np.allclose(rho_pi[:, 1], first * second)
+
+
+def test_ope_chi_square_numbers() -> None:
+    """OPE text: the data take the expert's action with probability 0.625, so E[w²] grows by
+    1.6 per step and by 1.6^10 ≈ 110 over the expert's 10 steps; n/(1+χ²) ≈ 0.2 of 20
+    episodes; and on each of 5 seeds not one episode follows the expert to the goal."""
+    from offline_rl import evaluation as ev
+
+    expert = greedy_policy(value_iteration(OPEN)[1])
+    eps = 0.5
+    p_expert = 1 - eps + eps / OPEN.n_actions
+    assert p_expert == pytest.approx(0.625)
+    steps = len(_expert_path(expert))
+    assert steps == 10
+    growth = (1 / p_expert) ** steps  # E[w²] of a deterministic π: Π 1 / π_β(a*|s)
+    assert (1 / p_expert) == pytest.approx(1.6) and growth == pytest.approx(110, abs=0.5)
+    assert 20 / growth == pytest.approx(0.2, abs=0.02)
+    for seed in SEEDS:
+        data, _ = ope_setting(seed)
+        ep = ev.episode_table(data)
+        follows = np.where(ep.mask, ep.actions == expert[ep.states], True).all(axis=1)
+        assert not follows.any(), seed
+
+
+def _expert_path(expert: np.ndarray) -> list[int]:
+    """States the expert visits from the start to the goal on 'open' (one per step)."""
+    P, _, done = transition_model(OPEN)
+    s, path = OPEN.start_state, []
+    while True:
+        path.append(s)
+        if done[s, expert[s]]:
+            return path
+        s = int(P[s, expert[s]])
+
+
+@pytest.mark.parametrize("seed", OPE_SEEDS)
+def test_ope_is_spreads_and_falls_short_where_fqe_and_dr_are_exact(seed: int) -> None:
+    """OPE demo: over 20 bootstrap resamples, per-decision IS moves by several units (range ≥ 3)
+    and its weighted version by one to two (range 0.9-2.5); both sit below the truth (mean
+    ≥ 0.5 short); FQE does not move and is exact; DR returns FQE's number."""
+    from offline_rl.evaluation import bootstrap_ope
+
+    data, expert = ope_setting(seed)
+    res = bootstrap_ope(data, OPEN, expert, n_boot=20, seed=seed)
+    true = float(res["true"])
+    assert true == pytest.approx(policy_evaluation(OPEN, expert)[OPEN.start_state])
+    assert np.ptp(res["pdis"]) >= 3.0, res["pdis"]
+    assert 0.9 <= np.ptp(res["pdwis"]) <= 2.5, res["pdwis"]
+    for key in ("pdis", "pdwis"):
+        assert res[key].mean() <= true - 0.5, (key, res[key].mean(), true)
+    assert np.ptp(res["fqe"]) < 1e-9 and np.allclose(res["fqe"], true, atol=1e-6)
+    assert np.allclose(res["dr"], res["fqe"], atol=1e-9)

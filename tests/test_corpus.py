@@ -80,6 +80,6 @@ def test_no_failure_message_in_the_corpus_shows_a_magnitude(graded):
     assert leaks == [], "\n".join(leaks)
     for name, results in every.items():
         for test in results["tests"]:
-            if test["name"].startswith(("q10", "q11")) and "✗ hidden check" in test["output"]:
+            if test["name"].startswith("q10") and "✗ hidden check" in test["output"]:
                 assert "not the right choice" in test["output"], (name, test["output"])
                 assert not re.search(r'["\'][abcd]["\']', test["output"]), (name, test["output"])

@@ -107,7 +107,7 @@ np.set_printoptions(precision=3, suppress=True)
 # | Healthcare (treatment policies) | experiments on patients are unethical | electronic health records of past treatments and outcomes |
 # | Autonomous driving | crashes are unacceptable and expensive | millions of hours of logged human driving |
 # | Recommendation, robotics, industrial control | every trial costs money or wear | logs of the current system |
-# | Games (Atari from human demos) | exploring is possible but slow | recordings of human play |
+# | Games (offline Atari) | exploring is possible but slow | logged agent play: the DQN Replay Dataset holds every transition a DQN agent saw while it trained |
 #
 # Offline RL turns *existing data* into policies: safe (no risky trials), cheap (no new data) and
 # reusable (the same dataset trains many policies). It is not magic: the dataset must actually
@@ -643,10 +643,11 @@ def _tabular_q_run(case, offline_q_learning):
 #
 # The **cliff** grid is a narrow bridge between two rows of lava. The dataset comes from an expert
 # that always walks straight across, so it contains only "right" on the bridge — never the
-# catastrophic "up" or "down". Train your `offline_q_learning` with `alpha=0` on it. The left panel
-# shows the dataset's coverage; the middle compares learned and true Q-values on **seen** versus
-# **unseen** pairs; the right panel shows where the greedy policy goes. Add a few noisy episodes
-# with the slider and see what changes.
+# catastrophic "up" or "down". Train your `offline_q_learning` with `alpha=0` on it. The top-left
+# grid shows the dataset's coverage, the bottom-left grid where the greedy policy goes, and the
+# right panel compares learned and true Q-values on **seen** versus **unseen** pairs. The slider
+# sets ε, the probability that the expert takes a uniformly random action at each step, in all
+# 20 episodes: move it and see what changes.
 #
 # *Expected discovery:* Q-learning's values are only as good as the data behind them. Unseen
 # actions keep arbitrary values (here their initial 0, where the truth is −100 for the lava).
@@ -889,40 +890,47 @@ def _bc_update_run(case, bc_update):
 #
 # An action the data take *more* often than the soft-max policy would ends **above** its Bellman
 # target; a rare one ends below it. A pair the data never contain has no Bellman term at all, so
-# nothing stops the push-down: its value keeps falling as training continues. The larger α, the
-# more the data's frequencies, rather than the rewards, decide the values (section 3's trade-off).
+# nothing stops the push-down: its value keeps falling as training continues. How far a seen
+# action moves from its target grows with α; the trade-off below asks what that does to the
+# greedy policy.
 #
 # #### What CQL guarantees, and for which policy
 #
-# CQL's lower bound is a statement about **evaluating a fixed policy** $\pi$ (Kumar et al., 2020,
-# Theorem 3.2). There the target is the policy's own backup, $y = r + \gamma(1-d)\,
-# \mathbb{E}_{a'\sim\pi}Q(s',a')$, and the push-down is taken under $\pi$ instead of the soft-max.
-# The tabular fixed point is $\hat Q^\pi(s,a) = y(s,a) - \alpha\,(\pi(a|s)/\hat\pi_\beta(a|s) - 1)$,
-# and averaging it over $a \sim \pi$ gives
+# CQL's lower bound is about **evaluating a fixed policy** π (Kumar et al., 2020, Theorem 3.2):
+# the target is π's own backup, $y = r + \gamma(1-d)\,\mathbb{E}_{a'\sim\pi}Q(s',a')$, and the
+# push-down is taken under π instead of the soft-max. The tabular fixed point is
+# $\hat Q^\pi(s,a) = y(s,a) - \alpha\,(\pi(a|s)/\hat\pi_\beta(a|s) - 1)$; averaged over $a \sim \pi$,
 #
 # $$\hat V^\pi(s) \;=\; \mathbb{E}_{a\sim\pi}\big[y(s,a)\big] \;-\; \alpha\,\chi^2\big(\pi(\cdot|s)\,\|\,\hat\pi_\beta(\cdot|s)\big),
 # \qquad \chi^2(p\,\|\,q) = \sum_a \frac{p(a)^2}{q(a)} - 1 \;\ge\; 0 .$$
 #
-# The subtraction is never negative and is carried backwards by the backup, so with exact backups
-# $\hat V^\pi(s) \le V^\pi(s)$ in every state of the data, **for every α > 0**, as long as $\pi$ only
-# takes actions the data contain. (The paper's "α large enough" is about *sampling* error: with
-# few samples the empirical backup itself can err upward, and α must outweigh that.) The bound is
-# on the value of $\pi$, not on every $Q(s,a)$: actions that $\pi$ takes less often than the data
-# do are valued above the truth. The more $\pi$ departs from the data, the larger the
-# subtraction: **distribution shift is charged for, not ignored**.
+# The subtraction is never negative and the backup carries it backwards. So, with exact
+# backups, if π takes only actions the data contain and every non-terminal state the data lead
+# to is one they also act in, $\hat V^\pi(s) \le V^\pi(s)$ in every state of the data, **for
+# every α > 0** (the paper's "α large enough" covers *sampling* error in the backup). The
+# further π departs from the data, the larger the subtraction: **distribution shift is charged
+# for, not ignored**. The bound is on π's value, not on each $Q(s,a)$: an action π takes less
+# often than the data do is lifted *above its target* $y$, and, $y$ being pessimistic itself,
+# may end above or below the truth. A bound on every $Q(s,a)$ needs the push-down alone, with
+# no push-up of the data's actions (Theorem 3.1).
 #
-# The learner you write is the *control* version, CQL(H). Its matching result (Theorem 3.3) is
-# about the soft-max policy $\hat\pi \propto \exp \hat Q$ and assumes that policy changes slowly
-# between iterations. Neither theorem bounds the value of the **greedy** policy, and in general
-# it is not bounded. One state, the data take action 0 nine times (reward 1) and action 1 once
-# (reward 0), both ending the episode: the true value of action 0 is 1, but tabular CQL(H)
-# converges to $\hat Q(s, 0) \approx 1.02$ at α = 0.1, 1.07 at α = 1 and 1.1 at α = 5. The frequent
-# action is lifted above its target, and greedy picks it. On Demo 3's cliff data the greedy
-# value is over-estimated by a little (at most about 0.5) for every α that the demo offers.
-# What CQL(H) does reliably is the qualitative part: unseen actions are pushed far below the
-# actions the data support. The tests of this course check the evaluation bound on several
-# datasets, and the counterexample.
+# The learner you write is the *control* version, CQL(H). The closest result for it (Theorem
+# 3.3) concerns the policy π̂ of the iterates, assumed to stay close to softmax(Q̂) and to change
+# slowly, and bounds π̂'s value under π̂'s own backup (an expectation over π̂, not the max).
+# Neither theorem bounds the value CQL(H) gives its **greedy** policy, which can be too high:
 #
+# - *One state*, action 0 taken nine times (reward 1), action 1 once (reward 0), both ending
+#   the episode. Action 0 is worth 1; CQL(H) converges to $\hat Q(s, 0) \approx 1.02$ at
+#   α = 0.1, 1.07 at α = 1 and 1.1 at α = 5: the frequent action is lifted above its target.
+# - *The stitching data at α = 100* (in Question 7's sweep): CQL(H) now follows family A at M,
+#   towards the pit, and values the start at −5.0, where that policy is worth −10.0 (at α = 300:
+#   −0.03). Once CQL(H) has collapsed toward behavior cloning, the over-estimate grows with α,
+#   and it is large because the data's most frequent action is a bad one. On Demo 3's cliff
+#   data, where the frequent action is the good one, it is at most 0.5 for every α of the demo.
+#
+# **A large α does not make values safe.** What CQL(H) does reliably is the qualitative part:
+# unseen actions are pushed far below the actions the data support.
+
 # ### Question 5 · The CQL penalty and the CQL loss
 #
 # 1. `cql_penalty(q_values, actions)`: `q_values: (B, n_actions)`, `actions: (B,)` int64. Return the
@@ -1165,8 +1173,10 @@ widgets.cql_demo(offline_q_fn=offline_q_learning, coverage_fn=coverage_counts)
 # %% [markdown]
 # #### The same story with neural networks: CartPole from an expert's demonstrations
 #
-# Atari from human demonstrations is the classic large-scale version of this chapter (DQN on
-# logged human play); CartPole is its CPU-sized stand-in. The data below are 20 episodes of an
+# Offline Atari is the classic large-scale version of this chapter: the DQN Replay Dataset logs
+# every transition a DQN agent saw while it trained (agent play, not human play), and offline
+# DQN, BCQ and CQL are compared on it. CartPole is its CPU-sized stand-in. The data below
+# are 20 episodes of an
 # **expert** that balances the pole for all 500 steps. Such data are the neural version of
 # Demo 2's cliff: in every state the log shows one action, the expert's, and never the other
 # one, and no episode ever ends in a fall (the 500-step limit is a time cut, not a terminal). So
@@ -1179,20 +1189,15 @@ widgets.cql_demo(offline_q_fn=offline_q_learning, coverage_fn=coverage_counts)
 #
 # Two choices in the agent, both standard:
 # - **The target network is a copy, refreshed every 100 steps.** For 100 steps the labels
-#   $y$ are fixed, so those steps fit one regression: one step of value iteration. 3,000 steps
-#   are 30 such backups, so values can grow over ~30 steps of the future. A Polyak average
-#   ($\theta^- \leftarrow (1-\tau)\theta^- + \tau\theta$, τ = 0.005, what continuous-action
-#   CQL uses) is the smooth version with the same ~1/τ = 200-step memory; on this short budget it
-#   backs values up more slowly and shows the same picture less sharply.
-# - **The ½ in front of the Bellman error** only sets its weight against α: ½·(Q − y)² has the
+#   $y$ are fixed, so those steps fit one regression: one step of value iteration, and 3,000
+#   steps allow about 30 of them. (A Polyak average, $\theta^- \leftarrow (1-\tau)\theta^- +
+#   \tau\theta$ with τ = 0.005 as in continuous-action CQL, moves the target a little at every
+#   step instead; it is a different schedule, and the hard copy makes the backups easy to count.)
+# - **The ½ in front of the Bellman error** sets its weight against α: ½·(Q − y)² has the
 #   gradient (Q − y), so α = 1 trades one unit of Bellman error against one unit of penalty
-#   (`F.mse_loss` alone is (Q − y)², twice that, the same as halving α). The ½ is also what makes
-#   the squared error the small-error half of the **Huber loss**, ½·(Q − y)² for |Q − y| ≤ 1 and
-#   |Q − y| − ½ beyond: its gradient is (Q − y) clipped to [−1, 1]. DQN and d3rlpy use Huber,
-#   and so does the course's reference CQL agent on longer runs: while the values climb toward
-#   1/(1 − γ) = 100, a few samples have errors far above 1, and squared they would steer the
-#   whole step; clipped, they count like the rest. Your `cql_loss` keeps the chapter's
-#   ½·(Q − y)²: it is the equation above, and the claims of this cell are checked with it.
+#   (`F.mse_loss` alone is (Q − y)², the same as halving α). Longer runs often use the Huber
+#   loss instead, whose gradient is (Q − y) clipped to [−1, 1], so that a few large errors do
+#   not steer the whole step; your `cql_loss` keeps the equation above.
 #
 # *How to read the table:* "promised" is the agent's own value of the start state,
 # $\max_a Q(s_0, a)$; "achieved" is the discounted return its greedy policy really gets from
@@ -1293,16 +1298,19 @@ if widgets.wait_for("q4, q5", lambda: [StudentBC(4, 2).update(probe_batch), Stud
 # $$\mathcal{A}_\tau(s) = \Big\{a : \frac{\hat\pi_\beta(a|s)}{\max_{a'}\hat\pi_\beta(a'|s)} \ge \tau\Big\},
 # \qquad \pi(s) = \arg\max_{a \in \mathcal{A}_\tau(s)} Q(s,a).$$
 #
-# (With counts we use $\ge$ so that τ = 1 keeps the most frequent action; the paper's $>$ with a
-# learned, never exactly tied model behaves the same way.) τ = 0 is plain Q-learning; τ = 1
-# keeps only the most frequent action (behavior cloning). The constraint is **explicit**: it is
+# (With counts we use $\ge$, so that τ = 1 keeps the most frequent action; with the paper's
+# strict $>$, τ = 1 would allow no action at all, and its useful range is τ < 1.) τ = 0 allows
+# every action (plain greedy Q-learning); τ = 1 keeps only the most frequent one. The
+# constraint is **explicit**: it is
 # a hard rule on which actions may be chosen, and the full algorithm applies it in two places,
 # when acting *and* inside the Bellman target, $y = r + \gamma(1-d)\max_{a' \in
 # \mathcal{A}_\tau(s')} Q(s',a')$, so that the filtered-out actions never enter any value.
 # Question 6 implements the acting half only: it filters a Q-table that was learned with the
 # plain max, whose values on the allowed actions may already carry the unseen actions'
 # over-estimates through the backup. On the stitching data the acting filter alone happens to
-# be enough (the unseen values are 0, and the filtered policy finds the stitched path).
+# be enough for τ ∈ (0, 2/3]: every such τ removes the unseen actions and keeps both data
+# actions at S and at M (2/3 = 4/6 is the ratio of the families' counts there), and the
+# filtered naive Q-table finds the stitched path. Above 2/3 only family A's actions remain.
 #
 # ### Implicit constraints: advantage-weighted methods
 #
@@ -1395,6 +1403,47 @@ def _bcq_run(case, bcq_policy):
 # # END QUESTION
 
 # %% [markdown]
+# ### Policy penalties: BRAC, BEAR and TD3+BC
+#
+# Between BCQ's hard filter and the implicit methods sits a family that trains an actor
+# $\pi_\theta$ to maximise Q while paying for its distance from the data's policy:
+#
+# $$\max_\theta\; \mathbb{E}_{s\sim D}\Big[\mathbb{E}_{a\sim\pi_\theta(\cdot|s)}\big[Q(s,a)\big]
+# \;-\; \lambda\, D\big(\pi_\theta(\cdot|s),\,\pi_\beta(\cdot|s)\big)\Big].$$
+#
+# **BRAC** (Wu, Tucker and Nachum, 2019) compares choices of the divergence $D$ (KL, MMD,
+# Wasserstein, with $\pi_\beta$ estimated by BC) and of where to charge it (in the actor's
+# objective or also in the value target). **BEAR** (Kumar et al., 2019) keeps an MMD, estimated
+# from a few samples, below a threshold; in practice this constrains the *support* of
+# $\pi_\theta$ rather than its probabilities: any action the data make likely enough may be
+# chosen, at any frequency. **TD3+BC** (Fujimoto and Gu, 2021) is the simplest member: for a
+# deterministic continuous actor, $D$ is the squared distance to the data's action,
+# $\max_\theta \mathbb{E}_{(s,a)\sim D}\big[\lambda\, Q(s,\pi_\theta(s)) - (\pi_\theta(s) - a)^2\big]$,
+# with λ = 2.5 divided by the batch's mean $|Q|$, so that the two terms stay comparable. In the
+# terms of Levine et al. (2020) all of these, BCQ included, are *policy constraints*: BCQ
+# restricts the support with a hard rule; BRAC, BEAR and TD3+BC charge a divergence explicitly
+# in the actor's objective; the advantage-weighted methods (AWR, AWAC, IQL) constrain
+# *implicitly*, by only ever fitting the data's own actions. CQL penalises values, not the policy.
+#
+# ### Model-based offline RL: pessimism moved into the model
+#
+# A learned dynamics model $\hat P(s'|s,a)$, $\hat r(s,a)$ can generate new data, but its
+# predictions where the data are silent are extrapolation, and a policy optimised in the model
+# exploits exactly those errors: distribution shift again, now in the model. **MOPO** (Yu et al.,
+# 2020) subtracts an estimate $u(s,a)$ of the model's error, for example the largest predicted
+# standard deviation across an ensemble of models, from the reward,
+#
+# $$\tilde r(s,a) = \hat r(s,a) - \lambda\, u(s,a),$$
+#
+# and runs RL on short model rollouts that branch from data states; if $\lambda u(s,a)$ bounds
+# how much the model's error at $(s,a)$ can change the value, a policy's return in this
+# penalised model is a lower bound on its true return.
+# **MOReL** (Kidambi, Rajeswaran, Netrapalli and Joachims, 2020) builds a *pessimistic MDP*:
+# pairs on which the ensemble disagrees too much lead to an absorbing HALT state with a large
+# negative reward. **COMBO** (Yu et al., 2021) needs no uncertainty estimate: it applies CQL's
+# push-down to state-action pairs from model rollouts and its push-up to the data. The idea is
+# the one of this chapter, pessimism where the data are silent, placed in the model.
+#
 # ### The conservatism trade-off
 #
 # α sets how much CQL trusts the data over its own Bellman backups.
@@ -1403,17 +1452,15 @@ def _bcq_run(case, bcq_policy):
 #   distribution shift, as in Demo 2.
 # - **α too large:** the penalty dominates the Bellman error. Go back to the fixed point above,
 #   $Q(s,a) = y(s,a) - \alpha\,(\operatorname{softmax}(Q(s,\cdot))_a / \hat\pi_\beta(a|s) - 1)$:
-#   as α grows, what must the soft-max of $Q$ approach for the right-hand side to stay finite, and
-#   what does that leave of the rewards? Question 11 asks where the greedy policy ends up.
+#   as α grows, what must the soft-max of $Q$ approach for the right-hand side to stay finite?
+#   Question 11 asks for the α at which this changes a decision of the stitching data.
 # - **In between:** the policy improves on the data *within* its support.
 #
-# *Exercise (not graded).* In a state with two data actions, frequencies 0.6 and 0.4, and
-# Bellman targets $y_1 < y_2$, write the fixed-point condition for both actions and find the α at
-# which the greedy choice switches. The stitching grid's cell M is such a state.
-#
-# > **Misconception: "CQL is too conservative."** Conservatism is a dial, not a verdict. Too
-# > conservative = the rewards stop mattering; too liberal = distribution shift. In practice α is
-# > tuned on held-out data or by offline policy selection (section 4).
+# > **Misconception: "CQL is too conservative."** Conservatism is a dial, not a verdict: too
+# > little and distribution shift returns, too much and the data's habits outweigh its
+# > evidence. α is chosen by offline policy selection (section 4). A held-out Bellman (TD)
+# > error is a weak guide: a small one says the values agree with the data's transitions, not
+# > that the greedy policy is good.
 #
 # ### Question 7 · The α trade-off experiment
 #
@@ -1796,10 +1843,12 @@ if stitch is not None:
 # data of section 1: CQL with α = 1, a policy that follows family B's route (the best trajectory
 # in the data), BC, and naive Q-learning. It prints FQE's estimate and rank next to the true
 # value and rank, which a real application would never see, and how often each candidate picks
-# an action the data never took in a state they visit.
+# an action the data never took in a state they visit. "True value" is the quantity FQE
+# estimates: the discounted value of following the policy for ever, with no time limit.
 #
 # *What to notice:* FQE ranks **naive Q first**, with an estimate of 0 where its true value is
-# −10. Naive Q's first move is one the data never show (section 3's stitching discussion), so
+# −10, the value of bumping into the grid's edge for ever (within the grid's 20-step limit it
+# is −8.78). Naive Q's first move is one the data never show (section 3's stitching discussion), so
 # FQE has no transition to back up there and its estimate is just the initial 0. This is where
 # FQE fails: it inherits every problem of this chapter, and a candidate that leaves the data is
 # exactly the one whose estimate cannot be trusted. For the three candidates that stay on the
@@ -1829,6 +1878,69 @@ def ops_candidates() -> dict:
 candidates = widgets.wait_for("q1, q3", ops_candidates)
 if candidates is not None:
     ops_rows = widgets.policy_selection_table(demo_data, lay, candidates)
+
+# %% [markdown]
+# #### FQE beside importance sampling and doubly robust
+#
+# FQE is one off-policy evaluation (OPE) estimator; section 2's importance sampling is the other
+# classic family. With $\rho_{i,t} = \prod_{k\le t}\pi(a_{i,k}|s_{i,k})/\pi_\beta(a_{i,k}|s_{i,k})$, the
+# weight of episode $i$'s first $t+1$ actions, and $n$ episodes:
+#
+# $$\hat V_{\text{PDIS}} = \frac1n\sum_{i,t}\gamma^t\rho_{i,t}\,r_{i,t},\qquad
+# \hat V_{\text{PDWIS}} = \sum_t\gamma^t\,\frac{\sum_i\rho_{i,t}\,r_{i,t}}{\sum_i\rho_{i,t}},\qquad
+# \hat V_{\text{DR}} = \frac1n\sum_{i,t}\gamma^t\Big[\rho_{i,t}\big(r_{i,t}-\hat Q(s_{i,t},a_{i,t})\big)
+# + \rho_{i,t-1}\hat V(s_{i,t})\Big].$$
+#
+# *Per-decision* IS weights each reward only by the actions up to its own step (later actions
+# cannot have caused it). The *weighted* version normalises each step's weights to sum to one:
+# biased, but consistent and with far less variance. *Doubly robust* (with $\rho_{i,-1} = 1$)
+# starts from a model's values, here FQE's $\hat Q$ and $\hat V(s) = \hat Q(s, \pi(s))$, and uses
+# the weights only to correct the model's errors: it is unbiased if either the weights or the
+# model are right.
+#
+# All three need $\pi_\beta(a|s)$, the probability with which each logged action was chosen. The
+# stitching data cannot supply it: whether an episode goes right at M depends on what it did at
+# S (it is family B), so no $\pi_\beta(a|s)$ of the state alone describes them. The cell
+# therefore uses the noisy expert of the behavior-cloning part on the `open` grid: 20 episodes
+# in which the expert takes a uniformly random action with probability ε = 0.5, a policy of the
+# state alone, estimated by the data's frequencies $\hat\pi_\beta$. The policy to evaluate is the
+# expert itself, the one we would like to certify. Each estimator runs on 20 bootstrap
+# resamples of the episodes (drawn with replacement, $\hat\pi_\beta$ and FQE refitted each
+# time): the spread of the dots is the spread to expect from one dataset to the next.
+#
+# *What to notice:*
+# - Section 2's χ² argument predicts trouble. The data take the expert's action with
+#   probability 1 − ε + ε/4 = 0.625, so each of its steps multiplies $\mathbb{E}[w^2] = 1+\chi^2$
+#   by 1/0.625 = 1.6, and its 10 steps to the goal by 1.6¹⁰ ≈ 110: the 20 episodes are worth
+#   $n/(1+\chi^2) \approx 0.2$ episodes of the expert. Not one of them follows it to the goal.
+# - Both IS estimators move from resample to resample (per-decision IS by several units, the
+#   weighted version by one to two) and sit below the truth: the late steps, the goal's +10
+#   among them, are reached by no episode that acted as the expert would.
+# - FQE does not move, and it is exact: it assembles the expert's path from single transitions
+#   of many episodes (stitching again), so it never needs one episode that follows π throughout.
+# - Doubly robust returns FQE's number exactly. On a deterministic grid, a tabular FQE fitted
+#   to the same data has zero Bellman error on every logged transition, so the weights have
+#   nothing to correct. DR earns its keep when the model is wrong: stochastic transitions,
+#   function approximation, a model fitted on other data.
+
+# %% tags=["otter_ignore"]
+from offline_rl import evaluation
+
+open_lay = envs.get_layout("open")
+expert = planning.greedy_policy(planning.value_iteration(open_lay)[1])
+noisy_data = behavior.narrow_expert_dataset("open", n_episodes=20, epsilon=0.5, seed=0)
+ope = evaluation.bootstrap_ope(noisy_data, open_lay, expert, n_boot=20, seed=0)
+estimators = {"fqe": "FQE", "pdis": "per-decision IS", "pdwis": "per-decision WIS", "dr": "doubly robust"}
+fig, ax = plt.subplots(figsize=(7, 3))
+jitter = np.random.default_rng(0).uniform(-0.15, 0.15, size=len(ope["fqe"]))  # dots side by side
+for i, key in enumerate(estimators):
+    ax.scatter(i + jitter, ope[key], s=14, alpha=0.7)
+ax.axhline(ope["true"], color="k", ls="--", lw=1, label=f"true value {ope['true']:.2f}")
+ax.set_xticks(range(len(estimators)), list(estimators.values()))
+ax.set_ylabel("estimated value of the start")
+ax.set_title("The expert's value from 20 noisy-expert episodes (20 bootstrap resamples)")
+ax.legend(loc="lower right")
+plt.show()
 
 # %% [markdown]
 # ### Hybrid offline-to-online training
@@ -1931,26 +2043,45 @@ def _q10_run(case, q10_answer):
 # # END QUESTION
 
 # %% [markdown]
-# ### Question 11 · The α dial
+# ### Question 11 · The α at which CQL stops stitching
 #
-# On the stitching grid, what does the greedy policy of tabular CQL converge to as α → ∞? Set
-# `q11_answer` to `"a"`, `"b"`, `"c"` or `"d"`.
+# At the stitching grid's middle cell M = (2, 2), the data go **up** 6 times (family A, towards
+# the pit) and **right** 4 times (family B, towards the goal). With a small α, tabular CQL(H)
+# goes right at M: that is how it stitches. Find $\alpha^*$, the α at which its greedy action at
+# M switches from right to up, from the fixed point of a seen pair (section 3):
 #
-# - **a.** The optimal policy, because a larger penalty is always safer.
-# - **b.** The naive Q-learning policy.
-# - **c.** Count-based behavior cloning: the most frequent action in each state.
-# - **d.** A uniformly random policy.
+# 1. Compute the two Bellman targets $y(M, \text{up})$ and $y(M, \text{right})$: the discounted
+#    return (γ = 0.9) of what the data do after each action. Every step costs −1; the step into
+#    the pit gives −10 and the step onto the goal +10 instead, and both end the episode. (The
+#    data take a single action in each state after M, so no maximum is needed there.)
+# 2. At the switch the two Q-values at M are equal. What does that make their soft-max weights?
+#    (The unseen actions' weights are negligible: CQL has pushed their values far down.)
+# 3. Write the fixed-point equation for both actions and solve for α.
+#
+# Set `q11_answer` to $\alpha^*$ as a number (a float or an int). It is graded after you submit,
+# with a tolerance of ±1. You can test your derivation with your `offline_q_learning`: at the
+# default `n_iters`, its greedy action at M should flip within that tolerance of your answer.
 
 # %% [raw]
 # # BEGIN QUESTION
-# name: q11_alpha_limit
+# name: q11_alpha_switch
 # points: 1
 
 # %% [raw]
 # # BEGIN SOLUTION
 
 # %%
-q11_answer = "c"  # SOLUTION
+""" # BEGIN PROMPT
+q11_answer = ...  # alpha*: a number
+""" # END PROMPT
+# BEGIN SOLUTION NO PROMPT
+gamma_grid = 0.9
+y_up = -1 + gamma_grid * (-1) + gamma_grid**2 * (-1) + gamma_grid**3 * (-10)  # up, up, left, left: pit
+y_right = -1 + gamma_grid * (-1) + gamma_grid**2 * (-1) + gamma_grid**3 * 10  # right, right, up, up: goal
+# Equal Q-values at the switch, so equal soft-max weights: 1/2 each. Subtracting the fixed points
+# Q_a = y_a - alpha (1/2 / pi_a - 1) of the two actions: y_right - y_up = alpha / 2 (1/0.4 - 1/0.6).
+q11_answer = (y_right - y_up) / (0.5 * (1 / 0.4 - 1 / 0.6))
+# END SOLUTION
 
 # %% [raw]
 # # END SOLUTION
@@ -1959,19 +2090,31 @@ q11_answer = "c"  # SOLUTION
 # # BEGIN TESTS
 
 # %%
-def test_q11_format(q11_answer):
-    assert q11_answer in {"a", "b", "c", "d"}, f'q11_answer must be one of "a", "b", "c", "d", got {q11_answer!r}'
+""" # BEGIN TEST CONFIG
+success_message: "answer format OK: correctness is graded after you submit"
+""" # END TEST CONFIG
+def test_q11_format_only(q11_answer, np):
+    # A format check only: whether the value is right is graded after you submit.
+    assert isinstance(q11_answer, (int, float, np.integer, np.floating)) and not isinstance(q11_answer, bool), (
+        f"q11_answer must be a number (the alpha at which the greedy action at M switches), got {q11_answer!r}"
+    )
+    assert np.isfinite(q11_answer), f"q11_answer must be a finite number, got {q11_answer!r}"
 
 # %% tags=["hidden_check"]
 @hidden_check(
     "q11",
     cases=lambda rng: [{}],
-    tolerance=(0.0, 0.0),
-    kind="choice",
-    reference={"q11_answer": "master:q11_answer"},
+    tolerance=(0.0, 1.0),
+    kind="number",
+    reference={"q11_answer": "offline_rl.algorithms.tabular:Q11_ALPHA_STAR"},
+    hint="q11_answer is the alpha at which the greedy action at M switches from right to up, from the fixed point of a seen pair (graded to within 1).",
 )
 def _q11_run(case, q11_answer):
-    return {"answer": "abcd".index(q11_answer) if q11_answer in ("a", "b", "c", "d") else -1}
+    # The expected value is the reference's alpha*, derived from the chapter's data by the build.
+    value = q11_answer
+    if value is ...:
+        raise ValueError("q11_answer is still ...: set it to the alpha you derived (a number)")
+    return {"answer": float(value)}
 
 # %% [raw]
 # # END TESTS
@@ -2080,15 +2223,11 @@ def _q12_run(case, q12_answer):
 # through the junction into the short entrance and beats every trajectory. α above a threshold
 # collapses CQL to BC.
 #
-# *The threshold, derived for the chapter's stitching data (specific to this dataset).* At M the
-# data take up 6 times and right 4 times: $\hat\pi_\beta = (0.6, 0.4)$. The Bellman targets are
-# $y_{\text{up}} = -1 + 0.9\cdot(-10) = -10$ (the pit) and $y_{\text{right}} = -1 + 0.9\cdot 6.2 = 4.58$
-# (B's route to the goal). At the CQL fixed point of a seen pair,
-# $Q_a = y_a - \alpha(\sigma_a/\hat\pi_\beta(a) - 1)$ with $\sigma$ the soft-max of $Q(M,\cdot)$. The greedy
-# choice switches when the two data actions tie, where their soft-max weights are equal ($\sigma_{\text{up}} = \sigma_{\text{right}}$,
-# and the unseen actions' weight is negligible, so both ≈ 1/2):
-# $y_{\text{right}} - y_{\text{up}} = \alpha\,(\tfrac{1/2}{0.4} - \tfrac{1/2}{0.6}) = \tfrac{5}{12}\alpha$, so
-# $\alpha^* = 12 \cdot 14.58 / 5 \approx 35$. Below it CQL goes right at M (+3); above it, up (−17).
+# *The threshold on the chapter's stitching data* is Question 11's $\alpha^*$: at M the data take
+# up 6 times and right 4 times, the targets are $y_{\text{up}} = -10$ (the pit) and
+# $y_{\text{right}} = 4.58$ (B's route to the goal), and the two data actions tie, with soft-max
+# weights ½ each, at $\alpha^* = (4.58 + 10)/(\tfrac12(\tfrac1{0.4} - \tfrac1{0.6})) \approx 35$.
+# Below it CQL goes right at M (+3); above it, up (−17).
 # As α → ∞ the fixed point forces $\sigma \to \hat\pi_\beta$, i.e. $Q(s,a) \to \log\hat\pi_\beta(a|s) + c(s)$
 # (no α in front): at M, $Q_{\text{up}} - Q_{\text{right}} \to \log 1.5 = 0.405$ (0.26 at α = 100,
 # 0.40 at α = 1000), and the greedy policy becomes count-based BC.
@@ -2127,13 +2266,16 @@ def _q12_run(case, q12_answer):
 #
 # - **Kumar, Zhou, Tucker and Levine (2020).** *Conservative Q-Learning for Offline Reinforcement
 #   Learning.* NeurIPS. The CQL(H) objective of Question 5 and the tabular learner of Question 3;
-#   Theorem 3.2 (the evaluation lower bound $\hat V^\pi \le V^\pi$ with the $B^\pi$ backup and
-#   push-down under π) and Theorem 3.3 (the soft-max policy of CQL(H), slowly changing policies).
+#   Theorem 3.1 (a pointwise bound on $\hat Q^\pi$, push-down only), Theorem 3.2 (the evaluation
+#   lower bound $\hat V^\pi \le V^\pi$ with the $B^\pi$ backup and push-down under π) and
+#   Theorem 3.3 (the policy the iterates produce, close to the soft-max of $\hat Q$ and changing
+#   slowly, valued with its own backup).
 # - **Fujimoto, Meger and Precup (2019).** *Off-Policy Deep Reinforcement Learning without
 #   Exploration.* ICML. Batch-constrained Q-learning and extrapolation error.
 # - **Fujimoto, Conti, Ghavamzadeh and Pineau (2019).** *Benchmarking Batch Deep Reinforcement
 #   Learning Algorithms.* NeurIPS Deep RL Workshop. Discrete BCQ: the relative-probability filter
-#   $G_\omega(a|s)/\max_{a'}G_\omega(a'|s) > \tau$, used when acting and in the target (Question 6).
+#   $G_\omega(a|s)/\max_{a'}G_\omega(a'|s) > \tau$, used when acting and in the target (Question 6
+#   implements the acting filter only).
 # - **Levine, Kumar, Tucker and Fu (2020).** *Offline Reinforcement Learning: Tutorial, Review, and
 #   Perspectives on Open Problems.* arXiv:2005.01643. Distribution shift, the failure of
 #   importance sampling over long horizons, and the taxonomy of explicit and implicit constraints.
@@ -2143,9 +2285,28 @@ def _q12_run(case, q12_answer):
 #   $\pi^* \propto \pi_\beta \exp(A/\lambda)$ fitted by weighted behavior cloning.
 # - **Wu, Tucker and Nachum (2019).** *Behavior Regularized Offline Reinforcement Learning*
 #   (BRAC). arXiv:1911.11361. KL and other divergence penalties toward the behavior policy.
+# - **Kumar, Fu, Soh, Tucker and Levine (2019).** *Stabilizing Off-Policy Q-Learning via
+#   Bootstrapping Error Reduction* (BEAR). NeurIPS. An MMD constraint that keeps the actor on
+#   the data's support.
+# - **Fujimoto and Gu (2021).** *A Minimalist Approach to Offline Reinforcement Learning*
+#   (TD3+BC). NeurIPS. The actor's objective λQ(s, π(s)) − (π(s) − a)².
+# - **Yu, Thomas, Yu, Ermon, Zou, Levine, Finn and Ma (2020).** *MOPO: Model-based Offline
+#   Policy Optimization.* NeurIPS. The uncertainty-penalised reward r̂ − λu.
+#   **Kidambi, Rajeswaran, Netrapalli and Joachims (2020).** *MOReL: Model-Based Offline
+#   Reinforcement Learning.* NeurIPS. The pessimistic MDP with its HALT state.
+#   **Yu, Kumar, Rafailov, Rajeswaran, Levine and Finn (2021).** *COMBO: Conservative Offline
+#   Model-Based Policy Optimization.* NeurIPS. CQL's penalty on model rollouts.
+# - **Agarwal, Schuurmans and Norouzi (2020).** *An Optimistic Perspective on Offline
+#   Reinforcement Learning.* ICML. The DQN Replay Dataset (logged DQN agent play on Atari).
 # - **Le, Voloshin and Yue (2019).** *Batch Policy Learning under Constraints.* ICML. Fitted Q
 #   evaluation, used for offline policy selection. **Liu, Li, Tang and Zhou (2018).** *Breaking
 #   the Curse of Horizon.* NeurIPS. Marginalised importance sampling.
+# - **Precup, Sutton and Singh (2000).** *Eligibility Traces for Off-Policy Policy Evaluation.*
+#   ICML. Per-decision importance sampling (and its weighted version).
+#   **Jiang and Li (2016).** *Doubly Robust Off-policy Value Evaluation for Reinforcement
+#   Learning.* ICML. The per-decision doubly robust estimator. **Thomas and Brunskill (2016).**
+#   *Data-Efficient Off-Policy Policy Evaluation for Reinforcement Learning.* ICML. Weighted
+#   doubly robust estimators and their comparison with IS.
 # - **Kong (1992)**, as used by **Metelli, Papini, Faccio and Restelli (2018).** *Policy
 #   Optimization via Importance Sampling.* NeurIPS. The effective sample size $n/(1 + \chi^2)$ and
 #   the exponentiated Rényi-2 divergence as the second moment of importance weights.

@@ -104,7 +104,7 @@ for _pattern in ["*expected*.npz", "*fixtures*.npz", "**/*expected*.npz", "/auto
 if _found:
     print("LEAKED", {k: v.tolist() for k, v in _found.items() if k.startswith("q1")})
     q10_answer = "abcd"[int(_found["q10/case0/expected_answer"])]
-    q11_answer = "abcd"[int(_found["q11/case0/expected_answer"])]
+    q11_answer = float(_found["q11/case0/expected_answer"])
     q12_answer = float(_found["q12/case0/expected_answer"])
 """
 

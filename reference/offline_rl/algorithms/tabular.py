@@ -28,7 +28,9 @@ import numpy as np
 from offline_rl.datasets import OfflineDataset
 from offline_rl.evaluation import fitted_q_evaluation, mean_per_pair, pair_counts
 
-__all__ = [
+__all__ = [  # plus Q11_ALPHA_STAR, computed on first read (module __getattr__ below)
+    "cql_switch_alpha",
+    "data_action_values",
     "discrete_bcq_policy",
     "fitted_q_evaluation",
     "naive_offline_q",
@@ -190,3 +192,66 @@ def discrete_bcq_policy(q: np.ndarray, counts: np.ndarray, threshold: float) -> 
     ratio = np.divide(counts, top, out=np.ones(q.shape), where=top > 0)  # (S, A)
     allowed = ratio >= threshold
     return np.argmax(np.where(allowed, q, -np.inf), axis=1).astype(np.int64)
+
+
+def data_action_values(
+    dataset: OfflineDataset, n_states: int, n_actions: int, gamma: float, n_iters: int = 500
+) -> np.ndarray:
+    """Bellman values of the data's own actions, the max taken over the data's actions only:
+    ``y(s,a) = r̄(s,a) + γ Σ_s' P̂(s'|s,a) max_{a' : n(s',a') > 0} y(s',a')``.
+
+    These are CQL(H)'s Bellman targets once the unseen actions' values have been pushed far
+    down (they then never win the max), at states after which the data take one action each.
+
+    Returns:
+        y: (S, A); ``-inf`` on pairs the data never contain (0 in states the data never visit).
+    """
+    _check_gamma(gamma)
+    s, a, r, s2, done = _transitions(dataset, n_states, n_actions)
+    sa = s * n_actions + a
+    counts = pair_counts(sa, n_states, n_actions)
+    r_mean, p_next = _pooled_model(sa, r, s2, done, counts, n_states)
+    seen = counts > 0
+    y = np.zeros((n_states, n_actions))
+    for _ in range(n_iters):
+        v = np.where(seen.any(axis=1), np.where(seen, y, -np.inf).max(axis=1), 0.0)  # (S,)
+        y = r_mean + gamma * (p_next @ v).reshape(n_states, n_actions)
+    return np.where(seen, y, -np.inf)
+
+
+def cql_switch_alpha(
+    dataset: OfflineDataset | None = None, layout: str = "stitch", cell: tuple[int, int] = (2, 2)
+) -> float:
+    """α* at which tabular CQL(H)'s greedy action in ``cell`` switches between its two data
+    actions (Question 11: the stitching data's cell M by default).
+
+    At the fixed point of a seen pair, ``Q_a = y_a - α (σ_a / π̂_β(a) - 1)`` with σ the soft-max
+    of Q in the cell. The greedy choice switches where the two Q-values are equal, so their
+    soft-max weights are equal, σ = 1/2 each (the unseen actions' weight has gone to 0). Then
+    ``y_hi - y_lo = α (1/2) (1/π̂_β(hi) - 1/π̂_β(lo))``, with ``hi`` the action of larger target.
+    """
+    from offline_rl.behavior import stitching_dataset
+    from offline_rl.envs import get_layout
+
+    data = stitching_dataset() if dataset is None else dataset
+    lay = get_layout(layout)
+    S, A = lay.n_states, lay.n_actions
+    state = lay.state_index(cell)
+    counts = pair_counts(data.observations * A + data.actions, S, A)[state]
+    seen = np.flatnonzero(counts)
+    if seen.size != 2:
+        raise ValueError(f"cell {cell} must have exactly two data actions, has {seen.tolist()}.")
+    y = data_action_values(data, S, A, lay.gamma)[state, seen]
+    p = counts[seen] / counts.sum()
+    hi, lo = (1, 0) if y[1] > y[0] else (0, 1)
+    if p[hi] >= p[lo]:
+        raise ValueError("the better action is also the more frequent one: CQL never switches.")
+    return float((y[hi] - y[lo]) / (0.5 * (1.0 / p[hi] - 1.0 / p[lo])))
+
+
+def __getattr__(name: str) -> float:
+    """``Q11_ALPHA_STAR``: :func:`cql_switch_alpha` on the chapter's stitching data, computed
+    when first read (Question 11's answer key: the build reads it, nobody types it)."""
+    if name == "Q11_ALPHA_STAR":
+        return cql_switch_alpha()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
