@@ -89,7 +89,7 @@ def test_the_cases_cover_both_ways_an_episode_ends():
 def test_an_episode_that_is_not_one_trajectory_is_refused_with_the_fix():
     data = behavior.stitching_dataset()
     shuffled = data.select(np.arange(len(data))[::-1], episode_starts=np.array([0]))
-    with pytest.raises(ValueError, match="not one trajectory.*select"):
+    with pytest.raises(ValueError, match=r"not one trajectory.*select"):
         shuffled.to_minari("offline_rl/bad-v0", "OfflineGrid-Stitch-v0")
 
 
