@@ -74,7 +74,8 @@ print(f"EXECUTED in {time.perf_counter() - start:.1f} s")
 
 def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+    tail = (proc.stdout[-3000:] + proc.stderr[-3000:]).strip()
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{tail}"
     return proc
 
 
@@ -138,11 +139,13 @@ def _execute(python: Path, notebook: Path, cwd: Path) -> tuple[nbformat.Notebook
 
 
 def _demo_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
-    return [c for c in nb.cells if c.cell_type == "code" and re.search(r"widgets\.\w+_demo\(", c.source)]
+    demo = re.compile(r"widgets\.\w+_demo\(")
+    return [c for c in nb.cells if c.cell_type == "code" and demo.search(c.source)]
 
 
 def _check_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
-    return [c for c in nb.cells if c.cell_type == "code" and re.match(r'grader\.check\("q', c.source)]
+    check = re.compile(r'grader\.check\("q')
+    return [c for c in nb.cells if c.cell_type == "code" and check.match(c.source)]
 
 
 @pytest.mark.slow
@@ -150,13 +153,13 @@ def test_the_hand_out_runs_on_colab_versions(colab_venv, fresh_release, tmp_path
     before = _versions(colab_venv)
     for name, version in COLAB.items():
         assert before[name.lower().replace("_", "-")] == version, f"{name} is not Colab's"
-    wheels = list((fresh_release / "student_release" / NAME / build_release.WHEEL_DIR).glob("*.whl"))
+    student = fresh_release / "student_release" / NAME
+    wheels = list((student / build_release.WHEEL_DIR).glob("*.whl"))
     assert len(wheels) == 1, wheels
     timings = {}
 
     # 1. Colab: the untouched hand-out, no notebook file and no support folder beside the kernel.
-    untouched = _prepare(fresh_release / "student_release" / NAME / f"{NAME}.ipynb", wheels[0],
-                         tmp_path / "handout")
+    untouched = _prepare(student / f"{NAME}.ipynb", wheels[0], tmp_path / "handout")
     colab_cwd = tmp_path / "colab-content"
     colab_cwd.mkdir()
     start = time.perf_counter()
