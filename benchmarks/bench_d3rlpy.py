@@ -118,12 +118,16 @@ def _load_d3rlpy(minari_id: str):  # -> d3rlpy MDPDataset, straight from Minari'
     episodes = list(minari.load_dataset(minari_id).iterate_episodes())
     # Minari stores s_0..s_T per episode (T + 1 observations for T actions); d3rlpy wants the T
     # states acted in, and reads the episode boundaries from terminals and timeouts.
+    terminals = np.concatenate([e.terminations for e in episodes])
+    # d3rlpy refuses a step that is both (gymnasium reports both when the pole falls on the
+    # time limit's last step): the terminal state wins, as in the reference (no bootstrap).
+    timeouts = np.concatenate([e.truncations for e in episodes]) & ~terminals
     return d3rlpy.dataset.MDPDataset(
         observations=np.concatenate([e.observations[:-1] for e in episodes]),
         actions=np.concatenate([e.actions for e in episodes]),
         rewards=np.concatenate([e.rewards for e in episodes]).astype(np.float32),
-        terminals=np.concatenate([e.terminations for e in episodes]).astype(np.float32),
-        timeouts=np.concatenate([e.truncations for e in episodes]).astype(np.float32),
+        terminals=terminals.astype(np.float32),
+        timeouts=timeouts.astype(np.float32),
         action_space=d3rlpy.constants.ActionSpace.DISCRETE,
         action_size=2,
     )

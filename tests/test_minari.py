@@ -6,8 +6,11 @@ Minari is optional (never in the graded environment); it is a dev pin of require
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -99,3 +102,74 @@ def test_without_minari_the_message_says_how_to_install_it(monkeypatch):
         behavior.stitching_dataset().to_minari("offline_rl/x-v0", "OfflineGrid-Stitch-v0")
     with pytest.raises(ImportError, match="minari"):
         OfflineDataset.from_minari("offline_rl/x-v0")
+
+
+BENCH_PYTHON = Path(__file__).resolve().parents[1] / "build" / "bench-venv" / "bin" / "python"
+#: Run in the d3rlpy venv (gymnasium 1.0, no offline_rl installed): Minari reads the datasets the
+#: course's venv wrote, d3rlpy builds its dataset through the benchmark's own loader.
+READ_IN_BENCH_VENV = """
+import json, sys
+import gymnasium, minari, numpy as np
+sys.path.insert(0, sys.argv[1])
+from bench_d3rlpy import _load_d3rlpy
+grid = minari.load_dataset("offline_rl/grid-v0")
+cart = minari.load_dataset("offline_rl/cartpole-v0")
+eps = list(cart.iterate_episodes())
+np.savez(sys.argv[2], observations=np.concatenate([e.observations[:-1] for e in eps]),
+         actions=np.concatenate([e.actions for e in eps]),
+         rewards=np.concatenate([e.rewards for e in eps]),
+         terminals=np.concatenate([e.terminations for e in eps]),
+         truncations=np.concatenate([e.truncations for e in eps]))
+d3 = _load_d3rlpy("offline_rl/cartpole-v0")
+print(json.dumps({
+    "gymnasium": gymnasium.__version__,
+    "offline_rl_importable": "offline_rl" in sys.modules,
+    "grid": [grid.spec.env_spec.id, grid.spec.env_spec.entry_point, grid.total_episodes,
+             str(grid.observation_space)],
+    "cartpole": [cart.spec.env_spec.id, cart.total_steps, cart.spec.env_spec.max_episode_steps],
+    "d3rlpy_transitions": int(d3.transition_count),
+    "d3rlpy_episodes": int(d3.size()),
+}))
+"""
+
+
+@pytest.mark.slow
+def test_d3rlpy_venv_reads_the_export(tmp_path, monkeypatch):
+    """The version drift, bridged: d3rlpy 2.8 pins gymnasium 1.0, the course runs 1.4. The export
+    is written here and read in the benchmark's venv (``make bench-d3rlpy``'s, created if
+    missing) without the GridWorld class: Minari keeps the env spec as text."""
+    root = BENCH_PYTHON.parents[3]
+    made = subprocess.run(["make", "-s", "build/bench-venv/.installed"], cwd=root,
+                          capture_output=True, text=True, timeout=1800)
+    assert made.returncode == 0, made.stdout + made.stderr
+    home = tmp_path / "minari"
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(home))
+    grid = behavior.stitching_dataset()
+    cart = _truncated_cartpole(0)
+    grid.to_minari("offline_rl/grid-v0", "OfflineGrid-Stitch-v0")
+    cart.to_minari("offline_rl/cartpole-v0", "CartPole-v1")
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["MINARI_DATASETS_PATH"] = str(home)
+    arrays = tmp_path / "read.npz"
+    proc = subprocess.run(
+        [str(BENCH_PYTHON), "-c", READ_IN_BENCH_VENV, str(root / "benchmarks"), str(arrays)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["gymnasium"].startswith("1.0"), out  # the drift this test is about is real
+    assert gym.__version__ != out["gymnasium"]
+    assert not out["offline_rl_importable"]
+    assert out["grid"] == ["OfflineGrid-Stitch-v0", "offline_rl.envs:GridWorldEnv",
+                           grid.n_episodes, "Discrete(25)"]
+    assert out["cartpole"] == ["CartPole-v1", len(cart), 500]
+    assert out["d3rlpy_episodes"] == cart.n_episodes
+    # d3rlpy keeps no s' for a time-limit cut, so it drops each truncated episode's last step
+    # (the difference bench_d3rlpy.py prints); everything else arrives.
+    cut = int((cart.truncations & ~cart.terminals).sum())
+    assert cut > 0
+    assert out["d3rlpy_transitions"] == len(cart) - cut
+    with np.load(arrays) as read:
+        for name in ("observations", "actions", "rewards", "terminals", "truncations"):
+            np.testing.assert_array_equal(read[name], getattr(cart, name), err_msg=name)

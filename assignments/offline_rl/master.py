@@ -2165,7 +2165,8 @@ else:
             actions=np.concatenate([e.actions for e in episodes]),
             rewards=np.concatenate([e.rewards for e in episodes]),
             terminals=np.concatenate([e.terminations for e in episodes]),
-            timeouts=np.concatenate([e.truncations for e in episodes]),
+            # d3rlpy wants no step both terminal and cut by the time limit: terminal wins.
+            timeouts=np.concatenate([e.truncations & ~e.terminations for e in episodes]),
             action_space=d3rlpy.constants.ActionSpace.DISCRETE,
             action_size=2,
         )
