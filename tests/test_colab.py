@@ -119,10 +119,13 @@ def _errors(nb: nbformat.NotebookNode) -> dict[int, str]:
     }
 
 
-def _prepare(notebook: Path, wheel: Path, folder: Path) -> Path:
-    """The notebook with the release URL in its first cell swapped for the local wheel."""
+def _prepare(notebook: Path, wheel: Path, folder: Path, checks_from: Path | None = None) -> Path:
+    """The notebook with the release URL in its first cell swapped for the local wheel (and,
+    with ``checks_from``, that notebook's checks in its metadata)."""
     spec = build_release.AssignmentSpec.load(ROOT / "assignments" / NAME)
     nb = nbformat.read(notebook, as_version=4)
+    if checks_from is not None:
+        nb.metadata["otter"] = nbformat.read(checks_from, as_version=4).metadata["otter"]
     assert nb.cells[0].source.count(spec.wheel_url) == 1, "the first cell must install the wheel"
     nb.cells[0].source = nb.cells[0].source.replace(spec.wheel_url, wheel.as_uri())
     folder.mkdir(parents=True)
@@ -180,9 +183,10 @@ def test_the_hand_out_runs_on_colab_versions(colab_venv, fresh_release, tmp_path
     for cell in _demo_cells(nb):
         assert "application/vnd.jupyter.widget-view+json" in _outputs_text(cell), cell.source
 
-    # 2. JupyterHub: the solution, pulled alone (its file beside the kernel, no support folder).
+    # 2. JupyterHub: the solution, pulled alone (its file beside the kernel, no support folder),
+    # with the hand-out's checks: the solution notebook's metadata holds the hidden ones too.
     solution = _prepare(fresh_release / "autograder" / NAME / f"{NAME}-solution.ipynb",
-                        wheels[0], tmp_path / "hub")
+                        wheels[0], tmp_path / "hub", checks_from=student / f"{NAME}.ipynb")
     nb, timings["solution (JupyterHub-like)"] = _execute(colab_venv, solution, solution.parent)
     assert not _errors(nb), _errors(nb)
     checks = _check_cells(nb)
