@@ -202,3 +202,83 @@ def test_the_hand_out_runs_on_colab_versions(colab_venv, fresh_release, tmp_path
     total = time.perf_counter() - start
     versions = {k: after[k] for k in (*KEPT, "ipywidgets", "gymnasium", "otter-grader")}
     print(f"\nColab-versions run: {timings}, both notebooks {total:.0f} s wall; {versions}")
+
+
+# --------------------------------------------------------------------------- fast checks
+def _spec() -> build_release.AssignmentSpec:
+    return build_release.AssignmentSpec.load(ROOT / "assignments" / NAME)
+
+
+def test_wheel_is_reproducible_and_holds_the_package_and_only_public_checks(
+    fresh_release, tmp_path
+):
+    spec = _spec()
+    notebook = fresh_release / "student_release" / NAME / f"{NAME}.ipynb"
+    first = build_release.build_wheel(spec, notebook, tmp_path / "a")
+    second = build_release.build_wheel(spec, notebook, tmp_path / "b")
+    assert first.read_bytes() == second.read_bytes()
+    assert first.name == spec.wheel_name() == spec.wheel_url.rsplit("/", 1)[-1]
+    public = nbformat.read(notebook, as_version=4).metadata["otter"]["tests"]
+    with zipfile.ZipFile(first) as zf:
+        names = set(zf.namelist())
+        for module in spec.support_modules:
+            assert f"offline_rl/{module}" in names
+        checks = {n.rsplit("/", 1)[-1][:-3] for n in names
+                  if n.startswith("offline_rl/public_checks/q")}
+        assert checks == set(public)
+        for name in names:
+            assert "algorithms" not in name and "hidden" not in name, name
+            text = zf.read(name).decode()
+            assert "import hidden_checks" not in text, name
+        info = f"offline_rl_chapter-{spec.wheel_version}.dist-info"
+        metadata = zf.read(f"{info}/METADATA").decode()
+        record = zf.read(f"{info}/RECORD").decode().splitlines()
+    reqs = sync_environment.read_requirements(ROOT / "requirements.txt").runtime
+    assert f"Requires-Dist: otter-grader=={reqs['otter-grader']}" in metadata
+    for kept in KEPT:  # Colab's own versions are kept: no pin, no re-install
+        assert f"Requires-Dist: {kept}\n" in metadata
+    assert {line.split(",")[0] for line in record} == names
+
+
+def test_a_wheel_url_that_names_another_file_is_refused(monkeypatch):
+    spec = _spec()
+    wrong = spec.wheel_url.replace(spec.wheel_version, "9.9.9")
+    bad = build_release.AssignmentSpec(**{**spec.__dict__, "wheel_url": wrong})
+    with pytest.raises(build_release.BuildError, match="must end with the wheel's file name"):
+        build_release.setup_cell_source(bad)
+
+
+def _run_setup_cell(monkeypatch, tmp_path, missing: set[str]) -> list[tuple[str, str]]:
+    """Run the notebook's set-up cell (IPython's transform of ``%pip``) with ``missing`` not
+    importable; return the magics it called."""
+    import importlib.util
+
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    calls: list[tuple[str, str]] = []
+
+    class Shell:
+        def run_line_magic(self, name: str, line: str) -> None:
+            calls.append((name, line))
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in missing else real(name, *a))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / f"{NAME}.ipynb").write_text("{}")  # the laptop: the notebook beside the kernel
+    code = TransformerManager().transform_cell(build_release.setup_cell_source(_spec()))
+    exec(code, {"get_ipython": Shell})
+    return calls
+
+
+def test_set_up_cell_installs_nothing_where_the_package_imports(monkeypatch, tmp_path):
+    assert _run_setup_cell(monkeypatch, tmp_path, missing=set()) == []
+    assert not (tmp_path / "tests").exists()
+
+
+@pytest.mark.parametrize("missing", ["offline_rl", "otter", "gymnasium"])
+def test_set_up_cell_pip_installs_the_wheel_url_when_a_package_is_missing(
+    monkeypatch, tmp_path, missing
+):
+    calls = _run_setup_cell(monkeypatch, tmp_path, missing={missing})
+    assert calls == [("pip", f"install --quiet {_spec().wheel_url}")]
