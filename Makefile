@@ -91,14 +91,19 @@ bench: $(STAMP)
 
 # d3rlpy lives in its own venv (it pins gymnasium 1.0 and must never enter the course's
 # environment); it gets the course's torch pin, so both sides run the same CPU build.
+# Minari too, at the course's pin: the benchmark hands d3rlpy the data as a Minari dataset written
+# by the course's venv (gymnasium 1.4) and read here (d3rlpy's gymnasium 1.0). Pillow because
+# minari 0.5.4's hdf5 storage imports PIL without declaring it (the course's venv has it through
+# matplotlib).
 BENCH_VENV := build/bench-venv
 D3RLPY     := d3rlpy==2.8.1
 
-$(BENCH_VENV)/.installed: requirements.txt
+$(BENCH_VENV)/.installed: requirements.txt Makefile
 	@echo ">> creating $(BENCH_VENV) with $(D3RLPY)"
 	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check \
-		"$$(grep '^torch==' requirements.txt)" "$(D3RLPY)"
+		"$$(grep '^torch==' requirements.txt)" "$(D3RLPY)" "$$(grep '^minari' requirements.txt)" \
+		"$$(grep -i '^pillow==' requirements.lock)"
 	@touch $@
 
 bench-d3rlpy: $(STAMP) $(BENCH_VENV)/.installed

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import base64
 import fcntl
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -118,6 +120,12 @@ class AssignmentSpec:
     student_requirements: bool = False
     """Ship the runtime pins of requirements.txt to students as ``requirements.txt``, with the
     runtime part of requirements.lock as its ``constraints.txt``."""
+    wheel_url: str | None = None
+    """``[colab] wheel_url``: where the notebook's set-up cell installs the support wheel from
+    on Colab or a bare JupyterHub (its file name must be the wheel's, ``wheel_name()``)."""
+    wheel_version: str = "0.0.0"
+    """``[colab] version``: the wheel's version (raise it with every published release, so that
+    pip does not keep a cached older wheel of the same name)."""
 
     @staticmethod
     def load(folder: Path) -> AssignmentSpec:
@@ -138,7 +146,13 @@ class AssignmentSpec:
             fixture_script=data.get("fixtures", {}).get("script"),
             student_files=tuple(data.get("student", {}).get("files", [])),
             student_requirements=bool(data.get("student", {}).get("requirements", False)),
+            wheel_url=data.get("colab", {}).get("wheel_url"),
+            wheel_version=str(data.get("colab", {}).get("version", "0.0.0")),
         )
+
+    def wheel_name(self) -> str:
+        """File name of the support wheel (PEP 427: distribution-version-py3-none-any)."""
+        return f"{WHEEL_DIST.replace('-', '_')}-{self.wheel_version}-py3-none-any.whl"
 
 
 def stage(spec: AssignmentSpec, staging: Path) -> Path:
@@ -505,6 +519,154 @@ def copy_tree(src: Path, dst: Path, skip: set[str]) -> None:
         shutil.copyfile(path, dst / rel)
 
 
+# --------------------------------------------------------------------------- Colab / JupyterHub
+#: Distribution name of the support wheel (import name: offline_rl).
+WHEEL_DIST = "offline-rl-chapter"
+#: Where the wheel goes in the student release (a public file: the support package students get
+#: anyway, and the public checks already in their notebook). Publish it at ``[colab] wheel_url``.
+WHEEL_DIR = "dist"
+#: Runtime pins the wheel keeps exact: what the grade depends on beyond the notebook (otter's
+#: checks; the environments' dynamics). Colab has neither otter nor gymnasium 1.4.
+WHEEL_PINNED = ("otter-grader", "gymnasium")
+#: Runtime packages the wheel requires at any version: Colab's own torch, numpy, matplotlib,
+#: tqdm and ipywidgets are kept (re-installing torch there is gigabytes and a kernel restart).
+WHEEL_UNPINNED = ("torch", "numpy", "matplotlib", "tqdm", "ipywidgets")
+#: The package the wheel adds to offline_rl: the notebook's public checks as otter test files.
+PUBLIC_CHECKS_INIT = '''"""The notebook's public checks as otter test files (written by the build).
+
+Where the kernel cannot read the notebook file (Colab), otter finds no checks in its metadata;
+``install()`` writes them to ``tests/``, where ``otter.Notebook`` looks then.
+"""
+
+import shutil
+from pathlib import Path
+
+
+def install(folder: str = "tests") -> Path:
+    """Copy the public checks (one ``<question>.py`` each) into ``folder``; return its path."""
+    out = Path(folder)
+    out.mkdir(exist_ok=True)
+    for path in sorted(Path(__file__).parent.glob("q*.py")):
+        shutil.copyfile(path, out / path.name)
+    return out
+'''
+#: The set-up cell the build puts first in both notebooks (before otter's init cell).
+SETUP_CELL = """# Set-up. On a laptop set up as README.md says, this does nothing. On Colab, or on a
+# JupyterHub that has only this notebook, it installs the course's support package (with
+# otter-grader and gymnasium; Colab's torch, numpy, matplotlib are kept) from one wheel, once.
+import importlib.util
+import os
+
+if not all(importlib.util.find_spec(m) for m in ("offline_rl", "otter", "gymnasium")):
+    %pip install --quiet {url}
+    importlib.invalidate_caches()
+# Colab runs the notebook without its file beside the kernel: the public checks come from the wheel.
+NOTEBOOK_FILE = "{notebook}" if os.path.exists("{notebook}") else None
+if NOTEBOOK_FILE is None and importlib.util.find_spec("offline_rl.public_checks"):
+    from offline_rl import public_checks
+
+    public_checks.install("tests")"""
+#: Otter's init cell as otter writes it, and as the build rewrites it (the grader skips both).
+OTTER_INIT = 'grader = otter.Notebook("{notebook}")'
+OTTER_INIT_COLAB = "grader = otter.Notebook(NOTEBOOK_FILE)"
+
+
+def _wheel_requirements() -> list[str]:
+    """``Requires-Dist`` lines: exact pins for WHEEL_PINNED, any version for WHEEL_UNPINNED."""
+    reqs = sync_environment.read_requirements(ROOT / "requirements.txt")
+    missing = [n for n in (*WHEEL_PINNED, *WHEEL_UNPINNED) if n not in reqs.runtime]
+    if missing:
+        raise BuildError(f"the wheel needs {missing} among the runtime pins of requirements.txt")
+    return [f"{n}=={reqs.runtime[n]}" for n in WHEEL_PINNED] + list(WHEEL_UNPINNED)
+
+
+def _record_hash(data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"sha256={digest}"
+
+
+def wheel_entries(spec: AssignmentSpec, public_checks: dict[str, str]) -> dict[str, bytes]:
+    """Every file of the support wheel by archive path: the shipped modules, the public checks
+    (question name -> otter test source), and the ``.dist-info`` metadata with its RECORD."""
+    entries = {
+        f"offline_rl/{module}": (REFERENCE_PKG / module).read_bytes()
+        for module in spec.support_modules
+    }
+    entries["offline_rl/public_checks/__init__.py"] = PUBLIC_CHECKS_INIT.encode()
+    for question, source in sorted(public_checks.items()):
+        entries[f"offline_rl/public_checks/{question}.py"] = source.encode()
+    info = f"{WHEEL_DIST.replace('-', '_')}-{spec.wheel_version}.dist-info"
+    metadata = [
+        "Metadata-Version: 2.1",
+        f"Name: {WHEEL_DIST}",
+        f"Version: {spec.wheel_version}",
+        f"Summary: Support package and public checks of the notebook {spec.name}.ipynb",
+        "Requires-Python: >=3.10",
+        *(f"Requires-Dist: {req}" for req in _wheel_requirements()),
+    ]
+    entries[f"{info}/METADATA"] = ("\n".join(metadata) + "\n").encode()
+    entries[f"{info}/WHEEL"] = (
+        b"Wheel-Version: 1.0\nGenerator: tools/build_release.py\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n"
+    )
+    entries[f"{info}/top_level.txt"] = b"offline_rl\n"
+    record = [f"{name},{_record_hash(data)},{len(data)}" for name, data in sorted(entries.items())]
+    entries[f"{info}/RECORD"] = ("\n".join([*record, f"{info}/RECORD,,"]) + "\n").encode()
+    return entries
+
+
+def build_wheel(spec: AssignmentSpec, notebook: Path, out_dir: Path) -> Path:
+    """Write the support wheel of ``spec`` into ``out_dir`` and return its path.
+
+    The public checks are the otter tests in the student ``notebook``'s metadata (what
+    ``grader.check`` runs there). Reproducible: entries in a fixed order with fixed timestamps
+    and modes, so the same inputs give the same bytes (no clock, no SOURCE_DATE_EPOCH needed)."""
+    meta = nbformat.read(notebook, as_version=4).metadata.get("otter", {})
+    public_checks = dict(meta.get("tests", {}))
+    if not public_checks:
+        raise BuildError(f"{spec.name}: the student notebook holds no public checks for the wheel")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zout:
+        for name, data in wheel_entries(spec, public_checks).items():  # RECORD last (PEP 427)
+            info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = (0o100000 | 0o644) << 16
+            info.create_system = 3
+            zout.writestr(info, data, compresslevel=9)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / spec.wheel_name()
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def setup_cell_source(spec: AssignmentSpec) -> str:
+    """The notebook's first cell: install the wheel from ``[colab] wheel_url`` when needed."""
+    if not spec.wheel_url:
+        raise BuildError(f"{spec.name}: release.toml has no [colab] wheel_url")
+    if spec.wheel_url.rsplit("/", 1)[-1] != spec.wheel_name():
+        raise BuildError(
+            f"{spec.name}: [colab] wheel_url must end with the wheel's file name "
+            f"{spec.wheel_name()!r} (pip reads name and version from it), got {spec.wheel_url!r}; "
+            "change the URL or [colab] version in release.toml."
+        )
+    return SETUP_CELL.format(url=spec.wheel_url, notebook=f"{spec.name}.ipynb")
+
+
+def add_setup_cell(notebook: Path, spec: AssignmentSpec) -> None:
+    """Put the set-up cell first in ``notebook`` and let otter's init cell work without the
+    notebook file (it reads the checks from ``tests/`` then). Cell ids are renumbered."""
+    nb = nbformat.read(notebook, as_version=4)
+    init = OTTER_INIT.format(notebook=f"{spec.name}.ipynb")
+    if not (nb.cells and init in nb.cells[0].source):
+        raise BuildError(f"{spec.name}: otter's init cell ({init}) is not the notebook's first")
+    nb.cells[0].source = nb.cells[0].source.replace(init, OTTER_INIT_COLAB)
+    nb.cells.insert(0, nbformat.v4.new_code_cell(setup_cell_source(spec)))
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"cell-{i:03d}"
+    nbformat.validate(nb)
+    nbformat.write(nb, notebook)
+
+
 def build(spec: AssignmentSpec, out: Path, self_check: bool) -> dict[str, float]:
     """Build one assignment into ``out/student_release/<name>`` and ``out/autograder/<name>``."""
     t0 = time.perf_counter()
@@ -535,6 +697,9 @@ def build(spec: AssignmentSpec, out: Path, self_check: bool) -> dict[str, float]
     notebook = f"{spec.name}.ipynb"
     copy_tree(dist / "student", student_out, skip={notebook})
     normalise_notebook(dist / "student" / notebook, student_out / notebook, spec.name)
+    if spec.wheel_url:
+        add_setup_cell(student_out / notebook, spec)
+        build_wheel(spec, student_out / notebook, student_out / WHEEL_DIR)
     ship_student_environment(spec, student_out)
     grader_out.mkdir(parents=True)
     for readme, target in (
@@ -546,9 +711,10 @@ def build(spec: AssignmentSpec, out: Path, self_check: bool) -> dict[str, float]
     with open(grader_out / "README.md", "a") as readme:
         readme.write(checks_table(DECLARED.get(spec.name, {}), POINTS.get(spec.name)))
     normalise_zip(zips[0], grader_out / "autograder.zip")
-    normalise_notebook(
-        dist / "autograder" / notebook, grader_out / f"{spec.name}-solution.ipynb", spec.name
-    )
+    solution = grader_out / f"{spec.name}-solution.ipynb"
+    normalise_notebook(dist / "autograder" / notebook, solution, spec.name)
+    if spec.wheel_url:
+        add_setup_cell(solution, spec)
     seconds = time.perf_counter() - t0
     total = total_points_line(POINTS[spec.name])
     print(f"built {spec.name}{env_note} in {seconds:.1f} s; {total}:")

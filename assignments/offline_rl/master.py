@@ -2260,6 +2260,59 @@ def _q12_run(case, q12_answer):
 
 # %% [markdown]
 # ---
+# ## The same data in the field's tools (ungraded)
+#
+# Everything above used this chapter's own numpy schema, so that you could read every array. The
+# field keeps offline datasets in **Minari** (Farama's format, the maintained successor of D4RL)
+# and trains on them with libraries such as **d3rlpy**. `OfflineDataset.to_minari` writes any
+# dataset of this chapter as a Minari dataset (episodes, terminations and truncations kept
+# apart, the observation and action spaces, the environment's spec) and
+# `OfflineDataset.from_minari` reads one back, array for array.
+#
+# Neither package is part of the course's environment: `pip install "minari[hdf5]"` for Minari;
+# d3rlpy 2.8 pins gymnasium 1.0, older than the course's, so give it its own environment (with
+# Minari and `offline_rl`). The dataset crosses over unchanged, because Minari stores the
+# environment as text (its id and entry point), not as the class. The cell below skips each part,
+# with one line, when its package is missing.
+
+# %% tags=["otter_ignore"]
+import importlib.util
+
+CARTPOLE_ID = "offline_rl/cartpole-poor-v0"  # Minari ids are [namespace/]name-v<version>
+if importlib.util.find_spec("minari") is None:
+    print('Skipped: Minari is not installed (pip install "minari[hdf5]").')
+else:
+    import minari
+
+    if CARTPOLE_ID in minari.list_local_datasets():
+        minari.delete_dataset(CARTPOLE_ID)  # a second run writes it afresh
+    cartpole_data = cartpole.make_cartpole_dataset("poor", 50, seed=0, progress=False)
+    # 1. Write the chapter's CartPole data as a Minari dataset; 2. load it with Minari.
+    cartpole_data.to_minari(CARTPOLE_ID, "CartPole-v1")
+    cartpole_minari = minari.load_dataset(CARTPOLE_ID)
+    print(cartpole_minari.total_episodes, "episodes,", cartpole_minari.total_steps, "steps;",
+          cartpole_minari.spec.env_spec.id, cartpole_minari.observation_space)
+    if importlib.util.find_spec("d3rlpy") is None:
+        print("Skipped: d3rlpy is not installed (pip install d3rlpy, in its own environment).")
+    else:
+        import d3rlpy
+
+        # 3. Hand Minari's episodes to d3rlpy (it wants the T states acted in, not s_0..s_T).
+        episodes = list(cartpole_minari.iterate_episodes())
+        cartpole_d3rlpy = d3rlpy.dataset.MDPDataset(
+            observations=np.concatenate([e.observations[:-1] for e in episodes]),
+            actions=np.concatenate([e.actions for e in episodes]),
+            rewards=np.concatenate([e.rewards for e in episodes]),
+            terminals=np.concatenate([e.terminations for e in episodes]),
+            # d3rlpy wants no step both terminal and cut by the time limit: terminal wins.
+            timeouts=np.concatenate([e.truncations & ~e.terminations for e in episodes]),
+            action_space=d3rlpy.constants.ActionSpace.DISCRETE,
+            action_size=2,
+        )
+        print("d3rlpy:", cartpole_d3rlpy.size(), "episodes")
+
+# %% [markdown]
+# ---
 # ## References
 #
 # Each paper the chapter relies on, and what it is used for here.
