@@ -35,8 +35,10 @@ def definitions(nb: nbformat.NotebookNode) -> dict[str, Any]:
         body = [
             node
             for node in tree.body
-            if (isinstance(node, _KEPT)
-            and not (isinstance(node, ast.Import) and node.names[0].name == "otter"))
+            if (
+                isinstance(node, _KEPT)
+                and not (isinstance(node, ast.Import) and node.names[0].name == "otter")
+            )
             or (
                 isinstance(node, ast.Assign)
                 and all(isinstance(t, ast.Name) and t.id.endswith("_answer") for t in node.targets)
