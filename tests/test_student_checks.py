@@ -56,7 +56,10 @@ class _Collector:
 
 @pytest.mark.parametrize(
     ("assignment", "question"),
-    [("q10_answer = 'c'", "q10_why_offline_q_fails"), ("q12_answer = 0.0", "q12_constant_q_penalty")],
+    [
+        ("q10_answer = 'c'", "q10_why_offline_q_fails"),
+        ("q12_answer = 0.0", "q12_constant_q_penalty"),
+    ],
 )
 def test_a_format_only_check_never_says_passed(kernel, assignment, question):
     shown = run(kernel, f"{assignment}\ngrader.check({question!r})")

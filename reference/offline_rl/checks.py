@@ -32,7 +32,8 @@ GRADING_RESULTS = ("otter.test_files", "GradingResults")
 def is_format_only(result: Any) -> bool:
     """Whether every test case of an otter test-file result is a ``test_..._format`` test."""
     names = [
-        getattr(getattr(r.test_case, "body", None), "test_func", None) for r in result.test_case_results
+        getattr(getattr(r.test_case, "body", None), "test_func", None)
+        for r in result.test_case_results
     ]
     return bool(names) and all(getattr(f, "__name__", "").endswith("_format") for f in names)
 
