@@ -570,6 +570,21 @@ def test_offline_q_penalty_lowers_unseen(offline_q_learning, datasets, np):
     assert Q[0, 1] > Q[0, 0] + 1.0, "the dataset action must end up clearly preferred to the unseen one"
 
 # %%
+def test_offline_q_uses_lr(offline_q_learning, datasets, np):
+    toy = datasets.OfflineDataset(
+        observations=np.array([0]), actions=np.array([1]), rewards=np.array([1.0], dtype=np.float32),
+        next_observations=np.array([1]), terminals=np.array([True]), truncations=np.array([False]),
+        episode_starts=np.array([0]),
+    )
+    # One step from Q = 0: grad(0, 1) = pi_data * (0 - y) = -1, so Q(0, 1) = lr.
+    Q = offline_q_learning(toy, 2, 2, gamma=0.9, alpha=0.0, n_iters=1, lr=0.25)
+    assert Q is not None, "offline_q_learning returned None: replace the ... with your code."
+    assert np.isclose(np.asarray(Q)[0, 1], 0.25), (
+        f"after one step of size lr = 0.25 from Q = 0, Q(0, 1) must be 0.25; got {np.asarray(Q)[0, 1]:.4f}. "
+        "Is lr used when it is given (lr = 1 / (1 + alpha) only when lr is None)?"
+    )
+
+# %%
 def test_offline_q_keeps_the_prompts_defaults(offline_q_learning):
     import inspect
 
@@ -1111,7 +1126,7 @@ def test_cql_penalty_pushes_down_unseen(cql_penalty, torch):
     assert grad[1] > grad[2], "the largest unseen Q-value must be pushed down hardest (soft maximum)"
 
 # %%
-def test_cql_loss_small(cql_loss, torch, nn, np):
+def test_cql_loss_small(cql_loss, cql_penalty, torch, nn, np):
     import warnings
 
     torch.manual_seed(0)
@@ -1138,6 +1153,13 @@ def test_cql_loss_small(cql_loss, torch, nn, np):
     assert np.isclose(info["total_loss"], info["bellman_loss"] + 0.5 * info["cql_penalty"], atol=1e-5), (
         "total_loss must be bellman_loss + alpha * cql_penalty"
     )
+    with torch.no_grad():
+        own_penalty = cql_penalty(q_net(batch["observations"]), batch["actions"])
+    if own_penalty is not None:
+        assert np.isclose(info["cql_penalty"], own_penalty.item(), atol=1e-5), (
+            "info['cql_penalty'] must be your cql_penalty of this batch, without alpha "
+            f"({own_penalty.item():.4f}); got {info['cql_penalty']:.4f}. Is alpha applied twice?"
+        )
     with torch.no_grad():
         q = q_net(batch["observations"])
         q_sa = q[[0, 1], [0, 1]]
@@ -1718,6 +1740,27 @@ def test_quality_experiment_shapes(quality_experiment, np):
     assert result["bc"][1] > result["bc"][0], "behavior cloning of pure expert data must beat cloning random data"
 
 
+# %%
+def test_quality_experiment_uses_its_arguments(quality_experiment, coverage_counts, behavior, envs, planning, np):
+    # CQL with alpha = 0 is naive offline Q-learning: the given alpha must reach CQL.
+    same = quality_experiment([0.5], seeds=[1], n_episodes=3, alpha=0.0)
+    assert same is not None, "quality_experiment returned None: replace the ... with your code."
+    assert np.allclose(same["cql"], same["naive"]), "with alpha = 0, CQL must be naive Q-learning: is alpha passed on?"
+    # BC's return, from your coverage_counts, for each of the given seeds, then their mean.
+    lay = envs.get_layout("open")
+    seeds, n_episodes = [1, 3], 3  # BC returns differ between these seeds (and with 4 episodes)
+    per_seed = [
+        planning.rollout_return("open", np.argmax(coverage_counts(behavior.quality_dataset("open", 0.5, n_episodes, seed), lay.n_states, lay.n_actions), axis=1))
+        for seed in seeds
+    ]
+    got = quality_experiment([0.5], seeds=seeds, n_episodes=n_episodes)["bc"][0]
+    assert np.isclose(got, np.mean(per_seed)), (
+        "result['bc'] must be the mean over the given seeds of BC's return, each seed's data from "
+        "behavior.quality_dataset(layout_name, quality, n_episodes, seed): are the seeds, "
+        "n_episodes and a mean (not a max) used?"
+    )
+
+
 # %% tags=["hidden_check"]
 def _quality_cases(rng):
     # One case, no argument at its default: a function that ignores n_episodes, alpha or
@@ -1852,6 +1895,15 @@ def test_stitching_keys(stitching_experiment, behavior):
     assert all(isinstance(float(v), float) for v in result.values()), "all values must be numbers"
     assert result["best_trajectory_return"] == 1.0, (
         f"the best episode in the stitching data is family B with return +1, got {result['best_trajectory_return']}"
+    )
+    assert result["cql_return"] != result["best_trajectory_return"], (
+        "cql_return must be the return of CQL's greedy policy from the start, "
+        "planning.rollout_return(layout_name, ...), not a trajectory of the data"
+    )
+    data = behavior.stitching_dataset()
+    one = data.episode(int(data.episode_returns().argmin()))  # its worst episode alone
+    assert stitching_experiment(one)["best_trajectory_return"] == float(one.episode_returns().max()), (
+        "best_trajectory_return must be computed from the dataset given (dataset.episode_returns())"
     )
 
 # %% tags=["hidden_check"]

@@ -40,6 +40,9 @@ class Mutant:
     wrong_choice: str | None = None
     scores: dict[str, float] = field(default_factory=dict)
     cascade: str = ""
+    public_warns: bool | None = None
+    """Wrong entries: whether the student's own grader.check (the public checks of the questions
+    it loses points on) fails on it (tests/corpus/public.py verifies it)."""
 
 
 def load_mutants() -> list[Mutant]:
@@ -53,6 +56,7 @@ def load_mutants() -> list[Mutant]:
             wrong_choice=m.get("wrong_choice"),
             scores={k: float(v) for k, v in m.get("scores", {}).items()},
             cascade=m.get("cascade", ""),
+            public_warns=m.get("public_warns"),
         )
         for m in data["mutant"]
     ]
