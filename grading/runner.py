@@ -127,7 +127,7 @@ def load_questions(tests_dir: Path) -> list[Question]:
         if not checks:
             raise RuntimeError(f"{path.name}: no hidden test named test_<check>_hidden")
         questions.append(
-            Question(test_file.name, float(test_file.possible), tuple(checks), messages)
+            Question(test_file.name, round(float(test_file.possible), 6), tuple(checks), messages)
         )
 
     def order(q: Question) -> tuple[int, str]:
