@@ -1077,7 +1077,7 @@ def test_cql_penalty_small(cql_penalty, torch, np):
         if "must match" not in str(err):
             raise
         raise AssertionError(
-            f"cql_penalty failed on Q-values of shape (B, n_actions) = {q.shape}: {str(err).splitlines()[0]} "
+            f"cql_penalty failed on Q-values of shape (B, n_actions) = {q.shape}: {str(err).splitlines()[0].rstrip('.')}. "
             "Is the log-sum-exp taken over the actions (dim=1)? It must give one value per state, "
             "shape (B,), like Q(s_i, a_i)."
         ) from None
@@ -1101,7 +1101,7 @@ def test_cql_penalty_large_q_values(cql_penalty, torch, np):
         if "must match" not in str(err):
             raise
         raise AssertionError(
-            f"cql_penalty failed on Q-values of shape (B, n_actions) = {q.shape}: {str(err).splitlines()[0]} "
+            f"cql_penalty failed on Q-values of shape (B, n_actions) = {q.shape}: {str(err).splitlines()[0].rstrip('.')}. "
             "Is the log-sum-exp taken over the actions (dim=1)? It must give one value per state, "
             "shape (B,), like Q(s_i, a_i)."
         ) from None
