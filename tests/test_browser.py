@@ -522,3 +522,42 @@ def test_export_after_saving_writes_one_zip_that_grades_to_full_marks(
     }
     assert not lost, f"the exported solution lost points: {lost}"
     assert graded["score"] > 0
+
+
+# --------------------------------------------------------------------------- 4. format-only checks
+RUN_CELLS_JS = """async ([answer]) => {
+  const panel = window.jupyterapp.shell.currentWidget;
+  const cells = panel.content.widgets;
+  const find = (test) => cells.findIndex((c) => test(c.model.sharedModel.getSource()));
+  const answerCell = find((s) => s.startsWith('q10_answer'));
+  cells[answerCell].model.sharedModel.setSource('q10_answer = "' + answer + '"');
+  const order = [
+    find((s) => s.includes('otter.Notebook(')),
+    find((s) => s.includes('from offline_rl import')),
+    answerCell,
+    find((s) => s.includes('grader.check("q10_')),
+  ];
+  for (const index of order) {
+    panel.content.activeCellIndex = index;
+    await window.jupyterapp.commands.execute('notebook:run-cell');
+  }
+  return order[3];
+}"""
+
+
+def test_a_wrong_answer_to_q10_does_not_show_passed(lab: Lab) -> None:
+    """Q10's public check can test only the answer's form: for a wrong letter the page says so
+    ("answer format OK: correctness is graded after you submit"), never "passed"."""
+    solution = (lab.release / "autograder" / NAME / f"{NAME}-solution.ipynb").read_text()
+    key = re.search(r'q10_answer = \\"([abcd])\\"', solution).group(1)
+    wrong = next(letter for letter in "abcd" if letter != key)
+    page = _open(lab, "untouched")
+    try:
+        check = page.evaluate(RUN_CELLS_JS, [wrong])
+        output = page.locator(".jp-Notebook .jp-Cell").nth(check).locator(".jp-OutputArea")
+        text = _wait(lambda: output.inner_text().strip(), 120, "the q10 check's output")
+        page.screenshot(path=str(ARTIFACTS / "q10-wrong-answer-check.png"))
+        assert "answer format OK" in text, text
+        assert not re.search("passed", text, re.I), f"a wrong Q10 answer shows: {text}"
+    finally:
+        page.close()

@@ -15,7 +15,7 @@ import re
 import pytest
 
 from tests.conftest import require_root
-from tests.corpus import corpus
+from tests.corpus import corpus, public
 
 pytestmark = [pytest.mark.corpus, pytest.mark.slow]
 
@@ -83,3 +83,38 @@ def test_no_failure_message_in_the_corpus_shows_a_magnitude(graded):
             if test["name"].startswith("q10") and "✗ hidden check" in test["output"]:
                 assert "not the right choice" in test["output"], (name, test["output"])
                 assert not re.search(r'["\'][abcd]["\']', test["output"]), (name, test["output"])
+
+
+WRONG = [m for m in MUTANTS if m.kind == "wrong"]
+
+
+def test_every_wrong_entry_declares_whether_the_public_checks_warn():
+    missing = [m.name for m in WRONG if m.public_warns is None]
+    assert missing == [], f"declare public_warns = true/false in mutants.toml for {missing}"
+
+
+@pytest.fixture(scope="module")
+def student_notebook():
+    if not corpus.STUDENT.exists():
+        pytest.fail("no student notebook: run `make release` first")
+    return corpus.student()
+
+
+@pytest.mark.parametrize("mutant", WRONG, ids=[m.name for m in WRONG])
+def test_public_checks_warn_as_declared(student_notebook, mutant):
+    """The student's own grader.check on the questions the entry loses points on, run in this
+    process on the entry's definitions (our code, so no sandbox; see tests/corpus/public.py)."""
+    failures = public.public_failures(
+        corpus.apply(corpus.solution(), mutant), student_notebook, list(mutant.scores)
+    )
+    shown = {q: [m.splitlines()[-1] for m in ms] for q, ms in failures.items() if ms}
+    assert public.warns(failures) == mutant.public_warns, (
+        f"{mutant.name} ({mutant.why}): public_warns = {mutant.public_warns} declared, "
+        f"but grader.check {'fails: ' + str(shown) if shown else 'passes'}"
+    )
+
+
+def test_public_checks_pass_the_solution(student_notebook):
+    questions = list(student_notebook.metadata["otter"]["tests"])
+    failures = public.public_failures(corpus.solution(), student_notebook, questions)
+    assert not public.warns(failures), failures

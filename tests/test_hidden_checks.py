@@ -287,3 +287,34 @@ def test_a_check_grading_an_undefined_name_fails_the_build_naming_it(tmp_path):
     )
     with pytest.raises(build_release.BuildError, match="'bcq' grades 'bcq_polcy'"):
         _stage(tmp_path, nb)
+
+
+def test_a_wrong_forward_value_is_reported_before_its_gradient(staged, generated):
+    """A penalty computed wrong (its gradient then wrong too) is reported as the penalty: fields
+    come in the order the check's run returns them, not alphabetically (grad < penalty)."""
+    import torch
+
+    engine = make_fixtures.load_engine(staged)
+    inputs, expected = make_fixtures.split(generated[0])
+
+    def doubled_penalty(q_values, actions):  # forward value and gradient both off by 2x
+        lse = torch.logsumexp(q_values, dim=1)
+        return 2 * (lse - q_values.gather(1, actions.unsqueeze(1)).squeeze(1)).mean()
+
+    got = engine.outputs("cql_penalty", doubled_penalty, fixtures=inputs)
+    with pytest.raises(AssertionError) as err:
+        engine.compare("cql_penalty", got, fixtures=expected)
+    assert re.match(r"hidden case case\d+, penalty:", str(err.value)), str(err.value)
+
+
+def test_a_check_without_hint_shows_no_placeholder_hint(tmp_path):
+    """A declaration without a hint gets no failure_message, so no "Hint:" line (the grader
+    prints one only for a non-empty failure_message), never a placeholder."""
+    nb = jupytext.read(ASSIGNMENT / "master.py")
+    registry = _stage(tmp_path, nb)
+    hintless = [d.name for d in registry.values() if not d.hint]
+    assert hintless, "the master declares no check without a hint: nothing to test"
+    for name in hintless:
+        cell = next(c for c in nb.cells if f"def test_{name}_hidden(" in c.source)
+        assert "failure_message" not in cell.source, cell.source
+    assert not any("see the message above" in c.source for c in nb.cells)

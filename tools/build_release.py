@@ -201,8 +201,7 @@ DECLARATIONS = "hidden_declarations.py"
 #: The otter test the build writes in place of each declaration cell (the grader finds checks
 #: by the name test_<check>_hidden and passes notebook values by parameter name).
 HIDDEN_TEST = '''""" # BEGIN TEST CONFIG
-hidden: true
-failure_message: {hint}
+hidden: true{failure_message}
 """ # END TEST CONFIG
 def test_{name}_hidden({params}):
     import hidden_checks
@@ -389,9 +388,10 @@ def declare_checks(
                     )
     for index, decl in zip(placed, decls):
         params = ", ".join(engine.parameters(decl))
-        hint = json.dumps(decl.hint or "see the message above")  # a YAML-safe quoted string
+        # No hint declared, no "Hint:" line (a placeholder would only repeat the failure).
+        hint = f"\nfailure_message: {json.dumps(decl.hint)}" if decl.hint else ""  # YAML-quoted
         master.cells[index] = nbformat.v4.new_code_cell(
-            HIDDEN_TEST.format(hint=hint, name=decl.name, params=params)
+            HIDDEN_TEST.format(failure_message=hint, name=decl.name, params=params)
         )
     return registry
 

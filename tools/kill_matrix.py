@@ -117,6 +117,9 @@ def main(argv: list[str]) -> int:
         print("LEAK", leak)
     print(f"\n{len(rows)} submissions, {mismatches} mismatches, {time.perf_counter() - t0:.0f} s")
     print(f"the solution's grading took {base.get('execution_time', float('nan'))} s")
+    # Declared in mutants.toml (public_warns), verified by tests/test_corpus.py without a grader.
+    silent = [m.name for m in mutants if m.kind == "wrong" and m.public_warns is False]
+    print(f"wrong entries grader.check does not warn about: {len(silent)}", *silent[:8])
     if judged:
         print("hidden checks that kill no mutant:", ", ".join(unkilled) or "none")
     return 1 if mismatches or unkilled or leaks else 0

@@ -229,7 +229,9 @@ def render_student(reqs: Requirements) -> str:
     return "\n".join(
         [
             HEADER,
-            "# pip install -r requirements.txt   (see README.md; CPU-only PyTorch, about 1 GB)",
+            "# pip install --no-compile -r requirements.txt   (see README.md: CPU-only PyTorch,",
+            "# about 360 MB to download and 1.3 GB installed; README.md says what to do when",
+            "# download.pytorch.org cannot be reached)",
             *reqs.runtime_lines(),
             "# Every package these pull in, at the version the autograder runs:",
             f"-c {STUDENT_CONSTRAINTS}",

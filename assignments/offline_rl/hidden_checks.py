@@ -290,11 +290,16 @@ def _compare_one(
     if not expected:
         raise AssertionError(f"no fixtures for {decl.name!r}: rebuild the release")
     items = []
-    for key in sorted(expected):
+    for key in expected:
         case_path, _, leaf = key.rpartition("/")
         fld = leaf.removeprefix("expected_")
         label = case_path.removeprefix(prefix)
         items.append((label, fld, f"{case_path}/{fld}", np.asarray(expected[key])))
+    # The order the check's run returns its fields in (step 1 records them so; fixtures are
+    # stored sorted): forward values before gradients, so that a wrong loss is reported as the
+    # loss, not through its gradient. Field by field, case by case within a field.
+    rank = _field_order(got, decl.name)
+    items.sort(key=lambda it: (rank.get(it[1], len(rank)), it[1], _case_number(it[0])))
     # Errors and shapes first, for every case: "wrong shape" teaches more than a value that is off.
     for label, fld, out_key, want in items:
         case_path = out_key.rsplit("/", 1)[0]
@@ -328,6 +333,20 @@ def _compare_one(
             )
         if not np.allclose(value, want.astype(np.float64), rtol=rtol, atol=atol):
             raise AssertionError(_mismatch(decl, label, fld, value, want.astype(np.float64)))
+
+
+def _case_number(label: str) -> int:
+    return int(label.removeprefix("case")) if label.removeprefix("case").isdigit() else 0
+
+
+def _field_order(got: dict[str, np.ndarray], name: str) -> dict[str, int]:
+    """Field -> its position among the fields check ``name``'s run returned (first case seen)."""
+    rank: dict[str, int] = {}
+    for key in got:
+        parts = key.split("/")
+        if len(parts) == 4 and parts[0] == name and parts[3] == "value":
+            rank.setdefault(parts[2], len(rank))
+    return rank
 
 
 def compare(

@@ -232,6 +232,14 @@ def _coverage_cases(rng):
             "counts": counts,
             "policy": rng.integers(0, n_actions, size=n_states),
         })
+    # States visited exactly once, where the policy leaves the data: `counts.sum(1) > 1` would
+    # drop them from the visited states.
+    last = cases[-1]
+    counts = np.zeros((12, 5), dtype=np.int64)
+    counts[[0, 1, 2, 3], [1, 0, 4, 2]] = 1
+    counts[4], counts[5] = [3, 0, 1, 0, 0], [0, 2, 0, 0, 1]
+    policy = np.array([0, 0, 4, 1, 0, 1, 3, 0, 1, 2, 3, 4])  # 2 of 6 visited states leave the data
+    cases.append({**last, "counts": counts, "policy": policy})
     return cases
 
 
@@ -428,6 +436,8 @@ def _td_target_cases(rng):
             "terminals": terminals,
             "gamma": np.array(gamma),
         })
+    # The prompt allows boolean terminals: `1 - terminals` fails on them.
+    cases.append({**cases[1], "terminals": cases[1]["terminals"].astype(bool)})
     return cases
 
 
@@ -548,8 +558,43 @@ def test_offline_q_penalty_lowers_unseen(offline_q_learning, datasets, np):
     Q = offline_q_learning(toy, 2, 2, gamma=0.9, alpha=1.0, n_iters=2000)
     assert Q is not None, "offline_q_learning returned None: replace the ... with your code."
     Q = np.asarray(Q)
+    if -1.0 <= Q[0, 0] < 0.0:
+        # Only the penalty acts on an unseen pair: a Bellman term that reaches it (with y = 0)
+        # holds it near 0, where the penalty's push and the pull balance.
+        raise AssertionError(
+            f"with alpha = 1 the unseen action's Q(0, 0) must keep falling, got {Q[0, 0]:.3f}: "
+            "something pulls it back toward 0. Is the Bellman term weighted by pi_data(a|s) "
+            "= n(s, a) / n(s)? A pair not in the data has pi_data = 0 and no Bellman term."
+        )
     assert Q[0, 0] < -1.0, f"with alpha = 1 the unseen action's Q(0, 0) must be pushed well below 0, got {Q[0, 0]:.3f}"
     assert Q[0, 1] > Q[0, 0] + 1.0, "the dataset action must end up clearly preferred to the unseen one"
+
+# %%
+def test_offline_q_uses_lr(offline_q_learning, datasets, np):
+    toy = datasets.OfflineDataset(
+        observations=np.array([0]), actions=np.array([1]), rewards=np.array([1.0], dtype=np.float32),
+        next_observations=np.array([1]), terminals=np.array([True]), truncations=np.array([False]),
+        episode_starts=np.array([0]),
+    )
+    # One step from Q = 0: grad(0, 1) = pi_data * (0 - y) = -1, so Q(0, 1) = lr.
+    Q = offline_q_learning(toy, 2, 2, gamma=0.9, alpha=0.0, n_iters=1, lr=0.25)
+    assert Q is not None, "offline_q_learning returned None: replace the ... with your code."
+    assert np.isclose(np.asarray(Q)[0, 1], 0.25), (
+        f"after one step of size lr = 0.25 from Q = 0, Q(0, 1) must be 0.25; got {np.asarray(Q)[0, 1]:.4f}. "
+        "Is lr used when it is given (lr = 1 / (1 + alpha) only when lr is None)?"
+    )
+
+# %%
+def test_offline_q_keeps_the_prompts_defaults(offline_q_learning):
+    import inspect
+
+    # Later questions (q7, q8, q9) call offline_q_learning without these arguments.
+    params = inspect.signature(offline_q_learning).parameters
+    for name, default in (("alpha", 0.0), ("n_iters", 5000), ("lr", None)):
+        assert name in params and params[name].default == default, (
+            f"keep the prompt's signature: {name}={default!r} by default (q7-q9 rely on it), "
+            f"got {params[name].default if name in params else 'no such parameter'}"
+        )
 
 # %%
 def test_offline_q_terminal_mask(offline_q_learning, datasets, np):
@@ -592,6 +637,9 @@ def _tabular_q_cases(rng):
         grid("open", behavior.quality_dataset("open", 0.5, 6, seed=4), 0.5, 200),
         # lr given, and few iterations, so that ignoring lr changes Q.
         grid("stitch", behavior.stitching_dataset(), 2.0, 40, lr=np.array(0.05)),
+        # n_iters and lr left to their defaults, as q7's experiment calls it: a changed default
+        # changes the unseen pairs, which keep falling with every iteration at alpha > 0.
+        grid("stitch", behavior.stitching_dataset(), 1.0, 0, defaults=np.array(True)),
     ]
     # On the grids every terminal transition enters a state the data never leave from, whose Q
     # stays 0, so a missing (1 - done) mask changes nothing there. These terminal transitions
@@ -626,6 +674,12 @@ def _tabular_q_cases(rng):
 def _tabular_q_run(case, offline_q_learning):
     n_states, n_actions, n_iters = (int(v) for v in case["sizes"])
     extra = {"lr": float(case["lr"])} if "lr" in case else {}
+    if "defaults" in case:
+        q = offline_q_learning(
+            dataset_from(case, "data"), n_states, n_actions, float(case["gamma"]),
+            alpha=float(case["alpha"]),
+        )
+        return {"q": q}
     q = offline_q_learning(
         dataset_from(case, "data"), n_states, n_actions, float(case["gamma"]),
         alpha=float(case["alpha"]), n_iters=n_iters, **extra,
@@ -690,7 +744,7 @@ widgets.distribution_shift_demo(offline_q_fn=offline_q_learning, coverage_fn=cov
 #    size depend on the batch size). Use log-probabilities (`F.log_softmax` or
 #    `F.cross_entropy`), not probabilities.
 # 2. `bc_update(policy, optimizer, observations, actions)`: one gradient step on that loss; return
-#    the loss as a Python float.
+#    the loss before the step, as a Python float.
 
 # %% [raw]
 # # BEGIN QUESTION
@@ -758,6 +812,42 @@ def test_bc_update_reduces_loss(bc_update, bc_loss, torch, nn):
     for _ in range(20):
         last = bc_update(policy, optimizer, obs, actions)
     assert last < first, f"20 gradient steps should lower the BC loss ({first:.3f} -> {last:.3f}): check zero_grad/backward/step"
+
+# %%
+def test_bc_update_is_one_clean_step(bc_update, bc_loss, torch, nn):
+    torch.manual_seed(1)
+    policy = nn.Linear(3, 2)
+    obs, actions = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    # One SGD step on your bc_loss, computed here on a copy of the policy (so that a wrong
+    # bc_loss is reported by the tests above, not here).
+    copy = nn.Linear(3, 2)
+    copy.load_state_dict(policy.state_dict())
+    before = bc_loss(copy(obs), actions)
+    assert before is not None, "bc_loss returned None: replace the ... with your code."
+    grads = torch.autograd.grad(before, list(copy.parameters()))
+    start = [p.detach().clone() for p in copy.parameters()]
+    one_step = [p - 0.1 * g for p, g in zip(start, grads)]
+    stale = [p - 0.1 * (g + 1.0) for p, g in zip(start, grads)]
+    # Gradients left over from an earlier backward pass: one step must not add them in.
+    for p in policy.parameters():
+        p.grad = torch.ones_like(p)
+    loss = bc_update(policy, torch.optim.SGD(policy.parameters(), lr=0.1), obs, actions)
+    assert loss is not None, "bc_update returned None: replace the ... with your code."
+    after = [p.detach() for p in policy.parameters()]
+
+    def same(xs, ys):
+        return all(torch.allclose(x, y, atol=1e-6) for x, y in zip(xs, ys))
+
+    assert not same(after, start), "the policy did not change: call optimizer.step() after loss.backward()"
+    assert not same(after, stale), (
+        "gradients from an earlier backward pass were added to this step: call "
+        "optimizer.zero_grad() before loss.backward()"
+    )
+    assert same(after, one_step), "the step differs from one optimizer step on bc_loss(policy(observations), actions)"
+    assert abs(float(loss) - before.item()) < 1e-5, (
+        "bc_update must return the loss before the step (the one it backpropagated), "
+        f"{before.item():.4f} here; got {float(loss):.4f}"
+    )
 
 # %% tags=["hidden_check"]
 def _bc_loss_cases(rng):
@@ -989,7 +1079,16 @@ def cql_loss(q_net, target_net, batch, alpha, gamma):
 def test_cql_penalty_small(cql_penalty, torch, np):
     q = np.array([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
     actions = np.array([0, 2])
-    value = cql_penalty(torch.tensor(q, dtype=torch.float32), torch.tensor(actions))
+    try:
+        value = cql_penalty(torch.tensor(q, dtype=torch.float32), torch.tensor(actions))
+    except RuntimeError as err:
+        if "must match" not in str(err):
+            raise
+        raise AssertionError(
+            f"cql_penalty failed on Q-values of shape (B, n_actions) = {q.shape}: {str(err).splitlines()[0].rstrip('.')}. "
+            "Is the log-sum-exp taken over the actions (dim=1)? It must give one value per state, "
+            "shape (B,), like Q(s_i, a_i)."
+        ) from None
     assert value is not None, "cql_penalty returned None: replace the ... with your code."
     assert value.dim() == 0, f"cql_penalty must return a scalar, got shape {tuple(value.shape)}"
     expected = np.mean(np.log(np.exp(q).sum(axis=1)) - q[[0, 1], actions])
@@ -1004,7 +1103,16 @@ def test_cql_penalty_large_q_values(cql_penalty, torch, np):
     # CartPole's Q-values reach about 100; exp(100) is inf in float32 (its largest is ~3.4e38).
     q = np.array([[100.0, 99.0, 90.0], [120.0, 121.0, 119.5]])
     actions = np.array([1, 0])
-    value = cql_penalty(torch.tensor(q, dtype=torch.float32), torch.tensor(actions))
+    try:
+        value = cql_penalty(torch.tensor(q, dtype=torch.float32), torch.tensor(actions))
+    except RuntimeError as err:
+        if "must match" not in str(err):
+            raise
+        raise AssertionError(
+            f"cql_penalty failed on Q-values of shape (B, n_actions) = {q.shape}: {str(err).splitlines()[0].rstrip('.')}. "
+            "Is the log-sum-exp taken over the actions (dim=1)? It must give one value per state, "
+            "shape (B,), like Q(s_i, a_i)."
+        ) from None
     assert value is not None, "cql_penalty returned None: replace the ... with your code."
     shifted = q - q.max(axis=1, keepdims=True)  # float64 and shifted: no overflow here
     expected = np.mean(q.max(axis=1) + np.log(np.exp(shifted).sum(axis=1)) - q[[0, 1], actions])
@@ -1026,7 +1134,7 @@ def test_cql_penalty_pushes_down_unseen(cql_penalty, torch):
     assert grad[1] > grad[2], "the largest unseen Q-value must be pushed down hardest (soft maximum)"
 
 # %%
-def test_cql_loss_small(cql_loss, torch, nn, np):
+def test_cql_loss_small(cql_loss, cql_penalty, torch, nn, np):
     import warnings
 
     torch.manual_seed(0)
@@ -1053,6 +1161,13 @@ def test_cql_loss_small(cql_loss, torch, nn, np):
     assert np.isclose(info["total_loss"], info["bellman_loss"] + 0.5 * info["cql_penalty"], atol=1e-5), (
         "total_loss must be bellman_loss + alpha * cql_penalty"
     )
+    with torch.no_grad():
+        own_penalty = cql_penalty(q_net(batch["observations"]), batch["actions"])
+    if own_penalty is not None:
+        assert np.isclose(info["cql_penalty"], own_penalty.item(), atol=1e-5), (
+            "info['cql_penalty'] must be your cql_penalty of this batch, without alpha "
+            f"({own_penalty.item():.4f}); got {info['cql_penalty']:.4f}. Is alpha applied twice?"
+        )
     with torch.no_grad():
         q = q_net(batch["observations"])
         q_sa = q[[0, 1], [0, 1]]
@@ -1128,7 +1243,7 @@ def _cql_loss_cases(rng):
     reference={"cql_loss": "offline_rl.algorithms.neural:cql_loss"},
     uses=("td_target", "cql_penalty"),
     flags={"target_untouched": "gradients reached the target network: compute the target under torch.no_grad()"},
-    hint="total = 1/2 mean (Q(s,a) - y)^2 + alpha * cql_penalty, with y from target_net (no gradient), and info holding both terms as floats.",
+    hint="total = 1/2 mean (Q(s,a) - y)^2 + alpha * cql_penalty, with y from target_net (no gradient), and info holding both terms and the total (with alpha) as floats.",
 )
 def _cql_loss_run(case, cql_loss):
     import torch
@@ -1147,6 +1262,7 @@ def _cql_loss_run(case, cql_loss):
         "total": total,
         "bellman_loss": info["bellman_loss"],
         "cql_penalty": info["cql_penalty"],
+        "total_loss": info["total_loss"],  # the prompt asks for it: graded like the others
         "q_grad": q_grad,
         "target_untouched": not leaked,
     }
@@ -1358,14 +1474,19 @@ def bcq_policy(q, counts, threshold):
 
 # %%
 def test_bcq_policy_small(bcq_policy, np):
-    q = np.array([[0.0, 5.0, 1.0], [2.0, 1.0, 0.0], [0.0, 0.0, 3.0]])
+    # State 1 is never visited; its best action is 1, not the 0 that an argmax over a row of
+    # -inf (every action filtered out) would give.
+    q = np.array([[0.0, 5.0, 1.0], [1.0, 2.0, 0.0], [0.0, 0.0, 3.0]])
     counts = np.array([[10, 1, 4], [0, 0, 0], [3, 3, 0]])
     policy = bcq_policy(q, counts, 0.3)
     assert policy is not None, "bcq_policy returned None: replace the ... with your code."
     policy = np.asarray(policy)
     assert policy.shape == (3,), f"policy must have shape (n_states,) = (3,), got {policy.shape}"
     assert policy[0] == 2, f"state 0: action 1 (ratio 0.1) is filtered out, so the best allowed is 2; got {policy[0]}"
-    assert policy[1] == 0, f"state 1 is never visited: all actions allowed, argmax is 0; got {policy[1]}"
+    assert policy[1] == 1, (
+        f"state 1 is never visited, so every action is allowed and the greedy one is 1; got {policy[1]}. "
+        "Does counts / max counts divide by 0 there (nan), or filter out every action?"
+    )
     assert policy[2] == 0, f"state 2: action 2 is unseen and filtered; actions 0 and 1 tie, lowest index wins; got {policy[2]}"
     assert np.array_equal(np.asarray(bcq_policy(q, counts, 0.0)), q.argmax(axis=1)), "threshold 0 must be plain greedy"
 
@@ -1521,6 +1642,29 @@ def test_alpha_experiment_shapes(alpha_experiment, behavior, np):
     assert result["ood_q"][1] < result["ood_q"][0], "a larger alpha must lower the Q-values of unseen actions"
 
 
+# %%
+def test_alpha_experiment_unseen_pairs_of_visited_states(alpha_experiment, offline_q_learning, coverage_counts, behavior, envs, np):
+    # The stitching data visit 16 of the grid's 25 states.
+    data = behavior.stitching_dataset()
+    lay = envs.get_layout("stitch")
+    result = alpha_experiment(data, "stitch", [1.0])
+    assert result is not None, "alpha_experiment returned None: replace the ... with your code."
+    # Computed from your own offline_q_learning and coverage_counts (checked by q1 and q3).
+    counts = np.asarray(coverage_counts(data, lay.n_states, lay.n_actions))
+    Q = np.asarray(offline_q_learning(data, lay.n_states, lay.n_actions, lay.gamma, alpha=1.0))
+    visited = counts.sum(axis=1, keepdims=True) > 0
+    every_unseen = Q[counts == 0].mean()
+    if np.isclose(result["ood_q"][0], every_unseen) and not np.isclose(every_unseen, Q[(counts == 0) & visited].mean()):
+        raise AssertionError(
+            "ood_q averages over the unseen pairs of every state, including states the data never "
+            "visit (their Q stays 0): keep only the states with counts[s].sum() > 0"
+        )
+    assert np.isclose(result["ood_q"][0], Q[(counts == 0) & visited].mean(), rtol=1e-6), (
+        "ood_q must be the mean of Q over the unseen pairs (counts[s, a] == 0) of the visited "
+        "states, from offline_q_learning(dataset, ..., alpha=alpha) with the default n_iters"
+    )
+
+
 # %% tags=["hidden_check"]
 def _alpha_cases(rng):
     from offline_rl import behavior
@@ -1641,6 +1785,27 @@ def test_quality_experiment_shapes(quality_experiment, np):
     for key in ("bc", "naive", "cql"):
         assert np.asarray(result[key]).shape == (2,), f"result[{key!r}] must have one entry per quality, got shape {np.shape(result[key])}"
     assert result["bc"][1] > result["bc"][0], "behavior cloning of pure expert data must beat cloning random data"
+
+
+# %%
+def test_quality_experiment_uses_its_arguments(quality_experiment, coverage_counts, behavior, envs, planning, np):
+    # CQL with alpha = 0 is naive offline Q-learning: the given alpha must reach CQL.
+    same = quality_experiment([0.5], seeds=[1], n_episodes=3, alpha=0.0)
+    assert same is not None, "quality_experiment returned None: replace the ... with your code."
+    assert np.allclose(same["cql"], same["naive"]), "with alpha = 0, CQL must be naive Q-learning: is alpha passed on?"
+    # BC's return, from your coverage_counts, for each of the given seeds, then their mean.
+    lay = envs.get_layout("open")
+    seeds, n_episodes = [1, 3], 3  # BC returns differ between these seeds (and with 4 episodes)
+    per_seed = [
+        planning.rollout_return("open", np.argmax(coverage_counts(behavior.quality_dataset("open", 0.5, n_episodes, seed), lay.n_states, lay.n_actions), axis=1))
+        for seed in seeds
+    ]
+    got = quality_experiment([0.5], seeds=seeds, n_episodes=n_episodes)["bc"][0]
+    assert np.isclose(got, np.mean(per_seed)), (
+        "result['bc'] must be the mean over the given seeds of BC's return, each seed's data from "
+        "behavior.quality_dataset(layout_name, quality, n_episodes, seed): are the seeds, "
+        "n_episodes and a mean (not a max) used?"
+    )
 
 
 # %% tags=["hidden_check"]
@@ -1777,6 +1942,15 @@ def test_stitching_keys(stitching_experiment, behavior):
     assert all(isinstance(float(v), float) for v in result.values()), "all values must be numbers"
     assert result["best_trajectory_return"] == 1.0, (
         f"the best episode in the stitching data is family B with return +1, got {result['best_trajectory_return']}"
+    )
+    assert result["cql_return"] != result["best_trajectory_return"], (
+        "cql_return must be the return of CQL's greedy policy from the start, "
+        "planning.rollout_return(layout_name, ...), not a trajectory of the data"
+    )
+    data = behavior.stitching_dataset()
+    one = data.episode(int(data.episode_returns().argmin()))  # its worst episode alone
+    assert stitching_experiment(one)["best_trajectory_return"] == float(one.episode_returns().max()), (
+        "best_trajectory_return must be computed from the dataset given (dataset.episode_returns())"
     )
 
 # %% tags=["hidden_check"]

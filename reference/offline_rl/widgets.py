@@ -57,14 +57,15 @@ QUESTION_OF = {"coverage_counts": "q1", "offline_q_learning": "q3", "quality_exp
 
 def _call(fn: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> Any:
     question = QUESTION_OF.get(name, "its question")
+    # The line names the question and nothing else: an exception raised deep in support code
+    # ("cannot unpack non-iterable NoneType object") says nothing about what to write, and the
+    # question's grader.check cell says precisely what is wrong.
     try:
         out = fn(*args, **kwargs)
     except Exception as err:
-        raise NotImplementedYetError(
-            f"waiting for your code ({question}): {name} raised {type(err).__name__}: {err}"
-        ) from err
+        raise NotImplementedYetError(f"waiting for your code ({question})") from err
     if out is None:
-        raise NotImplementedYetError(f"waiting for your code ({question}): {name} returned None")
+        raise NotImplementedYetError(f"waiting for your code ({question})")
     return out
 
 
@@ -79,6 +80,10 @@ def _has_none(value: Any) -> bool:
     return False
 
 
+#: What a waiting line tells the student to do, after the question it names.
+WAITING_ADVICE = "finish it and run its grader.check cell, then re-run this cell."
+
+
 def wait_for(question: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)`` for a guided cell, or None while the student's code is missing.
 
@@ -86,16 +91,14 @@ def wait_for(question: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -
     return None, or raise), the cell prints one line, "waiting for your code (q7): ...", instead
     of a traceback from deep inside the support code, so Run All goes on to the end.
     """
+    line = f"waiting for your code ({question}): {WAITING_ADVICE}"
     try:
         out = fn(*args, **kwargs)
-    except NotImplementedYetError as err:  # support code already named the question
-        print(str(err)[:300])
-        return None
-    except Exception as err:
-        print(f"waiting for your code ({question}): {type(err).__name__}: {err}"[:300])
+    except Exception:  # never the support code's exception: it names no question (see _call)
+        print(line)
         return None
     if _has_none(out):
-        print(f"waiting for your code ({question}): a function you write still returns None.")
+        print(line)
         return None
     return out
 

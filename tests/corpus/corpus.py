@@ -41,6 +41,9 @@ class Mutant:
     scores: dict[str, float] = field(default_factory=dict)
     fails: tuple[str, ...] = ()  # the hidden checks it fails (instead of `scores`)
     cascade: str = ""
+    public_warns: bool | None = None
+    """Wrong entries: whether the student's own grader.check (the public checks of the questions
+    it loses points on) fails on it (tests/corpus/public.py verifies it)."""
 
 
 def load_mutants() -> list[Mutant]:
@@ -55,6 +58,7 @@ def load_mutants() -> list[Mutant]:
             scores={k: float(v) for k, v in m.get("scores", {}).items()},
             fails=tuple(m.get("fails", [])),
             cascade=m.get("cascade", ""),
+            public_warns=m.get("public_warns"),
         )
         for m in data["mutant"]
     ]
