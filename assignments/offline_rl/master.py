@@ -2074,17 +2074,22 @@ def _q10_run(case, q10_answer):
 # goes right at M: that is how it stitches. Find $\alpha^*$, the α at which its greedy action at
 # M switches from right to up, from the fixed point of a seen pair (section 3):
 #
-# 1. Compute the two Bellman targets $y(M, \text{up})$ and $y(M, \text{right})$: the discounted
-#    return (γ = 0.9) of what the data do after each action. Every step costs −1; the step into
-#    the pit gives −10 and the step onto the goal +10 instead, and both end the episode. (The
-#    data take a single action in each state after M, so no maximum is needed there.)
+# 1. Compute the two Bellman targets $y(M, a) = r(M, a) + \gamma\,G(s')$, with γ = 0.9: the
+#    reward of the action itself (−1, included) plus γ times the data's discounted return $G$
+#    from the cell $s'$ it leads to. The stitching section ("Stitching: beating every
+#    trajectory in the data") lists each family's steps after M. Every step costs −1; the step
+#    into the pit gives −10 and the step onto the goal +10 instead, and both end the episode.
+#    (The data take a single action in each state after M, so no maximum is needed there.)
 # 2. At the switch the two Q-values at M are equal. What does that make their soft-max weights?
 #    (The unseen actions' weights are negligible: CQL has pushed their values far down.)
 # 3. Write the fixed-point equation for both actions and solve for α.
 #
 # Set `q11_answer` to $\alpha^*$ as a number (a float or an int). It is graded after you submit,
-# with a tolerance of ±1. You can test your derivation with your `offline_q_learning`: at the
-# default `n_iters`, its greedy action at M should flip within that tolerance of your answer.
+# with a tolerance of ±1, and only the number is graded: you may derive it (the steps above)
+# or measure it, for example by bisecting on α with your `offline_q_learning` (at the default
+# `n_iters` its greedy action at M flips within the tolerance of $\alpha^*$). Both are
+# accepted. The derivation is the point of the exercise, though: it tells you *why* the switch
+# happens where it does, which Question 14 builds on; a bisection only tells you where.
 
 # %% [raw]
 # # BEGIN QUESTION
