@@ -1727,8 +1727,8 @@ learning_curves = widgets.wait_for("q1, q3", widgets.quality_learning_curves, of
 # > together the good parts of different trajectories.
 #
 # In the `stitch` grid (section 1) the dataset has two families of trajectories. Family A
-# (6 copies) starts well, up, up, right, right to the middle cell M, then turns up and left into
-# the pit: return −17. Family B (4 copies) dawdles to M (right three times, then a detour), then
+# (6 copies) starts well, up, up, right, right to the middle cell M, then goes up, up, left,
+# left into the pit: return −17. Family B (4 copies) dawdles to M (right three times, then a detour), then
 # goes right, right, up, up to the goal: return +1. The two families share only the start S and
 # M. The optimal path is A's first half followed by B's second half, return +3, and **no
 # trajectory in the dataset follows it**. Dynamic programming finds it anyway: the Bellman
