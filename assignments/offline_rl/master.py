@@ -2122,8 +2122,8 @@ q11_answer = (y_right - y_up) / (0.5 * (1 / 0.4 - 1 / 0.6))
 """ # BEGIN TEST CONFIG
 success_message: "answer format OK: correctness is graded after you submit"
 """ # END TEST CONFIG
-def test_q11_format_only(q11_answer, np):
-    # A format check only: whether the value is right is graded after you submit.
+def test_q11_format(q11_answer, np):
+    # Format only (the name ends in _format, which offline_rl.checks shows as such): the value is graded after you submit.
     assert isinstance(q11_answer, (int, float, np.integer, np.floating)) and not isinstance(q11_answer, bool), (
         f"q11_answer must be a number (the alpha at which the greedy action at M switches), got {q11_answer!r}"
     )
