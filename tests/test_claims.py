@@ -235,21 +235,16 @@ def one_state_counterexample() -> Any:
 
 
 def test_greedy_cql_value_is_not_a_lower_bound() -> None:
-    """Claim: 'neither theorem bounds the greedy policy's value': Q̂(s,0) ≈ 1.02 / 1.07 / 1.1 at
-    α = 0.1 / 1 / 5 against the true 1; and on Demo 3's data greedy V̂ exceeds V by <= 0.5."""
+    """Claim: 'neither theorem bounds the greedy policy's value': on one state with two actions,
+    both seen, Q̂(s,0) converges to ≈ 1.02 / 1.07 / 1.1 at α = 0.1 / 1 / 5 against the true 1."""
     data = one_state_counterexample()
     for alpha, expected in ((0.1, 1.02), (1.0, 1.07), (5.0, 1.1)):
         q = offline_q_learning(data, 1, 2, 0.9, alpha=alpha)
         assert q[0].argmax() == 0 and q[0, 0] > 1.0 and q[0, 0] == pytest.approx(expected, abs=0.01)
+        longer = offline_q_learning(data, 1, 2, 0.9, alpha=alpha, n_iters=50_000)
+        assert longer[0, 0] == pytest.approx(q[0, 0], abs=1e-3), "the text says 'converges to'"
         with pytest.raises(AssertionError, match="exceeds"):  # the old wording's check
             check_lower_bound(q.max(axis=1), np.array([1.0]), np.array([True]))
-    cliff = get_layout("cliff")
-    data = narrow_expert_dataset("cliff", 20, 0.0, 0)
-    on_data = coverage_counts(data, 30, 4).sum(axis=1) > 0
-    for alpha in (0.01, 0.1, 1.0, 10.0, 100.0):  # Demo 3's slider, α > 0
-        q = offline_q_learning(data, 30, 4, 0.9, alpha=alpha)
-        excess = (q.max(axis=1) - policy_evaluation(cliff, greedy_policy(q)))[on_data].max()
-        assert 0.0 < excess <= 0.5, (alpha, excess)
 
 
 # --------------------------------------------------------------------------- Demos 2 and 3
@@ -461,24 +456,78 @@ def test_q11_solution_cell_matches_the_reference() -> None:
     assert scope["q11_answer"] == pytest.approx(cql_switch_alpha(), abs=1e-9)
 
 
+def large_alpha_limit(data: Any) -> np.ndarray:
+    """The large-α fixed point of tabular CQL(H) on the data's states, V_lim: (S,).
+
+    At a seen pair, Q(s,a) = y(s,a) - α(softmax(Q)_a / π̂_β(a|s) - 1); as α grows the soft-max
+    tends to π̂_β, so Q(s,a) → log π̂_β(a|s) + c(s), and averaging the equation over π̂_β gives
+    E_{π̂_β}[Q(s,·)] = E_{π̂_β}[y(s,·)]. Hence max_a Q(s,a) → E_{π̂_β}[y(s,·)] + log max π̂_β(·|s)
+    + H(π̂_β(·|s)), with y built from the same limit at the next state (0 past an episode's end
+    and at states the data never act in, where the learner's table stays 0).
+    """
+    lay = STITCH
+    counts = coverage_counts(data, lay.n_states, lay.n_actions)  # (S, A)
+    n_s = counts.sum(axis=1)
+    visited = n_s > 0
+    beta = counts / np.maximum(n_s, 1)[:, None]  # π̂_β: (S, A)
+    logs = np.log(np.where(beta > 0, beta, 1.0))
+    bonus = np.where(visited, np.log(beta.max(axis=1).clip(1e-12)) - (beta * logs).sum(axis=1), 0.0)
+    s, a = data.observations, data.actions
+    done = data.terminals.astype(float)
+    v = np.zeros(lay.n_states)
+    for _ in range(300):  # γ^300 < 1e-13
+        target = data.rewards + lay.gamma * (1.0 - done) * v[data.next_observations]  # (N,)
+        y = np.zeros((lay.n_states, lay.n_actions))
+        np.add.at(y, (s, a), target)
+        y = y / np.maximum(counts, 1)  # mean target per seen pair
+        v = np.where(visited, (beta * y).sum(axis=1) + bonus, 0.0)
+    return v
+
+
+def converged_cql(data: Any, alpha: float) -> np.ndarray:
+    """Tabular CQL(H) run to (near) its fixed point: Q (S, A).
+
+    The fixed point does not depend on the step size, so this uses 3/(2 + α), three times the
+    learner's default 1/(1 + α) and still below the stability bound 2/(1 + α/2), to reach it
+    within 20,000 steps (about 0.5 s of CPU) instead of 100,000.
+    """
+    return offline_q_learning(
+        data, STITCH.n_states, STITCH.n_actions, STITCH.gamma, alpha=alpha, n_iters=20_000,
+        lr=3.0 / (2.0 + alpha),
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("mix", MIXES)
-def test_greedy_cql_over_estimates_once_it_follows_the_majority(mix: tuple[int, int]) -> None:
-    """Guarantee block: at α = 100 CQL(H) follows family A at M and values the start far above
-    its true value (-5.0 vs -10.0 on the notebook's data); at α = 300 even more (-0.03)."""
+def test_greedy_cql_over_estimate_past_the_switch_is_the_large_alpha_limit(
+    mix: tuple[int, int],
+) -> None:
+    """Guarantee block: past the switch (α = 100) CQL(H) follows family A at M (worth -10 from
+    the start) and, converged, values the start at the large-α limit (about -6.2 on the
+    notebook's data, -4.0 at M: the data's average target plus an entropy term). At the default
+    5,000 steps, large-α runs are under-trained and read higher: -5.0 at α = 100, -0.03 at 300."""
     data = stitching_dataset(*mix)
-    start = STITCH.start_state
-    excess = {}
-    for alpha in (100.0, 300.0):
-        q = offline_q_learning(data, STITCH.n_states, STITCH.n_actions, STITCH.gamma, alpha=alpha)
-        policy = greedy_policy(q)
-        assert policy[STITCH.state_index(M_CELL)] == 0, (mix, alpha)  # up, towards the pit
-        true = policy_evaluation(STITCH, policy)[start]
-        assert true == pytest.approx(-10.0, abs=0.01)
-        excess[alpha] = q[start].max() - true
-        if mix == (6, 4):
-            quoted = {100.0: -5.0, 300.0: -0.03}[alpha]
-            assert q[start].max() == pytest.approx(quoted, abs=0.02), (alpha, q[start].max())
-    assert excess[100.0] >= 4.0 and excess[300.0] > excess[100.0] + 4.0, (mix, excess)
+    start, m = STITCH.start_state, STITCH.state_index(M_CELL)
+    limit = large_alpha_limit(data)
+    q = converged_cql(data, 100.0)
+    policy = greedy_policy(q)
+    assert policy[m] == 0, mix  # up, towards the pit
+    true = policy_evaluation(STITCH, policy)[start]
+    assert true == pytest.approx(-10.0, abs=0.01)
+    assert q[start].max() == pytest.approx(limit[start], abs=0.05), (mix, q[start].max(), limit[start])
+    assert q[m].max() == pytest.approx(limit[m], abs=0.1), (mix, q[m].max(), limit[m])
+    assert q[start].max() - true >= 3.0, (mix, q[start].max())  # a large over-estimate
+    short = {
+        alpha: offline_q_learning(
+            data, STITCH.n_states, STITCH.n_actions, STITCH.gamma, alpha=alpha
+        )[start].max()
+        for alpha in (100.0, 300.0)
+    }  # the default budget
+    assert short[300.0] > short[100.0] > q[start].max() + 0.5, (mix, short, q[start].max())
+    if mix == (6, 4):  # the numbers the text quotes
+        assert q[start].max() == pytest.approx(-6.2, abs=0.05) and limit[start] == pytest.approx(-6.2, abs=0.05)
+        assert limit[m] == pytest.approx(-4.0, abs=0.05)
+        assert short[100.0] == pytest.approx(-5.0, abs=0.02), short
+        assert short[300.0] == pytest.approx(-0.03, abs=0.02), short
 
 
 def test_lifted_actions_sit_above_their_target_but_not_always_above_the_truth() -> None:
