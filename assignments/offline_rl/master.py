@@ -1936,8 +1936,9 @@ if candidates is not None:
 #   weighted version by one to two) and here sit below the truth: the late steps, the goal's
 #   +10 among them, are reached by no episode that acted as the expert would. Over fresh
 #   datasets the picture differs. Per-decision IS is unbiased: most datasets land below the
-#   truth, but roughly one in five lands above it, some far above (+30 and more), and on
-#   average the two balance; its spread over datasets is several times the bootstrap's. The
+#   truth, but roughly one in four or five lands above it, some far above (up to about +30),
+#   and on average the two balance; its spread over datasets is several times the
+#   bootstrap's. The
 #   weighted version stays within a few units, and it is biased low: about 2 below the truth
 #   on average.
 # - FQE does not move, and it is exact: it assembles the expert's path from single transitions
