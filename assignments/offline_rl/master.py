@@ -1935,12 +1935,12 @@ if candidates is not None:
 # - Both IS estimators move from resample to resample (per-decision IS by several units, the
 #   weighted version by one to two) and here sit below the truth: the late steps, the goal's
 #   +10 among them, are reached by no episode that acted as the expert would. Over fresh
-#   datasets the picture differs. Per-decision IS is unbiased: most datasets land below the
-#   truth, but roughly one in four or five lands above it, some far above (up to about +30),
-#   and on average the two balance; its spread over datasets is several times the
-#   bootstrap's. The
-#   weighted version stays within a few units, and it is biased low: about 2 below the truth
-#   on average.
+#   datasets the picture differs. Per-decision IS is unbiased (exactly so with the true
+#   $\pi_\beta$; the estimated $\hat\pi_\beta$ changes little here): most datasets land below
+#   the truth, but roughly one in four or five lands above it, some far above (up to about
+#   +30), and on average the two balance; its spread over datasets is several times the
+#   bootstrap's. The weighted version stays within a few units, and it is biased low: about 2
+#   below the truth on average.
 # - FQE does not move, and it is exact: it assembles the expert's path from single transitions
 #   of many episodes (stitching again), so it never needs one episode that follows π throughout.
 # - Doubly robust returns FQE's number exactly. On a deterministic grid, a tabular FQE fitted
@@ -2296,8 +2296,9 @@ def _q12_run(case, q12_answer):
 #   Learning.* NeurIPS. The CQL(H) objective of Question 5 and the tabular learner of Question 3;
 #   Theorem 3.1 (a pointwise bound on $\hat Q^\pi$, push-down only), Theorem 3.2 (the evaluation
 #   lower bound $\hat V^\pi \le V^\pi$ with the $B^\pi$ backup and push-down under π) and
-#   Theorem 3.3 (the policy the iterates produce, close to the soft-max of $\hat Q$ and changing
-#   slowly, valued with its own backup).
+#   Theorem 3.3 (the policy the iterates produce, within ε of the soft-max of $\hat Q$ in total
+#   variation, valued with its own backup; $\hat V \le V$ only where the penalty
+#   $D_{\text{CQL}}(s) \ge \max_a(\pi_{\hat Q}/\hat\pi_\beta)\,\varepsilon$).
 # - **Fujimoto, Meger and Precup (2019).** *Off-Policy Deep Reinforcement Learning without
 #   Exploration.* ICML. Batch-constrained Q-learning and extrapolation error.
 # - **Fujimoto, Conti, Ghavamzadeh and Pineau (2019).** *Benchmarking Batch Deep Reinforcement
