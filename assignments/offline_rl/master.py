@@ -915,11 +915,12 @@ def _bc_update_run(case, bc_update):
 # no push-up of the data's actions (Theorem 3.1).
 #
 # The learner you write is the *control* version, CQL(H). The closest result for it (Theorem
-# 3.3) concerns the policy π̂ of the iterates, assumed to change slowly and to stay within ε of
-# softmax(Q̂) in total variation, $\mathrm{TV}(\hat\pi^{k+1}, \operatorname{softmax}(\hat Q^k)) \le \varepsilon$.
+# 3.3) concerns the policy π̂ of the iterates, assumed to track the soft-max of the previous
+# iterate: $\mathrm{TV}(\hat\pi^{k+1}, \operatorname{softmax}(\hat Q^k)) \le \varepsilon$ in total variation.
 # It bounds π̂'s value under π̂'s own backup (an expectation over π̂, not the max), and even
 # then $\hat V \le V$ holds only in states where CQL's penalty is large enough,
-# $D_{\text{CQL}}(s) \ge \max_a \big(\pi_{\hat Q}(a|s)/\hat\pi_\beta(a|s)\big)\,\varepsilon$.
+# $D_{\text{CQL}}(s) \ge \max_a \big(\pi_{\hat Q}(a|s)/\hat\pi_\beta(a|s)\big)\,\varepsilon$, with
+# $\pi_{\hat Q} = \operatorname{softmax}(\hat Q)$.
 # Neither theorem bounds the value CQL(H) gives its **greedy** policy, which can be too high:
 #
 # - *One state with two actions, both in the data*: action 0 taken nine times (reward 1),
@@ -928,11 +929,12 @@ def _bc_update_run(case, bc_update):
 #   action is lifted above its target.
 # - *The stitching data past the switch* (α = 100 in Question 7's sweep): CQL(H) now follows
 #   family A at M, towards the pit, where that policy is worth −10 from the start. Trained to
-#   convergence it values the start at about −6.2, for every α past the switch. The reason is
-#   the large-α fixed point: at M the value tends to the data's average target there plus an
-#   entropy term, $\hat V(M) \to \mathbb{E}_{a\sim\hat\pi_\beta}[y(M,a)] + \log\max_a\hat\pi_\beta(a|M)
-#   + \mathcal{H}(\hat\pi_\beta(\cdot|M)) \approx -4.0$: the average mixes in family B's good
-#   continuation, while the greedy policy follows the majority into the pit. With the default
+#   convergence it values the start at about −6.2 (at α = 100 and in the large-α limit alike).
+#   The reason is the large-α fixed point: at M the value tends to the data's average target
+#   there plus an entropy term,
+#   $\hat V(M) \to \mathbb{E}_{a\sim\hat\pi_\beta}[y(M,a)] + \log\max_a\hat\pi_\beta(a|M) + \mathcal{H}(\hat\pi_\beta(\cdot|M)) \approx -4.0$:
+#   the average mixes in family B's good continuation, while the greedy policy follows the
+#   majority into the pit. With the default
 #   budget (5,000 steps of size 1/(1+α)) large-α runs are under-trained and read higher still:
 #   −5.0 at α = 100, −0.03 at α = 300. Those figures are training error, not CQL.
 #
