@@ -644,6 +644,29 @@ def test_ope_estimators_are_exact_on_policy() -> None:
         assert np.allclose(rho_pi[:, 1], first * second)
 
 
+def test_pdwis_conventions_ended_episodes_and_unreached_steps() -> None:
+    """OPE text's two conventions: an episode that has ended keeps its last weight in the later
+    steps' denominators (with reward 0), and a step no episode reaches with positive weight
+    adds 0 (rather than 0/0)."""
+    from offline_rl import evaluation as ev
+
+    # Episode 0: one step (s0, a0, r = 1); episode 1: two steps (s0, a1, r = 0), (s1, a0, r = 1).
+    ep = ev.EpisodeTable(
+        states=np.array([[0, 0], [0, 1]]), actions=np.array([[0, 0], [1, 0]]),
+        rewards=np.array([[1.0, 0.0], [0.0, 1.0]]), mask=np.array([[True, False], [True, True]]),
+    )  # fmt: skip
+    beta = np.array([[0.5, 0.5], [1.0, 0.0]])
+    pi = np.array([[1.0, 0.0], [1.0, 0.0]])  # takes a0 at s0: episode 1 gets weight 0
+    rho = ev.per_decision_weights(ep, pi, beta)
+    assert np.allclose(rho, [[2.0, 2.0], [0.0, 0.0]]), rho  # episode 0 keeps its weight 2
+    assert ev.per_decision_wis(ep, rho, 0.9) == pytest.approx(1.0)  # t = 1: no weight, adds 0
+    pi_b = np.array([[0.5, 0.5], [1.0, 0.0]])  # π = β: weights 1, and the ended episode counts
+    rho_b = ev.per_decision_weights(ep, pi_b, beta)
+    assert np.allclose(rho_b, 1.0)
+    # t = 0: (1 + 0) / 2; t = 1: (0 + 1) / 2, the ended episode 0 in the denominator.
+    assert ev.per_decision_wis(ep, rho_b, 0.9) == pytest.approx(0.5 + 0.9 * 0.5)
+
+
 def test_ope_chi_square_numbers() -> None:
     """OPE text: the data take the expert's action with probability 0.625, so E[w²] grows by
     1.6 per step and by 1.6^10 ≈ 110 over the expert's 10 steps; n/(1+χ²) ≈ 0.2 of 20
