@@ -981,8 +981,8 @@ def _bc_update_run(case, bc_update):
 # An action the data take *more* often than the soft-max policy would ends **above** its Bellman
 # target; a rare one ends below it. A pair the data never contain has no Bellman term at all, so
 # nothing stops the push-down: its value keeps falling as training continues. How far a seen
-# action moves from its target grows with α; the trade-off below asks what that does to the
-# greedy policy.
+# action moves from its target grows with α, up to a finite limit; the trade-off below asks
+# what that does to the greedy policy.
 #
 # #### What CQL guarantees, and for which policy
 #
@@ -1005,18 +1005,28 @@ def _bc_update_run(case, bc_update):
 # no push-up of the data's actions (Theorem 3.1).
 #
 # The learner you write is the *control* version, CQL(H). The closest result for it (Theorem
-# 3.3) concerns the policy π̂ of the iterates, assumed to stay close to softmax(Q̂) and to change
-# slowly, and bounds π̂'s value under π̂'s own backup (an expectation over π̂, not the max).
+# 3.3) concerns the policy π̂ of the iterates, assumed to track the soft-max of the previous
+# iterate: $\mathrm{TV}(\hat\pi^{k+1}, \operatorname{softmax}(\hat Q^k)) \le \varepsilon$ in total variation.
+# It bounds π̂'s value under π̂'s own backup (an expectation over π̂, not the max), and even
+# then $\hat V \le V$ holds only in states where CQL's penalty is large enough,
+# $D_{\text{CQL}}(s) \ge \max_a \big(\pi_{\hat Q}(a|s)/\hat\pi_\beta(a|s)\big)\,\varepsilon$, with
+# $\pi_{\hat Q} = \operatorname{softmax}(\hat Q)$.
 # Neither theorem bounds the value CQL(H) gives its **greedy** policy, which can be too high:
 #
-# - *One state*, action 0 taken nine times (reward 1), action 1 once (reward 0), both ending
-#   the episode. Action 0 is worth 1; CQL(H) converges to $\hat Q(s, 0) \approx 1.02$ at
-#   α = 0.1, 1.07 at α = 1 and 1.1 at α = 5: the frequent action is lifted above its target.
-# - *The stitching data at α = 100* (in Question 7's sweep): CQL(H) now follows family A at M,
-#   towards the pit, and values the start at −5.0, where that policy is worth −10.0 (at α = 300:
-#   −0.03). Once CQL(H) has collapsed toward behavior cloning, the over-estimate grows with α,
-#   and it is large because the data's most frequent action is a bad one. On Demo 3's cliff
-#   data, where the frequent action is the good one, it is at most 0.5 for every α of the demo.
+# - *One state with two actions, both in the data*: action 0 taken nine times (reward 1),
+#   action 1 once (reward 0), both ending the episode. Action 0 is worth 1; CQL(H) converges to
+#   $\hat Q(s, 0) \approx 1.02$ at α = 0.1, 1.07 at α = 1 and 1.1 at α = 5: the frequent
+#   action is lifted above its target.
+# - *The stitching data past the switch* (α = 100 in Question 7's sweep): CQL(H) now follows
+#   family A at M, towards the pit, where that policy is worth −10 from the start. Trained to
+#   convergence it values the start at about −6.2 (at α = 100 and in the large-α limit alike).
+#   The reason is the large-α fixed point: at M the value tends to the data's average target
+#   there plus an entropy term,
+#   $\hat V(M) \to \mathbb{E}_{a\sim\hat\pi_\beta}[y(M,a)] + \log\max_a\hat\pi_\beta(a|M) + \mathcal{H}(\hat\pi_\beta(\cdot|M)) \approx -4.0$:
+#   the average mixes in family B's good continuation, while the greedy policy follows the
+#   majority into the pit. With the default
+#   budget (5,000 steps of size 1/(1+α)) large-α runs are under-trained and read higher still:
+#   −5.0 at α = 100, −0.03 at α = 300. Those figures are training error, not CQL.
 #
 # **A large α does not make values safe.** What CQL(H) does reliably is the qualitative part:
 # unseen actions are pushed far below the actions the data support.
@@ -1415,8 +1425,10 @@ if widgets.wait_for("q4, q5", lambda: [StudentBC(4, 2).update(probe_batch), Stud
 # \qquad \pi(s) = \arg\max_{a \in \mathcal{A}_\tau(s)} Q(s,a).$$
 #
 # (With counts we use $\ge$, so that τ = 1 keeps the most frequent action; with the paper's
-# strict $>$, τ = 1 would allow no action at all, and its useful range is τ < 1.) τ = 0 allows
-# every action (plain greedy Q-learning); τ = 1 keeps only the most frequent one. The
+# strict $>$, τ = 1 would allow no action at all, and its useful range is τ < 1.) With our
+# $\ge$, τ = 0 allows every action (plain greedy Q-learning); with the paper's $>$, τ = 0 is
+# the pure support constraint, any action the data contain. τ = 1 keeps only the most
+# frequent one. The
 # constraint is **explicit**: it is
 # a hard rule on which actions may be chosen, and the full algorithm applies it in two places,
 # when acting *and* inside the Bellman target, $y = r + \gamma(1-d)\max_{a' \in
@@ -1546,7 +1558,7 @@ def _bcq_run(case, bcq_policy):
 # in the actor's objective; the advantage-weighted methods (AWR, AWAC, IQL) constrain
 # *implicitly*, by only ever fitting the data's own actions. CQL penalises values, not the policy.
 #
-# ### Model-based offline RL: pessimism moved into the model
+# ### Model-based offline RL: pessimism for model-generated data
 #
 # A learned dynamics model $\hat P(s'|s,a)$, $\hat r(s,a)$ can generate new data, but its
 # predictions where the data are silent are extrapolation, and a policy optimised in the model
@@ -1562,8 +1574,10 @@ def _bcq_run(case, bcq_policy):
 # **MOReL** (Kidambi, Rajeswaran, Netrapalli and Joachims, 2020) builds a *pessimistic MDP*:
 # pairs on which the ensemble disagrees too much lead to an absorbing HALT state with a large
 # negative reward. **COMBO** (Yu et al., 2021) needs no uncertainty estimate: it applies CQL's
-# push-down to state-action pairs from model rollouts and its push-up to the data. The idea is
-# the one of this chapter, pessimism where the data are silent, placed in the model.
+# push-down to state-action pairs from model rollouts and its push-up to the data, so its
+# pessimism sits in the Q-values on model-generated pairs, not in the model. The idea is the
+# one of this chapter, pessimism where the data are silent, placed in the model (MOPO, MOReL)
+# or in the values on model data (COMBO).
 #
 # ### The conservatism trade-off
 #
@@ -1880,8 +1894,8 @@ learning_curves = widgets.wait_for("q1, q3", widgets.quality_learning_curves, of
 # > together the good parts of different trajectories.
 #
 # In the `stitch` grid (section 1) the dataset has two families of trajectories. Family A
-# (6 copies) starts well, up, up, right, right to the middle cell M, then turns up and left into
-# the pit: return −17. Family B (4 copies) dawdles to M (right three times, then a detour), then
+# (6 copies) starts well, up, up, right, right to the middle cell M, then goes up, up, left,
+# left into the pit: return −17. Family B (4 copies) dawdles to M (right three times, then a detour), then
 # goes right, right, up, up to the goal: return +1. The two families share only the start S and
 # M. The optimal path is A's first half followed by B's second half, return +3, and **no
 # trajectory in the dataset follows it**. Dynamic programming finds it anyway: the Bellman
@@ -2066,8 +2080,13 @@ if candidates is not None:
 # + \rho_{i,t-1}\hat V(s_{i,t})\Big].$$
 #
 # *Per-decision* IS weights each reward only by the actions up to its own step (later actions
-# cannot have caused it). The *weighted* version normalises each step's weights to sum to one:
-# biased, but consistent and with far less variance. *Doubly robust* (with $\rho_{i,-1} = 1$)
+# cannot have caused it); it is unbiased. The *weighted* version shown normalises each step's
+# weights to sum to one: biased, but consistent and with far less variance. This per-step
+# normalisation is the consistent weighted per-decision IS of Thomas (2015) and Thomas and
+# Brunskill (2016); Precup, Sutton and Singh's (2000) weighted version normalises differently.
+# Two conventions complete the formula: a step that no episode reaches with positive weight
+# adds 0, and an episode that has ended keeps its last weight in the later steps'
+# denominators (it sits in an absorbing state with reward 0). *Doubly robust* (with $\rho_{i,-1} = 1$)
 # starts from a model's values, here FQE's $\hat Q$ and $\hat V(s) = \hat Q(s, \pi(s))$, and uses
 # the weights only to correct the model's errors: it is unbiased if either the weights or the
 # model are right.
@@ -2080,7 +2099,9 @@ if candidates is not None:
 # state alone, estimated by the data's frequencies $\hat\pi_\beta$. The policy to evaluate is the
 # expert itself, the one we would like to certify. Each estimator runs on 20 bootstrap
 # resamples of the episodes (drawn with replacement, $\hat\pi_\beta$ and FQE refitted each
-# time): the spread of the dots is the spread to expect from one dataset to the next.
+# time). The bootstrap is all one has in practice, but it understates IS's spread from one
+# real dataset to the next: resampling a dataset in which no episode follows the expert for
+# long never produces one that does, and those rare episodes carry the huge weights.
 #
 # *What to notice:*
 # - Section 2's χ² argument predicts trouble. The data take the expert's action with
@@ -2088,8 +2109,14 @@ if candidates is not None:
 #   by 1/0.625 = 1.6, and its 10 steps to the goal by 1.6¹⁰ ≈ 110: the 20 episodes are worth
 #   $n/(1+\chi^2) \approx 0.2$ episodes of the expert. Not one of them follows it to the goal.
 # - Both IS estimators move from resample to resample (per-decision IS by several units, the
-#   weighted version by one to two) and sit below the truth: the late steps, the goal's +10
-#   among them, are reached by no episode that acted as the expert would.
+#   weighted version by one to two) and here sit below the truth: the late steps, the goal's
+#   +10 among them, are reached by no episode that acted as the expert would. Over fresh
+#   datasets the picture differs. Per-decision IS is unbiased (exactly so with the true
+#   $\pi_\beta$; the estimated $\hat\pi_\beta$ changes little here): most datasets land below
+#   the truth, but roughly one in four or five lands above it, some far above (up to about
+#   +30), and on average the two balance; its spread over datasets is several times the
+#   bootstrap's. The weighted version stays within a few units, and it is biased low: about 2
+#   below the truth on average.
 # - FQE does not move, and it is exact: it assembles the expert's path from single transitions
 #   of many episodes (stitching again), so it never needs one episode that follows π throughout.
 # - Doubly robust returns FQE's number exactly. On a deterministic grid, a tabular FQE fitted
@@ -2224,17 +2251,22 @@ def _q10_run(case, q10_answer):
 # goes right at M: that is how it stitches. Find $\alpha^*$, the α at which its greedy action at
 # M switches from right to up, from the fixed point of a seen pair (section 3):
 #
-# 1. Compute the two Bellman targets $y(M, \text{up})$ and $y(M, \text{right})$: the discounted
-#    return (γ = 0.9) of what the data do after each action. Every step costs −1; the step into
-#    the pit gives −10 and the step onto the goal +10 instead, and both end the episode. (The
-#    data take a single action in each state after M, so no maximum is needed there.)
+# 1. Compute the two Bellman targets $y(M, a) = r(M, a) + \gamma\,G(s')$, with γ = 0.9: the
+#    reward of the action itself (−1, included) plus γ times the data's discounted return $G$
+#    from the cell $s'$ it leads to. The stitching section ("Stitching: beating every
+#    trajectory in the data") lists each family's steps after M. Every step costs −1; the step
+#    into the pit gives −10 and the step onto the goal +10 instead, and both end the episode.
+#    (The data take a single action in each state after M, so no maximum is needed there.)
 # 2. At the switch the two Q-values at M are equal. What does that make their soft-max weights?
 #    (The unseen actions' weights are negligible: CQL has pushed their values far down.)
 # 3. Write the fixed-point equation for both actions and solve for α.
 #
 # Set `q11_answer` to $\alpha^*$ as a number (a float or an int). It is graded after you submit,
-# with a tolerance of ±1. You can test your derivation with your `offline_q_learning`: at the
-# default `n_iters`, its greedy action at M should flip within that tolerance of your answer.
+# with a tolerance of ±1, and only the number is graded: you may derive it (the steps above)
+# or measure it, for example by bisecting on α with your `offline_q_learning` (at the default
+# `n_iters` its greedy action at M flips within the tolerance of $\alpha^*$). Both are
+# accepted. The derivation is the point of the exercise, though: it tells you *why* the switch
+# happens where it does, which Question 14 builds on; a bisection only tells you where.
 
 # %% [raw]
 # # BEGIN QUESTION
@@ -2264,11 +2296,9 @@ q11_answer = (y_right - y_up) / (0.5 * (1 / 0.4 - 1 / 0.6))
 # # BEGIN TESTS
 
 # %%
-""" # BEGIN TEST CONFIG
-success_message: "answer format OK: correctness is graded after you submit"
-""" # END TEST CONFIG
-def test_q11_format_only(q11_answer, np):
-    # A format check only: whether the value is right is graded after you submit.
+def test_q11_format(q11_answer, np):
+    # Format only: the name ends in _format, so offline_rl.checks shows a pass as "answer format
+    # OK" (as for q10 and q12); the value is graded after you submit.
     assert isinstance(q11_answer, (int, float, np.integer, np.floating)) and not isinstance(q11_answer, bool), (
         f"q11_answer must be a number (the alpha at which the greedy action at M switches), got {q11_answer!r}"
     )
@@ -2495,8 +2525,9 @@ else:
 #   Learning.* NeurIPS. The CQL(H) objective of Question 5 and the tabular learner of Question 3;
 #   Theorem 3.1 (a pointwise bound on $\hat Q^\pi$, push-down only), Theorem 3.2 (the evaluation
 #   lower bound $\hat V^\pi \le V^\pi$ with the $B^\pi$ backup and push-down under π) and
-#   Theorem 3.3 (the policy the iterates produce, close to the soft-max of $\hat Q$ and changing
-#   slowly, valued with its own backup).
+#   Theorem 3.3 (the policy the iterates produce, within ε of the soft-max of $\hat Q$ in total
+#   variation, valued with its own backup; $\hat V \le V$ only where the penalty
+#   $D_{\text{CQL}}(s) \ge \max_a(\pi_{\hat Q}/\hat\pi_\beta)\,\varepsilon$).
 # - **Fujimoto, Meger and Precup (2019).** *Off-Policy Deep Reinforcement Learning without
 #   Exploration.* ICML. Batch-constrained Q-learning and extrapolation error.
 # - **Fujimoto, Conti, Ghavamzadeh and Pineau (2019).** *Benchmarking Batch Deep Reinforcement
@@ -2529,11 +2560,13 @@ else:
 #   evaluation, used for offline policy selection. **Liu, Li, Tang and Zhou (2018).** *Breaking
 #   the Curse of Horizon.* NeurIPS. Marginalised importance sampling.
 # - **Precup, Sutton and Singh (2000).** *Eligibility Traces for Off-Policy Policy Evaluation.*
-#   ICML. Per-decision importance sampling (and its weighted version).
+#   ICML. Per-decision importance sampling (and a weighted version that normalises
+#   differently from the one shown). **Thomas (2015).** *Safe Reinforcement Learning.* PhD
+#   thesis, University of Massachusetts Amherst. The consistent weighted per-decision IS shown.
 #   **Jiang and Li (2016).** *Doubly Robust Off-policy Value Evaluation for Reinforcement
 #   Learning.* ICML. The per-decision doubly robust estimator. **Thomas and Brunskill (2016).**
 #   *Data-Efficient Off-Policy Policy Evaluation for Reinforcement Learning.* ICML. Weighted
-#   doubly robust estimators and their comparison with IS.
+#   doubly robust estimators built on that per-step weighted IS, and their comparison with IS.
 # - **Kong (1992)**, as used by **Metelli, Papini, Faccio and Restelli (2018).** *Policy
 #   Optimization via Importance Sampling.* NeurIPS. The effective sample size $n/(1 + \chi^2)$ and
 #   the exponentiated Rényi-2 divergence as the second moment of importance weights.

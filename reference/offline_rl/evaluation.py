@@ -25,6 +25,7 @@ __all__ = [
     "finite_horizon_value",
     "fitted_q_evaluation",
     "mean_per_pair",
+    "ope_estimates",
     "pair_counts",
     "per_decision_is",
     "per_decision_weights",
@@ -208,6 +209,32 @@ def finite_horizon_value(
     return V
 
 
+def ope_estimates(
+    dataset: OfflineDataset, layout: str | GridLayout, pi: np.ndarray, fqe_iters: int = 200
+) -> dict[str, float]:
+    """FQE, per-decision IS, per-decision WIS and doubly robust estimates of π's value at the
+    start state, with π̂_β and FQE's Q̂ estimated on ``dataset`` alone.
+
+    Args:
+        pi: (S, A) target action probabilities (see :func:`policy_probs`).
+        fqe_iters: FQE sweeps; γ^200 < 1e-9 at the grids' γ = 0.9.
+
+    Returns:
+        {"fqe", "pdis", "pdwis", "dr"}: one estimate each.
+    """
+    lay = get_layout(layout)
+    ep = episode_table(dataset)
+    rho = per_decision_weights(ep, pi, behavior_probs(dataset, lay.n_states, lay.n_actions))
+    S, A = lay.n_states, lay.n_actions
+    q_hat = fitted_q_evaluation(dataset, pi, S, A, lay.gamma, n_iters=fqe_iters)
+    return {
+        "fqe": float(pi[lay.start_state] @ q_hat[lay.start_state]),
+        "pdis": per_decision_is(ep, rho, lay.gamma),
+        "pdwis": per_decision_wis(ep, rho, lay.gamma),
+        "dr": doubly_robust(ep, rho, q_hat, pi, lay.gamma),
+    }
+
+
 def bootstrap_ope(
     dataset: OfflineDataset,
     layout: str | GridLayout,
@@ -230,8 +257,7 @@ def bootstrap_ope(
         first ``layout.horizon`` steps (which no real application sees).
     """
     lay = get_layout(layout)
-    S, A = lay.n_states, lay.n_actions
-    pi = policy_probs(policy, S, A)
+    pi = policy_probs(policy, lay.n_states, lay.n_actions)
     slices = dataset.episode_slices()
     rng = np.random.default_rng(seed)
     out: dict[str, list[float]] = {"fqe": [], "pdis": [], "pdwis": [], "dr": []}
@@ -241,13 +267,8 @@ def bootstrap_ope(
         lengths = [slices[i].stop - slices[i].start for i in picks]
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         data = dataset.select(index, episode_starts=starts)
-        ep = episode_table(data)
-        rho = per_decision_weights(ep, pi, behavior_probs(data, S, A))
-        q_hat = fitted_q_evaluation(data, pi, S, A, lay.gamma, n_iters=fqe_iters)
-        out["fqe"].append(float(pi[lay.start_state] @ q_hat[lay.start_state]))
-        out["pdis"].append(per_decision_is(ep, rho, lay.gamma))
-        out["pdwis"].append(per_decision_wis(ep, rho, lay.gamma))
-        out["dr"].append(doubly_robust(ep, rho, q_hat, pi, lay.gamma))
+        for key, value in ope_estimates(data, lay, pi, fqe_iters).items():
+            out[key].append(value)
     result = {k: np.array(v) for k, v in out.items()}
     result["true"] = np.array(finite_horizon_value(lay, pi)[lay.start_state])
     return result
