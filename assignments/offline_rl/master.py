@@ -502,15 +502,24 @@ def offline_q_learning(dataset, n_states, n_actions, gamma, alpha=0.0, n_iters=5
     n_s = counts.sum(axis=1, keepdims=True)
     visited = n_s > 0
     pi_data = np.divide(counts, n_s, out=np.zeros(counts.shape), where=visited)
+    # Pool the data by (s, a, s') once, so that an iteration costs one small matrix product
+    # instead of a pass over every transition: y = r_mean + gamma * p_next @ max_a' Q(s', a').
+    n_pairs = counts.reshape(-1, 1)
+    r_mean = np.divide(np.bincount(pair, weights=r, minlength=n_states * n_actions).reshape(counts.shape),
+                       counts, out=np.zeros(counts.shape), where=counts > 0)
+    bootstraps = np.bincount(pair * n_states + s_next, weights=1.0 - done,
+                             minlength=n_states * n_actions * n_states).reshape(-1, n_states)
+    p_next = np.divide(bootstraps, n_pairs, out=np.zeros(bootstraps.shape), where=n_pairs > 0)
+    step = lr * visited  # (S, 1): unvisited states never move
     Q = np.zeros((n_states, n_actions))
     for _ in range(n_iters):
-        target = r + gamma * (1.0 - done) * Q[s_next].max(axis=1)
-        sums = np.bincount(pair, weights=target, minlength=n_states * n_actions).reshape(Q.shape)
-        y = np.divide(sums, counts, out=np.zeros(Q.shape), where=counts > 0)
-        exp_q = np.exp(Q - Q.max(axis=1, keepdims=True))
-        softmax = exp_q / exp_q.sum(axis=1, keepdims=True)
-        grad = pi_data * (Q - y) + alpha * (softmax - pi_data)
-        Q -= lr * np.where(visited, grad, 0.0)
+        v = Q.max(axis=1)
+        y = r_mean + gamma * (p_next @ v).reshape(Q.shape)
+        grad = pi_data * (Q - y)
+        if alpha:
+            exp_q = np.exp(Q - v[:, None])
+            grad += alpha * (exp_q / exp_q.sum(axis=1, keepdims=True) - pi_data)
+        Q -= step * grad
     return Q
     # END SOLUTION
 

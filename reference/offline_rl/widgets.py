@@ -156,14 +156,26 @@ def replay_q_learning(
     order, ``n_sweeps`` times. Returns Q: (S, A); pairs not in the data stay 0.
     """
     lay = get_layout(layout)
-    Q = np.zeros((lay.n_states, lay.n_actions))
-    s, a, r = dataset.observations, dataset.actions, dataset.rewards.astype(np.float64)
-    s2, done = dataset.next_observations, dataset.terminals
+    gamma = lay.gamma
+    # Plain Python floats and lists: each update touches one entry, and numpy's per-call cost
+    # (indexing a scalar, a 4-element max) was 20x the arithmetic. Same order, same values.
+    Q = [[0.0] * lay.n_actions for _ in range(lay.n_states)]
+    steps = list(
+        zip(
+            dataset.observations.tolist(),
+            dataset.actions.tolist(),
+            dataset.rewards.astype(np.float64).tolist(),
+            dataset.next_observations.tolist(),
+            dataset.terminals.tolist(),
+            strict=True,
+        )
+    )
     for _ in range(n_sweeps):
-        for i in range(len(dataset)):
-            target = r[i] + lay.gamma * (0.0 if done[i] else Q[s2[i]].max())
-            Q[s[i], a[i]] += lr * (target - Q[s[i], a[i]])
-    return Q
+        for s, a, r, s2, done in steps:
+            row = Q[s]
+            target = r if done else r + gamma * max(Q[s2])
+            row[a] += lr * (target - row[a])
+    return np.array(Q)
 
 
 #: Demo 1's settings: the slider's dataset sizes (episodes of a uniformly random behavior
