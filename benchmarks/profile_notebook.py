@@ -4,9 +4,10 @@
 
 Runs the release's solution notebook (``make release`` writes it), or with ``--student`` the
 untouched hand-out, inside a copy of ``student_release/offline_rl`` (the folder a student gets:
-the notebook must be called ``offline_rl.ipynb`` there for otter's ``grader.check``). The machine this course
-is built on is shared, so wall time is noisy; the kernel's CPU time (user + sys of the kernel
-process and its children, read from /proc before and after each cell) is the figure to compare.
+the notebook must be called ``offline_rl.ipynb`` there for otter's ``grader.check``). The
+machine this course is built on is shared, so wall time is noisy; the kernel's CPU time (user +
+sys of the kernel process and its children, read from /proc around each cell) is the figure to
+compare.
 Prints the slowest cells first and the totals.
 """
 
@@ -31,7 +32,7 @@ _TICK = os.sysconf("SC_CLK_TCK")
 def cpu_seconds(pid: int) -> float:
     """user + sys CPU seconds of ``pid`` and its waited-for children (from /proc/<pid>/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    # fields[11:15] are utime, stime, cutime, cstime (the stat fields 14-17, 1-based after pid, comm)
+    # fields[11:15]: utime, stime, cutime, cstime (proc(5)'s fields 14-17)
     return sum(int(x) for x in fields[11:15]) / _TICK
 
 
