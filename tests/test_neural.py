@@ -454,7 +454,8 @@ def test_bad_inputs_raise_clear_errors(small_cartpole):
 # seed 0) is no longer twice what it achieves: 2,000 is the budget the claim needs. The old
 # design (300 random episodes, Polyak tau 0.005) fails the claim.
 CLAIM_SEEDS = (0, 1, 2, 3, 4)
-CLAIM_EPISODES, CLAIM_STEPS, CLAIM_BATCH, CLAIM_TARGET_EVERY = 20, 2_000, 64, 100
+CLAIM_EPISODES, CLAIM_STEPS, CLAIM_BATCH, CLAIM_TARGET_EVERY = 20, 2000, 64, 100
+CLAIM_BC_STEPS = 500  # BC balances for 500 steps on every seed after 500 (and after 1,000)
 # About one backup per target copy, plus the first: values grow over at most this many steps.
 CLAIM_BACKUPS = CLAIM_STEPS // CLAIM_TARGET_EVERY + 1
 EVAL_EPISODES, EVAL_SEED, GAMMA = 10, 1, 0.99
@@ -498,10 +499,13 @@ def cartpole_claim(seed: int, dataset: OfflineDataset, config: CQLConfig) -> str
         rows["cql"],
     )
     yardstick = _yardstick_promise(seed, dataset, config)
+    bc = BehaviorCloning(4, 2, BCConfig(seed=seed))  # the notebook's StudentBC: lr 1e-3, 256x256
+    train_offline(bc, dataset, CLAIM_BC_STEPS, CLAIM_BATCH, seed=seed, progress=False)
+    bc_ret = float(evaluate_policy("CartPole-v1", bc.act, EVAL_EPISODES, seed=EVAL_SEED).mean())
     cap = (1 - GAMMA**CLAIM_BACKUPS) / (1 - GAMMA)  # sum_{t < backups} gamma^t
     summary = (
         f"seed {seed}: naive DQN return {naive_ret:.1f}, promised {naive_promised:.1f}, "
-        f"achieved {naive_achieved:.1f}; CQL return {cql_ret:.1f}, promised {cql_promised:.1f}, "
+        f"achieved {naive_achieved:.1f}; BC return {bc_ret:.1f}; CQL return {cql_ret:.1f}, promised {cql_promised:.1f}, "
         f"achieved {cql_achieved:.1f}; penalty-free yardstick promised {yardstick:.1f}; "
         f"budget cap {cap:.1f}"
     )
@@ -519,6 +523,8 @@ def cartpole_claim(seed: int, dataset: OfflineDataset, config: CQLConfig) -> str
         "CQL's promise is not the penalty-free one; " + summary
     )
     assert max(cql_promised, yardstick) <= cap + 1.0, "a promise exceeds the budget; " + summary
+    # "BC does as well as CQL here".
+    assert bc_ret >= cql_ret, "BC does worse than CQL on expert data; " + summary
     # The real contrast: naive DQN promises more than the budget can justify.
     assert naive_promised >= cap + 3.0, "naive DQN stays within the budget; " + summary
     return summary
@@ -531,7 +537,8 @@ def test_the_claim_trains_as_the_notebooks_cartpole_cell():
     master = (Path(__file__).resolve().parents[1] / "assignments/offline_rl/master.py").read_text()
     for setting in (
         f'make_cartpole_dataset("expert", n_episodes={CLAIM_EPISODES},',
-        f"n_steps={CLAIM_STEPS}, batch_size={CLAIM_BATCH},",
+        f"steps = {CLAIM_BC_STEPS} if label == \"BC\" else {CLAIM_STEPS}",
+        f"n_steps=steps, batch_size={CLAIM_BATCH},",
         f"target_every={CLAIM_TARGET_EVERY},",
     ):
         assert setting in master, f"the notebook's CartPole cell no longer has {setting!r}"
