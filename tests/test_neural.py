@@ -505,7 +505,8 @@ def cartpole_claim(seed: int, dataset: OfflineDataset, config: CQLConfig) -> str
     cap = (1 - GAMMA**CLAIM_BACKUPS) / (1 - GAMMA)  # sum_{t < backups} gamma^t
     summary = (
         f"seed {seed}: naive DQN return {naive_ret:.1f}, promised {naive_promised:.1f}, "
-        f"achieved {naive_achieved:.1f}; BC return {bc_ret:.1f}; CQL return {cql_ret:.1f}, promised {cql_promised:.1f}, "
+        f"achieved {naive_achieved:.1f}; BC return {bc_ret:.1f}; "
+        f"CQL return {cql_ret:.1f}, promised {cql_promised:.1f}, "
         f"achieved {cql_achieved:.1f}; penalty-free yardstick promised {yardstick:.1f}; "
         f"budget cap {cap:.1f}"
     )
