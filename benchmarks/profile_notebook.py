@@ -1,13 +1,15 @@
 """Run All of a notebook, cell by cell: wall time and the kernel's CPU time per code cell.
 
-    python benchmarks/profile_notebook.py [--student] [--top 12]
+    python benchmarks/profile_notebook.py [--student] [--top 12] [--release DIR]
 
 Runs the release's solution notebook (``make release`` writes it), or with ``--student`` the
 untouched hand-out, inside a copy of ``student_release/offline_rl`` (the folder a student gets:
 the notebook must be called ``offline_rl.ipynb`` there for otter's ``grader.check``). The
 machine this course is built on is shared, so wall time is noisy; the kernel's CPU time (user +
 sys of the kernel process and its children, read from /proc around each cell) is the figure to
-compare.
+compare. ``--release DIR``: a folder holding another build's ``student_release/`` and
+``autograder/`` (e.g. ``git archive <commit> student_release autograder | tar -x -C DIR``), to
+compare before and after back to back, under the same load.
 Prints the slowest cells first and the totals.
 """
 
@@ -57,13 +59,14 @@ class TimedClient(NotebookClient):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--student", action="store_true", help="the untouched hand-out")
+    parser.add_argument("--release", type=Path, default=ROOT, help="folder of another build")
     parser.add_argument("--top", type=int, default=12, help="how many of the slowest cells")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp, "offline_rl")
-        shutil.copytree(HANDOUT, folder)
+        shutil.copytree(args.release / HANDOUT.relative_to(ROOT), folder)
         if not args.student:
-            shutil.copy(SOLUTION, folder / "offline_rl.ipynb")
+            shutil.copy(args.release / SOLUTION.relative_to(ROOT), folder / "offline_rl.ipynb")
         nb = nbformat.read(folder / "offline_rl.ipynb", as_version=4)
         client = TimedClient(nb, timeout=600, kernel_name="python3",
                              resources={"metadata": {"path": str(folder)}})  # fmt: skip
