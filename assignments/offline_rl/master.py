@@ -1213,9 +1213,10 @@ widgets.cql_demo(offline_q_fn=offline_q_learning, coverage_fn=coverage_counts)
 # *The yardstick:* the last row of the table is the same network and loss with no penalty
 # (α = 0) whose target evaluates the expert instead of maximising: $y = r + \gamma\,
 # Q^-(s', \pi_{\text{expert}}(s'))$ in place of $\max_{a'} Q^-(s', a')$. It estimates what the
-# data's own policy is worth, with the same training budget.
+# data's own policy is worth, with the same training budget. It does not act: its "promised" is
+# its value of the expert's action at $s_0$, and its return and "achieved" are the expert's.
 #
-# *What you should see:* naive DQN promises several times what it achieves and drops the pole
+# *What you should see:* naive DQN promises more than twice what it achieves and drops the pole
 # within about ten steps. CQL balances for 500 steps, and its promise, about 19, is far below
 # what it achieves (99.3). That gap is **not** CQL's conservatism: the penalty-free yardstick
 # promises the same, within 1. Both are capped by the training budget: ~21 backups from values
