@@ -25,14 +25,21 @@ def test_wait_for_returns_the_result_once_the_code_is_written(capsys):
     assert capsys.readouterr().out == ""
 
 
+def _control_and_caption(box):
+    """The demo's slider and its caption (the HTML widget with the demo-state class)."""
+    control = next(c for c in box.children if hasattr(c, "options") or hasattr(c, "min"))
+    caption = next(c for c in box.children if "offline-rl-demo-state" in c._dom_classes)
+    return control, caption
+
+
 def test_demo_caption_follows_the_slider_and_names_the_missing_question():
     box = widgets.cql_demo(offline_q_fn=offline_q_learning, coverage_fn=coverage_counts)
-    slider, caption = box.children[1], box.children[2]
+    slider, caption = _control_and_caption(box)
     assert caption.value.startswith("α = 0:"), caption.value
     slider.value = 1.0
     assert caption.value.startswith("α = 1:"), caption.value
     waiting = widgets.cql_demo(offline_q_fn=lambda *a, **k: None, coverage_fn=coverage_counts)
-    assert waiting.children[2].value == "waiting for your code (q3)"
+    assert _control_and_caption(waiting)[1].value == "waiting for your code (q3)"
 
 
 # ------------------------------------------------------------------ what the demos show (issue 25)
@@ -84,7 +91,7 @@ def test_one_colour_per_method_in_demo4_and_the_learning_curves():
 
     box = widgets.quality_demo(quality_experiment_fn=quality_experiment,
                                coverage_fn=coverage_counts, seeds=(0,))  # fmt: skip
-    caption = box.children[2].value
+    caption = _control_and_caption(box)[1].value
     assert "colours: " in caption, caption
     demo4 = dict(part.rsplit(" ", 1) for part in caption.split("colours: ")[1].split(", "))
     plt.close("all")
@@ -111,7 +118,7 @@ def test_every_colour_bar_has_a_label():
 
 def test_demo1_says_1_episode_not_1_episodes():
     box = widgets.online_vs_offline_demo(coverage_fn=coverage_counts)
-    slider, caption = box.children[1], box.children[2]
+    slider, caption = _control_and_caption(box)
     slider.value = 1
     assert caption.value.startswith("seed 0, 1 episode:"), caption.value
     slider.value = 2
