@@ -50,6 +50,7 @@ def test_every_demo_says_what_to_look_for_above_its_control():
     assert hasattr(control, "value"), "the sentence must come before (above) the slider"
 
 
+@pytest.mark.slow  # 48 trainings of 5,000 iterations: ~10 s quiet
 def test_demo2_noise_shows_some_lava_moves_and_luck_decides_the_rest():
     """Demo 2's sentence, over 8 dataset seeds: at every ε of the slider (noise on all 20
     episodes) fewer lava moves stay unseen, and the seen ones learn about their true -100;
