@@ -9,7 +9,8 @@ run: ``cpu.cfs_quota_us / cpu.cfs_period_us`` = ``--cpu`` (Gradescope's default 
 half a CPU) and ``memory.limit_in_bytes`` = ``--memory-mb``. The grader and every process it
 starts (the sandboxed kernel) inherit the cgroup.
 
-Prints, per run and as medians: the wall time of each grading phase (kernel start, the set-up
+Prints, per run and as medians: the wall time of each grading phase (the grader's start-up,
+kernel start, the set-up
 cell's imports, the other cells, the hidden checks, the report; the grader writes them to stderr
 when GRADING_PHASES=1), the total, the peak memory (the cgroup's ``memory.max_usage_in_bytes``,
 page cache included, and the summed RSS of the grader's process tree sampled every 20 ms: shared
@@ -42,8 +43,10 @@ CGROUP_V1 = Path("/sys/fs/cgroup")
 PERIOD_US = 100_000
 #: The goal at 0.5 CPU (issue 24).
 GOAL_S, GOAL_MB = 10.0, 400.0
-#: The grader's phase marks, in order; each phase lasts from the previous mark to its own.
-PHASES = ("kernel", "imports", "cells", "hidden checks", "report")
+#: The grader's phase marks, in order; each phase lasts from the previous mark to its own
+#: ("start": from launching ``python -m grading`` to its first line of work: interpreter,
+#: imports, unpacking).
+PHASES = ("start", "kernel", "imports", "cells", "hidden checks", "report")
 
 
 @dataclass
@@ -138,13 +141,14 @@ def _throttled_s(cpu_dir: Path) -> float:
 
 # --------------------------------------------------------------------------- one grading
 def _phases(stderr: str, start: float) -> dict[str, float]:
-    """Phase durations from the grader's "grading phase NAME T" lines (T: time.monotonic)."""
-    marks = {"start": start}
+    """Phase durations from the grader's "grading phase NAME T" lines (T: time.monotonic, the
+    same system-wide clock as ``start``, the launch)."""
+    marks: dict[str, float] = {}
     for line in stderr.splitlines():
         if line.startswith("grading phase "):
             name, stamp = line[len("grading phase "):].rsplit(" ", 1)
             marks[name] = float(stamp)
-    out, previous = {}, marks.get("start", start)
+    out, previous = {}, start
     for name in PHASES:
         if name in marks:
             out[name] = marks[name] - previous
