@@ -55,7 +55,8 @@ def bench_neural() -> list[str]:
 
             def run(batch_size: int = batch_size) -> None:
                 agent = CQL(OBS_DIM, N_ACTIONS, CQLConfig(seed=0))
-                train_offline(agent, data, STEPS, batch_size, seed=0, progress=False)
+                train_offline(agent, data, STEPS, batch_size, seed=0, progress=False,
+                              n_threads=None)  # the loop above sets them
 
             label = f"CQL {STEPS} steps, batch {batch_size}, {threads} thread(s)"
             rows.append(_row(label, _time(run)))

@@ -70,6 +70,12 @@ SAFE_KINDS = set("biufcUS")
 HIDDEN_CASE = re.compile(r"^test_(\w+)_hidden$")
 
 
+def _phase(name: str) -> None:
+    """With GRADING_PHASES=1: a stderr line per phase, for benchmarks/grading_resources.py."""
+    if os.environ.get("GRADING_PHASES"):
+        print(f"grading phase {name} {time.monotonic():.3f}", file=sys.stderr, flush=True)
+
+
 @dataclass(frozen=True)
 class Question:
     """One graded question: its points are split evenly over its hidden checks."""
@@ -315,6 +321,7 @@ class Grader:
     def grade(self, submission: Path, results_dir: Path) -> dict[str, Any]:
         """Grade ``submission`` (a folder) and write ``results_dir/results.json``; never raises."""
         start = time.monotonic()
+        _phase("start")
         results_dir = Path(results_dir)
         results_dir.mkdir(parents=True, exist_ok=True)
         if self.config.sandbox.uid is not None:
@@ -339,6 +346,7 @@ class Grader:
             print("results.json problems: " + "; ".join(problems), file=sys.stderr)
             result = self._zero("The autograder produced an invalid report; tell the course staff.")
         gs.write(result, results_dir)
+        _phase("report")
         return result
 
     def _zero(self, message: str) -> dict[str, Any]:
@@ -440,10 +448,13 @@ class Grader:
                         return
 
             sandbox.run(setup)
+            _phase("kernel")
             for cell in cells:
                 if left() <= 0:
                     break
                 cell.run = sandbox.run(cell.source, timeout=min(cell_timeout, left()))
+                if cell is cells[0]:
+                    _phase("imports")  # the notebook's set-up cell
                 if sandbox.alive():
                     if cell.run.status != "timeout":  # an interrupted cell would only time out
                         done.append(cell)
@@ -452,6 +463,7 @@ class Grader:
                 if restarts >= cfg.max_restarts:
                     break
                 restart()
+            _phase("cells")
             order = [c for q in self.questions for c in q.checks]
             for check in reversed(order) if cfg.reverse_checks else order:
                 if left() <= 0:
@@ -485,6 +497,7 @@ class Grader:
                             "the outputs of your code could not be read "
                             f"({type(err).__name__}: {clean(err, 200)})"
                         )
+            _phase("hidden checks")
         return outputs, restarts
 
     def _score_check(self, check: str, got: dict[str, np.ndarray] | str) -> tuple[bool, str]:

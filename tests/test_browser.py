@@ -10,8 +10,11 @@ release: the untouched student notebook and the solution notebook. Each gets one
 3. export after saving: exactly one zip, graded to full marks by the shipped grader.
 
 Screenshots of every demo before and after each move go to ``build/browser-artifacts/`` (kept;
-CI keeps the folder as an artifact when a test fails). With ``CI`` set a missing chromium or
-Playwright fails the run; elsewhere it skips.
+CI keeps the folder as an artifact when a test fails), with Demo 2 at ε = 0.5 and Demo 4 next to
+the learning curves. Timings (Run All, each demo's first render and each move; the goal is a
+first render within 3 s and a move within 1 s) go to ``timings.json`` there and are printed at
+the end of the session: they are reported, never asserted (the machine is shared).
+With ``CI`` set a missing chromium or Playwright fails the run; elsewhere it skips.
 """
 
 from __future__ import annotations
@@ -104,7 +107,9 @@ class Lab:
 
 
 @pytest.fixture(scope="session")
-def lab(tmp_path_factory: pytest.TempPathFactory, fresh_release: Path) -> Iterator[Lab]:
+def lab(
+    tmp_path_factory: pytest.TempPathFactory, fresh_release: Path, request: pytest.FixtureRequest
+) -> Iterator[Lab]:
     sync_api = _require_browser()
     tmp = tmp_path_factory.mktemp("browser")
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
@@ -182,6 +187,25 @@ def lab(tmp_path_factory: pytest.TempPathFactory, fresh_release: Path) -> Iterat
         shutil.copyfile(tmp / "lab.log", ARTIFACTS / "lab.log")
         if TIMINGS:
             (ARTIFACTS / "timings.json").write_text(json.dumps(TIMINGS, indent=2))
+            _report_timings(request.config)
+
+
+#: Goals of issue 24 for the timings whose names end so (reported beside them, not asserted).
+TIMING_GOALS = {"_first_render_s": 3.0, "_move1_s": 1.0, "_move2_s": 1.0}
+
+
+def _report_timings(config: pytest.Config) -> None:
+    """Print the timings as a table at the end of the session (wall s, with their goals)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    reporter.write_sep("-", "browser timings (wall s on this machine, not asserted)")
+    for name, seconds in TIMINGS.items():
+        goal = next((g for end, g in TIMING_GOALS.items() if name.endswith(end)), None)
+        verdict = ""
+        if goal is not None:
+            verdict = f"  goal <= {goal:g} s: {'ok' if seconds <= goal else 'over'}"
+        reporter.write_line(f"{name:<44} {seconds:7.2f}{verdict}")
 
 
 # --------------------------------------------------------------------------- page helpers
@@ -371,13 +395,13 @@ class Demo:
 # In notebook order. Each caption must name the slider's value and the state it implies.
 DEMOS = (
     Demo("1-online-vs-offline", (("ArrowRight", 2), ("ArrowLeft", 3)),
-         lambda v: [f"seed 0, {v:g} episodes", "covered"]),
+         lambda v: [f"seed 0, {v:g} episode{'' if v == 1 else 's'}:", "covered"]),
     Demo("2-distribution-shift", (("ArrowRight", 2), ("ArrowRight", 3)),
          lambda v: [f"ε = {v:g}", f"return {_cliff_greedy_return(v, 0.0):g}"]),
     Demo("3-cql", (("ArrowRight", 3), ("ArrowRight", 2)),
          lambda v: [f"α = {v:g}", f"return {_cliff_greedy_return(0.0, v):g}"]),
     Demo("4-quality", (("ArrowLeft", 2), ("ArrowRight", 4)),
-         lambda v: [f"quality {v:.2f}", f"the data visit {_quality_visited(v)} states"]),
+         lambda v: [f"quality {v:.2f}", f"the data visit {_quality_visited(v)} state"]),
 )  # fmt: skip
 
 
@@ -414,11 +438,14 @@ def test_each_demo_redraws_once_per_move_with_the_state_its_value_implies(
                 handle.press(key)
             readout = cell.locator(".widget-readout").first
             value = float(readout.inner_text())
-            expected = demo.expect(value)
-            caption = _wait_caption(captions.nth(index), before, expected, f"demo {demo.name}")
+            # Timed: until the caption changes and the kernel is idle (the figure is drawn);
+            # what it must say is computed afterwards, outside the timing.
+            _wait_caption(captions.nth(index), before, [], f"demo {demo.name}")
             _wait(lambda: _status_idle(page), 30, "the kernel to be idle after the move")
             seconds = time.monotonic() - start
             TIMINGS[f"demo{demo.name}_move{step}_s"] = round(seconds, 2)
+            expected = demo.expect(value)
+            caption = _wait_caption(captions.nth(index), before, expected, f"demo {demo.name}")
             box.screenshot(path=str(ARTIFACTS / f"demo{demo.name}-{step}-after-{value:g}.png"))
             images = cell.locator(".widget-output img")
             assert images.count() == 1, (
@@ -428,6 +455,92 @@ def test_each_demo_redraws_once_per_move_with_the_state_its_value_implies(
             assert "waiting" not in caption, caption
             errors = _error_texts(page)
             assert not errors, f"demo {demo.name} at {value:g} wrote stderr/warnings: {errors}"
+
+
+def _code_cell_indices(page: Any, needle: str) -> list[int]:
+    """Indices (among all cells) of the code cells whose source contains ``needle``."""
+    sources = page.evaluate(
+        "() => Array.from(window.jupyterapp.shell.currentWidget.content.model.cells)"
+        ".map(c => [c.type, c.sharedModel.getSource()])"
+    )
+    return [i for i, (kind, src) in enumerate(sources) if kind == "code" and needle in src]
+
+
+def test_each_demos_first_render_is_timed(solution_page: Any) -> None:
+    """Re-run each demo cell on its own and time it until its caption shows a state: the first
+    render a student waits for. Reported (timings.json, the session's last lines), not asserted;
+    what is asserted is that the re-run shows the demo once, with a figure and no waiting line."""
+    page = solution_page
+    calls = [
+        ("1-online-vs-offline", "widgets.online_vs_offline_demo("),
+        ("2-distribution-shift", "widgets.distribution_shift_demo("),
+        ("3-cql", "widgets.cql_demo("),
+        ("4-quality", "widgets.quality_demo("),
+    ]
+    for name, call in calls:
+        found = _code_cell_indices(page, call)
+        assert len(found) == 1, f"expected one cell calling {call}, found {found}"
+        cell = page.locator(".jp-Notebook .jp-Cell").nth(found[0])
+        before = page.evaluate(CELLS_JS)["counts"]
+        start = time.monotonic()
+        page.evaluate(
+            f"""() => {{
+              const panel = window.jupyterapp.shell.currentWidget;
+              panel.content.activeCellIndex = {found[0]};
+              return window.jupyterapp.commands.execute('notebook:run-cell');
+            }}"""
+        )
+        def rendered(cell: Any = cell, before: list[Any] = before) -> bool:
+            return (page.evaluate(CELLS_JS)["counts"] != before and _status_idle(page)
+                    and cell.locator(".offline-rl-demo-state").count() == 1
+                    and cell.locator(".widget-output img").count() == 1)  # fmt: skip
+
+        _wait(rendered, MOVE_TIMEOUT, f"demo {name} to render again")
+        TIMINGS[f"demo{name}_first_render_s"] = round(time.monotonic() - start, 2)
+        caption = cell.locator(".offline-rl-demo-state").inner_text()
+        assert caption and "waiting" not in caption, caption
+        hint = cell.locator(".jp-OutputArea").first.inner_text()
+        assert "What to look for" in hint, f"demo {name} has no sentence above its control"
+        assert "computing" not in cell.locator(".jp-OutputArea").first.inner_text().lower()
+
+
+def _colours(text: str) -> dict[str, str]:
+    """{method's first word: '#rrggbb'} from a caption's "colours: BC #1f77b4, naive Q ..." part."""
+    assert "colours: " in text, f"no colours in the caption {text!r}"
+    pairs = text.split("colours: ", 1)[1].split(" · ")[0].split(", ")
+    return {pair.rsplit(" ", 1)[0].split()[0]: pair.rsplit(" ", 1)[1] for pair in pairs}
+
+
+def test_methods_have_the_same_colours_in_demo4_and_the_learning_curves(
+    solution_page: Any,
+) -> None:
+    """Read from the page: Demo 4's caption and the learning curves' caption both list their
+    legend's colours (taken from the drawn matplotlib artists); each method must have one."""
+    page = solution_page
+    cells = page.locator(".jp-Notebook .jp-Cell")
+    demo4 = cells.nth(_code_cell_indices(page, "widgets.quality_demo(")[0])
+    curves = cells.nth(_code_cell_indices(page, "widgets.quality_learning_curves")[0])
+    demo_colours = _colours(demo4.locator(".offline-rl-demo-state").inner_text())
+    curve_text = curves.locator(".offline-rl-figure-state")
+    assert curve_text.count() == 1, "the learning curves show no colour caption"
+    curve_colours = _colours(curve_text.inner_text())
+    assert set(demo_colours) == {"BC", "naive", "CQL"}, demo_colours
+    assert curve_colours == demo_colours, f"Demo 4 {demo_colours}, curves {curve_colours}"
+    # The screenshot the issue asks for: Demo 4 and the learning curves side by side (Lab's
+    # notebook panel scrolls inside the page, so each output is shot on its own, then joined).
+    import matplotlib.pyplot as plt
+
+    shots = []
+    for name, cell in (("demo4", demo4), ("learning-curves", curves)):
+        output = cell.locator(".jp-OutputArea").first
+        output.scroll_into_view_if_needed()
+        path = ARTIFACTS / f"{name}-output.png"
+        output.screenshot(path=str(path))
+        shots.append(plt.imread(path)[..., :3])
+    height = max(shot.shape[0] for shot in shots)
+    padded = [np.pad(shot, ((0, height - shot.shape[0]), (0, 10), (0, 0)), constant_values=1.0)
+              for shot in shots]  # fmt: skip
+    plt.imsave(ARTIFACTS / "demo4-and-learning-curves.png", np.concatenate(padded, axis=1))
 
 
 def test_cartpole_cell_shows_one_chart_and_a_table_that_states_the_claim(

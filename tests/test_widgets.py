@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 from offline_rl import widgets
 from offline_rl.algorithms.coverage import coverage_counts
@@ -26,14 +27,21 @@ def test_wait_for_returns_the_result_once_the_code_is_written(capsys):
     assert capsys.readouterr().out == ""
 
 
+def _control_and_caption(box):
+    """The demo's slider and its caption (the HTML widget with the demo-state class)."""
+    control = next(c for c in box.children if hasattr(c, "options") or hasattr(c, "min"))
+    caption = next(c for c in box.children if "offline-rl-demo-state" in c._dom_classes)
+    return control, caption
+
+
 def test_demo_caption_follows_the_slider_and_names_the_missing_question():
     box = widgets.cql_demo(offline_q_fn=offline_q_learning, coverage_fn=coverage_counts)
-    slider, caption = box.children[0], box.children[1]
+    slider, caption = _control_and_caption(box)
     assert caption.value.startswith("α = 0:"), caption.value
     slider.value = 1.0
     assert caption.value.startswith("α = 1:"), caption.value
     waiting = widgets.cql_demo(offline_q_fn=lambda *a, **k: None, coverage_fn=coverage_counts)
-    assert waiting.children[1].value == "waiting for your code (q3)"
+    assert _control_and_caption(waiting)[1].value == "waiting for your code (q3)"
 
 
 def _unpacks_student_result():
@@ -64,5 +72,104 @@ def test_demo_waiting_note_shows_no_exception_of_the_student_stub(monkeypatch):
     notes: list[str] = []  # what the demo's output area prints (outside a kernel it shows nothing)
     monkeypatch.setattr(widgets, "_note", lambda output, message: notes.append(message))
     box = widgets.cql_demo(offline_q_fn=raises, coverage_fn=coverage_counts)
-    assert box.children[1].value == "waiting for your code (q3)", box.children[1].value
+    caption = _control_and_caption(box)[1]
+    assert caption.value == "waiting for your code (q3)", caption.value
     assert notes == ["waiting for your code (q3)"], notes
+
+
+# ------------------------------------------------------------------ what the demos show (issue 25)
+def test_every_demo_says_what_to_look_for_above_its_control():
+    box = widgets.cql_demo(offline_q_fn=offline_q_learning, coverage_fn=coverage_counts)
+    sentence, control = box.children[0], box.children[1]
+    assert "What to look for" in sentence.value and len(sentence.value) > 60, sentence.value
+    assert hasattr(control, "value"), "the sentence must come before (above) the slider"
+
+
+@pytest.mark.slow  # 48 trainings of 5,000 iterations: ~10 s quiet
+def test_demo2_noise_shows_some_lava_moves_and_luck_decides_the_rest():
+    """Demo 2's sentence, over 8 dataset seeds: at every ε of the slider (noise on all 20
+    episodes) fewer lava moves stay unseen, and the seen ones learn about their true -100;
+    with ε <= 0.2 the greedy policy fails on every seed; with more, some seeds reach the goal
+    and some do not; on the demo's data (seed 0) it fails at every ε."""
+    from offline_rl.behavior import narrow_expert_dataset
+    from offline_rl.envs import get_layout
+    from offline_rl.planning import greedy_policy, rollout_return, value_iteration
+
+    lay = get_layout("cliff")
+    q_true = value_iteration(lay)[1]
+    lava = q_true <= -99  # (S, A): moves into the lava
+    failed: dict[float, list[bool]] = {}
+    for seed in range(8):
+        unseen_lava = {}
+        for epsilon in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5):
+            data = narrow_expert_dataset("cliff", n_episodes=20, epsilon=epsilon, seed=seed)
+            counts = coverage_counts(data, lay.n_states, lay.n_actions)
+            q = offline_q_learning(data, lay.n_states, lay.n_actions, lay.gamma, alpha=0.0)
+            seen, unseen = widgets._seen_unseen(counts)
+            unseen_lava[epsilon] = int((unseen & lava).sum())
+            error = abs(q[seen & lava] - q_true[seen & lava]).max(initial=0)
+            assert error < 5, f"seed {seed}, ε {epsilon}: a seen lava move is off by {error}"
+            ret = rollout_return(lay, greedy_policy(q))
+            failed.setdefault(epsilon, []).append(ret <= -lay.horizon * lay.step_cost)
+        assert all(unseen_lava[e] < unseen_lava[0.0] for e in unseen_lava if e > 0), unseen_lava
+    assert all(all(failed[e]) for e in (0.0, 0.1, 0.2)), failed
+    assert all(any(failed[e]) and not all(failed[e]) for e in (0.3, 0.4, 0.5)), failed
+    assert all(runs[0] for runs in failed.values()), f"seed 0 (the demo's): {failed}"
+
+
+def test_one_colour_per_method_in_demo4_and_the_learning_curves():
+    import matplotlib.pyplot as plt
+    from offline_rl import plotting
+    from offline_rl.algorithms.experiments import quality_experiment
+
+    def first_word(colours):
+        return {name.split()[0]: colour for name, colour in colours.items()}
+
+    box = widgets.quality_demo(quality_experiment_fn=quality_experiment,
+                               coverage_fn=coverage_counts, seeds=(0,))  # fmt: skip
+    caption = _control_and_caption(box)[1].value
+    assert "colours: " in caption, caption
+    demo4 = dict(part.rsplit(" ", 1) for part in caption.split("colours: ")[1].split(", "))
+    plt.close("all")
+    widgets.quality_learning_curves(offline_q_learning, coverage_counts, seeds=(0,),
+                                    n_iters=(10, 30))  # fmt: skip
+    curves = plotting.legend_colours(plt.gcf().axes[0])
+    plt.close("all")
+    assert set(first_word(demo4)) == {"BC", "naive", "CQL"}, demo4
+    assert first_word(curves) == first_word(demo4), f"Demo 4 {demo4}, learning curves {curves}"
+    assert len(set(demo4.values())) == 3, demo4
+
+
+def test_every_colour_bar_has_a_label():
+    import matplotlib.pyplot as plt
+    from offline_rl import plotting
+
+    fig, axes = plt.subplots(1, 2)
+    plotting.draw_grid(axes[0], "open", counts=np.ones(36))
+    plotting.draw_grid(axes[1], "open", values=np.zeros(36))
+    bars = [ax for ax in fig.axes if ax not in axes]
+    assert len(bars) == 2 and all(bar.get_ylabel() for bar in bars), [b.get_ylabel() for b in bars]
+    plt.close(fig)
+
+
+def test_demo1_says_1_episode_not_1_episodes():
+    box = widgets.online_vs_offline_demo(coverage_fn=coverage_counts)
+    slider, caption = _control_and_caption(box)
+    slider.value = 1
+    assert caption.value.startswith("seed 0, 1 episode:"), caption.value
+    slider.value = 2
+    assert caption.value.startswith("seed 0, 2 episodes:"), caption.value
+
+
+def test_stacked_unseen_pairs_are_counted_on_the_scatter():
+    import matplotlib.pyplot as plt
+    from offline_rl import plotting
+
+    q = np.zeros((2, 4))
+    counts = np.array([[1, 0, 0, 0], [0, 0, 0, 0]])
+    q_true = np.array([[-1.0, -100, -100, -100], [0, 0, 0, 0]])
+    fig, ax = plt.subplots()
+    plotting.plot_q_seen_vs_unseen(ax, q, counts, q_true)
+    notes = [t.get_text() for t in ax.texts]
+    plt.close(fig)
+    assert notes == ["3 pairs"], notes
