@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+import torch
+from torch import nn
 
 from offline_rl.datasets import OfflineDataset, Policy, collect_dataset
 
@@ -34,9 +36,11 @@ __all__ = [
     "MAX_RETURN",
     "N_ACTIONS",
     "OBS_DIM",
+    "ExpertValue",
     "behavior_policy",
     "epsilon_expert_policy",
     "expert_action",
+    "expert_actions",
     "expert_policy",
     "make_cartpole_dataset",
     "make_env",
@@ -94,6 +98,37 @@ def expert_action(obs: np.ndarray) -> int:
             f"expert_action expects one CartPole observation of shape (4,), got {obs.shape}."
         )
     return int(float(_EXPERT_GAINS @ obs) > 0.0)
+
+
+def expert_actions(obs: torch.Tensor) -> torch.Tensor:
+    """The expert's actions for a batch: obs (B, 4) float -> (B,) int64 (as ``expert_action``)."""
+    if obs.ndim != 2 or obs.shape[1] != OBS_DIM:
+        raise ValueError(
+            "expert_actions expects a batch of CartPole observations of shape (B, 4), got "
+            f"{tuple(obs.shape)}."
+        )
+    gains = torch.as_tensor(_EXPERT_GAINS, dtype=obs.dtype)
+    return (obs @ gains > 0).long()
+
+
+class ExpertValue(nn.Module):
+    """A Q-network seen through the expert: every column holds ``Q(s, expert(s))``.
+
+    Used as the *target* network of a DQN-style loss, it turns ``max_a' Q_target(s', a')`` into
+    ``Q_target(s', expert(s'))``: the Bellman target of *evaluating* the expert (SARSA / fitted
+    Q evaluation) instead of improving on it. On expert data, with no penalty, this is the
+    penalty-free estimate of what the data's own policy is worth, the yardstick for CQL's value.
+    Input (B, 4); output (B, n_actions), all columns equal.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        q = self.net(obs)  # (B, A)
+        chosen = q.gather(1, expert_actions(obs).unsqueeze(1))  # (B, 1)
+        return chosen.expand_as(q)
 
 
 def expert_policy(obs: np.ndarray, rng: np.random.Generator) -> int:

@@ -10,7 +10,64 @@ from matplotlib.patches import Rectangle
 
 from offline_rl.envs import ACTION_DELTAS, GridLayout, get_layout
 
-__all__ = ["draw_grid", "plot_bars", "plot_curves", "plot_q_seen_vs_unseen"]
+__all__ = [
+    "METHOD_COLOURS",
+    "draw_grid",
+    "legend_colours",
+    "method_colours",
+    "plot_bars",
+    "plot_curves",
+    "plot_q_seen_vs_unseen",
+]
+
+#: One colour per method in every figure of the chapter (Demo 4, the learning curves, CartPole,
+#: Demo 1): a label whose first word is a key (case-insensitive: "naive Q", "naive DQN (α=0)",
+#: "CQL (α=1)", "BC (no training loop)") gets that colour.
+METHOD_COLOURS: dict[str, str] = {
+    "bc": "tab:blue",
+    "naive": "tab:orange",
+    "cql": "tab:green",
+    "online": "tab:purple",
+}
+#: Colours for everything else, none of them a method's (so no other line looks like BC).
+_OTHER_COLOURS = ("tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray", "tab:red")
+
+
+def method_colours(labels: Sequence[str]) -> list[str]:
+    """A colour per label: the method's from ``METHOD_COLOURS``, else the next other colour.
+
+    Two labels of one figure never share a colour: when a second label names the same method
+    ("online from zeros", "online from offline CQL"), it gets an other colour.
+    """
+    others = iter(_OTHER_COLOURS * (1 + len(labels) // len(_OTHER_COLOURS)))
+    used: set[str] = set()
+    colours = []
+    for label in labels:
+        words = str(label).split()
+        colour = METHOD_COLOURS.get(words[0].lower()) if words else None
+        if colour is None or colour in used:
+            colour = next(others)
+        used.add(colour)
+        colours.append(colour)
+    return colours
+
+
+def legend_colours(ax: Axes) -> dict[str, str]:
+    """{legend label: colour as '#rrggbb'} of ``ax``'s legend, read from the drawn artists.
+
+    The demos print this next to their figures (as text the browser test can read)."""
+    from matplotlib.colors import to_hex
+
+    legend = ax.get_legend()
+    if legend is None:
+        return {}
+    out = {}
+    for handle, text in zip(legend.legend_handles, legend.get_texts(), strict=False):
+        colour = handle.get_color() if hasattr(handle, "get_color") else handle.get_facecolor()
+        if isinstance(colour, np.ndarray) and colour.ndim == 2:  # a collection: its first colour
+            colour = colour[0]
+        out[text.get_text()] = to_hex(colour)
+    return out
 
 
 def draw_grid(
@@ -21,6 +78,7 @@ def draw_grid(
     counts: np.ndarray | None = None,
     title: str | None = None,
     annotate: bool = True,
+    heat_label: str | None = None,
 ) -> Axes:
     """Draw a layout: walls, start (S), goals (G), pits (X), and optionally a heatmap.
 
@@ -29,6 +87,8 @@ def draw_grid(
         policy: (S,) int actions drawn as arrows on non-terminal cells.
         counts: (S, A) or (S,) visit counts shown as a heatmap when ``values`` is None.
         title: axes title.
+        heat_label: the colour bar's label; default "state value" for ``values``, "visits to
+            the state (dataset transitions)" for ``counts``.
     """
     lay = get_layout(layout)
     heat = None
@@ -39,7 +99,10 @@ def draw_grid(
         heat = (c.sum(axis=1) if c.ndim == 2 else c).reshape(lay.rows, lay.cols)
     if heat is not None:
         im = ax.imshow(heat, cmap="viridis", origin="upper")
-        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        if heat_label is None:
+            heat_label = "state value" if values is not None else "visits (transitions from it)"
+        bar = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        bar.set_label(heat_label)
     ax.set_xlim(-0.5, lay.cols - 0.5)
     ax.set_ylim(lay.rows - 0.5, -0.5)
     ax.set_aspect("equal")
@@ -100,6 +163,14 @@ def plot_q_seen_vs_unseen(
     x = np.asarray(q_true) if q_true is not None else np.arange(q.size).reshape(q.shape)
     ax.scatter(x[seen], q[seen], label="seen in data", color="tab:blue", s=18)
     ax.scatter(x[unseen], q[unseen], label="never seen (OOD)", color="tab:red", marker="x", s=24)
+    # Many unseen pairs share one point (true -100 for the lava, learned 0): say how many, or
+    # ten errors look like one.
+    points, n_at = np.unique(np.round(np.stack([x[unseen], q[unseen]], axis=1), 6), axis=0,
+                             return_counts=True)  # fmt: skip
+    for (px, py), n in zip(points, n_at, strict=True):
+        if n > 1:
+            ax.annotate(f"{n} pairs", (px, py), textcoords="offset points", xytext=(6, 6),
+                        fontsize=8, color="tab:red")  # fmt: skip
     if q_true is not None:
         lo, hi = float(min(x[visited].min(), q[visited].min())), float(
             max(x[visited].max(), q[visited].max())
@@ -128,13 +199,13 @@ def plot_curves(
     """One line per entry of ``curves`` (each (len(xs),)); ``smooth`` > 1 applies a moving
     average; ``reference_line`` draws a dashed horizontal line (e.g. the optimal return)."""
     xs = np.asarray(xs)
-    for name, ys in curves.items():
+    for (name, ys), colour in zip(curves.items(), method_colours(list(curves)), strict=True):
         ys = np.asarray(ys, dtype=float)
         if ys.shape != xs.shape:
             raise ValueError(f"curve {name!r} has shape {ys.shape}, expected {xs.shape} like xs.")
         if smooth > 1 and ys.size >= smooth:
             ys = np.convolve(ys, np.ones(smooth) / smooth, mode="same")
-        ax.plot(xs, ys, label=name, marker="o" if xs.size <= 20 else None)
+        ax.plot(xs, ys, label=name, color=colour, marker="o" if xs.size <= 20 else None)
     if reference_line is not None:
         ax.axhline(reference_line, color="k", linestyle="--", linewidth=1, label="optimal")
     ax.set_xlabel(xlabel)
@@ -155,7 +226,7 @@ def plot_bars(
     """A bar per entry of ``values``, labelled with its value; optional dashed reference."""
     names = list(values)
     heights = [float(values[k]) for k in names]
-    bars = ax.bar(names, heights, color=[f"C{i}" for i in range(len(names))])
+    bars = ax.bar(names, heights, color=method_colours(names))
     ax.bar_label(bars, fmt="%.4g", fontsize=8)  # 500, 9.6, -17, 0.1235: no trailing zeros
     if reference_line is not None:
         ax.axhline(reference_line, color="k", linestyle="--", linewidth=1)
