@@ -181,8 +181,9 @@ def bwrap_argv(workdir: Path, launch_dir: Path, python: str) -> list[str]:
         elif os.path.isdir(path):
             argv += ["--ro-bind", path, path]
     argv += ["--proc", "/proc", "--dev", "/dev"]
-    argv += ["--size", str(TMPFS_BYTES), "--tmpfs", "/dev/shm"]
-    argv += ["--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
+    # Sticky and world-writable, as on the host (bwrap makes a tmpfs 0755 otherwise).
+    argv += ["--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/dev/shm"]
+    argv += ["--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
     binds = [("--ro-bind-try", p) for p in SYSTEM_FILES]
     binds += [("--ro-bind", p) for p in python_dirs(python)]
     # Both at their host paths (they may lie under /tmp: after its tmpfs), so every path in the
