@@ -118,9 +118,10 @@ def ipc_objects(uid: int) -> list[tuple[str, int]]:
         except OSError:
             continue
         header = lines[0].split() if lines else []
-        if not {"id", "uid", "cuid"} <= set(header):
-            continue
-        col = {name: header.index(name) for name in ("id", "uid", "cuid")}
+        # "key shmid perms ..." (semid, msqid for the others): the id is the second column.
+        if len(header) < 2 or not header[1].endswith("id") or not {"uid", "cuid"} <= {*header}:
+            raise RuntimeError(f"/proc/sysvipc/{kind} has an unknown layout: {header}")
+        col = {"id": 1, "uid": header.index("uid"), "cuid": header.index("cuid")}
         for line in lines[1:]:
             fields = line.split()
             with contextlib.suppress(IndexError, ValueError):
