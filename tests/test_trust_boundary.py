@@ -22,6 +22,7 @@ use this checkout's ``grading/uids.py``.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import io
 import json
@@ -188,6 +189,8 @@ def grade(
         other = pool.submit(_grade_one, [], "solution", None, scale, None, isolation)
         graded = _grade_one(cells, base, uid, scale, files, isolation)
         beside = other.result()
+    used = re.search(r"sandbox uid (\d+)", beside.stderr)
+    graded.stderr += f"\nbeside: sandbox uid {used.group(1) if used else None}\n"
     full = beside.full()
     if beside.scores() != full or beside.owed:
         graded.owed.append(
@@ -361,17 +364,23 @@ def test_hostile_npz_files_cost_only_their_checks_and_bounded_memory():
 # ------------------------------------------------------------------------------- finding 8
 @pytest.fixture(scope="module")
 def probed() -> Iterator[list[_Graded]]:
-    """Two probe runs at once: what a kernel sees of the machine, and of the other run. The
-    test listens on a loopback TCP port the kernels are told about (a kernel with network
-    reaches it)."""
-    with socket.socket() as listener:
+    """A probe run, with the solution graded beside it: what a kernel sees of the machine and of
+    the other run. While it runs the test listens on a loopback TCP port the kernel is told
+    about (a kernel with network reaches it) and holds a SysV segment and a /dev/shm file (what
+    another run could leave: the kernel must see neither)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    with socket.socket() as listener, tempfile.NamedTemporaryFile(dir="/dev/shm") as shm_file:
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
         port = str(listener.getsockname()[1]).encode()
-        files = {f"files/{attacks.PROBE_PORT_FILE}": port}
-        cells = attacks.PROBES + attacks.HOST_PROBES
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            yield list(pool.map(lambda _: grade(cells, files=files), range(2)))
+        segment = libc.shmget(0, 4096, 0o1000 | 0o600)  # IPC_PRIVATE, IPC_CREAT
+        assert segment >= 0 and shm_file.name
+        try:
+            files = {f"files/{attacks.PROBE_PORT_FILE}": port}
+            graded = grade(attacks.PROBES + attacks.HOST_PROBES, files=files, companion=True)
+        finally:
+            libc.shmctl(segment, 0, None)  # IPC_RMID
+    yield [graded]
 
 
 def test_kernel_sees_no_checkout_and_no_reference(probed):
@@ -384,16 +393,16 @@ def test_kernel_sees_no_checkout_and_no_reference(probed):
 
 
 def test_each_run_has_its_own_fresh_uid_and_private_scratch(probed):
-    found = [
-        re.search(r"PROBE uid=(\d+) workdir=(\w+) scratch_listable=(\w+)", g.text) for g in probed
-    ]
-    assert all(found), [g.question("Notebook report") for g in probed]
-    run_uids = {int(m.group(1)) for m in found if m}
+    graded = probed[0]
+    found = re.search(r"PROBE uid=(\d+) workdir=(\w+) scratch_listable=(\w+)", graded.text)
+    assert found, graded.question("Notebook report")
+    beside = re.search(r"beside: sandbox uid (\d+)", graded.stderr)
+    assert beside, "the solution graded beside it named no sandbox uid"
+    run_uids = {int(found.group(1)), int(beside.group(1))}
     assert len(run_uids) == 2, f"two parallel runs shared uid {run_uids}"
     assert run_uids <= set(uids.FRESH_UIDS), run_uids
-    assert {m.group(2) for m in found if m} == {"0o700"}
-    assert {m.group(3) for m in found if m} == {"False"}
-    assert not [g.owed for g in probed if g.owed]
+    assert (found.group(2), found.group(3)) == ("0o700", "False")
+    assert not graded.owed, graded.owed
 
 
 # ------------------------------------------------------------------------- issue 9 housekeeping
@@ -474,8 +483,8 @@ def test_namespaced_kernel_has_no_network(probed):
 
 
 def test_namespaced_kernel_sees_no_other_runs_ipc(probed):
-    """Both runs make a SysV segment and a /dev/shm file at the same time; neither sees the
-    other's (nor any of the host's)."""
+    """The kernel makes a SysV segment and a /dev/shm file while the test holds its own: it
+    sees only its own."""
     for graded in probed:
         found = re.search(r"IPCVIEW foreign_shm=(\d+) foreign_dev_shm=(\d+) END", graded.text)
         assert found, graded.question("Notebook report")[:3000]
@@ -512,22 +521,27 @@ def test_guardian_cannot_outlive_the_run_or_spoil_the_uid(isolation):
     assert not after.owed, after.owed
 
 
-@pytest.mark.parametrize("isolation", ["require", "floor"])
-def test_deep_closed_tree_is_removed(isolation):
+@pytest.fixture(scope="module", params=["require", "floor"])
+def left_behind(request: pytest.FixtureRequest) -> _Graded:
+    """The solution plus what a kernel may leave behind (findings 3 and 5), in either sandbox:
+    one grading per sandbox serves both findings' tests."""
+    return grade(
+        attacks.DEEP_TREE + attacks.SHARED_MEMORY, base="solution", isolation=request.param
+    )
+
+
+def test_deep_closed_tree_is_removed(left_behind):
     """Finding 3: a 1500-deep tree, its top closed, crashed the old cleanup (RecursionError):
     the solution got 0 and the tree stayed. grade() checks the temporary folder is empty."""
-    graded = grade(attacks.DEEP_TREE, base="solution", isolation=isolation)
-    assert graded.scores() == graded.full(), graded.results["output"]
-    assert not graded.owed, graded.owed
+    assert "autograder itself failed" not in left_behind.results["output"]
+    assert left_behind.scores() == left_behind.full(), left_behind.results["output"]
+    assert not [o for o in left_behind.owed if "temporary folder" in o], left_behind.owed
 
 
-@pytest.mark.parametrize("isolation", ["require", "floor"])
-def test_shared_memory_does_not_outlive_the_run(isolation):
+def test_shared_memory_does_not_outlive_the_run(left_behind):
     """Finding 5: a SysV segment (mode 666), a /dev/shm file and a /tmp file of the sandbox uid
     outlived the old grader's run. grade() owes none of the uid's IPC objects or files left."""
-    graded = grade(attacks.SHARED_MEMORY, isolation=isolation, companion=True)
-    assert graded.results["score"] == 0, graded.scores()
-    assert not graded.owed, graded.owed
+    assert not left_behind.owed, left_behind.owed
     with open("/proc/sysvipc/shm") as f:
         keys = [int(line.split()[0]) for line in f.read().splitlines()[1:]]
     assert attacks.SHM_KEY not in keys, "the segment is still attachable by a later kernel"

@@ -411,7 +411,8 @@ _time.sleep(2)
 ]
 
 #: Finding 3 (issue 20): a folder tree 1500 deep, the top one closed (mode 0): shutil.rmtree
-#: recursed, raised RecursionError, and the old grader failed and left the tree in /tmp.
+#: recursed, raised RecursionError, and the old grader failed (a solution scored 0) and left the
+#: tree in /tmp.
 DEEP_TREE = [
     """
 import os as _os
@@ -447,7 +448,8 @@ for _path in ("/dev/shm/grading-leftover", "/tmp/grading-leftover"):
 
 #: Issue 20: what a kernel sees of the host, each probe raising with what it found so that the
 #: report shows it. PROBE_PORT_FILE (shipped in files/ by the test) names a TCP port the test
-#: listens on at 127.0.0.1: a kernel with network reaches it.
+#: listens on at 127.0.0.1: a kernel with network reaches it. The test also holds a SysV segment
+#: and a /dev/shm file of its own while the kernel looks (another run's, as far as it knows).
 PROBE_PORT_FILE = "probe_port.txt"
 HOST_PROBES = [
     """
@@ -482,7 +484,6 @@ import ctypes as _ct, os as _os, time as _time
 _libc = _ct.CDLL(None, use_errno=True)
 _libc.shmget(0x0F1E21 + _os.getuid() % 1000, 4096, 0o1000 | 0o600)  # one of our own
 open("/dev/shm/probe-" + str(_os.getuid()), "w").close()
-_time.sleep(3)  # the parallel run's kernel makes its own meanwhile
 _lines = open("/proc/sysvipc/shm").read().splitlines()[1:]
 _col = open("/proc/sysvipc/shm").read().splitlines()[0].split().index("uid")
 _foreign = [ln.split()[_col] for ln in _lines if int(ln.split()[_col]) != _os.getuid()]
