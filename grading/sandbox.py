@@ -23,7 +23,9 @@ import json
 import math
 import os
 import queue
+import secrets
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -269,6 +271,7 @@ class Sandbox:
         self.km: KernelManager | None = None
         self.kc = None
         self._starts = 0
+        self._context: zmq.Context | None = None
         self.namespaced = False
         """Whether the current kernel runs inside namespaces (bubblewrap)."""
 
@@ -364,18 +367,26 @@ class Sandbox:
         }
         (spec_dir / "kernel.json").write_text(json.dumps(spec))
         ksm = KernelSpecManager(kernel_dirs=[str(launch_dir / "kernels")])
+        # Never reconnect: a socket path lies in the kernel's folder, where it could be swapped for
+        # a link to another socket of the machine once we are connected. We connect once, after
+        # checking that each path is a socket of the kernel's uid (_wait_for_sockets).
+        self._context = zmq.Context()
+        self._context.setsockopt(zmq.RECONNECT_IVL, -1)
         self.km = KernelManager(
             kernel_name="sandbox",
             kernel_spec_manager=ksm,
             connection_file=str(launch_dir / "connection.json"),
             transport="ipc",
             # Unix sockets in the kernel's working directory (its own, 0700): no ports to pick or
-            # to lose, no network needed. Each start has its own names.
-            ip=str(self.workdir / f".kernel-{self._starts}"),
+            # to lose, no network needed. Each start has its own unguessable names, so nothing a
+            # former kernel of the run planted there can be at them.
+            ip=str(self.workdir / f".kernel-{secrets.token_hex(8)}"),
+            context=self._context,
         )
         # The root launcher starts in the private folder, never in one the kernel can change.
         self.km.start_kernel(cwd=str(launch_dir))
-        self.kc = self.km.client()
+        self._wait_for_sockets(min(cfg.startup_timeout, max(0.1, self.remaining())))
+        self.kc = self.km.client(context=self._context)
         self.kc.start_channels()
         for channel in (self.kc.iopub_channel, self.kc.shell_channel, self.kc.control_channel):
             # A kernel that floods one huge message is cut off, not allowed to exhaust us.
@@ -383,6 +394,43 @@ class Sandbox:
                 channel.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         wait = max(0.1, min(cfg.startup_timeout, self.remaining()))
         self.kc.wait_for_ready(timeout=wait)
+
+    def _wait_for_sockets(self, timeout: float) -> None:
+        """Wait until the kernel has bound its five sockets: each a socket (not a link) of the
+        kernel's uid. Raises RuntimeError if the kernel dies or ``timeout`` passes first."""
+        assert self.km is not None
+        info = self.km.get_connection_info()
+        ports = [info[f"{name}_port"] for name in ("shell", "iopub", "stdin", "control", "hb")]
+        paths = [f"{info['ip']}-{port}" for port in ports]
+        owner = self.uid if self.uid is not None else os.geteuid()
+        end = time.monotonic() + timeout
+        while True:
+            ready = 0
+            for path in paths:
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                if not stat.S_ISSOCK(st.st_mode) or st.st_uid != owner:
+                    raise RuntimeError(f"{path} is not the kernel's socket")
+                ready += 1
+            if ready == len(paths):
+                return
+            if not self.km.is_alive():
+                raise RuntimeError("the kernel died before it opened its sockets")
+            if time.monotonic() > end:
+                raise RuntimeError(f"the kernel opened no sockets within {timeout:.0f} s")
+            time.sleep(0.02)
+
+    def _interrupt(self) -> None:
+        """SIGINT to the kernel (floor), or ipykernel's interrupt_request on the control channel
+        we are connected on (namespaces: a signal would reach bwrap, not the kernel; and a
+        second connection with our session's identity would be refused by the kernel's ROUTER)."""
+        assert self.km is not None and self.kc is not None
+        if self.namespaced:
+            self.kc.control_channel.send(self.kc.session.msg("interrupt_request", content={}))
+        else:
+            self.km.interrupt_kernel()
 
     def alive(self) -> bool:
         return self.km is not None and self.km.is_alive()
@@ -402,6 +450,9 @@ class Sandbox:
             with contextlib.suppress(Exception):  # already dead: nothing to shut down
                 self.km.shutdown_kernel(now=True)
             self.km = None
+        if self._context is not None:
+            self._context.destroy(linger=0)
+            self._context = None
         if self.uid is not None:
             uids.kill_uid(self.uid)
 
@@ -425,7 +476,7 @@ class Sandbox:
             now = time.monotonic()
             if interrupted_at is None and now > deadline:
                 run.status = "timeout"
-                self.km.interrupt_kernel()
+                self._interrupt()
                 interrupted_at = now
             if interrupted_at is not None and now > interrupted_at + self.config.interrupt_grace:
                 # The cell swallowed KeyboardInterrupt (or is stuck in C code): kill it.
