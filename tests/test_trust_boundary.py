@@ -208,7 +208,8 @@ def _grade_one(
     files: dict[str, bytes] | None,
     isolation: str,
 ) -> _Graded:
-    with tempfile.TemporaryDirectory(prefix="trust-") as tmp:
+    tmp = tempfile.mkdtemp(prefix="trust-")
+    try:
         os.chmod(tmp, 0o711)  # as /tmp is: the sandbox user may traverse to its working directory
         src, sub, res = Path(tmp, "source"), Path(tmp, "submission"), Path(tmp, "results")
         scratch = Path(tmp, "tmp")
@@ -236,6 +237,8 @@ def _grade_one(
         owner = path.stat().st_uid
         results = json.loads(path.read_text(encoding="utf-8"))
         left = sorted(p.name for p in scratch.iterdir())
+    finally:  # whatever a grader under test left there (a 1500-deep tree breaks shutil.rmtree)
+        host_uids.remove_tree(tmp)
     owed = []
     if owner != 0:
         owed.append(f"results.json belongs to uid {owner}, not root")
@@ -311,12 +314,14 @@ def test_crashing_cell_is_not_replayed_and_costs_nothing_else():
 
 
 # ------------------------------------------------------------------------------- finding 6
-#: 90 s of slow cells, then a crash, inside a 120 s budget: the old grader replayed all 90 s
-#: (ending after 180 s at least). The budget leaves 30 s for everything but the sleeps (kernel
-#: starts, the grader's own work), so the crash cell runs even on a loaded machine (issue 24:
-#: 20 s of slack was not enough); the grader must end by the deadline (budget + 20 s) plus
-#: REPLAY_TEARDOWN for the last kill and cleanup, far below the old grader's 180 s.
-REPLAY_BUDGET, REPLAY_CELL_SECONDS, REPLAY_CELLS = 120.0, 5.0, 18
+#: 120 s of slow cells, then a crash, inside a 170 s budget: the old grader replayed all 120 s
+#: (ending after 240 s at least). The budget leaves 50 s for everything but the sleeps (kernel
+#: start, the setup cell's imports, the blank notebook's cells), so the crash cell runs even on
+#: a loaded machine (issue 24: 20 s of slack was not enough; at a load of 16 on 2 cores the
+#: setup cell alone took over 10 s). The cells keep the default 60 s timeout (a scaled 10 s
+#: timed the setup cell out under load). The grader must end by the deadline (budget + 20 s)
+#: plus REPLAY_TEARDOWN for the last kill and cleanup: 210 s, below the old grader's 240 s.
+REPLAY_BUDGET, REPLAY_CELL_SECONDS, REPLAY_CELLS = 170.0, 5.0, 24
 REPLAY_TEARDOWN = 20.0
 REPLAY_TEST = "test_replays_count_against_the_time_budget"
 
@@ -324,7 +329,7 @@ REPLAY_TEST = "test_replays_count_against_the_time_budget"
 def _grade_replay() -> _Graded:
     cells = [attacks.SLOW_CELL.format(seconds=REPLAY_CELL_SECONDS)] * REPLAY_CELLS
     cells.append("import os; os._exit(1)")
-    scale = {"budget": REPLAY_BUDGET, "deadline": REPLAY_BUDGET + 20, "cell_timeout": 10}
+    scale = {"budget": REPLAY_BUDGET, "deadline": REPLAY_BUDGET + 20}
     return grade(cells, scale=scale, companion=True)
 
 
@@ -542,10 +547,9 @@ def test_deep_closed_tree_is_removed(left_behind):
 def test_shared_memory_does_not_outlive_the_run(left_behind):
     """Finding 5: a SysV segment (mode 666), a /dev/shm file and a /tmp file of the sandbox uid
     outlived the old grader's run. grade() owes none of the uid's IPC objects or files left."""
+    # grade() looked for the uid's SysV objects and files in /dev/shm and /tmp after the run (a
+    # segment of another key or uid here may be another test's, so only the run's uid counts).
     assert not left_behind.owed, left_behind.owed
-    with open("/proc/sysvipc/shm") as f:
-        keys = [int(line.split()[0]) for line in f.read().splitlines()[1:]]
-    assert attacks.SHM_KEY not in keys, "the segment is still attachable by a later kernel"
 
 
 def test_scaffolding_match_is_linear_in_the_cell():
