@@ -213,19 +213,20 @@ def namespaces_work() -> str | None:
         return "bubblewrap (bwrap) is not installed"
     if os.geteuid() != 0:
         return "the grader is not root"
-    with tempfile.TemporaryDirectory(prefix="grading-probe-") as tmp:
-        argv = bwrap_argv(Path(tmp), Path(tmp), sys.executable)
-        try:
-            proc = subprocess.run(
-                [*argv, "--", sys.executable, "-I", "-S", "-c", "pass"],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                cwd="/",
-                env={},
-            )
-        except (OSError, subprocess.SubprocessError) as err:
-            return f"bwrap failed: {err}"
+    # The real command line (so an option this bwrap lacks shows here), around a folder that
+    # exists anyway: nothing is created that a killed grader could leave behind.
+    here = LAUNCHER.parent
+    try:
+        proc = subprocess.run(
+            [*bwrap_argv(here, here, sys.executable), "--", sys.executable, "-I", "-S", "-c", ""],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd="/",
+            env={},
+        )
+    except (OSError, subprocess.SubprocessError) as err:
+        return f"bwrap failed: {err}"
     if proc.returncode != 0:
         return f"bwrap refused ({proc.stderr.strip()[:300]})"
     return None

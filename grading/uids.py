@@ -31,7 +31,7 @@ from pathlib import Path
 FRESH_UIDS = range(1_100_000, 1_900_000)
 #: Shared folders where any user may leave files (sticky, world-writable): searched for the
 #: uid's leftovers. Only world-writable folders below them are entered, at most this many.
-SHARED_DIRS = ("/dev/shm", "/dev/mqueue", "/tmp", "/var/tmp")
+SHARED_DIRS = ("/dev/shm", "/dev/mqueue", "/tmp", "/var/tmp", "/run/lock", "/var/lock")
 MAX_SHARED_FOLDERS = 1_000
 IPC_RMID = 0
 #: /proc/sysvipc tables and the libc call that removes an object of each.
