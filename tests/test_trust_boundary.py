@@ -568,8 +568,13 @@ def test_scaffolding_match_is_linear_in_the_cell():
         "print('linear')\n"
     )
     env = {**os.environ, "PYTHONPATH": str(GRADING.parent)}
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600
+    proc = subprocess.run(  # in GRADING's folder: ``-c`` puts the working folder first on the path
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=GRADING.parent,
+        timeout=600,
     )
     assert proc.stdout.strip() == "linear", (proc.returncode, proc.stderr[-2000:])
 
