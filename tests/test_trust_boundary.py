@@ -622,9 +622,13 @@ def test_candidate_notebooks_are_capped_in_number_and_time(tmp_path):
     sub.mkdir()
     for i in range(submission.MAX_CANDIDATES + 20):
         _write_nb(sub / f"decoy{i:02d}.ipynb", name="another")
-    paths, _seen = submission._candidates(sub, tmp_path / "unpacked")
-    assert len(paths) == submission.MAX_CANDIDATES
-    _write_nb(sub / f"{corpus.ASSIGNMENT}.ipynb")
+    _write_nb(sub / f"{corpus.ASSIGNMENT}.ipynb")  # sorts after every decoy
+    found = submission.find_notebook(
+        sub, f"{corpus.ASSIGNMENT}.ipynb", corpus.ASSIGNMENT, tmp_path / "unpacked"
+    )
+    assert found.path.name == f"{corpus.ASSIGNMENT}.ipynb", "decoys crowded the notebook out"
+    note = next(n for n in found.notes if n.startswith("Found"))
+    assert note.startswith(f"Found {submission.MAX_CANDIDATES} notebooks"), found.notes
     late = pytest.raises(submission.SubmissionError, match="took too long")
     with late:
         submission.find_notebook(
