@@ -636,6 +636,23 @@ def test_candidate_notebooks_are_capped_in_number_and_time(tmp_path):
         )
 
 
+def test_run_deadline_counts_from_the_grader_start(tmp_path):
+    """Reading the upload counts against the run's time: a grader that started long ago (here:
+    more than the whole budget) reads no candidate notebook and says why, instead of parsing
+    and running it on a fresh clock (finding 6: 40 decoys cost a solution its whole budget)."""
+    with zipfile.ZipFile(corpus.ZIP) as zf:
+        zf.extractall(tmp_path / "source")
+    sub = tmp_path / "submission"
+    sub.mkdir()
+    _write_nb(sub / f"{corpus.ASSIGNMENT}.ipynb")
+    config = runner.GradingConfig(sandbox=sandbox.SandboxConfig(uid=None))
+    grader = runner.Grader(tmp_path / "source", config)
+    started = time.monotonic() - config.budget - 1
+    result = grader.grade(sub, tmp_path / "results", start=started)
+    assert result["score"] == 0
+    assert "took too long" in result["output"], result["output"]
+
+
 def test_kernel_start_failing_with_any_error_is_retried(tmp_path, monkeypatch):
     """Finding 7: a kernel that took every free port made jupyter_client's port pick fail with
     EADDRINUSE (an OSError), which the old Sandbox.start did not retry: the solution got 0. Any
