@@ -53,13 +53,20 @@ KERNEL_SIDE = Path(__file__).with_name("kernel_side.py")
 SECRET_FILES = ("hidden_expected*",)
 #: Otter scaffolding cells: dropped (they run tests or export zips, never student answers).
 # Otter's own cells: its init (importing otter alone costs ~6 s of every grading), checks and
-# export. Only whole cells that are exactly these are skipped; nothing else of a cell is.
-SCAFFOLDING = re.compile(
-    r"^\s*(grader\.check\(\s*\"[\w-]+\"\s*\)|grader\.check_all\(\s*\)|"
-    r"(#[^\n]*\n)*\s*import otter\s*\n\s*grader\s*=\s*otter\.Notebook\([^)]*\)|"
-    r"(#[^\n]*\n)*\s*grader\.export\([^)]*\))\s*$"
+# export. Only whole cells that are exactly these are skipped; nothing else of a cell is. The
+# patterns are matched against the cell with its leading comment lines and surrounding blanks
+# removed in plain Python, so no pattern has two quantifiers that compete for the same text
+# (the old single regex backtracked quadratically: 4 CPU-s for 32 k spaces).
+SCAFFOLDING_PATTERNS = (
+    re.compile(r'grader\.check\(\s*"[\w-]+"\s*\)'),
+    re.compile(r"grader\.check_all\(\s*\)"),
+    re.compile(r"import otter[ \t]*\n\s*grader\s*=\s*otter\.Notebook\([^)]*\)"),
+    re.compile(r"grader\.export\([^)]*\)"),
 )
-CHECK_CELL = re.compile(r'^\s*grader\.check\(\s*"([\w-]+)"\s*\)\s*$')
+#: Longer cells are never scaffolding (otter's are a few hundred characters at most): the
+#: patterns then never see more text than this.
+MAX_SCAFFOLDING_CHARS = 4_000
+CHECK_CELL = re.compile(r'grader\.check\(\s*"([\w-]+)"\s*\)')
 ANSWER_TAGS = {"otter_answer_cell", "otter_assign_solution_cell"}
 MAX_OUTPUT_FILE = 32 * 2**20
 #: Bytes of arrays one hidden check may hand back once inflated, and how many arrays.
@@ -152,6 +159,30 @@ def _load_module(path: Path, name: str) -> ModuleType:
     return module
 
 
+def is_scaffolding(source: str) -> bool:
+    """Whether a code cell is one of otter's own (init, check, check_all, export) and nothing
+    else. Linear in the cell's length, and only cells of MAX_SCAFFOLDING_CHARS are matched."""
+    if len(source) > MAX_SCAFFOLDING_CHARS:
+        return False
+    lines = source.strip().split("\n")
+    comments = 0
+    while comments < len(lines) and lines[comments].lstrip().startswith("#"):
+        comments += 1
+    body = "\n".join(lines[comments:]).strip()
+    check, check_all, init, export = SCAFFOLDING_PATTERNS
+    if comments == 0 and (check.fullmatch(body) or check_all.fullmatch(body)):
+        return True
+    return bool(init.fullmatch(body) or export.fullmatch(body))
+
+
+def check_cell(source: str) -> str | None:
+    """The question a ``grader.check("q1")`` cell checks, or None for any other cell."""
+    if len(source) > MAX_SCAFFOLDING_CHARS:
+        return None
+    match = CHECK_CELL.fullmatch(source.strip())
+    return match.group(1) if match else None
+
+
 def code_cells(nb: nbformat.NotebookNode) -> tuple[list[NotebookCell], int]:
     """The cells to run (numbered from 1 as in the notebook) and how many demos were skipped."""
     cells, section, skipped = [], "the top of the notebook", 0
@@ -169,14 +200,14 @@ def code_cells(nb: nbformat.NotebookNode) -> tuple[list[NotebookCell], int]:
         if "otter_ignore" in tags or source.lstrip().startswith("# IGNORE"):
             skipped += 1
             continue
-        check = CHECK_CELL.match(source)
+        check = check_cell(source)
         if check:  # answer cells since the previous check belong to this question
             for earlier in reversed(cells):
                 if earlier.question is not None:
                     break
                 if earlier.answer:
-                    earlier.question = check.group(1)
-        if SCAFFOLDING.match(source):
+                    earlier.question = check
+        if is_scaffolding(source):
             continue
         answer = bool(ANSWER_TAGS & set(tags))
         cells.append(NotebookCell(number=number, section=section, source=source, answer=answer))
@@ -318,16 +349,22 @@ class Grader:
             os.chmod(workdir, 0o700)
 
     # ------------------------------------------------------------------ grading
-    def grade(self, submission: Path, results_dir: Path) -> dict[str, Any]:
-        """Grade ``submission`` (a folder) and write ``results_dir/results.json``; never raises."""
-        start = time.monotonic()
+    def grade(
+        self, submission: Path, results_dir: Path, start: float | None = None
+    ) -> dict[str, Any]:
+        """Grade ``submission`` (a folder) and write ``results_dir/results.json``; never raises.
+
+        ``start`` (a ``time.monotonic`` value, default now) is when the run's budget and deadline
+        start counting: the grader's start, so that reading the upload counts too.
+        """
+        start = time.monotonic() if start is None else start
         _phase("start")
         results_dir = Path(results_dir)
         results_dir.mkdir(parents=True, exist_ok=True)
         if self.config.sandbox.uid is not None:
             _lock(results_dir)  # before any student code: the kernel never reaches the report
         try:
-            result = self._grade(Path(submission))
+            result = self._grade(Path(submission), start)
         except SubmissionError as err:
             result = self._zero(f"Your submission could not be graded: {err}")
         except Exception:
@@ -363,17 +400,14 @@ class Grader:
         ]
         return {"score": 0.0, "output": message, "tests": tests, "stdout_visibility": "hidden"}
 
-    def _grade(self, submission: Path) -> dict[str, Any]:
+    def _grade(self, submission: Path, start: float) -> dict[str, Any]:
         sandbox = self.config.sandbox
         if sandbox.uid is None:
-            return self._grade_as(submission, time.monotonic(), sandbox)
+            return self._grade_as(submission, start, sandbox)
         with uids.reserve(None if sandbox.uid == "fresh" else sandbox.uid) as uid:
             self.sandbox_uid = uid
             gid = sandbox.gid if sandbox.gid is not None else uid
-            # The clock starts once the uid is ours (a forced uid may wait for another run).
-            return self._grade_as(
-                submission, time.monotonic(), dataclasses.replace(sandbox, uid=uid, gid=gid)
-            )
+            return self._grade_as(submission, start, dataclasses.replace(sandbox, uid=uid, gid=gid))
 
     def _grade_as(self, submission: Path, start: float, sandbox: SandboxConfig) -> dict[str, Any]:
         # The run's scratch tree: scratch/ (root, 0711) holds private/ (root, 0700: the upload
@@ -387,7 +421,11 @@ class Grader:
                 _lock(submission)
                 os.chmod(scratch, 0o711)
             found = find_notebook(
-                submission, f"{self.assignment}.ipynb", self.assignment, private / "unpacked"
+                submission,
+                f"{self.assignment}.ipynb",
+                self.assignment,
+                private / "unpacked",
+                deadline=start + self.config.budget / 4,
             )
             cells, skipped = code_cells(found.notebook)
             workdir = scratch / "work"
@@ -396,7 +434,9 @@ class Grader:
             self._prepare_workdir(workdir, found.path, uid, sandbox.gid)
             outputs, restarts = self._execute(workdir, private, cells, start, sandbox)
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)  # fd-based: never follows the kernel's links
+            # After the kernel is gone (Sandbox.__exit__): any depth, names and permissions the
+            # kernel left; raises (the grader's failure, loudly) if anything remains.
+            uids.remove_tree(scratch)
         return self._report(found.notes, cells, skipped, outputs, restarts)
 
     def _execute(

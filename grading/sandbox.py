@@ -1,22 +1,32 @@
 """Run untrusted notebook code in a kernel owned by an unprivileged user, one cell at a time.
 
-The grading process (trusted, usually root on Gradescope) owns the run's private folder (launch
-configuration, connection file) and every file with expected values; the kernel runs as the run's
-own uid (:mod:`grading.uids`) with memory, file-size and process limits, in a minimal view of the
-filesystem where the machine allows it, sees only what was copied into its working directory, and
-is killed, with every process of its uid, when grading ends. Each cell gets a wall-clock limit:
-past it the kernel is interrupted, and if it does not answer the interrupt it is killed and the
-caller may restart it. No wait is longer than the run's deadline.
+The grading process (trusted, usually root) owns the run's private folder (launch configuration,
+connection file) and every file with expected values. The kernel runs as the run's own uid
+(:mod:`grading.uids`) with memory, file-size and process limits. Where the machine allows it
+(root with namespaces: this machine, CI, an instructor's Linux box) it runs inside bubblewrap
+(``bwrap``): its own PID, IPC, network, mount and UTS namespaces, a fresh ``/proc``, and a view of
+the filesystem that holds only the read-only Python installation, the system libraries and its
+working directory. Elsewhere (the *floor*: Gradescope's container may refuse namespaces) it runs
+as its uid only, and root ends every process and IPC object of that uid itself (grading.uids).
+
+The kernel talks to the grader over ZMQ's ``ipc`` transport (Unix sockets in its working
+directory): it needs no network and no ports. Each cell gets a wall-clock limit: past it the
+kernel is interrupted, and if it does not answer the interrupt it is killed and the caller may
+restart it. No wait is longer than the run's deadline.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
 import queue
+import secrets
 import shutil
+import stat
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,30 +38,32 @@ import zmq
 from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
+from grading import uids
 from grading.results import clean
-from grading.uids import kill_uid
 
 LAUNCHER = Path(__file__).with_name("launcher.py")
 
 Status = Literal["ok", "error", "timeout", "died"]
-#: Folders of the host the jailed kernel sees (besides the Python installation and its workdir).
-SYSTEM_DIRS = (
-    "/usr",
-    "/bin",
-    "/sbin",
-    "/lib",
-    "/lib32",
-    "/lib64",
-    "/libx32",
-    "/etc",
-    "/dev",
-    "/proc",
-    "/sys",
-)
+Isolation = Literal["auto", "require", "floor"]
+#: System folders the namespaced kernel sees read-only (a symlink, e.g. /lib -> usr/lib on merged-
+#: /usr systems, is recreated as the same symlink).
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+#: Single files (or small folders) of /etc that libraries read; nothing else of /etc is shown.
+SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/fonts", "/etc/mime.types")
+#: Size of each tmpfs inside the namespace (/tmp, /dev/shm): memory outside RLIMIT_DATA, capped.
+TMPFS_BYTES = 64 * 2**20
 MAX_MESSAGE_BYTES = 16 * 2**20
+#: Longest path a Unix socket may have (sun_path is 108 bytes, one for the final NUL).
+MAX_SOCKET_PATH = 107
 #: Tries to start a kernel before the grading fails (see ``Sandbox.start``).
 START_ATTEMPTS = 3
 WRITABLE = (".tmp", ".mpl", ".ipython", ".jupyter")
+#: Where bubblewrap is looked for (an absolute path: PATH is not trusted to choose the sandbox).
+BWRAP_PATHS = ("/usr/bin/bwrap", "/usr/local/bin/bwrap", "/bin/bwrap")
+
+
+class KernelStartError(RuntimeError):
+    """The kernel could not be started: the grader's problem, never the student's score."""
 
 
 @dataclass(frozen=True)
@@ -80,10 +92,10 @@ class SandboxConfig:
     """Seconds the kernel may take to start."""
     output_chars: int = 4_000
     """Characters of a cell's printed output kept for the report; the rest is counted, not kept."""
-    jail: Literal["auto", "require", "off"] = "auto"
-    """Shut the kernel into a mount namespace that shows only system folders, the Python
-    installation and its working directory: "auto" where the machine allows it (root with
-    CAP_SYS_ADMIN; Gradescope's container may not), "require" fails the start otherwise."""
+    isolation: Isolation = "auto"
+    """Namespaces around the kernel (bubblewrap): "auto" uses them where the machine allows it and
+    falls back to the floor (uid separation only) elsewhere; "require" refuses to grade without
+    them; "floor" never uses them (tests of the floor, Gradescope without bwrap)."""
 
 
 @dataclass
@@ -126,16 +138,113 @@ def kernel_env(workdir: Path, python: str) -> dict[str, str]:
     }
 
 
-def jail_binds(workdir: Path, python: str) -> list[str]:
-    """What the jailed kernel sees: system folders, the Python installation (a venv and the
-    interpreter it links to), its working directory. Nested paths are left to their parent."""
+def python_dirs(python: str) -> list[str]:
+    """The Python installation the kernel needs (a venv and the interpreter it links to), as
+    real paths, nested ones left to their parent."""
     prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(python).parent.parent)}
-    wanted = [*SYSTEM_DIRS, *prefixes, *(os.path.realpath(p) for p in prefixes), str(workdir)]
-    binds: list[str] = []
-    for path in sorted({os.path.normpath(p) for p in wanted if os.path.exists(p)}, key=len):
-        if not any(Path(path).is_relative_to(done) for done in binds):
-            binds.append(path)
-    return binds
+    wanted = {os.path.normpath(p) for p in prefixes} | {os.path.realpath(p) for p in prefixes}
+    dirs: list[str] = []
+    for path in sorted((p for p in wanted if os.path.isdir(p)), key=len):
+        if not any(Path(path).is_relative_to(done) for done in dirs):
+            dirs.append(path)
+    return dirs
+
+
+def bwrap_path() -> str | None:
+    """bubblewrap's absolute path, or None when it is not installed."""
+    return next((p for p in BWRAP_PATHS if os.access(p, os.X_OK)), None)
+
+
+#: bwrap's namespaces. No user namespace: the uids inside are the host's, so the kernel's files
+#: belong to the run's uid everywhere and the launcher's drop to it is a real one.
+NAMESPACES = (
+    "--unshare-pid",
+    "--unshare-ipc",
+    "--unshare-net",
+    "--unshare-uts",
+    "--unshare-cgroup-try",
+)
+
+
+def bwrap_argv(workdir: Path, launch_dir: Path, python: str) -> list[str]:
+    """bubblewrap's command line up to ``--``: what the kernel sees and which namespaces it gets.
+
+    The launcher starts inside as root with only CAP_SETUID/CAP_SETGID left, and drops to the
+    run's uid before any student code runs. ``--die-with-parent``: when the grader (or bwrap)
+    dies, the namespace's init dies, and with it every process of the namespace.
+    """
+    bwrap = bwrap_path()
+    if bwrap is None:
+        raise KernelStartError("bubblewrap (bwrap) is not installed")
+    argv = [bwrap, *NAMESPACES, "--die-with-parent", "--new-session", "--clearenv"]
+    argv += ["--hostname", "grading", "--cap-drop", "ALL"]
+    argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    for path in SYSTEM_DIRS:
+        if os.path.islink(path):
+            argv += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            argv += ["--ro-bind", path, path]
+    argv += ["--proc", "/proc", "--dev", "/dev"]
+    # Sticky and world-writable, as on the host (bwrap makes a tmpfs 0755 otherwise).
+    argv += ["--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/dev/shm"]
+    argv += ["--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
+    binds = [("--ro-bind-try", p) for p in SYSTEM_FILES]
+    binds += [("--ro-bind", p) for p in python_dirs(python)]
+    # Both at their host paths (they may lie under /tmp: after its tmpfs), so every path in the
+    # launch files and the connection file means the same inside.
+    binds += [("--ro-bind", str(launch_dir)), ("--bind", str(workdir))]
+    # Their parents, created traverse-only (bwrap would make them with the caller's umask,
+    # 0700 under root's, closed to the kernel's uid); none of them lists anything of the host.
+    parents = {str(q) for _, p in binds for q in Path(p).parents if str(q) not in ("/", "/tmp")}
+    for parent in sorted(parents, key=lambda q: (q.count("/"), q)):
+        argv += ["--perms", "0711", "--dir", parent]
+    for option, path in binds:
+        argv += [option, path, path]
+    # Root without CAP_DAC_OVERRIDE cannot enter the kernel's 0700 workdir: start where the
+    # launcher lies; it enters the workdir after dropping to the uid.
+    argv += ["--chdir", str(launch_dir)]
+    return argv
+
+
+@functools.cache
+def namespaces_work() -> str | None:
+    """None when bubblewrap can build the sandbox here, else why not (checked once per process:
+    Gradescope's container may refuse namespaces; then the floor is used)."""
+    bwrap = bwrap_path()
+    if bwrap is None:
+        return "bubblewrap (bwrap) is not installed"
+    if os.geteuid() != 0:
+        return "the grader is not root"
+    # The real command line (so an option this bwrap lacks shows here), around a folder that
+    # exists anyway: nothing is created that a killed grader could leave behind.
+    here = LAUNCHER.parent
+    try:
+        proc = subprocess.run(
+            [*bwrap_argv(here, here, sys.executable), "--", sys.executable, "-I", "-S", "-c", ""],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd="/",
+            env={},
+        )
+    except (OSError, subprocess.SubprocessError) as err:
+        return f"bwrap failed: {err}"
+    if proc.returncode != 0:
+        return f"bwrap refused ({proc.stderr.strip()[:300]})"
+    return None
+
+
+def use_namespaces(config: SandboxConfig) -> bool:
+    """Whether this run's kernel goes into namespaces (raises if required but impossible)."""
+    if config.uid is None or config.isolation == "floor":
+        return False
+    why_not = namespaces_work()
+    if why_not is None:
+        return True
+    if config.isolation == "require":
+        raise KernelStartError(f"--sandbox require: no namespaces here: {why_not}")
+    print(f"grading: no namespaces ({why_not}); the floor sandbox is used", file=sys.stderr)
+    return False
 
 
 class Sandbox:
@@ -164,6 +273,10 @@ class Sandbox:
         )
         self.km: KernelManager | None = None
         self.kc = None
+        self._starts = 0
+        self._context: zmq.Context | None = None
+        self.namespaced = False
+        """Whether the current kernel runs inside namespaces (bubblewrap)."""
 
     @property
     def uid(self) -> int | None:
@@ -193,7 +306,39 @@ class Sandbox:
         return self.deadline - time.monotonic()
 
     def start(self) -> None:
+        """Start a kernel, trying again with fresh sockets when a start fails in any way.
+
+        Raises:
+            KernelStartError: no kernel after START_ATTEMPTS (the grader's problem).
+        """
         cfg = self.config
+        namespaced = use_namespaces(cfg)
+        self.namespaced = namespaced
+        error: BaseException | None = None
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                self._start_once(namespaced)
+                return
+            except Exception as err:  # OSError (EADDRINUSE), zmq errors, a kernel that died...
+                error = err
+                self.stop()
+                if attempt < START_ATTEMPTS and self.remaining() > cfg.startup_timeout:
+                    print(f"grading: kernel start {attempt} failed ({err}); again", file=sys.stderr)
+                    continue
+                break
+        raise KernelStartError(
+            f"the grading kernel did not start: {error}. If the grader runs as root, check that "
+            f"uid {cfg.uid} can read and execute {self.python} (e.g. `chmod o+x /root` when "
+            "Python lives under /root)."
+        ) from error
+
+    def _start_once(self, namespaced: bool) -> None:
+        cfg = self.config
+        self._starts += 1
+        # Fresh launch files and fresh socket names for every start: nothing of a failed start
+        # (a socket path a dead kernel left, a port another process took) is ever reused.
+        launch_dir = self._private / f"launch-{self._starts}"
+        launch_dir.mkdir(mode=0o700)
         launch = {
             "workdir": str(self.workdir),
             "writable": [str(self.workdir / sub) for sub in WRITABLE],
@@ -204,70 +349,121 @@ class Sandbox:
             "max_processes": cfg.max_processes,
             "python": self.python,
             "env": kernel_env(self.workdir, self.python),
-            "jail_root": None,
         }
-        if cfg.jail != "off" and self.uid is not None:
-            jail_root = self._private / "root"
-            jail_root.mkdir(mode=0o700, exist_ok=True)
-            launch |= {
-                "jail_root": str(jail_root),
-                "jail_binds": jail_binds(self.workdir, self.python),
-                "jail_required": cfg.jail == "require",
-            }
-        launch_file = self._private / "launch.json"
+        launch_file = launch_dir / "launch.json"
         launch_file.write_text(json.dumps(launch))
-        spec_dir = self._private / "kernels" / "sandbox"
-        spec_dir.mkdir(parents=True, exist_ok=True)
+        launcher = launch_dir / "launcher.py"
+        shutil.copyfile(LAUNCHER, launcher)
         # -I -S: the root launcher reads no environment variable and no .pth file of site-packages.
-        argv = [sys.executable, "-I", "-S", str(LAUNCHER), str(launch_file), "{connection_file}"]
-        spec = {"argv": argv, "display_name": "sandbox", "language": "python"}
+        argv = [sys.executable, "-I", "-S", str(launcher), str(launch_file), "{connection_file}"]
+        if namespaced:
+            argv = [*bwrap_argv(self.workdir, launch_dir, self.python), "--", *argv]
+        spec_dir = launch_dir / "kernels" / "sandbox"
+        spec_dir.mkdir(parents=True)
+        # "message": ipykernel interrupts itself on a control message. A signal would reach bwrap
+        # (the process jupyter_client started), not the kernel inside the namespace.
+        spec = {
+            "argv": argv,
+            "display_name": "sandbox",
+            "language": "python",
+            "interrupt_mode": "message" if namespaced else "signal",
+        }
         (spec_dir / "kernel.json").write_text(json.dumps(spec))
-        ksm = KernelSpecManager(kernel_dirs=[str(self._private / "kernels")])
-        # A kernel can die before it answers for reasons that pass: the ports jupyter_client
-        # picked (free when it looked) taken by another process before the kernel bound them.
-        # A few attempts, each with fresh ports, before a student loses the grading to it.
-        for attempt in range(1, START_ATTEMPTS + 1):
-            self.km = KernelManager(
-                kernel_name="sandbox",
-                kernel_spec_manager=ksm,
-                connection_file=str(self._private / "connection.json"),
+        ksm = KernelSpecManager(kernel_dirs=[str(launch_dir / "kernels")])
+        # Never reconnect: a socket path lies in the kernel's folder, where it could be swapped for
+        # a link to another socket of the machine once we are connected. We connect once, after
+        # checking that each path is a socket of the kernel's uid (_wait_for_sockets).
+        prefix = self.workdir / f".kernel-{secrets.token_hex(8)}"
+        if len(str(prefix)) + 3 > MAX_SOCKET_PATH:  # "-N" is appended for each of the 5 sockets
+            raise KernelStartError(
+                f"the kernel's socket paths under {self.workdir} would be longer than Unix sockets "
+                f"allow ({MAX_SOCKET_PATH} bytes): set TMPDIR to a shorter folder"
             )
-            # The root launcher starts in the private folder, never in one the kernel can change.
-            self.km.start_kernel(cwd=str(self._private))
-            self.kc = self.km.client()
-            self.kc.start_channels()
-            for channel in (self.kc.iopub_channel, self.kc.shell_channel, self.kc.control_channel):
-                # A kernel that floods one huge message is cut off, not allowed to exhaust us.
-                with contextlib.suppress(Exception):
-                    channel.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-            wait = max(0.1, min(cfg.startup_timeout, self.remaining()))
-            try:
-                self.kc.wait_for_ready(timeout=wait)
-                return
-            except RuntimeError as err:
-                self.stop()
-                if attempt < START_ATTEMPTS and self.remaining() > cfg.startup_timeout:
-                    print(f"grading: kernel start {attempt} failed ({err}); again", file=sys.stderr)
+        self._context = zmq.Context()
+        self._context.setsockopt(zmq.RECONNECT_IVL, -1)
+        self.km = KernelManager(
+            kernel_name="sandbox",
+            kernel_spec_manager=ksm,
+            connection_file=str(launch_dir / "connection.json"),
+            transport="ipc",
+            # Unix sockets in the kernel's working directory (its own, 0700): no ports to pick or
+            # to lose, no network needed. Each start has its own unguessable names, so nothing a
+            # former kernel of the run planted there can be at them.
+            ip=str(prefix),
+            context=self._context,
+        )
+        # The root launcher starts in the private folder, never in one the kernel can change.
+        self.km.start_kernel(cwd=str(launch_dir))
+        self._wait_for_sockets(min(cfg.startup_timeout, max(0.1, self.remaining())))
+        self.kc = self.km.client(context=self._context)
+        self.kc.start_channels()
+        for channel in (self.kc.iopub_channel, self.kc.shell_channel, self.kc.control_channel):
+            # A kernel that floods one huge message is cut off, not allowed to exhaust us.
+            with contextlib.suppress(Exception):
+                channel.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        wait = max(0.1, min(cfg.startup_timeout, self.remaining()))
+        self.kc.wait_for_ready(timeout=wait)
+
+    def _wait_for_sockets(self, timeout: float) -> None:
+        """Wait until the kernel has bound its five sockets: each a socket (not a link) of the
+        kernel's uid. Raises RuntimeError if the kernel dies or ``timeout`` passes first."""
+        assert self.km is not None
+        info = self.km.get_connection_info()
+        ports = [info[f"{name}_port"] for name in ("shell", "iopub", "stdin", "control", "hb")]
+        paths = [f"{info['ip']}-{port}" for port in ports]
+        owner = self.uid if self.uid is not None else os.geteuid()
+        end = time.monotonic() + timeout
+        while True:
+            ready = 0
+            for path in paths:
+                try:
+                    st = os.lstat(path)
+                except OSError:
                     continue
-                raise RuntimeError(
-                    f"the grading kernel did not start ({attempt} attempts): {err}. If the grader "
-                    f"runs as root, check that uid {cfg.uid} can read and execute {self.python} "
-                    "(e.g. `chmod o+x /root` when Python lives under /root)."
-                ) from err
+                if not stat.S_ISSOCK(st.st_mode) or st.st_uid != owner:
+                    raise RuntimeError(f"{path} is not the kernel's socket")
+                ready += 1
+            if ready == len(paths):
+                return
+            if not self.km.is_alive():
+                raise RuntimeError("the kernel died before it opened its sockets")
+            if time.monotonic() > end:
+                raise RuntimeError(f"the kernel opened no sockets within {timeout:.0f} s")
+            time.sleep(0.02)
+
+    def _interrupt(self) -> None:
+        """SIGINT to the kernel (floor), or ipykernel's interrupt_request on the control channel
+        we are connected on (namespaces: a signal would reach bwrap, not the kernel; and a
+        second connection with our session's identity would be refused by the kernel's ROUTER)."""
+        assert self.km is not None and self.kc is not None
+        if self.namespaced:
+            self.kc.control_channel.send(self.kc.session.msg("interrupt_request", content={}))
+        else:
+            self.km.interrupt_kernel()
 
     def alive(self) -> bool:
         return self.km is not None and self.km.is_alive()
 
     def stop(self) -> None:
+        """Kill the kernel and everything it started, then check that nothing of it is left.
+
+        Namespaced, killing bwrap ends the namespace's init and so every process in it; in the
+        floor root freezes and kills every process of the uid itself (grading.uids.kill_uid).
+        Either way nothing runs as the sandbox uid outside the sandbox, ever.
+        """
         if self.kc is not None:
-            self.kc.stop_channels()
+            with contextlib.suppress(Exception):
+                self.kc.stop_channels()
             self.kc = None
         if self.km is not None:
             with contextlib.suppress(Exception):  # already dead: nothing to shut down
                 self.km.shutdown_kernel(now=True)
             self.km = None
+        if self._context is not None:
+            self._context.destroy(linger=0)
+            self._context = None
         if self.uid is not None:
-            kill_uid(self.uid, self.gid)
+            uids.kill_uid(self.uid)
 
     def restart(self) -> None:
         self.stop()
@@ -289,7 +485,7 @@ class Sandbox:
             now = time.monotonic()
             if interrupted_at is None and now > deadline:
                 run.status = "timeout"
-                self.km.interrupt_kernel()
+                self._interrupt()
                 interrupted_at = now
             if interrupted_at is not None and now > interrupted_at + self.config.interrupt_grace:
                 # The cell swallowed KeyboardInterrupt (or is stuck in C code): kill it.

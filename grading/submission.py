@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import shutil
+import os
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,11 @@ import nbformat
 
 MAX_NOTEBOOK_BYTES = 64 * 2**20
 IGNORED_PARTS = {".ipynb_checkpoints", "__MACOSX"}
+#: Caps on what an upload may make the grader read, before any deadline could stop it: files
+#: and zip members looked at, candidate notebooks parsed, and their bytes in total.
+MAX_ENTRIES = 10_000
+MAX_CANDIDATES = 20
+MAX_CANDIDATE_BYTES = 128 * 2**20
 
 
 class SubmissionError(Exception):
@@ -27,31 +33,66 @@ class Found:
     notes: list[str]
 
 
-def _candidates(root: Path, unpack_dir: Path) -> tuple[list[Path], list[str]]:
-    notebooks, seen = [], []
-    for path in sorted(root.rglob("*")):
-        if IGNORED_PARTS & set(path.parts) or not path.is_file() or path.is_symlink():
+def _files(root: Path) -> list[Path]:
+    """Regular files below ``root`` (no links followed, ignored folders skipped), sorted, at
+    most MAX_ENTRIES. Iterative: any depth."""
+    found: list[Path] = []
+    todo = [root]
+    while todo and len(found) < MAX_ENTRIES:
+        folder = todo.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
             continue
+        for entry in entries:
+            if entry.name in IGNORED_PARTS or entry.is_symlink():
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                todo.append(Path(entry.path))
+            elif entry.is_file(follow_symlinks=False):
+                found.append(Path(entry.path))
+    return sorted(found)[:MAX_ENTRIES]
+
+
+def _candidates(root: Path, unpack_dir: Path, prefer: str = "") -> tuple[list[Path], list[str]]:
+    """Candidate notebooks (zips unpacked into ``unpack_dir``) and everything seen. Files named
+    ``prefer`` come first, so decoys never crowd the expected notebook out of the caps."""
+    notebooks: list[Path] = []
+    seen: list[str] = []
+    total = 0
+
+    def room(size: int) -> bool:
+        return len(notebooks) < MAX_CANDIDATES and total + size <= MAX_CANDIDATE_BYTES
+
+    for path in sorted(_files(root), key=lambda p: (p.name != prefer, p)):
         rel = path.relative_to(root).as_posix()
         seen.append(rel)
         if path.suffix == ".ipynb":
-            notebooks.append(path)
+            size = path.stat().st_size
+            if room(min(size, MAX_NOTEBOOK_BYTES)):
+                notebooks.append(path)
+                total += min(size, MAX_NOTEBOOK_BYTES)
         elif path.suffix == ".zip":
             try:
                 with zipfile.ZipFile(path) as zf:
-                    for info in zf.infolist():
+                    members = zf.infolist()[:MAX_ENTRIES]
+                    for info in sorted(members, key=lambda i: Path(i.filename).name != prefer):
                         name = Path(info.filename)
                         if info.is_dir() or IGNORED_PARTS & set(name.parts):
                             continue
                         seen.append(f"{rel} → {info.filename}")
                         if name.suffix != ".ipynb" or info.file_size > MAX_NOTEBOOK_BYTES:
                             continue
+                        if not room(info.file_size):
+                            continue
                         target = unpack_dir / f"{len(notebooks)}" / name.name
                         target.parent.mkdir(parents=True, exist_ok=True)
                         with zf.open(info) as src, open(target, "wb") as dst:
-                            shutil.copyfileobj(src, dst)
+                            # The header's size is the zip's word: never copy more than it said.
+                            dst.write(src.read(info.file_size + 1)[: info.file_size])
                         notebooks.append(target)
-            except zipfile.BadZipFile:
+                        total += info.file_size
+            except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError):
                 seen.append(f"{rel} (not a readable zip)")
     return notebooks, seen
 
@@ -65,9 +106,12 @@ def _read(path: Path) -> nbformat.NotebookNode:
             f"{path.name} is {size / 2**20:.0f} MB; clear the outputs (Edit → Clear Outputs of "
             "All Cells), save, and export again."
         )
-    text = path.read_bytes().decode("utf-8", errors="replace")
+    with open(path, "rb") as f:
+        text = f.read(MAX_NOTEBOOK_BYTES).decode("utf-8", errors="replace")
     try:
         json.loads(text)
+    except RecursionError as err:
+        raise SubmissionError(f"{path.name} is nested too deeply to be a notebook.") from err
     except json.JSONDecodeError as err:
         raise SubmissionError(
             f"{path.name} is not a valid notebook file (JSON error: {err.msg}, line {err.lineno} "
@@ -82,8 +126,17 @@ def _read(path: Path) -> nbformat.NotebookNode:
     return nb
 
 
-def find_notebook(submission: Path, expected_name: str, assignment: str, work: Path) -> Found:
+def find_notebook(
+    submission: Path,
+    expected_name: str,
+    assignment: str,
+    work: Path,
+    deadline: float = float("inf"),
+) -> Found:
     """Pick the notebook to grade from a submission folder (notebooks and zips in any layout).
+
+    At most MAX_CANDIDATES notebooks (MAX_CANDIDATE_BYTES in all) are read, and none after
+    ``deadline`` (a ``time.monotonic`` value); one that cannot be read costs only itself.
 
     Raises:
         SubmissionError: nothing gradable, with a message naming what was found and what to do.
@@ -92,7 +145,7 @@ def find_notebook(submission: Path, expected_name: str, assignment: str, work: P
         f"Upload {expected_name} (or the zip its last cell exports) for the assignment "
         f"'{assignment}'."
     )
-    paths, seen = _candidates(submission, work)
+    paths, seen = _candidates(submission, work, prefer=expected_name)
     if not paths:
         listing = ", ".join(seen) if seen else "nothing"
         raise SubmissionError(
@@ -101,10 +154,15 @@ def find_notebook(submission: Path, expected_name: str, assignment: str, work: P
     good: list[tuple[Path, nbformat.NotebookNode]] = []
     problems = []
     for path in paths:
+        if time.monotonic() > deadline:
+            problems.append(f"{path.name} was not read: reading the upload took too long.")
+            continue
         try:
             good.append((path, _read(path)))
         except SubmissionError as err:
             problems.append(str(err))
+        except Exception as err:  # RecursionError, MemoryError in a parser...: this file only
+            problems.append(f"{path.name} could not be read ({type(err).__name__}).")
     if not good:
         raise SubmissionError(
             " ".join(problems)

@@ -1,37 +1,41 @@
-"""Sandbox identities: one fresh uid per grading run, and a kill that leaves none of its processes.
+"""Sandbox identities: one fresh uid per grading run, and an end that leaves nothing of it.
 
-A uid is *fresh* when no account and no process uses it. The run holds it for its whole life
-through an abstract Unix socket named after it (released by the kernel when the grader exits, so
-no lock file is ever left behind); a second run on the same machine picks another uid, or, when
-the uid was forced (``--uid``), waits for the first run to finish.
+A uid is *fresh* when no account, process, SysV IPC object or file in a shared temporary folder
+belongs to it. The run holds it for its whole life through an abstract Unix socket named after it
+(released by the kernel when the grader exits, so no lock file is ever left behind); a second run
+on the same machine picks another uid, or, when the uid was forced (``--uid``), waits for the
+first run to finish.
+
+Ending a uid is done by root alone: nothing ever runs as the sandbox uid outside the sandbox (a
+helper of that uid would be a process the kernel can stop, trace or kill). Root stops every
+process of the uid until a pass finds none left running, kills them all, then removes the uid's
+SysV IPC objects and its files in /dev/shm, /dev/mqueue, /tmp and /var/tmp.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import pwd
 import random
 import signal
 import socket
+import stat
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 #: Fresh uids come from this range: far above any account a distribution or Gradescope creates.
 FRESH_UIDS = range(1_100_000, 1_900_000)
-#: Runs inside the sandbox uid: SIGKILL everything that uid may signal, until nothing is left.
-_KILLER = """
-import os, signal, time
-for _ in range(200):
-    try:
-        os.kill(-1, signal.SIGKILL)
-    except ProcessLookupError:
-        break
-    time.sleep(0.005)
-"""
+#: Shared folders where any user may leave files (sticky, world-writable): searched for the
+#: uid's leftovers. Only world-writable folders below them are entered, at most this many.
+SHARED_DIRS = ("/dev/shm", "/dev/mqueue", "/tmp", "/var/tmp", "/run/lock", "/var/lock")
+MAX_SHARED_FOLDERS = 1_000
+IPC_RMID = 0
+#: /proc/sysvipc tables and the libc call that removes an object of each.
+SYSV_TABLES = {"shm": "shmctl", "sem": "semctl", "msg": "msgctl"}
 
 
 def _ids(status: str, key: str) -> set[int]:
@@ -60,48 +64,171 @@ def processes(uid: int) -> list[int]:
     return found
 
 
-def kill_uid(uid: int, gid: int | None = None, timeout: float = 10.0) -> None:
-    """SIGKILL every process of ``uid``, then check that none is left.
+def _running(pid: int) -> bool:
+    """Whether any task (thread) of ``pid`` is neither stopped nor dead."""
+    try:
+        states = [
+            (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            for task in Path(f"/proc/{pid}/task").iterdir()
+        ]
+    except (OSError, IndexError):
+        return False
+    return any(state not in "TtZX" for state in states)
 
-    The killing is done *as* ``uid`` (``kill(-1, SIGKILL)`` reaches every process that uid owns,
-    whatever /proc shows), and repeated until /proc shows no live task of the uid.
+
+def kill_uid(uid: int, timeout: float = 10.0) -> None:
+    """End every process of ``uid``, as root, from outside: never through a process of the uid.
+
+    SIGSTOP every process of the uid until two passes in a row find all of them stopped (a
+    stopped process cannot fork; the second pass sees any child forked just before its parent
+    stopped), then SIGKILL them all, and wait until /proc shows none.
 
     Raises:
-        RuntimeError: processes of ``uid`` still run after ``timeout`` seconds.
+        RuntimeError: processes of ``uid`` are still alive after ``timeout`` seconds.
     """
+    if os.geteuid() not in (0, uid):  # not root: only our own processes could be signalled
+        raise RuntimeError(f"cannot end the processes of uid {uid} without root")
     deadline = time.monotonic() + timeout
+    quiet = 0
+    while quiet < 2 and time.monotonic() < deadline:
+        left = processes(uid)
+        running = [pid for pid in left if _running(pid)]
+        for pid in running:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGSTOP)
+        quiet = quiet + 1 if not running else 0
     while True:
         left = processes(uid)
+        for pid in left:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         if not left:
             return
         if time.monotonic() > deadline:
             raise RuntimeError(f"processes {left} of sandbox uid {uid} survive SIGKILL")
-        if os.geteuid() == 0:
-            subprocess.run(
-                [sys.executable, "-I", "-S", "-c", _KILLER],
-                user=uid,
-                group=gid if gid is not None else uid,
-                extra_groups=[],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                cwd="/",
-                env={},
-                check=False,
-                timeout=max(1.0, deadline - time.monotonic()),
-            )
-        else:  # not root: only our own uid can be killed, and not with kill(-1)
-            for pid in left:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-        time.sleep(0.02)
+        time.sleep(0.01)
+
+
+def ipc_objects(uid: int) -> list[tuple[str, int]]:
+    """The SysV IPC objects (kind, id) that ``uid`` owns or created, in this IPC namespace."""
+    found = []
+    for kind in SYSV_TABLES:
+        try:
+            lines = Path(f"/proc/sysvipc/{kind}").read_text().splitlines()
+        except OSError:
+            continue
+        header = lines[0].split() if lines else []
+        # "key shmid perms ..." (semid, msqid for the others): the id is the second column.
+        if len(header) < 2 or not header[1].endswith("id") or not {"uid", "cuid"} <= {*header}:
+            raise RuntimeError(f"/proc/sysvipc/{kind} has an unknown layout: {header}")
+        col = {"id": 1, "uid": header.index("uid"), "cuid": header.index("cuid")}
+        for line in lines[1:]:
+            fields = line.split()
+            with contextlib.suppress(IndexError, ValueError):
+                if uid in (int(fields[col["uid"]]), int(fields[col["cuid"]])):
+                    found.append((kind, int(fields[col["id"]])))
+    return found
+
+
+def shared_files(uid: int) -> list[str]:
+    """Files and folders of ``uid`` in the shared temporary folders (SHARED_DIRS) and in the
+    world-writable folders below them that *root* owns (its own are removed whole).
+
+    Only root's folders are entered: every folder on a returned path is then root's, so no
+    other user can swap one for a link between this look and the removal (a folder another
+    run's kernel owns could become a link to ``/`` just before ``rm -rf`` went through it)."""
+    found: list[str] = []
+    todo = [d for d in SHARED_DIRS if os.path.isdir(d) and not os.path.islink(d)]
+    entered = 0
+    while todo and entered < MAX_SHARED_FOLDERS:
+        folder = todo.pop()
+        entered += 1
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if info.st_uid == uid:
+                found.append(entry.path)
+            elif stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_IWOTH and info.st_uid == 0:
+                todo.append(entry.path)
+    return found
+
+
+def remove_tree(path: str | os.PathLike[str]) -> None:
+    """Remove ``path`` whatever the kernel did to it: any depth, any names, any permissions
+    (root ignores them), links never followed, no other file system entered.
+
+    ``rm -rf`` walks with fts (no recursion limit, unlike ``shutil.rmtree``, which a 1500-deep
+    tree crashed with RecursionError). Raises RuntimeError when anything is left.
+    """
+    path = os.fspath(path)
+    if not os.path.lexists(path):
+        return
+    subprocess.run(
+        ["/bin/rm", "-rf", "--one-file-system", "--", path],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        check=False,
+        timeout=600,
+        env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"},
+    )
+    if os.path.lexists(path):
+        raise RuntimeError(f"could not remove {path}")
+
+
+def _remove_ipc(kind: str, ident: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    call = getattr(libc, SYSV_TABLES[kind])
+    if kind == "sem":
+        call(ident, 0, IPC_RMID, None)
+    else:
+        call(ident, IPC_RMID, None)
+
+
+def clean_uid(uid: int) -> None:
+    """Remove what ``uid`` may leave outside its working folder: SysV IPC objects and its files
+    in the shared temporary folders. Call after kill_uid (nothing of the uid runs any more)."""
+    if os.geteuid() != 0:
+        return
+    for kind, ident in ipc_objects(uid):
+        _remove_ipc(kind, ident)
+    for path in shared_files(uid):
+        with contextlib.suppress(RuntimeError):
+            remove_tree(path)
+
+
+def leftovers(uid: int) -> list[str]:
+    """Everything of ``uid`` that is still there: processes, IPC objects, shared files."""
+    left = [f"process {pid}" for pid in processes(uid)]
+    left += [f"SysV {kind} {ident}" for kind, ident in ipc_objects(uid)]
+    left += shared_files(uid)
+    return left
+
+
+def end_uid(uid: int) -> None:
+    """Kill, clean, and check that nothing of ``uid`` is left.
+
+    Raises:
+        RuntimeError: something of the uid survived (the uid must not be reused).
+    """
+    kill_uid(uid)
+    clean_uid(uid)
+    left = leftovers(uid)
+    if left:
+        raise RuntimeError(f"sandbox uid {uid} left {left[:10]} behind")
 
 
 def _unused(uid: int) -> bool:
     try:
         pwd.getpwuid(uid)
     except KeyError:
-        return not processes(uid)
+        return not leftovers(uid)
     return False
 
 
@@ -139,12 +266,12 @@ def reserve(uid: int | None = None, wait: float = 1800.0) -> Iterator[int]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"sandbox uid {uid} is held by another grading run")
             time.sleep(0.5)
-        kill_uid(uid)  # a forced uid may carry leftovers of a run that crashed
+        end_uid(uid)  # a forced uid may carry leftovers of a run that crashed
     assert sock is not None
     try:
         yield uid
     finally:
         try:
-            kill_uid(uid)
+            end_uid(uid)
         finally:
-            sock.close()
+            sock.close()  # released only now: never while anything of the uid remains

@@ -240,7 +240,9 @@ def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
 def _open(lab: Lab, folder: str) -> Any:
     page = lab.browser.new_page(viewport={"width": 1400, "height": 1000})
     # One workspace per notebook, reset: otherwise Lab restores the other notebook's tab too.
-    page.goto(f"{lab.url}/lab/workspaces/{folder}/tree/{folder}/{NAME}.ipynb?reset&token={lab.token}")
+    page.goto(
+        f"{lab.url}/lab/workspaces/{folder}/tree/{folder}/{NAME}.ipynb?reset&token={lab.token}"
+    )
     page.wait_for_function(
         "() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
         " && window.jupyterapp.shell.currentWidget.sessionContext"

@@ -87,9 +87,7 @@ def test_demo1_return_rises_with_coverage(demo1: dict[str, Any]) -> None:
 
 def test_demo1_uses_the_students_coverage_function() -> None:
     """The widget measures coverage with the function it is given (a wrong one shows up)."""
-    res = widgets.coverage_sweep(
-        lambda d, s, a: np.ones((s, a)), sizes=(1, 2), seeds=SEEDS
-    )
+    res = widgets.coverage_sweep(lambda d, s, a: np.ones((s, a)), sizes=(1, 2), seeds=SEEDS)
     assert np.all(res["coverage"] == 1.0)
     right = widgets.coverage_sweep(coverage_counts, sizes=(1, 2), seeds=SEEDS)
     assert np.all(right["coverage"] < 0.5)

@@ -155,9 +155,12 @@ def test_cql_loss_matches_the_objective_by_hand():
         q = q_net(batch["observations"])
         rows = torch.arange(8)
         q_sa = q[rows, batch["actions"]]
-        y = batch["rewards"] + gamma * (1 - batch["terminals"]) * target_net(
-            batch["next_observations"]
-        ).max(1).values
+        y = (
+            batch["rewards"]
+            + gamma
+            * (1 - batch["terminals"])
+            * target_net(batch["next_observations"]).max(1).values
+        )
         bellman = 0.5 * ((q_sa - y) ** 2).mean()  # the chapter's 1/2
         penalty = (torch.logsumexp(q, 1) - q_sa).mean()
     assert set(info) == {"bellman_loss", "cql_penalty", "total_loss"}

