@@ -2520,15 +2520,19 @@ def _q12_run(case, q12_answer):
 
 # %% tags=["otter_ignore"]
 import importlib.util
+import os
 
 CARTPOLE_ID = "offline_rl/cartpole-poor-v0"  # Minari ids are [namespace/]name-v<version>
 if importlib.util.find_spec("minari") is None:
     print('Skipped: Minari is not installed (pip install "minari[hdf5]").')
 else:
+    import shutil
+
     import minari
 
-    if CARTPOLE_ID in minari.list_local_datasets():
-        minari.delete_dataset(CARTPOLE_ID)  # a second run writes it afresh
+    # Minari's datasets live in ~/.minari unless told otherwise: keep this one beside the notebook.
+    os.environ["MINARI_DATASETS_PATH"] = os.path.abspath("minari_datasets")
+    shutil.rmtree("minari_datasets", ignore_errors=True)  # a second run writes it afresh
     cartpole_data = cartpole.make_cartpole_dataset("poor", 50, seed=0, progress=False)
     # 1. Write the chapter's CartPole data as a Minari dataset; 2. load it with Minari.
     cartpole_data.to_minari(CARTPOLE_ID, "CartPole-v1")
