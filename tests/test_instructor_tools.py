@@ -284,3 +284,49 @@ def test_resume_is_keyed_by_upload_and_zip(tmp_path, monkeypatch):
     assert batch(zip_a) == ["b"]  # a changed upload
     assert batch(zip_b) == ["a", "b"]  # a rebuilt zip regrades everyone
     assert batch(zip_b, force=True) == ["a", "b"]
+
+
+# ----------------------------------------------------------------------------- the batch command
+
+
+def _stub_grader(monkeypatch, score: dict[str, float]) -> None:
+    """``grade_one`` without a notebook run: every submission gets ``score['q1_x']`` of 2."""
+    from grading.batch import run
+
+    def fake_grade_one(sub, zip_path, out, grader_args):
+        out.mkdir(parents=True, exist_ok=True)
+        test = {"name": "q1_x", "score": score["q1_x"], "max_score": 2.0, "output": ""}
+        results = {"score": score["q1_x"], "output": "", "tests": [test]}
+        (out / run.RESULTS).write_text(json.dumps(results))
+        return {"status": "graded", "reason": "", "wall_seconds": 1.0, "cpu_seconds": 1.0}
+
+    monkeypatch.setattr(run, "grade_one", fake_grade_one)
+
+
+def _class(tmp_path: Path, names: tuple[str, ...] = ("a", "b")) -> tuple[Path, Path]:
+    """A folder of stand-in notebooks and a zip (the stub grader never opens either)."""
+    import zipfile
+
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    for name in names:
+        (subs / f"{name}.ipynb").write_text(json.dumps({"cells": [], "name": name}))
+    zip_path = tmp_path / "autograder.zip"
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        zf.writestr("otter_config.json", json.dumps({"assignment_name": "offline_rl"}))
+    return zip_path, subs
+
+
+def test_previous_inside_out_is_read_before_it_is_overwritten(tmp_path, monkeypatch):
+    from grading.batch import cli
+
+    zip_path, subs = _class(tmp_path)
+    out = tmp_path / "out"
+    _stub_grader(monkeypatch, {"q1_x": 0.0})
+    assert cli.main_batch([str(zip_path), str(subs), str(out), "--no-progress"]) == 0
+    _stub_grader(monkeypatch, {"q1_x": 2.0})
+    argv = [str(zip_path), str(subs), str(out), "--no-progress", "--force"]
+    assert cli.main_batch([*argv, "--previous", str(out / "grades.csv")]) == 0
+    page = (out / "report.html").read_text()
+    assert "Nobody moved" not in page and "q1_x: 0 → 2" in page
+    assert tables.read_grades(out / cli.PREVIOUS_COPY)["a"]["total"] == "0"

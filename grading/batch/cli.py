@@ -116,6 +116,32 @@ def batch_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PREVIOUS_COPY = "grades-previous.csv"
+
+
+def _keep_previous(previous: Path, out: Path, parser: argparse.ArgumentParser) -> Path:
+    """The earlier grades.csv to compare with, safe from this run's writes.
+
+    ``OUT/grades.csv`` itself is rewritten by this run, so reading it afterwards would compare the
+    new grades with themselves ("Nobody moved"): it is copied to ``OUT/grades-previous.csv``
+    first, with a note. A file that is not a grades.csv stops the run before anything is graded.
+    """
+    if not previous.is_file():
+        parser.error(f"--previous {previous}: no such file; give an earlier grades.csv")
+    try:
+        tables.read_grades(previous)
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        parser.error(f"--previous: {err}")
+    if previous.resolve() == (out / "grades.csv").resolve():
+        copy = out / PREVIOUS_COPY
+        shutil.copyfile(previous, copy)
+        print(f"batch: --previous is the grades.csv this run overwrites; compared with a copy "
+              f"made now, {copy}. Next time keep the old grades.csv outside OUT.",
+              file=sys.stderr)  # fmt: skip
+        return copy
+    return previous
+
+
 def main_batch(argv: list[str]) -> int:
     """``python -m grading batch``; exit 0 when the run finished (bad submissions included)."""
     parser = batch_parser()
@@ -135,6 +161,8 @@ def main_batch(argv: list[str]) -> int:
         parser.error("OUT must not be inside SUBMISSIONS: the originals are never written to")
     out.mkdir(parents=True, exist_ok=True)
     os.chmod(out, 0o700)  # results hold every student's work and score
+    if args.previous:
+        args.previous = _keep_previous(args.previous, out, parser)
     settings = _settings(args, args.autograder)
     (out / SETTINGS).write_text(json.dumps(settings, indent=1, sort_keys=True))
     if os.geteuid() != 0:
