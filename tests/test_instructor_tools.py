@@ -330,3 +330,21 @@ def test_previous_inside_out_is_read_before_it_is_overwritten(tmp_path, monkeypa
     page = (out / "report.html").read_text()
     assert "Nobody moved" not in page and "q1_x: 0 → 2" in page
     assert tables.read_grades(out / cli.PREVIOUS_COPY)["a"]["total"] == "0"
+
+
+def test_gradescope_points_say_manual_questions_add_to_the_autograder():
+    """The README said both 'set the assignment to the total' and 'leave the autograder's
+    points': Gradescope adds manual questions to the autograder's points, so only that is set."""
+    points = {
+        "q1_a": build_release.QuestionPoints("q1_a", 3, False),
+        "q13_b": build_release.QuestionPoints("q13_b", 2, True),
+        "q14_c": build_release.QuestionPoints("q14_c", 2, True),
+    }
+    text = build_release.gradescope_points(points)
+    assert text.startswith("Autograder points: 3 ")
+    assert "q13 (2 points), q14 (2 points)" in text and "total is 7" in text
+    registry = _registry(c="q1_a")
+    for decl in registry.values():
+        decl.__dict__.update(graded=(), uses=(), hint="", tolerance="")
+    table = build_release.checks_table(registry, points)
+    assert "Set the Gradescope assignment's points to" not in table and text in table
