@@ -348,3 +348,24 @@ def test_gradescope_points_say_manual_questions_add_to_the_autograder():
         decl.__dict__.update(graded=(), uses=(), hint="", tolerance="")
     table = build_release.checks_table(registry, points)
     assert "Set the Gradescope assignment's points to" not in table and text in table
+
+
+def test_a_zip_outside_the_release_warns_and_leaves_no_stale_manual_page(
+    tmp_path, monkeypatch, capsys
+):
+    from grading.batch import cli
+
+    zip_path, subs = _class(tmp_path)  # no solution or blank notebook beside this zip
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manual.html").write_text("answers of last year's run")
+    _stub_grader(monkeypatch, {"q1_x": 2.0})
+    assert cli.main_batch([str(zip_path), str(subs), str(out), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "manual.html" in err and "NOT written" in err and "--solution" in err
+    assert "--blank" in err
+    assert not (out / "manual.html").exists()
+    page = (out / "report.html").read_text()
+    assert "the blank notebook's code does not count" not in page and "--blank" in page
+    with pytest.raises(SystemExit):
+        cli.main_batch([str(zip_path), str(subs), str(out), "--solution", str(tmp_path / "no")])

@@ -23,6 +23,7 @@ def _settings(args: argparse.Namespace, zip_path: Path) -> dict[str, Any]:
     solution = args.solution or release / f"{name}-solution.ipynb"
     blank = args.blank or release.parents[1] / "student_release" / name / f"{name}.ipynb"
     return {
+        "wanted": {"solution": str(solution), "blank": str(blank)},
         "assignment": name,
         "autograder": str(zip_path.resolve()),
         "solution": str(solution) if Path(solution).is_file() else "",
@@ -59,14 +60,34 @@ def write_outputs(out: Path, settings: dict[str, Any], ids: set[str] | None = No
         rows, out / "report.html", title=name, regrade=regrade, boilerplate=boilerplate
     )
     written = ["grades.csv", "grades-canvas.csv", "report.html"]
-    if settings.get("solution"):
-        rubric = answers.rubric(Path(settings["solution"]))
-        if rubric:
-            report.write_manual(
-                rows, out / "manual.html", rubric, anonymise=bool(settings.get("anonymise"))
-            )
-            written.append("manual.html")
+    rubric = answers.rubric(Path(settings["solution"])) if settings.get("solution") else {}
+    # A manual.html (or key) from an earlier run would show stale answers as if current.
+    for stale in ("manual.html", "manual-key.csv"):
+        (out / stale).unlink(missing_ok=True)
+    if rubric:
+        anonymise = bool(settings.get("anonymise"))
+        report.write_manual(rows, out / "manual.html", rubric, anonymise=anonymise)
+        written += ["manual.html", "manual-key.csv"] if anonymise else ["manual.html"]
     return written
+
+
+def missing_inputs_warnings(settings: dict[str, Any], wanted: dict[str, str]) -> list[str]:
+    """Loud notes for the outputs a missing solution or blank notebook costs (the defaults are
+    found only next to a zip inside this repository's release folders)."""
+    notes = []
+    if not settings.get("solution"):
+        notes.append(
+            f"WARNING: no solution notebook at {wanted['solution']}, so manual.html (the "
+            "hand-graded questions' answers beside the rubric) is NOT written. Pass --solution "
+            "PATH/<name>-solution.ipynb (autograder/<name>/ of the release that built the zip)."
+        )
+    if not settings.get("blank"):
+        notes.append(
+            f"WARNING: no blank student notebook at {wanted['blank']}, so the similarity table "
+            "counts the code every student was given. Pass --blank "
+            "PATH/<name>.ipynb (student_release/<name>/ of that release)."
+        )
+    return notes
 
 
 def batch_parser() -> argparse.ArgumentParser:
@@ -150,6 +171,9 @@ def main_batch(argv: list[str]) -> int:
         parser.error(f"{args.autograder} is not a zip file: give the release's autograder.zip")
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
+    for flag, path in (("--solution", args.solution), ("--blank", args.blank)):
+        if path is not None and not path.is_file():
+            parser.error(f"{flag} {path}: no such file")
     try:
         subs = inputs.discover(args.submissions)
         if args.shard:
@@ -164,6 +188,8 @@ def main_batch(argv: list[str]) -> int:
     if args.previous:
         args.previous = _keep_previous(args.previous, out, parser)
     settings = _settings(args, args.autograder)
+    for note in missing_inputs_warnings(settings, settings["wanted"]):
+        print(note, file=sys.stderr)
     (out / SETTINGS).write_text(json.dumps(settings, indent=1, sort_keys=True))
     if os.geteuid() != 0:
         print("batch: not root, so notebooks run unsandboxed as this user: trusted input only.",
@@ -187,6 +213,8 @@ def main_batch(argv: list[str]) -> int:
     for row in failed:
         print(f"  {row.id}: {row.record.get('status')}: {row.record.get('reason', '')[:200]}")
     print("wrote", ", ".join(str(out / name) for name in written))
+    for note in missing_inputs_warnings(settings, settings["wanted"]):
+        print(note, file=sys.stderr)  # again: the progress bar has scrolled the first one away
     return 0
 
 

@@ -175,6 +175,7 @@ def write_report(
             regrade=regrade,
             pairs=similarity(rows, boilerplate),
             threshold=round(100 * SIMILARITY_THRESHOLD),
+            has_blank=bool(boilerplate.strip()),
         )
     )
     path.write_text(html, encoding="utf-8")
