@@ -369,3 +369,23 @@ def test_a_zip_outside_the_release_warns_and_leaves_no_stale_manual_page(
     assert "the blank notebook's code does not count" not in page and "--blank" in page
     with pytest.raises(SystemExit):
         cli.main_batch([str(zip_path), str(subs), str(out), "--solution", str(tmp_path / "no")])
+
+
+def test_the_folder_above_a_gradescope_export_is_refused(tmp_path, monkeypatch, capsys):
+    from grading.batch import cli
+
+    export = tmp_path / "download" / "assignment_123_export"
+    for i in range(3):
+        (export / f"submission_{i}").mkdir(parents=True)
+        (export / f"submission_{i}" / "offline_rl.ipynb").write_text("{}")
+    (export / inputs.METADATA).write_text("submission_0:\n  :submitters: []\n")
+    with pytest.raises(ValueError, match=f"give that folder, {export}"):
+        inputs.discover(tmp_path / "download")
+    (export / inputs.METADATA).unlink()
+    with pytest.raises(ValueError, match="3 submission_<id>/ folders"):
+        inputs.discover(tmp_path / "download")
+    zip_path, _ = _class(tmp_path, names=())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as stop:
+        cli.main_batch([str(zip_path), str(tmp_path / "empty"), str(tmp_path / "out")])
+    assert stop.value.code == 2 and "holds no submission" in capsys.readouterr().err

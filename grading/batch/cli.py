@@ -164,7 +164,8 @@ def _keep_previous(previous: Path, out: Path, parser: argparse.ArgumentParser) -
 
 
 def main_batch(argv: list[str]) -> int:
-    """``python -m grading batch``; exit 0 when the run finished (bad submissions included)."""
+    """``python -m grading batch``; exit 0 when the run finished (bad submissions included), 1
+    when not one submission could be graded, 2 for bad arguments or an empty SUBMISSIONS."""
     parser = batch_parser()
     args = parser.parse_args(argv)
     if not args.autograder.is_file() or not zipfile.is_zipfile(args.autograder):
@@ -180,6 +181,9 @@ def main_batch(argv: list[str]) -> int:
             subs = inputs.shard(subs, args.shard)
     except ValueError as err:
         parser.error(str(err))
+    if not subs and not args.shard:
+        parser.error(f"{args.submissions} holds no submission (no .ipynb, no .zip, no folder): "
+                     "give the folder of notebooks or Gradescope's unzipped export")  # fmt: skip
     out = args.out.resolve()
     if args.submissions.resolve() in (out, *out.parents):
         parser.error("OUT must not be inside SUBMISSIONS: the originals are never written to")
@@ -215,6 +219,10 @@ def main_batch(argv: list[str]) -> int:
     print("wrote", ", ".join(str(out / name) for name in written))
     for note in missing_inputs_warnings(settings, settings["wanted"]):
         print(note, file=sys.stderr)  # again: the progress bar has scrolled the first one away
+    if subs and len(failed) == len(subs):
+        print("batch: no submission could be graded: check SUBMISSIONS and the reasons above "
+              "(exit 1)", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 
