@@ -389,3 +389,22 @@ def test_the_folder_above_a_gradescope_export_is_refused(tmp_path, monkeypatch, 
     with pytest.raises(SystemExit) as stop:
         cli.main_batch([str(zip_path), str(tmp_path / "empty"), str(tmp_path / "out")])
     assert stop.value.code == 2 and "holds no submission" in capsys.readouterr().err
+
+
+def test_merge_refuses_missing_shards(tmp_path, monkeypatch, capsys):
+    from grading.batch import cli
+
+    zip_path, subs = _class(tmp_path, names=tuple("abcdefgh"))
+    _stub_grader(monkeypatch, {"q1_x": 2.0})
+    for k in range(3):
+        argv = [str(zip_path), str(subs), str(tmp_path / f"s{k}"), "--shard", f"{k}/3"]
+        cli.main_batch([*argv, "--no-progress"])
+        assert json.loads((tmp_path / f"s{k}" / cli.SETTINGS).read_text())["shard"] == f"{k}/3"
+    two = [str(tmp_path / "s0"), str(tmp_path / "s2")]
+    with pytest.raises(SystemExit):
+        cli.main_merge([*two, "--out", str(tmp_path / "m")])
+    assert "missing 1/3" in capsys.readouterr().err
+    assert cli.main_merge([*two, "--out", str(tmp_path / "m"), "--allow-partial"]) == 0
+    assert "PARTIAL" in capsys.readouterr().err
+    assert cli.main_merge([*two, str(tmp_path / "s1"), "--out", str(tmp_path / "all")]) == 0
+    assert len(tables.read_grades(tmp_path / "all" / "grades.csv")) == 8

@@ -30,6 +30,8 @@ def _settings(args: argparse.Namespace, zip_path: Path) -> dict[str, Any]:
         "blank": str(blank) if Path(blank).is_file() else "",
         "previous": str(args.previous.resolve()) if args.previous else "",
         "anonymise": bool(args.anonymise),
+        # K/N (normalised), so that merge can tell whether every shard is there.
+        "shard": "/".join(str(int(x)) for x in args.shard.strip().split("/")) if args.shard else "",
     }
 
 
@@ -226,6 +228,25 @@ def main_batch(argv: list[str]) -> int:
     return 0
 
 
+def missing_shards(settings: list[dict[str, Any]]) -> str:
+    """What is wrong with a set of shards' settings ('' when they are all K/N of one N)."""
+    specs = [str(s.get("shard", "")) for s in settings]
+    if not all(specs):
+        return "some OUT folders are not from a --shard K/N run, so completeness is unknown"
+    ns = {spec.split("/")[1] for spec in specs}
+    if len(ns) > 1:
+        return f"the shards were split differently (N = {', '.join(sorted(ns))})"
+    n = int(ns.pop())
+    ks = [int(spec.split("/")[0]) for spec in specs]
+    twice = sorted({k for k in ks if ks.count(k) > 1})
+    if twice:
+        return f"shard(s) {', '.join(f'{k}/{n}' for k in twice)} given twice"
+    missing = sorted(set(range(n)) - set(ks))
+    if missing:
+        return f"only {len(ks)} of {n} shards: missing {', '.join(f'{k}/{n}' for k in missing)}"
+    return ""
+
+
 def main_merge(argv: list[str]) -> int:
     """``python -m grading merge``: join shard outputs into one OUT, as one unsharded run."""
     parser = argparse.ArgumentParser(
@@ -235,7 +256,19 @@ def main_merge(argv: list[str]) -> int:
     )
     parser.add_argument("shards", type=Path, nargs="+", help="the shards' OUT folders")
     parser.add_argument("--out", type=Path, required=True, help="the merged output folder")
+    parser.add_argument(
+        "--allow-partial", action="store_true",
+        help="merge even when shards are missing (or OUT folders are not shards of one split)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    for shard in args.shards:
+        if not (shard / SETTINGS).is_file():
+            parser.error(f"{shard} is not the OUT folder of a batch run (no {SETTINGS})")
+    problem = missing_shards([json.loads((s / SETTINGS).read_text()) for s in args.shards])
+    if problem and not args.allow_partial:
+        parser.error(f"{problem}; merge them all, or pass --allow-partial for a partial result")
+    if problem:
+        print(f"merge: PARTIAL: {problem}", file=sys.stderr)
     settings: dict[str, Any] | None = None
     out = args.out.resolve()
     (out / "submissions").mkdir(parents=True, exist_ok=True)
@@ -258,6 +291,7 @@ def main_merge(argv: list[str]) -> int:
                 shutil.rmtree(target, ignore_errors=True)
                 shutil.copytree(folder, target)
     assert settings is not None
+    settings = {**settings, "shard": ""}  # the merged result is one run, not a shard
     (out / SETTINGS).write_text(json.dumps(settings, indent=1, sort_keys=True))
     written = write_outputs(out, settings, ids=set(owner))
     print(f"merged {len(owner)} submissions from {len(args.shards)} shards into {out}:",
