@@ -408,3 +408,19 @@ def test_merge_refuses_missing_shards(tmp_path, monkeypatch, capsys):
     assert "PARTIAL" in capsys.readouterr().err
     assert cli.main_merge([*two, str(tmp_path / "s1"), "--out", str(tmp_path / "all")]) == 0
     assert len(tables.read_grades(tmp_path / "all" / "grades.csv")) == 8
+
+
+def test_the_run_says_when_plain_notebooks_are_not_in_the_canvas_csv(
+    tmp_path, monkeypatch, capsys
+):
+    from grading.batch import cli
+
+    zip_path, subs = _class(tmp_path)
+    _stub_grader(monkeypatch, {"q1_x": 2.0})
+    assert cli.main_batch([str(zip_path), str(subs), str(tmp_path / "out"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "grades-canvas.csv: 2 of 2 submissions are NOT in it" in out
+    lines = (tmp_path / "out" / "grades-canvas.csv").read_text().splitlines()
+    assert len(lines) == 2  # header and Points Possible only: what the note warns of
+    named = _row("x", {"q1_x": 2}, student={"name": "Ada", "sid": "1", "email": "a@x"})
+    assert tables.canvas_note([named]) == ""

@@ -219,6 +219,9 @@ def main_batch(argv: list[str]) -> int:
     for row in failed:
         print(f"  {row.id}: {row.record.get('status')}: {row.record.get('reason', '')[:200]}")
     print("wrote", ", ".join(str(out / name) for name in written))
+    note = tables.canvas_note([r for r in tables.load_rows(out) if r.id in {s.id for s in subs}])
+    if note:
+        print(note)
     for note in missing_inputs_warnings(settings, settings["wanted"]):
         print(note, file=sys.stderr)  # again: the progress bar has scrolled the first one away
     if subs and len(failed) == len(subs):
