@@ -424,3 +424,28 @@ def test_the_run_says_when_plain_notebooks_are_not_in_the_canvas_csv(
     assert len(lines) == 2  # header and Points Possible only: what the note warns of
     named = _row("x", {"q1_x": 2}, student={"name": "Ada", "sid": "1", "email": "a@x"})
     assert tables.canvas_note([named]) == ""
+
+
+def test_manual_page_renders_markdown_and_says_when_a_notebook_could_not_be_read(tmp_path):
+    rubric = {"13": {"title": "Question 13", "rubric": "A **good** answer names $\\alpha$."}}
+    rows = [
+        _row("good", {}, answers={"manual": {"13": "I *think* $\\alpha_t < 1$ <b>x</b>"}}),
+        _row("blank", {}, answers={"manual": {"13": "_Type your answer here_"}}),
+        _row("corrupt", {}, status="ungradable",
+             answers={"manual": {}, "code": "", "titles": {}, "unreadable": "not a valid notebook"}),
+    ]  # fmt: skip
+    report.write_manual(rows, tmp_path / "manual.html", rubric, anonymise=False)
+    page = (tmp_path / "manual.html").read_text()
+    assert "<em>think</em>" in page and "<strong>good</strong>" in page
+    assert '<code class="math">\\alpha_t &lt; 1</code>' in page  # LaTeX kept as readable source
+    assert "&lt;b&gt;x&lt;/b&gt;" in page  # raw HTML from a student is never HTML
+    corrupt = page.split("<h3>corrupt</h3>")[1].split("</div></div>")[0]
+    assert "could not be read" in corrupt and "not a valid notebook" in corrupt
+    assert "no answer" in page.split("<h3>blank</h3>")[1].split("</div></div>")[0]
+    assert "<h3>points</h3>&nbsp;" not in page
+
+
+def test_a_corrupt_upload_is_marked_unreadable(tmp_path):
+    (tmp_path / "bad.ipynb").write_text("{ not json")
+    sub = inputs.Submission("bad", tmp_path / "bad.ipynb", (tmp_path / "bad.ipynb",))
+    assert answers.extract(sub)["unreadable"].startswith("not a valid notebook")

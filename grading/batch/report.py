@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import mistune
+from markupsafe import Markup
+from mistune.renderers.html import HTMLRenderer
 
 from grading.batch.tables import Row, duplicates, question_order
 
@@ -181,6 +184,42 @@ def write_report(
     path.write_text(html, encoding="utf-8")
 
 
+#: What the blank notebook's answer cell says until a student writes there.
+PLACEHOLDER = "Type your answer here"
+
+
+class _Renderer(HTMLRenderer):
+    """Markdown to HTML for a student's text: raw HTML is escaped (never run), LaTeX stays
+    readable source in ``<code>`` (the page is offline: no MathJax to typeset it), and images
+    show their alt text (no request leaves the grader's machine)."""
+
+    def inline_math(self, text: str) -> str:
+        return f'<code class="math">{mistune.escape(text)}</code>'
+
+    def block_math(self, text: str) -> str:
+        return f'<pre class="math"><code>{mistune.escape(text)}</code></pre>\n'
+
+    def image(self, text: str, url: str, title: str | None = None) -> str:
+        return f"[image: {text}]"
+
+
+def render_markdown(text: str) -> Markup:
+    """A student's (or the rubric's) Markdown as safe HTML; see ``_Renderer``."""
+    md = mistune.create_markdown(escape=True, renderer=_Renderer(escape=True), plugins=["math"])
+    return Markup(str(md(text)))
+
+
+def _answer(row: Row, number: str) -> dict[str, Any]:
+    """``{"state": "answer" | "none" | "unreadable", "html"}`` of one manual question."""
+    found = row.record.get("answers") or {}
+    if "manual" not in found or found.get("unreadable"):
+        return {"state": "unreadable", "html": str(found.get("unreadable", ""))}
+    text = str(found["manual"].get(number, ""))
+    if not text.strip() or PLACEHOLDER in text:
+        return {"state": "none", "html": ""}
+    return {"state": "answer", "html": render_markdown(text)}
+
+
 def write_manual(
     rows: list[Row], path: Path, rubric: dict[str, dict[str, str]], *, anonymise: bool
 ) -> None:
@@ -192,9 +231,8 @@ def write_manual(
     for number in sorted(rubric, key=int):
         answers = []
         for row in rows:
-            text = row.record.get("answers", {}).get("manual", {}).get(number, "")
             label = _anonym(row.id) if anonymise else _who(row)
-            answers.append({"who": label, "text": text})
+            answers.append({"who": label, **_answer(row, number)})
         entries[number] = sorted(answers, key=lambda a: a["who"])
     if anonymise:
         key = sorted((_anonym(r.id), r.id) for r in rows)
@@ -203,7 +241,11 @@ def write_manual(
     html = (
         _env()
         .get_template("manual.html.j2")
-        .render(rubric=rubric, entries=entries, anonymise=anonymise)
+        .render(
+            rubric={n: {**r, "html": render_markdown(r["rubric"])} for n, r in rubric.items()},
+            entries=entries,
+            anonymise=anonymise,
+        )
     )
     path.write_text(html, encoding="utf-8")
 
