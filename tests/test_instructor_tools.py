@@ -410,9 +410,7 @@ def test_merge_refuses_missing_shards(tmp_path, monkeypatch, capsys):
     assert len(tables.read_grades(tmp_path / "all" / "grades.csv")) == 8
 
 
-def test_the_run_says_when_plain_notebooks_are_not_in_the_canvas_csv(
-    tmp_path, monkeypatch, capsys
-):
+def test_the_run_says_when_plain_notebooks_are_not_in_the_canvas_csv(tmp_path, monkeypatch, capsys):
     from grading.batch import cli
 
     zip_path, subs = _class(tmp_path)
@@ -431,9 +429,8 @@ def test_manual_page_renders_markdown_and_says_when_a_notebook_could_not_be_read
     rows = [
         _row("good", {}, answers={"manual": {"13": "I *think* $\\alpha_t < 1$ <b>x</b>"}}),
         _row("blank", {}, answers={"manual": {"13": "_Type your answer here_"}}),
-        _row("corrupt", {}, status="ungradable",
-             answers={"manual": {}, "code": "", "titles": {}, "unreadable": "not a valid notebook"}),
-    ]  # fmt: skip
+        _row("corrupt", {}, status="ungradable", answers={"unreadable": "not a valid notebook"}),
+    ]
     report.write_manual(rows, tmp_path / "manual.html", rubric, anonymise=False)
     page = (tmp_path / "manual.html").read_text()
     assert "<em>think</em>" in page and "<strong>good</strong>" in page
