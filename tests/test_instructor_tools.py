@@ -18,6 +18,8 @@ from tests.conftest import ROOT
 from tests.corpus import corpus
 
 sys.path.insert(0, str(ROOT / "tools"))
+import contextlib
+
 import build_release
 import kill_matrix
 
@@ -446,3 +448,72 @@ def test_a_corrupt_upload_is_marked_unreadable(tmp_path):
     (tmp_path / "bad.ipynb").write_text("{ not json")
     sub = inputs.Submission("bad", tmp_path / "bad.ipynb", (tmp_path / "bad.ipynb",))
     assert answers.extract(sub)["unreadable"].startswith("not a valid notebook")
+
+
+def test_sigterm_ends_the_graders_and_removes_the_temp_folders(tmp_path):
+    """A batch cancelled by Slurm (SIGTERM) must leave no grader running and no student
+    notebook in /tmp. The grader is a stand-in that writes its pid and sleeps."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    zip_path, subs = _class(tmp_path)
+    temp, pids = tmp_path / "tmp", tmp_path / "pids"
+    temp.mkdir()
+    pids.mkdir()
+    fake = tmp_path / "fake_grader.py"
+    fake.write_text(
+        f"import os, time\nopen(os.path.join({str(pids)!r}, str(os.getpid())), 'w').close()\n"
+        "time.sleep(300)\n"
+    )
+    script = (
+        "import sys\nfrom grading.batch import cli, run\n"
+        f"run.GRADER = [sys.executable, {str(fake)!r}]\n"
+        f"sys.exit(cli.main_batch([{str(zip_path)!r}, {str(subs)!r}, {str(tmp_path / 'out')!r},"
+        " '--no-progress', '--jobs', '2']))\n"
+    )
+    env = {**os.environ, "TMPDIR": str(temp)}
+    batch = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env)
+    deadline = time.monotonic() + 60
+    while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    graders = [int(p.name) for p in pids.iterdir()]
+    assert len(graders) == 2, "the stand-in graders did not start"
+    assert all(oct(p.stat().st_mode & 0o777) == "0o700" for p in temp.iterdir())
+    batch.send_signal(signal.SIGTERM)
+    try:
+        assert batch.wait(timeout=30) == 128 + signal.SIGTERM
+        for pid in graders:
+            stat = Path(f"/proc/{pid}/stat")
+            alive = stat.exists() and stat.read_text().split(") ")[1][0] != "Z"
+            assert not alive, f"grader {pid} still runs"
+    finally:  # on failure, do not leave the stand-ins sleeping
+        for pid in graders:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert list(temp.iterdir()) == []  # no batch-* folder holding a student's notebook
+    assert not list((tmp_path / "out" / "submissions").glob("*/record.json"))  # rerun regrades
+
+
+def test_cpu_seconds_are_each_graders_own_with_two_jobs(tmp_path, monkeypatch):
+    """RUSAGE_CHILDREN is process-wide: with --jobs 2 a grading was charged its neighbour's CPU.
+    A stand-in grader burns 0.5 CPU-s for 'busy' and sleeps (no CPU) for 'idle'."""
+    from grading.batch import run
+
+    zip_path, subs = _class(tmp_path, names=("busy", "idle"))
+    fake = tmp_path / "fake_grader.py"
+    fake.write_text(
+        "import os, sys, time\n"
+        "if os.path.exists(os.path.join(sys.argv[2], 'busy.ipynb')):\n"
+        "    while time.process_time() < 0.5:\n        pass\n"
+        "else:\n    time.sleep(1.5)\n"
+    )
+    monkeypatch.setattr(run, "GRADER", [sys.executable, str(fake)])
+    out = tmp_path / "out"
+    run.grade_all(zip_path, inputs.discover(subs), out, run.BatchConfig(jobs=2, progress=False))
+    cpu = {
+        name: json.loads((out / "submissions" / name / "record.json").read_text())["cpu_seconds"]
+        for name in ("busy", "idle")
+    }
+    assert cpu["busy"] >= 0.5 and cpu["idle"] < 0.3, cpu

@@ -206,6 +206,7 @@ def main_batch(argv: list[str]) -> int:
         grader_args=tuple(args.grader_arg),
         progress=not args.no_progress,
     )
+    run.install_signal_handlers()
     counts = run.grade_all(args.autograder, subs, out, config)
     written = write_outputs(out, settings, ids={s.id for s in subs})
     failed = [
