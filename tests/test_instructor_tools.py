@@ -517,3 +517,33 @@ def test_cpu_seconds_are_each_graders_own_with_two_jobs(tmp_path, monkeypatch):
         for name in ("busy", "idle")
     }
     assert cpu["busy"] >= 0.5 and cpu["idle"] < 0.3, cpu
+
+
+def test_small_things_the_ta_found(tmp_path, monkeypatch, capsys):
+    """Word-boundary cuts on screen and full reasons in grades.csv, integer histogram ticks, an
+    ungradable upload not counted as graded, a shard's summary naming its shard."""
+    import matplotlib.pyplot as plt
+
+    from grading.batch import cli, run
+
+    reason = "Your submission could not be graded: " + "notebook " * 40 + "END"
+    assert tables.shorten(reason, 60).endswith("notebook…") and len(tables.shorten(reason)) <= 200
+    rows = [_row("bad", {}, status="ungradable", reason=reason)]
+    tables.write_grades(rows, tmp_path / "grades.csv")
+    assert tables.read_grades(tmp_path / "grades.csv")["bad"]["reason"].endswith("notebook END")
+    fig = report.histogram_figure([1.0, 2.0, 2.0], 4.0)
+    ticks = fig.axes[0].get_yticks()
+    plt.close(fig)
+    assert all(float(t).is_integer() for t in ticks), ticks
+
+    def ungradable(sub, zip_path, out, grader_args):
+        out.mkdir(parents=True, exist_ok=True)
+        return {"status": "ungradable", "reason": reason, "wall_seconds": 1.0, "cpu_seconds": 1.0}
+
+    monkeypatch.setattr(run, "grade_one", ungradable)
+    zip_path, subs = _class(tmp_path, names=("a",))
+    argv = [str(zip_path), str(subs), str(tmp_path / "out"), "--no-progress", "--shard", "0/1"]
+    assert cli.main_batch(argv) == 1  # nothing could be graded
+    out = capsys.readouterr().out
+    assert "shard 0/1: 1 submissions: 0 graded now" in out and "1 could not be graded" in out
+    assert "notebook notebook…" in out and "notebook END" not in out

@@ -213,12 +213,14 @@ def main_batch(argv: list[str]) -> int:
         r for r in tables.load_rows(out) if r.id in {s.id for s in subs}
         and r.record.get("status") != "graded"
     ]  # fmt: skip
+    where = f"shard {settings['shard']}: " if settings.get("shard") else ""
     print(
-        f"{len(subs)} submissions: {counts['graded']} graded now, {counts['reused']} reused "
-        f"(same upload, same autograder), {len(failed)} could not be graded."
+        f"{where}{len(subs)} submissions: {counts['graded']} graded now, {counts['reused']} "
+        f"reused (same upload, same autograder), {len(failed)} could not be graded."
     )
     for row in failed:
-        print(f"  {row.id}: {row.record.get('status')}: {row.record.get('reason', '')[:200]}")
+        reason = tables.shorten(str(row.record.get("reason", "")))
+        print(f"  {row.id}: {row.record.get('status')}: {reason}")
     print("wrote", ", ".join(str(out / name) for name in written))
     note = tables.canvas_note([r for r in tables.load_rows(out) if r.id in {s.id for s in subs}])
     if note:

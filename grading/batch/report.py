@@ -82,20 +82,30 @@ def _short(text: str) -> str:
     return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
-def histogram_png(totals: list[float], possible: float) -> str:
-    """Base64 PNG of the score histogram (one bar per point)."""
+def histogram_figure(totals: list[float], possible: float) -> Any:
+    """The score histogram (one bar per point) as a matplotlib Figure; close it after use."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 3), dpi=100)
     bins = max(1, int(possible) + 1)
     ax.hist(totals, bins=bins, range=(-0.5, possible + 0.5), color="#4472c4", edgecolor="white")
     ax.set_xlabel(f"total score (of {possible:g})")
     ax.set_ylabel("submissions")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 0.5 submissions
     ax.set_title("Score histogram")
     fig.tight_layout()
+    return fig
+
+
+def histogram_png(totals: list[float], possible: float) -> str:
+    """Base64 PNG of the score histogram (one bar per point)."""
+    import matplotlib.pyplot as plt
+
+    fig = histogram_figure(totals, possible)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", metadata={"Software": None})  # no version: same bytes
     plt.close(fig)

@@ -264,7 +264,8 @@ def grade_all(
 ) -> dict[str, int]:
     """Grade every submission not already graded by this zip into ``out/submissions/<id>/``.
 
-    Returns counts: ``graded`` (run now), ``reused`` (resumed), ``failed`` (status not graded).
+    Returns counts: ``graded`` (graded now, status graded), ``reused`` (resumed), ``failed``
+    (run now but ungradable or an error).
     """
     zip_sha = sha256_file(zip_path)
     base = out / "submissions"
@@ -315,7 +316,8 @@ def grade_all(
                     shutil.copyfile(first / RESULTS, base / sub.id / RESULTS)
                 record.update(outcome)
                 _write_record(base / sub.id, record)
-                counts["graded"] += 1
+                # "graded" counts only real gradings: an ungradable upload is a failure.
+                counts["graded"] += record["status"] == "graded"
                 counts["failed"] += record["status"] != "graded"
                 if on_done:
                     on_done(sub.id, record)

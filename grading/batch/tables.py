@@ -123,7 +123,19 @@ def write_grades(rows: list[Row], path: Path) -> list[str]:
 
 
 def _one_line(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip()[:300]
+    """A reason on one CSV line, complete (a spreadsheet cell holds it; nothing is cut)."""
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def shorten(text: str, width: int = 200) -> str:
+    """``text`` on one line, cut at a word boundary with "…" when longer than ``width``."""
+    line = _one_line(text)
+    if len(line) <= width:
+        return line
+    cut = line[: width - 1]
+    if " " in cut and not line[width - 1].isspace():
+        cut = cut.rsplit(" ", 1)[0]
+    return cut.rstrip() + "…"
 
 
 def write_canvas(rows: list[Row], path: Path, assignment: str) -> None:
