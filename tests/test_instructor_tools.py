@@ -547,3 +547,17 @@ def test_small_things_the_ta_found(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "shard 0/1: 1 submissions: 0 graded now" in out and "1 could not be graded" in out
     assert "notebook notebook…" in out and "notebook END" not in out
+
+
+def test_student_readme_matches_show_hidden():
+    """With show_hidden false, students see per-question results only after grades are
+    published: the student README must not promise them at once."""
+    import re
+
+    master = (ROOT / "assignments" / "offline_rl" / "master.py").read_text()
+    show_hidden = re.search(r"^#\s+show_hidden:\s*(\w+)", master, re.M)
+    assert show_hidden, "master.py declares no show_hidden"
+    text = " ".join((ROOT / "assignments" / "offline_rl" / "README.student.md").read_text().split())
+    if show_hidden.group(1).lower() == "false":
+        assert "Your result lists, question by question, which hidden checks passed" not in text
+        assert "appears when your instructor publishes the grades" in text
