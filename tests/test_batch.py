@@ -191,7 +191,8 @@ def _results(out: Path, sid: str) -> dict:
 
 def test_resume_grades_nothing_and_force_regrades(graded_class, tmp_path):
     subs, out, _, first = graded_class
-    assert "15 graded now, 0 reused" in first, first
+    # The corrupt upload is not "graded now": it is the one that could not be graded.
+    assert "14 graded now, 0 reused" in first and "1 could not be graded" in first, first
     stamps = {p: p.stat().st_mtime_ns for p in (out / "submissions").rglob("record.json")}
     again = _batch("batch", corpus.ZIP, subs, out, "--jobs", "2", "--no-progress")
     assert "0 graded now, 15 reused" in again.stdout, again.stdout
@@ -204,7 +205,8 @@ def test_resume_grades_nothing_and_force_regrades(graded_class, tmp_path):
         shutil.copyfile(subs / name, subset / name)
     shutil.copytree(out, copy)
     forced = _batch("batch", corpus.ZIP, subset, copy, "--jobs", "2", "--no-progress", "--force")
-    assert "2 graded now, 0 reused" in forced.stdout, forced.stdout
+    assert "1 graded now, 0 reused" in forced.stdout, forced.stdout
+    assert "1 could not be graded" in forced.stdout, forced.stdout
     old, new = _rows(out / "grades.csv"), _rows(copy / "grades.csv")
     assert set(new) == {"m_bc_summed", "corrupt"}
     assert {k: old[k] for k in new} == new
