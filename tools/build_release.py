@@ -428,7 +428,7 @@ def checks_table(registry: dict[str, Any], points: dict[str, QuestionPoints] | N
     if points:
         rows += [
             "\n## Points (generated from the master)\n",
-            f"On Gradescope: {gradescope_points(points)} ({total_points_line(points)}.)",
+            f"On Gradescope: {gradescope_points(points)}",
             "",
             "| question | points | graded by |",
             "|---|---|---|",
