@@ -561,3 +561,22 @@ def test_student_readme_matches_show_hidden():
     if show_hidden.group(1).lower() == "false":
         assert "Your result lists, question by question, which hidden checks passed" not in text
         assert "appears when your instructor publishes the grades" in text
+
+
+def test_blame_message_agrees_with_the_number_of_functions(monkeypatch):
+    """'your `f` from q1, which fails hidden check c' (one function), '`f` / `g` ... fail'."""
+    sys.path.insert(0, str(ROOT / "assignments" / "offline_rl"))
+    import hidden_checks
+
+    def failing(decl, outputs, fx):
+        raise AssertionError("wrong")
+
+    for graded, verb in ((("f",), "which fails"), (("f", "g"), "which fail")):
+        registry = {
+            "dep": SimpleNamespace(name="dep", question="q1_x", graded=graded, uses=()),
+            "late": SimpleNamespace(name="late", question="q2_y", graded=("h",), uses=("dep",)),
+        }
+        monkeypatch.setattr(hidden_checks, "load_declarations", lambda r=registry: r)
+        monkeypatch.setattr(hidden_checks, "_compare_one", failing)
+        with pytest.raises(AssertionError, match=f"{verb} hidden check dep"):
+            hidden_checks.compare("late", {}, fixtures={})
