@@ -586,3 +586,15 @@ def test_blame_message_agrees_with_the_number_of_functions(monkeypatch):
         monkeypatch.setattr(hidden_checks, "_compare_one", failing)
         with pytest.raises(AssertionError, match=f"{verb} hidden check dep"):
             hidden_checks.compare("late", {}, fixtures={})
+
+
+def test_the_batch_puts_back_the_callers_signal_handlers(tmp_path, monkeypatch):
+    import signal
+
+    from grading.batch import cli
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    zip_path, subs = _class(tmp_path)
+    _stub_grader(monkeypatch, {"q1_x": 2.0})
+    cli.main_batch([str(zip_path), str(subs), str(tmp_path / "out"), "--no-progress"])
+    assert {sig: signal.getsignal(sig) for sig in before} == before

@@ -206,8 +206,11 @@ def main_batch(argv: list[str]) -> int:
         grader_args=tuple(args.grader_arg),
         progress=not args.no_progress,
     )
-    run.install_signal_handlers()
-    counts = run.grade_all(args.autograder, subs, out, config)
+    previous_handlers = run.install_signal_handlers()
+    try:
+        counts = run.grade_all(args.autograder, subs, out, config)
+    finally:
+        run.restore_signal_handlers(previous_handlers)
     written = write_outputs(out, settings, ids={s.id for s in subs})
     failed = [
         r for r in tables.load_rows(out) if r.id in {s.id for s in subs}

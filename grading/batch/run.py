@@ -88,9 +88,10 @@ class _Live:
 LIVE = _Live()
 
 
-def install_signal_handlers() -> None:
+def install_signal_handlers() -> dict[int, Any]:
     """On SIGTERM (Slurm's cancel) or SIGINT (Ctrl-C): end the graders, remove the temp folders,
-    exit 128 + signal. Records are written only for finished gradings, so a rerun resumes."""
+    exit 128 + signal. Records are written only for finished gradings, so a rerun resumes.
+    Returns the previous handlers, for ``restore_signal_handlers``."""
 
     def handler(signum: int, _frame: object) -> None:
         print(f"batch: got signal {signum}: stopping the graders and removing temp folders",
@@ -98,8 +99,13 @@ def install_signal_handlers() -> None:
         LIVE.stop()
         raise SystemExit(128 + signum)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, handler)
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def restore_signal_handlers(previous: dict[int, Any]) -> None:
+    """Put back what ``install_signal_handlers`` replaced (the batch may run inside a caller)."""
+    for sig, old in previous.items():
+        signal.signal(sig, old)
 
 
 @dataclass(frozen=True)
