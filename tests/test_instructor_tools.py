@@ -18,6 +18,8 @@ from tests.conftest import ROOT
 from tests.corpus import corpus
 
 sys.path.insert(0, str(ROOT / "tools"))
+import contextlib
+
 import build_release
 import kill_matrix
 
@@ -284,3 +286,315 @@ def test_resume_is_keyed_by_upload_and_zip(tmp_path, monkeypatch):
     assert batch(zip_a) == ["b"]  # a changed upload
     assert batch(zip_b) == ["a", "b"]  # a rebuilt zip regrades everyone
     assert batch(zip_b, force=True) == ["a", "b"]
+
+
+# ----------------------------------------------------------------------------- the batch command
+
+
+def _stub_grader(monkeypatch, score: dict[str, float]) -> None:
+    """``grade_one`` without a notebook run: every submission gets ``score['q1_x']`` of 2."""
+    from grading.batch import run
+
+    def fake_grade_one(sub, zip_path, out, grader_args):
+        out.mkdir(parents=True, exist_ok=True)
+        test = {"name": "q1_x", "score": score["q1_x"], "max_score": 2.0, "output": ""}
+        results = {"score": score["q1_x"], "output": "", "tests": [test]}
+        (out / run.RESULTS).write_text(json.dumps(results))
+        return {"status": "graded", "reason": "", "wall_seconds": 1.0, "cpu_seconds": 1.0}
+
+    monkeypatch.setattr(run, "grade_one", fake_grade_one)
+
+
+def _class(tmp_path: Path, names: tuple[str, ...] = ("a", "b")) -> tuple[Path, Path]:
+    """A folder of stand-in notebooks and a zip (the stub grader never opens either)."""
+    import zipfile
+
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    for name in names:
+        (subs / f"{name}.ipynb").write_text(json.dumps({"cells": [], "name": name}))
+    zip_path = tmp_path / "autograder.zip"
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        zf.writestr("otter_config.json", json.dumps({"assignment_name": "offline_rl"}))
+    return zip_path, subs
+
+
+def test_previous_inside_out_is_read_before_it_is_overwritten(tmp_path, monkeypatch):
+    from grading.batch import cli
+
+    zip_path, subs = _class(tmp_path)
+    out = tmp_path / "out"
+    _stub_grader(monkeypatch, {"q1_x": 0.0})
+    assert cli.main_batch([str(zip_path), str(subs), str(out), "--no-progress"]) == 0
+    _stub_grader(monkeypatch, {"q1_x": 2.0})
+    argv = [str(zip_path), str(subs), str(out), "--no-progress", "--force"]
+    assert cli.main_batch([*argv, "--previous", str(out / "grades.csv")]) == 0
+    page = (out / "report.html").read_text()
+    assert "Nobody moved" not in page and "q1_x: 0 → 2" in page
+    assert tables.read_grades(out / cli.PREVIOUS_COPY)["a"]["total"] == "0"
+
+
+def test_gradescope_points_say_manual_questions_add_to_the_autograder():
+    """The README said both 'set the assignment to the total' and 'leave the autograder's
+    points': Gradescope adds manual questions to the autograder's points, so only that is set."""
+    points = {
+        "q1_a": build_release.QuestionPoints("q1_a", 3, False),
+        "q13_b": build_release.QuestionPoints("q13_b", 2, True),
+        "q14_c": build_release.QuestionPoints("q14_c", 2, True),
+    }
+    text = build_release.gradescope_points(points)
+    assert text.startswith("Autograder points: 3 ")
+    assert "q13 (2 points), q14 (2 points)" in text and "total is 7" in text
+    registry = _registry(c="q1_a")
+    for decl in registry.values():
+        decl.__dict__.update(graded=(), uses=(), hint="", tolerance="")
+    table = build_release.checks_table(registry, points)
+    assert "Set the Gradescope assignment's points to" not in table and text in table
+
+
+def test_a_zip_outside_the_release_warns_and_leaves_no_stale_manual_page(
+    tmp_path, monkeypatch, capsys
+):
+    from grading.batch import cli
+
+    zip_path, subs = _class(tmp_path)  # no solution or blank notebook beside this zip
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manual.html").write_text("answers of last year's run")
+    _stub_grader(monkeypatch, {"q1_x": 2.0})
+    assert cli.main_batch([str(zip_path), str(subs), str(out), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "manual.html" in err and "NOT written" in err and "--solution" in err
+    assert "--blank" in err
+    assert not (out / "manual.html").exists()
+    page = (out / "report.html").read_text()
+    assert "the blank notebook's code does not count" not in page and "--blank" in page
+    with pytest.raises(SystemExit):
+        cli.main_batch([str(zip_path), str(subs), str(out), "--solution", str(tmp_path / "no")])
+
+
+def test_the_folder_above_a_gradescope_export_is_refused(tmp_path, monkeypatch, capsys):
+    from grading.batch import cli
+
+    export = tmp_path / "download" / "assignment_123_export"
+    for i in range(3):
+        (export / f"submission_{i}").mkdir(parents=True)
+        (export / f"submission_{i}" / "offline_rl.ipynb").write_text("{}")
+    (export / inputs.METADATA).write_text("submission_0:\n  :submitters: []\n")
+    with pytest.raises(ValueError, match=f"give that folder, {export}"):
+        inputs.discover(tmp_path / "download")
+    (export / inputs.METADATA).unlink()
+    with pytest.raises(ValueError, match="3 submission_<id>/ folders"):
+        inputs.discover(tmp_path / "download")
+    zip_path, _ = _class(tmp_path, names=())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as stop:
+        cli.main_batch([str(zip_path), str(tmp_path / "empty"), str(tmp_path / "out")])
+    assert stop.value.code == 2 and "holds no submission" in capsys.readouterr().err
+
+
+def test_merge_refuses_missing_shards(tmp_path, monkeypatch, capsys):
+    from grading.batch import cli
+
+    zip_path, subs = _class(tmp_path, names=tuple("abcdefgh"))
+    _stub_grader(monkeypatch, {"q1_x": 2.0})
+    for k in range(3):
+        argv = [str(zip_path), str(subs), str(tmp_path / f"s{k}"), "--shard", f"{k}/3"]
+        cli.main_batch([*argv, "--no-progress"])
+        assert json.loads((tmp_path / f"s{k}" / cli.SETTINGS).read_text())["shard"] == f"{k}/3"
+    two = [str(tmp_path / "s0"), str(tmp_path / "s2")]
+    with pytest.raises(SystemExit):
+        cli.main_merge([*two, "--out", str(tmp_path / "m")])
+    assert "missing 1/3" in capsys.readouterr().err
+    assert cli.main_merge([*two, "--out", str(tmp_path / "m"), "--allow-partial"]) == 0
+    assert "PARTIAL" in capsys.readouterr().err
+    assert cli.main_merge([*two, str(tmp_path / "s1"), "--out", str(tmp_path / "all")]) == 0
+    assert len(tables.read_grades(tmp_path / "all" / "grades.csv")) == 8
+
+
+def test_the_run_says_when_plain_notebooks_are_not_in_the_canvas_csv(tmp_path, monkeypatch, capsys):
+    from grading.batch import cli
+
+    zip_path, subs = _class(tmp_path)
+    _stub_grader(monkeypatch, {"q1_x": 2.0})
+    assert cli.main_batch([str(zip_path), str(subs), str(tmp_path / "out"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "grades-canvas.csv: 2 of 2 submissions are NOT in it" in out
+    lines = (tmp_path / "out" / "grades-canvas.csv").read_text().splitlines()
+    assert len(lines) == 2  # header and Points Possible only: what the note warns of
+    named = _row("x", {"q1_x": 2}, student={"name": "Ada", "sid": "1", "email": "a@x"})
+    assert tables.canvas_note([named]) == ""
+
+
+def test_manual_page_renders_markdown_and_says_when_a_notebook_could_not_be_read(tmp_path):
+    rubric = {"13": {"title": "Question 13", "rubric": "A **good** answer names $\\alpha$."}}
+    rows = [
+        _row("good", {}, answers={"manual": {"13": "I *think* $\\alpha_t < 1$ <b>x</b>"}}),
+        _row("blank", {}, answers={"manual": {"13": "_Type your answer here_"}}),
+        _row("corrupt", {}, status="ungradable", answers={"unreadable": "not a valid notebook"}),
+    ]
+    report.write_manual(rows, tmp_path / "manual.html", rubric, anonymise=False)
+    page = (tmp_path / "manual.html").read_text()
+    assert "<em>think</em>" in page and "<strong>good</strong>" in page
+    assert '<code class="math">\\alpha_t &lt; 1</code>' in page  # LaTeX kept as readable source
+    assert "&lt;b&gt;x&lt;/b&gt;" in page  # raw HTML from a student is never HTML
+    corrupt = page.split("<h3>corrupt</h3>")[1].split("</div></div>")[0]
+    assert "could not be read" in corrupt and "not a valid notebook" in corrupt
+    assert "no answer" in page.split("<h3>blank</h3>")[1].split("</div></div>")[0]
+    assert "<h3>points</h3>&nbsp;" not in page
+
+
+def test_a_corrupt_upload_is_marked_unreadable(tmp_path):
+    (tmp_path / "bad.ipynb").write_text("{ not json")
+    sub = inputs.Submission("bad", tmp_path / "bad.ipynb", (tmp_path / "bad.ipynb",))
+    assert answers.extract(sub)["unreadable"].startswith("not a valid notebook")
+
+
+def test_sigterm_ends_the_graders_and_removes_the_temp_folders(tmp_path):
+    """A batch cancelled by Slurm (SIGTERM) must leave no grader running and no student
+    notebook in /tmp. The grader is a stand-in that writes its pid and sleeps."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    zip_path, subs = _class(tmp_path)
+    temp, pids = tmp_path / "tmp", tmp_path / "pids"
+    temp.mkdir()
+    pids.mkdir()
+    fake = tmp_path / "fake_grader.py"
+    fake.write_text(
+        f"import os, time\nopen(os.path.join({str(pids)!r}, str(os.getpid())), 'w').close()\n"
+        "time.sleep(300)\n"
+    )
+    script = (
+        "import sys\nfrom grading.batch import cli, run\n"
+        f"run.GRADER = [sys.executable, {str(fake)!r}]\n"
+        f"sys.exit(cli.main_batch([{str(zip_path)!r}, {str(subs)!r}, {str(tmp_path / 'out')!r},"
+        " '--no-progress', '--jobs', '2']))\n"
+    )
+    env = {**os.environ, "TMPDIR": str(temp)}
+    batch = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env)
+    deadline = time.monotonic() + 60
+    while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    graders = [int(p.name) for p in pids.iterdir()]
+    assert len(graders) == 2, "the stand-in graders did not start"
+    assert all(oct(p.stat().st_mode & 0o777) == "0o700" for p in temp.iterdir())
+    batch.send_signal(signal.SIGTERM)
+    try:
+        assert batch.wait(timeout=30) == 128 + signal.SIGTERM
+        for pid in graders:
+            stat = Path(f"/proc/{pid}/stat")
+            alive = stat.exists() and stat.read_text().split(") ")[1][0] != "Z"
+            assert not alive, f"grader {pid} still runs"
+    finally:  # on failure, do not leave the stand-ins sleeping
+        for pid in graders:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert list(temp.iterdir()) == []  # no batch-* folder holding a student's notebook
+    assert not list((tmp_path / "out" / "submissions").glob("*/record.json"))  # rerun regrades
+
+
+def test_cpu_seconds_are_each_graders_own_with_two_jobs(tmp_path, monkeypatch):
+    """RUSAGE_CHILDREN is process-wide: with --jobs 2 a grading was charged its neighbour's CPU.
+    A stand-in grader burns 0.5 CPU-s for 'busy' and sleeps (no CPU) for 'idle'."""
+    from grading.batch import run
+
+    zip_path, subs = _class(tmp_path, names=("busy", "idle"))
+    fake = tmp_path / "fake_grader.py"
+    fake.write_text(
+        "import os, sys, time\n"
+        "if os.path.exists(os.path.join(sys.argv[2], 'busy.ipynb')):\n"
+        "    while time.process_time() < 0.5:\n        pass\n"
+        "else:\n    time.sleep(1.5)\n"
+    )
+    monkeypatch.setattr(run, "GRADER", [sys.executable, str(fake)])
+    out = tmp_path / "out"
+    run.grade_all(zip_path, inputs.discover(subs), out, run.BatchConfig(jobs=2, progress=False))
+    cpu = {
+        name: json.loads((out / "submissions" / name / "record.json").read_text())["cpu_seconds"]
+        for name in ("busy", "idle")
+    }
+    assert cpu["busy"] >= 0.5 and cpu["idle"] < 0.3, cpu
+
+
+def test_small_things_the_ta_found(tmp_path, monkeypatch, capsys):
+    """Word-boundary cuts on screen and full reasons in grades.csv, integer histogram ticks, an
+    ungradable upload not counted as graded, a shard's summary naming its shard."""
+    import matplotlib.pyplot as plt
+
+    from grading.batch import cli, run
+
+    reason = "Your submission could not be graded: " + "notebook " * 40 + "END"
+    assert tables.shorten(reason, 60).endswith("notebook…") and len(tables.shorten(reason)) <= 200
+    rows = [_row("bad", {}, status="ungradable", reason=reason)]
+    tables.write_grades(rows, tmp_path / "grades.csv")
+    assert tables.read_grades(tmp_path / "grades.csv")["bad"]["reason"].endswith("notebook END")
+    fig = report.histogram_figure([1.0, 2.0, 2.0], 4.0)
+    ticks = fig.axes[0].get_yticks()
+    plt.close(fig)
+    assert all(float(t).is_integer() for t in ticks), ticks
+
+    def ungradable(sub, zip_path, out, grader_args):
+        out.mkdir(parents=True, exist_ok=True)
+        return {"status": "ungradable", "reason": reason, "wall_seconds": 1.0, "cpu_seconds": 1.0}
+
+    monkeypatch.setattr(run, "grade_one", ungradable)
+    zip_path, subs = _class(tmp_path, names=("a",))
+    argv = [str(zip_path), str(subs), str(tmp_path / "out"), "--no-progress", "--shard", "0/1"]
+    assert cli.main_batch(argv) == 1  # nothing could be graded
+    out = capsys.readouterr().out
+    assert "shard 0/1: 1 submissions: 0 graded now" in out and "1 could not be graded" in out
+    assert "notebook notebook…" in out and "notebook END" not in out
+
+
+def test_student_readme_matches_show_hidden():
+    """With show_hidden false, students see per-question results only after grades are
+    published: the student README must not promise them at once."""
+    import re
+
+    master = (ROOT / "assignments" / "offline_rl" / "master.py").read_text()
+    show_hidden = re.search(r"^#\s+show_hidden:\s*(\w+)", master, re.M)
+    assert show_hidden, "master.py declares no show_hidden"
+    text = " ".join((ROOT / "assignments" / "offline_rl" / "README.student.md").read_text().split())
+    if show_hidden.group(1).lower() == "false":
+        assert "Your result lists, question by question, which hidden checks passed" not in text
+        assert "appears when your instructor publishes the grades" in text
+
+
+def test_blame_message_agrees_with_the_number_of_functions(monkeypatch):
+    """'your `f` from q1, which fails hidden check c' (one function), '`f` / `g` ... fail'."""
+    import importlib.util
+
+    # A private copy of the module: no sys.path or sys.modules entry other tests could see.
+    path = ROOT / "assignments" / "offline_rl" / "hidden_checks.py"
+    spec = importlib.util.spec_from_file_location("_i21_hidden_checks", path)
+    assert spec and spec.loader
+    hidden_checks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hidden_checks)
+
+    def failing(decl, outputs, fx):
+        raise AssertionError("wrong")
+
+    for graded, verb in ((("f",), "which fails"), (("f", "g"), "which fail")):
+        registry = {
+            "dep": SimpleNamespace(name="dep", question="q1_x", graded=graded, uses=()),
+            "late": SimpleNamespace(name="late", question="q2_y", graded=("h",), uses=("dep",)),
+        }
+        monkeypatch.setattr(hidden_checks, "load_declarations", lambda r=registry: r)
+        monkeypatch.setattr(hidden_checks, "_compare_one", failing)
+        with pytest.raises(AssertionError, match=f"{verb} hidden check dep"):
+            hidden_checks.compare("late", {}, fixtures={})
+
+
+def test_the_batch_puts_back_the_callers_signal_handlers(tmp_path, monkeypatch):
+    import signal
+
+    from grading.batch import cli
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    zip_path, subs = _class(tmp_path)
+    _stub_grader(monkeypatch, {"q1_x": 2.0})
+    cli.main_batch([str(zip_path), str(subs), str(tmp_path / "out"), "--no-progress"])
+    assert {sig: signal.getsignal(sig) for sig in before} == before

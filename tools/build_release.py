@@ -400,6 +400,25 @@ def declare_checks(
     return registry
 
 
+def gradescope_points(points: dict[str, QuestionPoints]) -> str:
+    """How the points are entered on Gradescope, with every number derived from the master.
+
+    Gradescope adds manually graded questions (Edit Outline) to the autograder's points, so the
+    autograder gets only the autograded points and the total is never typed in anywhere.
+    """
+    auto = sum(q.points for q in points.values() if not q.manual)
+    manual = [q for q in points.values() if q.manual]
+    steps = f"Autograder points: {auto:g} (what results.json reports)"
+    if manual:
+        each = ", ".join(f"{q.name.split('_')[0]} ({q.points:g} points)" for q in manual)
+        total = auto + sum(q.points for q in manual)
+        steps += (
+            f"; then, in Edit Outline, add {len(manual)} manually graded question(s): {each}. "
+            f"Gradescope adds them to the autograder's points: the assignment's total is {total:g}"
+        )
+    return steps + "."
+
+
 def checks_table(registry: dict[str, Any], points: dict[str, QuestionPoints] | None = None) -> str:
     """The instructor README's tables: points per question (with the total to set on
     Gradescope), then the hidden checks, one row per declaration with the points it is worth."""
@@ -413,7 +432,7 @@ def checks_table(registry: dict[str, Any], points: dict[str, QuestionPoints] | N
     if points:
         rows += [
             "\n## Points (generated from the master)\n",
-            f"Set the Gradescope assignment's points to the **{total_points_line(points)}**.",
+            f"On Gradescope: {gradescope_points(points)}",
             "",
             "| question | points | graded by |",
             "|---|---|---|",
@@ -721,7 +740,9 @@ def build(spec: AssignmentSpec, out: Path, self_check: bool) -> dict[str, float]
         add_setup_cell(solution, spec)
     seconds = time.perf_counter() - t0
     total = total_points_line(POINTS[spec.name])
-    print(f"built {spec.name}{env_note} in {seconds:.1f} s; {total}:")
+    print(f"built {spec.name}{env_note} in {seconds:.1f} s; {total}")
+    print(f"On Gradescope: {gradescope_points(POINTS[spec.name])}")
+    print("files:")
     for path in sorted(p for p in (*student_out.rglob("*"), *grader_out.rglob("*")) if p.is_file()):
         print(f"  {path.relative_to(out)}  ({path.stat().st_size:,} bytes)")
     return {"seconds": seconds}

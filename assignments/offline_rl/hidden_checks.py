@@ -371,8 +371,9 @@ def compare(
                 fns = " / ".join(f"`{g}`" for g in dep.graded)
                 where = dep.question or dep.name
                 here = decl.question or decl.name
+                verb = "fails" if len(dep.graded) == 1 else "fail"  # `f` fails, `f` / `g` fail
                 raise AssertionError(
-                    f"{here} uses your {fns} from {where}, which fail hidden check {dep.name}: "
+                    f"{here} uses your {fns} from {where}, which {verb} hidden check {dep.name}: "
                     f"fix {where} first ({own})"
                 ) from None
         raise

@@ -77,12 +77,16 @@ def from_notebook(nb: dict[str, Any]) -> dict[str, Any]:
 
 def extract(sub: Submission) -> dict[str, Any]:
     """The answers of an upload; empty when it holds no readable notebook."""
+    why = "no notebook found"
     try:
         data = _notebook_bytes(sub)
         nb = json.loads(data.decode("utf-8", errors="replace")) if data else None
-    except (OSError, ValueError):
-        nb = None
-    return from_notebook(nb) if isinstance(nb, dict) else {"manual": {}, "code": "", "titles": {}}
+    except (OSError, ValueError) as err:
+        nb, why = None, f"not a valid notebook: {str(err)[:120]}"
+    if isinstance(nb, dict):
+        return from_notebook(nb)
+    # "unreadable" lets manual.html say "could not be read" rather than "no answer".
+    return {"manual": {}, "code": "", "titles": {}, "unreadable": why}
 
 
 def rubric(solution: Path) -> dict[str, dict[str, str]]:

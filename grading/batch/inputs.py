@@ -131,6 +131,8 @@ def discover(root: Path) -> list[Submission]:
     if not root.is_dir():
         raise ValueError(f"{root} is not a folder: give the folder holding the submissions")
     meta_path = root / METADATA
+    if not meta_path.is_file():
+        _refuse_the_folder_above(root)
     students = read_metadata(meta_path) if meta_path.is_file() else {}
     found: list[Submission] = []
     for path in sorted(root.iterdir()):
@@ -151,6 +153,27 @@ def discover(root: Path) -> list[Submission]:
             sub = Submission(f"{sub.id}-{count + 1}", sub.source, sub.files, sub.student)
         unique.append(sub)
     return unique
+
+
+def _refuse_the_folder_above(root: Path) -> None:
+    """Stop when ``root`` is the folder above a Gradescope export: graded as it stands, the whole
+    class would be one submission (each sub-folder counts as one upload).
+
+    Raises:
+        ValueError: naming the folder to give instead.
+    """
+    for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()):
+        if (child / METADATA).is_file():
+            raise ValueError(
+                f"{root} holds a Gradescope export one level down ({child / METADATA}): "
+                f"give that folder, {child}, as SUBMISSIONS"
+            )
+        inner = [p for p in child.iterdir() if p.is_dir() and p.name.startswith("submission_")]
+        if len(inner) > 1:
+            raise ValueError(
+                f"{child} holds {len(inner)} submission_<id>/ folders, which would be graded as "
+                f"one submission: give {child} as SUBMISSIONS (with its {METADATA})"
+            )
 
 
 def shard(submissions: list[Submission], spec: str) -> list[Submission]:

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import mistune
+from markupsafe import Markup
+from mistune.renderers.html import HTMLRenderer
 
 from grading.batch.tables import Row, duplicates, question_order
 
@@ -79,20 +82,30 @@ def _short(text: str) -> str:
     return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
-def histogram_png(totals: list[float], possible: float) -> str:
-    """Base64 PNG of the score histogram (one bar per point)."""
+def histogram_figure(totals: list[float], possible: float) -> Any:
+    """The score histogram (one bar per point) as a matplotlib Figure; close it after use."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 3), dpi=100)
     bins = max(1, int(possible) + 1)
     ax.hist(totals, bins=bins, range=(-0.5, possible + 0.5), color="#4472c4", edgecolor="white")
     ax.set_xlabel(f"total score (of {possible:g})")
     ax.set_ylabel("submissions")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 0.5 submissions
     ax.set_title("Score histogram")
     fig.tight_layout()
+    return fig
+
+
+def histogram_png(totals: list[float], possible: float) -> str:
+    """Base64 PNG of the score histogram (one bar per point)."""
+    import matplotlib.pyplot as plt
+
+    fig = histogram_figure(totals, possible)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", metadata={"Software": None})  # no version: same bytes
     plt.close(fig)
@@ -175,9 +188,46 @@ def write_report(
             regrade=regrade,
             pairs=similarity(rows, boilerplate),
             threshold=round(100 * SIMILARITY_THRESHOLD),
+            has_blank=bool(boilerplate.strip()),
         )
     )
     path.write_text(html, encoding="utf-8")
+
+
+#: What the blank notebook's answer cell says until a student writes there.
+PLACEHOLDER = "Type your answer here"
+
+
+class _Renderer(HTMLRenderer):
+    """Markdown to HTML for a student's text: raw HTML is escaped (never run), LaTeX stays
+    readable source in ``<code>`` (the page is offline: no MathJax to typeset it), and images
+    show their alt text (no request leaves the grader's machine)."""
+
+    def inline_math(self, text: str) -> str:
+        return f'<code class="math">{mistune.escape(text)}</code>'
+
+    def block_math(self, text: str) -> str:
+        return f'<pre class="math"><code>{mistune.escape(text)}</code></pre>\n'
+
+    def image(self, text: str, url: str, title: str | None = None) -> str:
+        return f"[image: {text}]"
+
+
+def render_markdown(text: str) -> Markup:
+    """A student's (or the rubric's) Markdown as safe HTML; see ``_Renderer``."""
+    md = mistune.create_markdown(escape=True, renderer=_Renderer(escape=True), plugins=["math"])
+    return Markup(str(md(text)))
+
+
+def _answer(row: Row, number: str) -> dict[str, Any]:
+    """``{"state": "answer" | "none" | "unreadable", "html"}`` of one manual question."""
+    found = row.record.get("answers") or {}
+    if "manual" not in found or found.get("unreadable"):
+        return {"state": "unreadable", "html": str(found.get("unreadable", ""))}
+    text = str(found["manual"].get(number, ""))
+    if not text.strip() or PLACEHOLDER in text:
+        return {"state": "none", "html": ""}
+    return {"state": "answer", "html": render_markdown(text)}
 
 
 def write_manual(
@@ -191,9 +241,8 @@ def write_manual(
     for number in sorted(rubric, key=int):
         answers = []
         for row in rows:
-            text = row.record.get("answers", {}).get("manual", {}).get(number, "")
             label = _anonym(row.id) if anonymise else _who(row)
-            answers.append({"who": label, "text": text})
+            answers.append({"who": label, **_answer(row, number)})
         entries[number] = sorted(answers, key=lambda a: a["who"])
     if anonymise:
         key = sorted((_anonym(r.id), r.id) for r in rows)
@@ -202,7 +251,11 @@ def write_manual(
     html = (
         _env()
         .get_template("manual.html.j2")
-        .render(rubric=rubric, entries=entries, anonymise=anonymise)
+        .render(
+            rubric={n: {**r, "html": render_markdown(r["rubric"])} for n, r in rubric.items()},
+            entries=entries,
+            anonymise=anonymise,
+        )
     )
     path.write_text(html, encoding="utf-8")
 

@@ -8,13 +8,16 @@ Layout of OUT (one folder per submission, so shards can be merged by copying fol
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Callable
@@ -34,6 +37,75 @@ RESULTS = "results.json"
 UNGRADABLE_PREFIX = "Your submission could not be graded"
 #: ... and those that mean the grader failed (never the student's fault).
 GRADER_FAILED_PREFIXES = ("The autograder itself failed", "The autograder is misconfigured")
+
+
+#: The grader a batch runs (a list, so tests can put a stand-in here).
+GRADER = [sys.executable, "-m", "grading"]
+#: After SIGTERM/SIGINT: seconds the graders get to clean up (the grader removes its scratch and
+#: sandbox on SIGTERM) before they are killed.
+STOP_GRACE_SECONDS = 10.0
+
+
+class StoppedError(Exception):
+    """The batch was told to stop (SIGTERM, SIGINT): nothing more is graded or recorded."""
+
+
+class _Live:
+    """The graders running now and the batch's temp folders, so a signal can end and remove
+    them (a cancelled Slurm job must not leave students' notebooks in /tmp)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.procs: set[subprocess.Popen[str]] = set()
+        self.temps: set[Path] = set()
+        self.stopping = threading.Event()
+
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Terminate every grader, wait up to ``grace`` seconds, kill the rest, remove the temps."""
+        self.stopping.set()
+        with self.lock:
+            procs, temps = list(self.procs), list(self.temps)
+        # The worker threads reap their own graders (for the CPU figure), so here only signals
+        # are sent, to graders not reaped yet (returncode None), and their end is awaited.
+        self._signal(procs, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while any(p.returncode is None for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self._signal(procs, signal.SIGKILL)
+        while any(p.returncode is None for p in procs) and time.monotonic() < deadline + 5:
+            time.sleep(0.1)
+        for temp in temps:
+            shutil.rmtree(temp, ignore_errors=True)
+
+    @staticmethod
+    def _signal(procs: list[subprocess.Popen[str]], sig: int) -> None:
+        for proc in procs:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, sig)
+
+
+LIVE = _Live()
+
+
+def install_signal_handlers() -> dict[int, Any]:
+    """On SIGTERM (Slurm's cancel) or SIGINT (Ctrl-C): end the graders, remove the temp folders,
+    exit 128 + signal. Records are written only for finished gradings, so a rerun resumes.
+    Returns the previous handlers, for ``restore_signal_handlers``."""
+
+    def handler(signum: int, _frame: object) -> None:
+        print(f"batch: got signal {signum}: stopping the graders and removing temp folders",
+              file=sys.stderr)  # fmt: skip
+        LIVE.stop()
+        raise SystemExit(128 + signum)
+
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def restore_signal_handlers(previous: dict[int, Any]) -> None:
+    """Put back what ``install_signal_handlers`` replaced (the batch may run inside a caller)."""
+    for sig, old in previous.items():
+        signal.signal(sig, old)
 
 
 @dataclass(frozen=True)
@@ -89,22 +161,22 @@ def grade_one(
 
     Never raises for a bad submission: whatever happens, a record with a status is written.
     """
-    start_wall, start_cpu = time.monotonic(), _children_cpu()
-    with tempfile.TemporaryDirectory(prefix="batch-") as tmp:
+    if LIVE.stopping.is_set():
+        raise StoppedError
+    start_wall = time.monotonic()
+    # mkdtemp makes it 0700: it holds a student's notebook.
+    with tempfile.TemporaryDirectory(prefix="batch-", ignore_cleanup_errors=True) as tmp:
+        with LIVE.lock:
+            LIVE.temps.add(Path(tmp))
         src, upload, res = Path(tmp, "source"), Path(tmp, "submission"), Path(tmp, "results")
         with zipfile.ZipFile(zip_path) as zf:
             zf.extractall(src)
         _stage(sub, upload)
-        cmd = [sys.executable, "-m", "grading", str(src), str(upload), str(res), *grader_args]
+        cmd = [*GRADER, str(src), str(upload), str(res), *grader_args]
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-        stderr = ""
-        try:
-            proc = subprocess.run(
-                cmd, cwd=src, env=env, capture_output=True, text=True, timeout=GRADING_TIMEOUT
-            )
-            stderr = proc.stderr
-        except subprocess.TimeoutExpired:
-            stderr = f"the grader did not finish in {GRADING_TIMEOUT} s"
+        stderr, cpu = _run_grader(cmd, src, env)
+        if LIVE.stopping.is_set():
+            raise StoppedError  # a grader ended by the signal: no result, the rerun grades it
         results = None
         if (res / RESULTS).is_file():
             try:
@@ -119,20 +191,52 @@ def grade_one(
     status, reason = status_of(results)
     if status == "error" and stderr.strip():
         reason += " | grader said: " + stderr.strip().splitlines()[-1][:300]
+    with LIVE.lock:
+        LIVE.temps.discard(Path(tmp))
     return {
         "status": status,
         "reason": reason,
         "wall_seconds": round(time.monotonic() - start_wall, 2),
-        "cpu_seconds": round(_children_cpu() - start_cpu, 2),
+        "cpu_seconds": round(cpu, 2),
     }
 
 
-def _children_cpu() -> float:
-    """CPU seconds (user + sys) of finished child processes: the load-independent cost of a
-    grading. With several jobs at once it mixes their children, so per-grading figures are exact
-    only with ``--jobs 1``; the run's total is exact either way."""
-    usage = os.times()
-    return usage.children_user + usage.children_system
+def _run_grader(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[str, float]:
+    """Run one grader; returns (its stderr, its CPU seconds).
+
+    The CPU figure is this child's own (user + sys of it and the processes it waited for), from
+    ``os.wait4`` on its pid: process-wide ``RUSAGE_CHILDREN`` would mix the gradings that run at
+    once with ``--jobs`` > 1.
+    """
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    with LIVE.lock:
+        LIVE.procs.add(proc)
+    chunks: list[str] = []
+    assert proc.stderr is not None
+    stream = proc.stderr
+    reader = threading.Thread(target=lambda: chunks.append(stream.read()), daemon=True)
+    reader.start()
+    note, deadline = "", time.monotonic() + GRADING_TIMEOUT
+    try:
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                note = f"the grader did not finish in {GRADING_TIMEOUT} s"
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.1)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    finally:
+        with LIVE.lock:
+            LIVE.procs.discard(proc)
+    reader.join(timeout=5)
+    stream.close()
+    return note or "".join(chunks), usage.ru_utime + usage.ru_stime
 
 
 def _record(sub: Submission, key: str, sub_sha: str, zip_sha: str) -> dict[str, Any]:
@@ -166,7 +270,8 @@ def grade_all(
 ) -> dict[str, int]:
     """Grade every submission not already graded by this zip into ``out/submissions/<id>/``.
 
-    Returns counts: ``graded`` (run now), ``reused`` (resumed), ``failed`` (status not graded).
+    Returns counts: ``graded`` (graded now, status graded), ``reused`` (resumed), ``failed``
+    (run now but ungradable or an error).
     """
     zip_sha = sha256_file(zip_path)
     base = out / "submissions"
@@ -206,6 +311,8 @@ def grade_all(
             group = futures[future]
             try:
                 outcome = future.result()
+            except StoppedError:
+                raise
             except Exception as err:  # a batch bug must not stop the others
                 outcome = {"status": "error", "reason": f"batch error: {err!r}"}
             first = base / group[0][0].id
@@ -215,7 +322,8 @@ def grade_all(
                     shutil.copyfile(first / RESULTS, base / sub.id / RESULTS)
                 record.update(outcome)
                 _write_record(base / sub.id, record)
-                counts["graded"] += 1
+                # "graded" counts only real gradings: an ungradable upload is a failure.
+                counts["graded"] += record["status"] == "graded"
                 counts["failed"] += record["status"] != "graded"
                 if on_done:
                     on_done(sub.id, record)

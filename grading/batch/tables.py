@@ -123,7 +123,19 @@ def write_grades(rows: list[Row], path: Path) -> list[str]:
 
 
 def _one_line(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip()[:300]
+    """A reason on one CSV line, complete (a spreadsheet cell holds it; nothing is cut)."""
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def shorten(text: str, width: int = 200) -> str:
+    """``text`` on one line, cut at a word boundary with "…" when longer than ``width``."""
+    line = _one_line(text)
+    if len(line) <= width:
+        return line
+    cut = line[: width - 1]
+    if " " in cut and not line[width - 1].isspace():
+        cut = cut.rsplit(" ", 1)[0]
+    return cut.rstrip() + "…"
 
 
 def write_canvas(rows: list[Row], path: Path, assignment: str) -> None:
@@ -139,7 +151,7 @@ def write_canvas(rows: list[Row], path: Path, assignment: str) -> None:
         writer.writerow(["Points Possible", "", "", "", "", _fmt(sum(maxima.values()))])
         for row in rows:
             student = row.record.get("student", {})
-            if not (student.get("name") or student.get("sid") or student.get("email")):
+            if not _named(row):
                 continue
             names = [n for n in student.get("name", "").split("; ")]
             sids = student.get("sid", "").split("; ")
@@ -148,6 +160,24 @@ def write_canvas(rows: list[Row], path: Path, assignment: str) -> None:
                 sid = sids[i] if i < len(sids) else ""
                 email = emails[i] if i < len(emails) else ""
                 writer.writerow([name, "", sid, email, "", _fmt(row.total())])
+
+
+def _named(row: Row) -> bool:
+    student = row.record.get("student", {})
+    return bool(student.get("name") or student.get("sid") or student.get("email"))
+
+
+def canvas_note(rows: list[Row]) -> str:
+    """What the run's output says about grades-canvas.csv when submissions are missing from it
+    ('' when every submission is in it)."""
+    left_out = [r.id for r in rows if not _named(r)]
+    if not left_out:
+        return ""
+    return (
+        f"grades-canvas.csv: {len(left_out)} of {len(rows)} submissions are NOT in it: no student "
+        "is named for them (only Gradescope's export, with submission_metadata.yml, names "
+        "students; plain notebooks and zips do not). Enter those grades by hand."
+    )
 
 
 def read_grades(path: Path) -> dict[str, dict[str, str]]:
