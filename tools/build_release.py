@@ -438,6 +438,10 @@ def build(spec: AssignmentSpec, out: Path, self_check: bool) -> dict[str, float]
     normalise_notebook(
         dist / "autograder" / notebook, grader_out / f"{spec.name}-solution.ipynb", spec.name
     )
+    # The solution and the zip (expected values) are for the builder only: a floor kernel on
+    # this machine reads every world-readable file (grading/README.md, item 16).
+    os.chmod(grader_out / f"{spec.name}-solution.ipynb", 0o600)
+    os.chmod(grader_out, 0o700)
     seconds = time.perf_counter() - t0
     print(f"built {spec.name}{env_note} in {seconds:.1f} s:")
     for path in sorted(p for p in (*student_out.rglob("*"), *grader_out.rglob("*")) if p.is_file()):
