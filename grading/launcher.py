@@ -65,10 +65,15 @@ def _no_user_namespaces(uid: int, gid: int) -> None:
         ):
             with open(f"/proc/self/{name}", "w", encoding="ascii") as f:
                 f.write(text)
+    except OSError as err:  # unmapped, the kernel could not even create its files
+        raise SystemExit(f"sandbox launcher: user namespace map: {err}") from err
+    try:
         with open("/proc/sys/user/max_user_namespaces", "w", encoding="ascii") as f:
             f.write("0")
     except OSError as err:
-        raise SystemExit(f"sandbox launcher: no user namespaces: {err}") from err
+        # A read-only /proc/sys (some container runtimes): the kernel keeps what it had before
+        # this fix rather than every grading failing. Said on the grader's stderr.
+        print(f"sandbox launcher: user namespaces stay allowed: {err}", file=sys.stderr)
 
 
 def _write_as_user(path: str, data: bytes) -> None:
