@@ -296,7 +296,7 @@ def test_sigterm_ends_the_kernel_writes_a_report_and_cleans_up(tmp_path: Path):
 
 
 # ------------------------------------------------------- 5-7. one namespaced hostile grading
-HB_SYMLINK = """
+HB_SYMLINK = """# HBLINK probe
 import json, os, signal, time
 c = json.load(open('.kernel-connection.json'))
 hb = f"{c['ip']}-{c['hb_port']}"
@@ -308,7 +308,7 @@ if os.fork() == 0:
     os._exit(0)
 time.sleep(8)
 """
-USERNS = """
+USERNS = """# USERNS probe
 import ctypes, os
 libc = ctypes.CDLL(None, use_errno=True)
 pid = os.fork()
@@ -319,7 +319,7 @@ _, status = os.waitpid(pid, 0)
 ok = os.waitstatus_to_exitcode(status) == 0
 raise RuntimeError('USERNS unshare ' + ('succeeded' if ok else 'refused'))
 """
-DISK_FILL = """
+DISK_FILL = """# DISKFILL probe
 import os
 os.makedirs('.fill', exist_ok=True)
 written = 0
@@ -334,7 +334,7 @@ except OSError as err:
 import shutil; shutil.rmtree('.fill')
 raise RuntimeError(f'DISKFILL {written // 2**20} MB stopped by {why}')
 """
-FORK_MEMORY = """
+FORK_MEMORY = """# FORKMEM probe
 import os, time
 pids = []
 for i in range(3):
@@ -374,8 +374,7 @@ def namespaced() -> Iterator[tuple[_Graded, int]]:
 
 def _printed(graded: _Graded, marker: str) -> str:
     """What a cell printed after ``marker`` (from the kernel's stdout kept in stderr/report)."""
-    found = re.search(rf"{marker}[^\n\"]*", graded.text + graded.stderr)
-    return found.group(0) if found else ""
+    return " | ".join(re.findall(rf"{marker}[^\n\"]*", graded.text + graded.stderr))
 
 
 def test_root_never_follows_a_heartbeat_link(namespaced):
@@ -401,17 +400,18 @@ def test_working_folder_is_capped(namespaced):
 def test_forked_children_share_one_memory_cap(namespaced):
     graded, _ = namespaced
     line = _probe(graded, "FORKMEM")
-    assert "-9" in line or "crashed" in line, line
+    # The OOM killer of the run's cgroup ends a child (-9), or the kernel itself (a crash).
+    assert re.search(r"-9\b|crashed", line), graded.question("Notebook report")
 
 
 # ------------------------------------------------------------ 6, 8. one floor hostile grading
-LEFTOVERS = """
+LEFTOVERS = """# MQUEUE probe
 import ctypes, os
 with open(f'/run/lock/red-team-{os.getuid()}', 'w') as f: f.write('x')
 rt = ctypes.CDLL('librt.so.1', use_errno=True)
 raise RuntimeError(f"MQUEUE {rt.mq_open(b'/red-team-mq', os.O_CREAT | os.O_RDWR, 0o600, None)}")
 """
-FLOOD = """
+FLOOD = """# FLOOD probe
 import os
 for i in range(3000):
     os.close(os.open(f'/var/tmp/red-team-{os.getuid()}-{i}', os.O_CREAT | os.O_WRONLY, 0o600))
