@@ -244,10 +244,10 @@ def test_reserve_ends_processes_of_an_orphaned_sandbox_uid():
             os.waitpid(pid, 0)
 
 
-def _kernel_uid(scratch: Path, timeout: float) -> int:
+def _kernel_uid(scratch: Path, grader: subprocess.Popen, timeout: float) -> int:
     """The sandbox uid of the kernel whose connection file lies under ``scratch``."""
     end = time.monotonic() + timeout
-    while time.monotonic() < end:
+    while time.monotonic() < end and grader.poll() is None:
         for entry in Path("/proc").iterdir():
             with contextlib.suppress(OSError, ValueError):
                 if (
@@ -258,12 +258,13 @@ def _kernel_uid(scratch: Path, timeout: float) -> int:
                     if uid in uids.FRESH_UIDS:
                         return uid
         time.sleep(0.2)
-    raise AssertionError("no kernel started")
+    raise AssertionError(f"no kernel started: {grader.communicate()[1][-3000:]}")
 
 
-def test_sigterm_ends_the_kernel_writes_a_report_and_cleans_up(tmp_path: Path):
+def test_sigterm_ends_the_kernel_writes_a_report_and_cleans_up():
     """SIGTERM to the grader (Ctrl-C, `timeout`, a batch runner) left the floor kernel and its
     setsid child running, no results.json and the scratch tree behind."""
+    tmp_path = Path(tempfile.mkdtemp(prefix="red-team-"))  # in /tmp: the uid must reach work/
     os.chmod(tmp_path, 0o711)
     src = _autograder(tmp_path)
     sub, res, scratch = tmp_path / "sub", tmp_path / "res", tmp_path / "scratch"
@@ -279,7 +280,7 @@ def test_sigterm_ends_the_kernel_writes_a_report_and_cleans_up(tmp_path: Path):
     grader = subprocess.Popen(cmd, cwd=src, env=env, stderr=subprocess.PIPE, text=True)
     uid = None
     try:
-        uid = _kernel_uid(scratch, 300)
+        uid = _kernel_uid(scratch, grader, 300)
         time.sleep(3)  # the cell runs
         grader.send_signal(signal.SIGTERM)
         _out, err = grader.communicate(timeout=120)
@@ -293,6 +294,7 @@ def test_sigterm_ends_the_kernel_writes_a_report_and_cleans_up(tmp_path: Path):
         grader.wait()
         if uid is not None:
             host_uids.end_uid(uid)
+        host_uids.remove_tree(tmp_path)
 
 
 # ------------------------------------------------------- 5-7. one namespaced hostile grading
