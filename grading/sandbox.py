@@ -54,6 +54,8 @@ SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/fonts", "/etc/mime.t
 #: Size of each tmpfs inside the namespace (/tmp, /dev/shm): memory outside RLIMIT_DATA, capped.
 TMPFS_BYTES = 64 * 2**20
 MAX_MESSAGE_BYTES = 16 * 2**20
+#: Longest path a Unix socket may have (sun_path is 108 bytes, one for the final NUL).
+MAX_SOCKET_PATH = 107
 #: Tries to start a kernel before the grading fails (see ``Sandbox.start``).
 START_ATTEMPTS = 3
 WRITABLE = (".tmp", ".mpl", ".ipython", ".jupyter")
@@ -459,6 +461,12 @@ class Sandbox:
         # Never reconnect: a socket path lies in the kernel's folder, where it could be swapped for
         # a link to another socket of the machine once we are connected. We connect once, after
         # checking that each path is a socket of the kernel's uid (_wait_for_sockets).
+        prefix = self.workdir / f".kernel-{secrets.token_hex(8)}"
+        if len(str(prefix)) + 3 > MAX_SOCKET_PATH:  # "-N" is appended for each of the 5 sockets
+            raise KernelStartError(
+                f"the kernel's socket paths under {self.workdir} would be longer than Unix sockets "
+                f"allow ({MAX_SOCKET_PATH} bytes): set TMPDIR to a shorter folder"
+            )
         self._context = zmq.Context()
         self._context.setsockopt(zmq.RECONNECT_IVL, -1)
         self.km = KernelManager(
@@ -469,7 +477,7 @@ class Sandbox:
             # Unix sockets in the kernel's working directory (its own, 0700): no ports to pick or
             # to lose, no network needed. Each start has its own unguessable names, so nothing a
             # former kernel of the run planted there can be at them.
-            ip=str(self.workdir / f".kernel-{secrets.token_hex(8)}"),
+            ip=str(prefix),
             context=self._context,
         )
         # The root launcher starts in the private folder, never in one the kernel can change.

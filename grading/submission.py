@@ -54,7 +54,9 @@ def _files(root: Path) -> list[Path]:
     return sorted(found)[:MAX_ENTRIES]
 
 
-def _candidates(root: Path, unpack_dir: Path) -> tuple[list[Path], list[str]]:
+def _candidates(root: Path, unpack_dir: Path, prefer: str = "") -> tuple[list[Path], list[str]]:
+    """Candidate notebooks (zips unpacked into ``unpack_dir``) and everything seen. Files named
+    ``prefer`` come first, so decoys never crowd the expected notebook out of the caps."""
     notebooks: list[Path] = []
     seen: list[str] = []
     total = 0
@@ -62,7 +64,7 @@ def _candidates(root: Path, unpack_dir: Path) -> tuple[list[Path], list[str]]:
     def room(size: int) -> bool:
         return len(notebooks) < MAX_CANDIDATES and total + size <= MAX_CANDIDATE_BYTES
 
-    for path in _files(root):
+    for path in sorted(_files(root), key=lambda p: (p.name != prefer, p)):
         rel = path.relative_to(root).as_posix()
         seen.append(rel)
         if path.suffix == ".ipynb":
@@ -73,7 +75,8 @@ def _candidates(root: Path, unpack_dir: Path) -> tuple[list[Path], list[str]]:
         elif path.suffix == ".zip":
             try:
                 with zipfile.ZipFile(path) as zf:
-                    for info in zf.infolist()[:MAX_ENTRIES]:
+                    members = zf.infolist()[:MAX_ENTRIES]
+                    for info in sorted(members, key=lambda i: Path(i.filename).name != prefer):
                         name = Path(info.filename)
                         if info.is_dir() or IGNORED_PARTS & set(name.parts):
                             continue
@@ -142,7 +145,7 @@ def find_notebook(
         f"Upload {expected_name} (or the zip its last cell exports) for the assignment "
         f"'{assignment}'."
     )
-    paths, seen = _candidates(submission, work)
+    paths, seen = _candidates(submission, work, prefer=expected_name)
     if not paths:
         listing = ", ".join(seen) if seen else "nothing"
         raise SubmissionError(

@@ -136,8 +136,12 @@ def ipc_objects(uid: int) -> list[tuple[str, int]]:
 
 
 def shared_files(uid: int) -> list[str]:
-    """Files and folders of ``uid`` in the shared temporary folders (SHARED_DIRS), entering
-    only world-writable folders that are not the uid's own (its own are removed whole)."""
+    """Files and folders of ``uid`` in the shared temporary folders (SHARED_DIRS) and in the
+    world-writable folders below them that *root* owns (its own are removed whole).
+
+    Only root's folders are entered: every folder on a returned path is then root's, so no
+    other user can swap one for a link between this look and the removal (a folder another
+    run's kernel owns could become a link to ``/`` just before ``rm -rf`` went through it)."""
     found: list[str] = []
     todo = [d for d in SHARED_DIRS if os.path.isdir(d) and not os.path.islink(d)]
     entered = 0
@@ -155,7 +159,7 @@ def shared_files(uid: int) -> list[str]:
                 continue
             if info.st_uid == uid:
                 found.append(entry.path)
-            elif stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_IWOTH:
+            elif stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_IWOTH and info.st_uid == 0:
                 todo.append(entry.path)
     return found
 

@@ -19,7 +19,11 @@ from tests.corpus import corpus
 
 pytestmark = [pytest.mark.grading, pytest.mark.slow]
 
-FAST = ("--cell-timeout", "6", "--check-timeout", "6")
+#: Short limits for the endless-loop tests, yet long enough for the notebook's set-up cell (its
+#: imports took over 6 s of wall time at a load of 9 on 2 cores: a 6 s limit stopped it and the
+#: solution lost almost everything). The loops still cost only their own question.
+LOOP_SECONDS = 15
+FAST = ("--cell-timeout", str(LOOP_SECONDS), "--check-timeout", str(LOOP_SECONDS))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -136,15 +140,16 @@ def test_endless_loop_in_a_function_zeroes_that_question_only(full):
     seconds = time.monotonic() - t0
     _only_lost(results, full, {"q5_cql": 0.0})
     q5 = _question(results, "q5_cql")
-    assert "stopped after 6 s" in q5["output"], q5["output"]
-    assert seconds < 120, f"grading took {seconds:.0f} s"
+    assert f"stopped after {LOOP_SECONDS} s" in q5["output"], q5["output"]
+    # Not a speed figure: the old bug ran the loop to the 420 s budget; anything below it passes.
+    assert seconds < 300, f"grading took {seconds:.0f} s"
 
 
 def test_endless_loop_cell_is_stopped_and_the_rest_graded(full):
     nb = corpus.insert_cell(corpus.solution(), "while True:\n    pass", after="def bc_loss(")
     results = _valid(corpus.grade(nb, extra_args=FAST))
     _only_lost(results, full, {})
-    assert "was stopped after 6 s" in _report(results)
+    assert f"was stopped after {LOOP_SECONDS} s" in _report(results)
 
 
 def test_loop_that_ignores_interrupts_is_killed_and_the_kernel_restarted(full):

@@ -622,14 +622,35 @@ def test_candidate_notebooks_are_capped_in_number_and_time(tmp_path):
     sub.mkdir()
     for i in range(submission.MAX_CANDIDATES + 20):
         _write_nb(sub / f"decoy{i:02d}.ipynb", name="another")
-    paths, _seen = submission._candidates(sub, tmp_path / "unpacked")
-    assert len(paths) == submission.MAX_CANDIDATES
-    _write_nb(sub / f"{corpus.ASSIGNMENT}.ipynb")
+    _write_nb(sub / f"{corpus.ASSIGNMENT}.ipynb")  # sorts after every decoy
+    found = submission.find_notebook(
+        sub, f"{corpus.ASSIGNMENT}.ipynb", corpus.ASSIGNMENT, tmp_path / "unpacked"
+    )
+    assert found.path.name == f"{corpus.ASSIGNMENT}.ipynb", "decoys crowded the notebook out"
+    note = next(n for n in found.notes if n.startswith("Found"))
+    assert note.startswith(f"Found {submission.MAX_CANDIDATES} notebooks"), found.notes
     late = pytest.raises(submission.SubmissionError, match="took too long")
     with late:
         submission.find_notebook(
             sub, f"{corpus.ASSIGNMENT}.ipynb", corpus.ASSIGNMENT, tmp_path / "u2", deadline=0.0
         )
+
+
+def test_run_deadline_counts_from_the_grader_start(tmp_path):
+    """Reading the upload counts against the run's time: a grader that started long ago (here:
+    more than the whole budget) reads no candidate notebook and says why, instead of parsing
+    and running it on a fresh clock (finding 6: 40 decoys cost a solution its whole budget)."""
+    with zipfile.ZipFile(corpus.ZIP) as zf:
+        zf.extractall(tmp_path / "source")
+    sub = tmp_path / "submission"
+    sub.mkdir()
+    _write_nb(sub / f"{corpus.ASSIGNMENT}.ipynb")
+    config = runner.GradingConfig(sandbox=sandbox.SandboxConfig(uid=None))
+    grader = runner.Grader(tmp_path / "source", config)
+    started = time.monotonic() - config.budget - 1
+    result = grader.grade(sub, tmp_path / "results", start=started)
+    assert result["score"] == 0
+    assert "took too long" in result["output"], result["output"]
 
 
 def test_kernel_start_failing_with_any_error_is_retried(tmp_path, monkeypatch):
