@@ -458,6 +458,23 @@ def test_floor_only_when_asked_or_on_gradescope(monkeypatch: pytest.MonkeyPatch,
     assert cli._refusal(tmp_path, tmp_path / "res3", "auto") is None
 
 
+def test_grader_itself_falls_back_to_the_floor_only_on_gradescope(monkeypatch, tmp_path: Path):
+    """Any caller of the grader (batch grading too), not only the command line."""
+    from grading import sandbox
+
+    monkeypatch.setattr(sandbox, "namespaces_work", lambda: "bubblewrap (bwrap) is not installed")
+    if not hasattr(sandbox, "GRADESCOPE_SOURCE"):
+        pytest.fail("the sandbox falls back to the floor anywhere")
+    monkeypatch.setattr(sandbox, "GRADESCOPE_SOURCE", tmp_path / "absent")
+    auto = sandbox.SandboxConfig(uid=ATTACKER, isolation="auto")
+    with pytest.raises(sandbox.KernelStartError, match="--sandbox floor"):
+        sandbox.use_namespaces(auto)
+    floor = sandbox.SandboxConfig(uid=ATTACKER, isolation="floor")
+    assert sandbox.use_namespaces(floor) is False
+    monkeypatch.setattr(sandbox, "GRADESCOPE_SOURCE", tmp_path)
+    assert sandbox.use_namespaces(auto) is False
+
+
 def _probe(graded: _Graded, marker: str) -> str:
     """The line a probe cell printed (kept in the kernel's output: read from the report)."""
     return _printed(graded, marker)
