@@ -417,9 +417,13 @@ class Grader:
                     result["execution_time"] = round(time.monotonic() - start, 1)
                     out.write(self._valid(result))
                 finally:
-                    # A second signal must not cut the clean-up short.
+                    # A second signal must not cut the clean-up short; what it could not remove
+                    # is the grader's problem, said on stderr (the report is written already).
                     with _signals_ignored():
-                        cleanup.close()
+                        try:
+                            cleanup.close()
+                        except Exception as err:
+                            print(f"grading: clean-up incomplete: {err}", file=sys.stderr)
         finally:
             out.close()
         return result
