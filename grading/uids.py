@@ -400,8 +400,37 @@ def orphans() -> set[int]:
     return left
 
 
-def sweep() -> list[int]:
-    """End every orphaned sandbox uid (see ``orphans``), each while holding it; return them."""
+def _orphaned_scratch(folder: str) -> Iterator[tuple[str, int]]:
+    """Scratch trees (``grading-*``, runner._grade_as) in ``folder`` whose ``work/`` belongs to a
+    sandbox uid no run holds: a grader killed outright left them (and maybe a tmpfs on work/)."""
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            if not entry.name.startswith("grading-") or not entry.is_dir(follow_symlinks=False):
+                continue
+            with contextlib.suppress(OSError):
+                top = entry.stat(follow_symlinks=False)
+                work = os.lstat(os.path.join(entry.path, "work"))
+                if top.st_uid == 0 and stat.S_ISDIR(work.st_mode) and work.st_uid in FRESH_UIDS:
+                    yield entry.path, work.st_uid
+
+
+def sweep(scratch_dir: str | None = None) -> list[int]:
+    """End every orphaned sandbox uid (see ``orphans``), each while holding it, and remove the
+    scratch trees of dead runs in ``scratch_dir`` (default: the temporary folder); return the
+    uids ended."""
+    import tempfile
+
+    for path, uid in list(_orphaned_scratch(scratch_dir or tempfile.gettempdir())):
+        sock = _claim(uid)
+        if sock is None:
+            continue  # its run is alive
+        try:
+            work = os.path.join(path, "work").encode()
+            ctypes.CDLL(None, use_errno=True).umount2(work, 2)  # MNT_DETACH; none is fine
+            with contextlib.suppress(RuntimeError, OSError):
+                remove_tree(path)
+        finally:
+            sock.close()
     ended = []
     for uid in sorted(orphans()):
         sock = _claim(uid)

@@ -244,6 +244,27 @@ def test_reserve_ends_processes_of_an_orphaned_sandbox_uid():
             os.waitpid(pid, 0)
 
 
+def test_reserve_removes_the_scratch_tree_of_a_dead_run():
+    """A grader killed outright left its scratch tree (and, namespaced, its working folder's
+    tmpfs) in the temporary folder; the next reservation removes it once no run holds its uid."""
+    dead = max(uids.FRESH_UIDS) - 11
+    top = Path(tempfile.mkdtemp(prefix="red-team-"))
+    try:
+        scratch = top / "grading-dead"
+        (scratch / "work" / "deep").mkdir(parents=True)
+        os.chown(scratch / "work", dead, dead)
+        live = top / "grading-live"
+        (live / "work").mkdir(parents=True)
+        os.chown(live / "work", dead - 1, dead - 1)
+        held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        held.bind(f"\0offline-rl-grading-uid-{dead - 1}")  # a live run holds that one
+        with held:
+            uids.sweep(str(top))
+        assert not scratch.exists() and live.exists()
+    finally:
+        host_uids.remove_tree(top)
+
+
 def _kernel_uid(scratch: Path, grader: subprocess.Popen, timeout: float) -> int:
     """The sandbox uid of the kernel whose connection file lies under ``scratch``."""
     end = time.monotonic() + timeout
