@@ -358,36 +358,34 @@ import shutil; shutil.rmtree('.fill')
 raise RuntimeError(f'DISKFILL {written // 2**20} MB stopped by {why}')
 """
 FORK_MEMORY = """# FORKMEM probe
-import os, signal, time
-pids = []
-for i in range(3):  # each child touches 330 MB in 10 MB steps, noting how far it got
-    pid = os.fork()
-    if pid == 0:
-        blocks = []
-        for mb in range(10, 340, 10):
-            b = bytearray(10 * 2**20)
-            for j in range(0, len(b), 4096): b[j] = 1
-            blocks.append(b)
-            with open(f'.fm{i}', 'w') as f: f.write(str(mb))
-        time.sleep(30)
-        os._exit(0)
-    pids.append(pid)
+import os, subprocess, sys, time
+# Each child (a fresh interpreter: a fork of the threaded kernel may deadlock in malloc) touches
+# 330 MB in 10 MB steps, noting how far it got.
+CHILD = '''
+import sys, time
+blocks = []
+for mb in range(10, 340, 10):
+    b = bytearray(10 * 2**20)
+    for j in range(0, len(b), 4096): b[j] = 1
+    blocks.append(b)
+    with open(sys.argv[1], 'w') as f: f.write(str(mb))
+time.sleep(30)
+'''
+children = [subprocess.Popen([sys.executable, '-c', CHILD, f'.fm{i}']) for i in range(3)]
 def mb(i):
     return int(open(f'.fm{i}').read() or 0) if os.path.exists(f'.fm{i}') else 0
-waiting, end = dict(enumerate(pids)), time.time() + 30
-died = 0
+waiting, end, died = dict(enumerate(children)), time.time() + 30, 0
 while waiting and time.time() < end:  # until each child is full or dead (the OOM killer)
-    for i, pid in list(waiting.items()):
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+    for i, child in list(waiting.items()):
+        if child.poll() is not None:
             died += 1
             del waiting[i]
         elif mb(i) == 330:
             del waiting[i]
     time.sleep(0.5)
 full = sum(mb(i) == 330 for i in range(3))
-for pid in pids:
-    try: os.kill(pid, signal.SIGKILL); os.waitpid(pid, 0)
-    except OSError: pass
+for child in children:
+    child.kill(); child.wait()
 raise RuntimeError(f'FORKMEM children full={full} died={died}')
 """
 
