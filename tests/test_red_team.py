@@ -43,7 +43,8 @@ from tests.test_trust_boundary import (
     uids,
 )
 
-pytestmark = [pytest.mark.grading, pytest.mark.slow, pytest.mark.xdist_group("trust-boundary")]
+# Its own xdist group: it runs beside test_trust_boundary (the longest module), not after it.
+pytestmark = [pytest.mark.grading, pytest.mark.slow, pytest.mark.xdist_group("red-team")]
 
 #: Stand-ins for sandbox uids in the unit tests (outside FRESH_UIDS: no run ever picks them).
 ATTACKER = 61_490
