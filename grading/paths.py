@@ -39,8 +39,8 @@ def _others_write(info: os.stat_result) -> bool:
 
 def open_dir(path: str | os.PathLike[str], create: bool = False, mode: int = 0o700) -> int:
     """A directory fd for ``path``, walked from ``/`` without following any link another user could
-    have made (see the module doc); ``create`` makes a missing last folder (``mode``) with
-    ``mkdirat`` under the checked parent. The caller closes the fd.
+    have made (see the module doc); ``create`` makes missing folders (``mode``) with ``mkdirat``
+    under checked parents (as ``mkdir -p``). The caller closes the fd.
 
     Raises:
         UnsafePathError: a folder on the way can be changed by another user, or is not a folder.
@@ -60,7 +60,7 @@ def open_dir(path: str | os.PathLike[str], create: bool = False, mode: int = 0o7
             try:
                 info = os.lstat(name, dir_fd=fd)
             except FileNotFoundError as err:
-                if not (create and last):
+                if not create:  # missing folders on the way are made under checked ones
                     missing = os.path.join(where, name)
                     raise UnsafePathError(f"{path}: {missing} does not exist") from err
                 os.mkdir(name, mode, dir_fd=fd)
