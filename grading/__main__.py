@@ -18,8 +18,13 @@ import traceback
 from pathlib import Path
 
 from grading import results
-from grading.runner import Grader, GradingConfig
-from grading.sandbox import SandboxConfig
+from grading.paths import UnsafePathError, check_dir
+from grading.runner import Grader, GradingConfig, interrupt_on_signals
+from grading.sandbox import SandboxConfig, namespaces_work
+
+#: Where Gradescope unpacks the autograder: there the floor is accepted without asking (the
+#: container holds one submission and no solution; namespaces may be refused).
+GRADESCOPE_SOURCE = Path("/autograder/source")
 
 #: The grader's own memory (RLIMIT_DATA, soft: the kernel's launcher sets its own). Grading the
 #: solution peaks at 227 MB VmData (138 MB resident); what the kernel hands over adds at most
@@ -57,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         "--sandbox",
         choices=["auto", "require", "floor"],
         default=SandboxConfig.isolation,
-        help="namespaces around the kernel (bubblewrap): auto = where the machine allows it, "
-        "else the floor (uid separation only); require = refuse to grade without them; "
-        "floor = never (tests of the floor)",
+        help="namespaces around the kernel (bubblewrap): auto = namespaces, or the floor (uid "
+        "separation only) on Gradescope (source /autograder/source), refused elsewhere; "
+        "require = refuse to grade without them; floor = never (you accept that the notebook "
+        "can read every world-readable file of the machine)",
     )
     parser.add_argument(  # the name of the option before namespaces (issue 20); same meaning
         "--jail", choices=["auto", "require", "off"], default=None, help=argparse.SUPPRESS
@@ -72,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     isolation = args.sandbox
     if args.jail is not None:
         isolation = {"auto": "auto", "require": "require", "off": "floor"}[args.jail]
+    interrupt_on_signals()  # SIGTERM/SIGINT/SIGHUP: the kernel ended, a report, clean-up
+    if uid is not None:
+        refused = _refusal(args.source, args.results, isolation)
+        if refused is not None:
+            return refused
     sandbox = SandboxConfig(cell_timeout=args.cell_timeout, uid=uid, isolation=isolation)
     _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
     if hard == resource.RLIM_INFINITY or hard > GRADER_MEMORY_BYTES:
@@ -92,6 +103,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"grading: sandbox uid {grader.sandbox_uid}", file=sys.stderr)
     print(f"score {result['score']:g}: {result['output']}")
     return 0
+
+
+def _refusal(source: Path, results_dir: Path, isolation: str) -> int | None:
+    """The exit code when a root grading must not start (the reason goes to stderr and, where
+    the results folder is safe, into results.json), else None."""
+    try:
+        check_dir(results_dir if os.path.lexists(results_dir) else results_dir.parent)
+    except UnsafePathError as err:  # nothing is written through a link another user planted
+        print(f"grading: refused, and no results.json written: {err}", file=sys.stderr)
+        return 2
+    why = None
+    try:
+        check_dir(source)
+    except UnsafePathError as err:
+        why = str(err)
+    on_gradescope = os.path.realpath(source) == str(GRADESCOPE_SOURCE)
+    if why is None and isolation == "auto" and not on_gradescope:
+        no_namespaces = namespaces_work()
+        if no_namespaces is not None:
+            why = (
+                f"no namespaces here ({no_namespaces}). Without them (the floor: uid separation "
+                "only) a notebook can read every world-readable file of this machine, such as a "
+                "solution notebook or build/; install bubblewrap and run as root, or pass "
+                "--sandbox floor to accept that"
+            )
+    if why is None:
+        return None
+    print(f"grading: refused: {why}", file=sys.stderr)
+    message = f"The grader refused to run: {why}. Tell the course staff."
+    results.write({"score": 0.0, "output": message, "tests": []}, results_dir)
+    return 2
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import json
 import math
 import os
 import re
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -114,29 +114,74 @@ def validate(results: dict[str, Any]) -> list[str]:
     return problems
 
 
-def write(results: dict[str, Any], results_dir: Path) -> Path:
-    """Write ``results.json`` atomically, cleaned, into a folder only this user can use.
+#: Bytes set aside for results.json when a run starts, so that a disk another process filled
+#: meanwhile cannot cost the run its report (the solution's report is ~10 kB).
+RESERVED_BYTES = 2 * 2**20
 
-    The temporary file is created with ``O_EXCL`` under a random name and renamed over
-    ``results.json``, so the file is always this process's own (a link planted at the final name
-    is replaced, never followed) and a reader never sees half of it.
+
+class ResultsFile:
+    """results.json of one run, its space reserved up front.
+
+    ``__init__`` opens the results folder without following any link another user could have
+    planted (grading.paths.open_dir, created if missing), creates a temporary file in it with
+    ``O_EXCL | O_NOFOLLOW`` under a random name and allocates RESERVED_BYTES. ``write`` fills it
+    and renames it over ``results.json``: the file is always this process's own (a link planted
+    at the final name is replaced, never followed), a reader never sees half of it, and a full
+    disk cannot stop it.
     """
-    results_dir.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(sanitise(results), indent=2, ensure_ascii=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".tmp", dir=results_dir)
+
+    def __init__(self, results_dir: Path) -> None:
+        from grading.paths import open_dir
+
+        self.dir_fd = open_dir(results_dir, create=True)
+        self.path = Path(results_dir) / "results.json"
+        self._tmp = f".results-{secrets.token_hex(8)}.tmp"
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        self._fd: int | None = os.open(self._tmp, flags, 0o600, dir_fd=self.dir_fd)
+        with contextlib.suppress(OSError):  # a file system without fallocate: no reservation
+            os.posix_fallocate(self._fd, 0, RESERVED_BYTES)
+
+    def write(self, results: dict[str, Any]) -> Path:
+        """Write ``results`` (cleaned) and put the file in place; only once."""
+        assert self._fd is not None, "results already written"
+        data = (json.dumps(sanitise(results), indent=2, ensure_ascii=False) + "\n").encode()
+        fd, self._fd = self._fd, None
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.ftruncate(fd, len(data))
+            os.fsync(fd)
+            os.fchmod(fd, 0o644)  # Gradescope's harness reads it; nothing in it is secret
+            os.replace(self._tmp, "results.json", src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(self._tmp, dir_fd=self.dir_fd)
+            raise
+        finally:
+            os.close(fd)
+        return self.path
+
+    def close(self) -> None:
+        """Drop the reservation if nothing was written (the folder's fd is closed either way)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            with contextlib.suppress(OSError):
+                os.unlink(self._tmp, dir_fd=self.dir_fd)
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+
+
+def write(results: dict[str, Any], results_dir: Path) -> Path:
+    """Write ``results.json`` into ``results_dir`` now (see ResultsFile)."""
+    out = ResultsFile(results_dir)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # Gradescope's harness reads it; nothing in it is secret
-        path = results_dir / "results.json"
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+        return out.write(results)
+    finally:
+        out.close()
 
 
 def check_file(path: Path) -> list[str]:

@@ -19,6 +19,7 @@ Whatever happens, :func:`grade` writes a results.json with a score and returns i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import importlib.util
@@ -28,12 +29,14 @@ import math
 import os
 import re
 import shutil
+import signal
 import stat
 import sys
 import tempfile
 import time
 import traceback
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -44,8 +47,16 @@ import numpy as np
 
 from grading import results as gs
 from grading import uids
+from grading.paths import UnsafePathError, check_dir
 from grading.results import clean
-from grading.sandbox import CellRun, Sandbox, SandboxConfig
+from grading.sandbox import (
+    CellRun,
+    Sandbox,
+    SandboxConfig,
+    mount_workdir,
+    unmount_workdir,
+    use_namespaces,
+)
 from grading.submission import SubmissionError, find_notebook
 
 KERNEL_SIDE = Path(__file__).with_name("kernel_side.py")
@@ -214,6 +225,41 @@ def code_cells(nb: nbformat.NotebookNode) -> tuple[list[NotebookCell], int]:
     return cells, skipped
 
 
+class GradingInterrupted(BaseException):
+    """The grader got a signal that asks it to stop (see ``interrupt_on_signals``)."""
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise GradingInterrupted(signal.Signals(signum).name)
+
+
+#: Signals after which the grader stops: an instructor's Ctrl-C or `timeout`, a batch runner, a
+#: closed terminal. Each ends the kernel, writes a report and cleans up like a normal end.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def interrupt_on_signals() -> None:
+    """Make STOP_SIGNALS raise GradingInterrupted in the main thread (call from it)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _interrupt)
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """STOP_SIGNALS ignored while the clean-up runs (in the main thread; elsewhere as is)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
+
+
 def _lock(path: Path) -> None:
     """Make ``path`` unreachable for every user but this one."""
     if path.exists():
@@ -352,28 +398,74 @@ class Grader:
     def grade(
         self, submission: Path, results_dir: Path, start: float | None = None
     ) -> dict[str, Any]:
-        """Grade ``submission`` (a folder) and write ``results_dir/results.json``; never raises.
+        """Grade ``submission`` (a folder) and write ``results_dir/results.json``; never raises
+        but for a results folder another user could redirect (UnsafePathError: nothing is
+        written then).
 
         ``start`` (a ``time.monotonic`` value, default now) is when the run's budget and deadline
-        start counting: the grader's start, so that reading the upload counts too.
+        start counting: the grader's start, so that reading the upload counts too. results.json
+        is written as soon as the kernel is dead; the clean-up of the run's uid and scratch
+        comes after it (a kernel that leaves much behind delays the exit, never the report).
+        A GradingInterrupted (the grader got SIGTERM/SIGINT/SIGHUP) still ends the kernel,
+        writes a report saying so and cleans up.
         """
         start = time.monotonic() if start is None else start
         _phase("start")
         results_dir = Path(results_dir)
-        results_dir.mkdir(parents=True, exist_ok=True)
-        if self.config.sandbox.uid is not None:
-            _lock(results_dir)  # before any student code: the kernel never reaches the report
+        rooted = self.config.sandbox.uid is not None
+        # Opened (and its space reserved) before anything else: no link is followed to it, and a
+        # disk filled meanwhile cannot cost the report.
+        out = gs.ResultsFile(results_dir)
         try:
-            result = self._grade(Path(submission), start)
+            if rooted:  # before any student code: the kernel never reaches the report
+                os.fchmod(out.dir_fd, 0o700)
+            with contextlib.ExitStack() as cleanup:
+                try:
+                    result = self._guarded(Path(submission), start, cleanup)
+                    result["execution_time"] = round(time.monotonic() - start, 1)
+                    out.write(self._valid(result))
+                    _phase("report")
+                finally:
+                    # A second signal must not cut the clean-up short; what it could not remove
+                    # is the grader's problem, said on stderr (the report is written already).
+                    with _signals_ignored():
+                        try:
+                            cleanup.close()
+                        except Exception as err:
+                            print(f"grading: clean-up incomplete: {err}", file=sys.stderr)
+        finally:
+            out.close()
+        return result
+
+    def _guarded(
+        self, submission: Path, start: float, cleanup: contextlib.ExitStack
+    ) -> dict[str, Any]:
+        """The run's report: ``_grade``'s, or a zero saying why there is none."""
+        try:
+            if self.config.sandbox.uid is not None:
+                for path in (self.source, submission):
+                    check_dir(path)
+            return self._grade(submission, start, cleanup)
+        except UnsafePathError as err:
+            print(f"grading: refused: {err}", file=sys.stderr)
+            return self._zero(f"The grader refused to run: {err}. Tell the course staff.")
         except SubmissionError as err:
-            result = self._zero(f"Your submission could not be graded: {err}")
+            return self._zero(f"Your submission could not be graded: {err}")
+        except GradingInterrupted as err:
+            print(f"grading: interrupted by {err}", file=sys.stderr)
+            return self._zero(
+                f"The grading was interrupted ({err}) before it finished; nothing is wrong with "
+                "your work as far as this report knows. Submit again or tell the course staff."
+            )
         except Exception:
             print(traceback.format_exc(), file=sys.stderr)
-            result = self._zero(
+            return self._zero(
                 "The autograder itself failed on this submission (a bug in the grader, not "
                 "necessarily in your work). Your upload is kept; tell the course staff."
             )
-        result["execution_time"] = round(time.monotonic() - start, 1)
+
+    def _valid(self, result: dict[str, Any]) -> dict[str, Any]:
+        """``result`` cleaned, or a zero when Gradescope would reject it."""
         try:
             result = gs.sanitise(result)
             problems = gs.validate(result)
@@ -382,8 +474,7 @@ class Grader:
         if problems:  # never hand Gradescope a file it rejects: that would show no score at all
             print("results.json problems: " + "; ".join(problems), file=sys.stderr)
             result = self._zero("The autograder produced an invalid report; tell the course staff.")
-        gs.write(result, results_dir)
-        _phase("report")
+            result["execution_time"] = 0.0
         return result
 
     def _zero(self, message: str) -> dict[str, Any]:
@@ -400,43 +491,55 @@ class Grader:
         ]
         return {"score": 0.0, "output": message, "tests": tests, "stdout_visibility": "hidden"}
 
-    def _grade(self, submission: Path, start: float) -> dict[str, Any]:
+    def _grade(
+        self, submission: Path, start: float, cleanup: contextlib.ExitStack
+    ) -> dict[str, Any]:
         sandbox = self.config.sandbox
         if sandbox.uid is None:
-            return self._grade_as(submission, start, sandbox)
-        with uids.reserve(None if sandbox.uid == "fresh" else sandbox.uid) as uid:
-            self.sandbox_uid = uid
-            gid = sandbox.gid if sandbox.gid is not None else uid
-            return self._grade_as(submission, start, dataclasses.replace(sandbox, uid=uid, gid=gid))
+            return self._grade_as(submission, start, sandbox, cleanup)
+        # Entered into ``cleanup``: the uid is ended (and released) after results.json is written.
+        uid = cleanup.enter_context(uids.reserve(None if sandbox.uid == "fresh" else sandbox.uid))
+        self.sandbox_uid = uid
+        gid = sandbox.gid if sandbox.gid is not None else uid
+        sandbox = dataclasses.replace(sandbox, uid=uid, gid=gid)
+        return self._grade_as(submission, start, sandbox, cleanup)
 
-    def _grade_as(self, submission: Path, start: float, sandbox: SandboxConfig) -> dict[str, Any]:
+    def _grade_as(
+        self,
+        submission: Path,
+        start: float,
+        sandbox: SandboxConfig,
+        cleanup: contextlib.ExitStack,
+    ) -> dict[str, Any]:
         # The run's scratch tree: scratch/ (root, 0711) holds private/ (root, 0700: the upload
-        # unpacked, the kernel's launch files) and work/ (the run's uid, 0700). Removed at the end.
+        # unpacked, the kernel's launch files) and work/ (the run's uid, 0700). Removed after
+        # results.json is written, once the kernel is gone: any depth, names and permissions the
+        # kernel left; raises (the grader's failure, loudly, on stderr) if anything remains.
         scratch = Path(tempfile.mkdtemp(prefix="grading-"))
-        try:
-            private = scratch / "private"
-            private.mkdir(mode=0o700)
-            if sandbox.uid is not None:
-                _lock(self.source)
-                _lock(submission)
-                os.chmod(scratch, 0o711)
-            found = find_notebook(
-                submission,
-                f"{self.assignment}.ipynb",
-                self.assignment,
-                private / "unpacked",
-                deadline=start + self.config.budget / 4,
-            )
-            cells, skipped = code_cells(found.notebook)
-            workdir = scratch / "work"
-            workdir.mkdir()
-            uid = sandbox.uid if isinstance(sandbox.uid, int) else None
-            self._prepare_workdir(workdir, found.path, uid, sandbox.gid)
-            outputs, restarts = self._execute(workdir, private, cells, start, sandbox)
-        finally:
-            # After the kernel is gone (Sandbox.__exit__): any depth, names and permissions the
-            # kernel left; raises (the grader's failure, loudly) if anything remains.
-            uids.remove_tree(scratch)
+        cleanup.callback(uids.remove_tree, scratch)
+        private = scratch / "private"
+        private.mkdir(mode=0o700)
+        if sandbox.uid is not None:
+            _lock(self.source)
+            _lock(submission)
+            os.chmod(scratch, 0o711)
+        found = find_notebook(
+            submission,
+            f"{self.assignment}.ipynb",
+            self.assignment,
+            private / "unpacked",
+            deadline=start + self.config.budget / 4,
+        )
+        cells, skipped = code_cells(found.notebook)
+        workdir = scratch / "work"
+        workdir.mkdir()
+        if use_namespaces(sandbox):
+            # Its own capped tmpfs: the kernel can fill neither the disk nor the RAM.
+            mount_workdir(workdir, sandbox)
+            cleanup.callback(unmount_workdir, workdir)
+        uid = sandbox.uid if isinstance(sandbox.uid, int) else None
+        self._prepare_workdir(workdir, found.path, uid, sandbox.gid)
+        outputs, restarts = self._execute(workdir, private, cells, start, sandbox)
         return self._report(found.notes, cells, skipped, outputs, restarts)
 
     def _execute(

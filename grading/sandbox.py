@@ -18,6 +18,7 @@ restart it. No wait is longer than the run's deadline.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import json
 import math
@@ -58,6 +59,8 @@ MAX_SOCKET_PATH = 107
 #: Tries to start a kernel before the grading fails (see ``Sandbox.start``).
 START_ATTEMPTS = 3
 WRITABLE = (".tmp", ".mpl", ".ipython", ".jupyter")
+#: Gradescope's autograder folder: where it exists, "auto" may fall back to the floor.
+GRADESCOPE_SOURCE = Path("/autograder/source")
 #: Where bubblewrap is looked for (an absolute path: PATH is not trusted to choose the sandbox).
 BWRAP_PATHS = ("/usr/bin/bwrap", "/usr/local/bin/bwrap", "/bin/bwrap")
 
@@ -92,6 +95,15 @@ class SandboxConfig:
     """Seconds the kernel may take to start."""
     output_chars: int = 4_000
     """Characters of a cell's printed output kept for the report; the rest is counted, not kept."""
+    workdir_bytes: int = 256 * 2**20
+    """Size of the kernel's working folder, its own tmpfs where the machine allows it (namespaces):
+    the kernel can fill neither the disk nor the RAM past it (its files need ~1 MB)."""
+    workdir_inodes: int = 32_768
+    """Files and folders the working folder's tmpfs may hold."""
+    cgroup_memory_bytes: int = 700 * 2**20
+    """Memory of the kernel and every process it starts together (a cgroup v1 memory controller,
+    where /sys/fs/cgroup/memory is writable): RLIMIT_DATA caps one process only, and forked
+    children would each get their own. 0 turns it off."""
     isolation: Isolation = "auto"
     """Namespaces around the kernel (bubblewrap): "auto" uses them where the machine allows it and
     falls back to the floor (uid separation only) elsewhere; "require" refuses to grade without
@@ -243,8 +255,87 @@ def use_namespaces(config: SandboxConfig) -> bool:
         return True
     if config.isolation == "require":
         raise KernelStartError(f"--sandbox require: no namespaces here: {why_not}")
+    if not GRADESCOPE_SOURCE.is_dir():
+        # Off Gradescope the floor lets a notebook read every world-readable file of the machine
+        # (a solution in a checkout): only an explicit "floor" accepts that (README, item 16).
+        raise KernelStartError(
+            f"no namespaces here ({why_not}), and the floor sandbox is used only on Gradescope "
+            "or with --sandbox floor (isolation='floor')"
+        )
     print(f"grading: no namespaces ({why_not}); the floor sandbox is used", file=sys.stderr)
     return False
+
+
+#: Where cgroup v1's memory controller lives (the kernel's processes get one group per start).
+CGROUP_MEMORY = Path("/sys/fs/cgroup/memory")
+#: Runs before bwrap (or the launcher) to put it, and so everything it starts, into a cgroup:
+#: ``python -I -S -c ENTER_CGROUP CGROUP_PROCS PROGRAM ARG...`` (the same pid then execs).
+ENTER_CGROUP = (
+    "import os, sys\n"
+    "with open(sys.argv[1], 'w') as f: f.write(str(os.getpid()))\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+MS_NOSUID, MS_NODEV = 0x2, 0x4
+MNT_DETACH = 2
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def mount_workdir(workdir: Path, config: SandboxConfig) -> None:
+    """Mount a tmpfs of its own on the (empty) working folder: ``workdir_bytes`` and
+    ``workdir_inodes`` at most, mode 0700, no devices, no setuid. Needs root with CAP_SYS_ADMIN
+    (where namespaces work). Raises OSError when the mount fails."""
+    options = f"size={config.workdir_bytes},nr_inodes={config.workdir_inodes},mode=0700"
+    if _libc().mount(
+        b"grading", str(workdir).encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options.encode()
+    ):
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount tmpfs on {workdir}: {os.strerror(err)}")
+
+
+def unmount_workdir(workdir: Path) -> None:
+    """Detach the working folder's tmpfs (its files go with it), whatever still uses it."""
+    if _libc().umount2(str(workdir).encode(), MNT_DETACH):
+        err = ctypes.get_errno()
+        raise OSError(err, f"umount {workdir}: {os.strerror(err)}")
+
+
+def memory_cgroup(name: str, config: SandboxConfig) -> Path | None:
+    """A fresh cgroup v1 memory group ``name`` capped at ``cgroup_memory_bytes`` (swap included
+    where memory.memsw exists), or None where it cannot be made (no v1 memory controller, not
+    root, or turned off); then RLIMIT_DATA per process is all the cap there is."""
+    if config.cgroup_memory_bytes <= 0 or os.geteuid() != 0 or not CGROUP_MEMORY.is_dir():
+        return None
+    group = CGROUP_MEMORY / name
+    try:
+        group.mkdir(mode=0o700)
+    except OSError:
+        return None
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(config.cgroup_memory_bytes))
+        memsw = group / "memory.memsw.limit_in_bytes"
+        if memsw.exists():
+            memsw.write_text(str(config.cgroup_memory_bytes))
+    except OSError:
+        remove_cgroup(group)
+        return None
+    return group
+
+
+def remove_cgroup(group: Path) -> None:
+    """Remove a memory group once nothing of it runs (a process left in it keeps it: retried a
+    few times, then left, and reported)."""
+    for _ in range(50):
+        try:
+            group.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.02)
+    print(f"grading: could not remove cgroup {group}", file=sys.stderr)
 
 
 class Sandbox:
@@ -275,6 +366,7 @@ class Sandbox:
         self.kc = None
         self._starts = 0
         self._context: zmq.Context | None = None
+        self._cgroup: Path | None = None
         self.namespaced = False
         """Whether the current kernel runs inside namespaces (bubblewrap)."""
 
@@ -358,6 +450,11 @@ class Sandbox:
         argv = [sys.executable, "-I", "-S", str(launcher), str(launch_file), "{connection_file}"]
         if namespaced:
             argv = [*bwrap_argv(self.workdir, launch_dir, self.python), "--", *argv]
+        self._cgroup = memory_cgroup(f"grading-{self.uid}-{secrets.token_hex(6)}", cfg)
+        if self._cgroup is not None:
+            # Entered before bwrap (or the launcher) runs: every process it starts is in it.
+            procs = str(self._cgroup / "cgroup.procs")
+            argv = [sys.executable, "-I", "-S", "-c", ENTER_CGROUP, procs, *argv]
         spec_dir = launch_dir / "kernels" / "sandbox"
         spec_dir.mkdir(parents=True)
         # "message": ipykernel interrupts itself on a control message. A signal would reach bwrap
@@ -396,7 +493,11 @@ class Sandbox:
         self.km.start_kernel(cwd=str(launch_dir))
         self._wait_for_sockets(min(cfg.startup_timeout, max(0.1, self.remaining())))
         self.kc = self.km.client(context=self._context)
-        self.kc.start_channels()
+        # No heartbeat: jupyter_client's heartbeat channel reconnects *by path* (a fresh socket)
+        # after a missed beat, and the path lies in the kernel's folder, where the kernel can
+        # put a link to any socket of the host. Whether the kernel lives is known from its
+        # process (km.is_alive), not from beats.
+        self.kc.start_channels(hb=False)
         for channel in (self.kc.iopub_channel, self.kc.shell_channel, self.kc.control_channel):
             # A kernel that floods one huge message is cut off, not allowed to exhaust us.
             with contextlib.suppress(Exception):
@@ -464,6 +565,9 @@ class Sandbox:
             self._context = None
         if self.uid is not None:
             uids.kill_uid(self.uid)
+        if self._cgroup is not None:
+            remove_cgroup(self._cgroup)
+            self._cgroup = None
 
     def restart(self) -> None:
         self.stop()

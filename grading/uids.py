@@ -23,6 +23,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,8 +32,12 @@ from pathlib import Path
 FRESH_UIDS = range(1_100_000, 1_900_000)
 #: Shared folders where any user may leave files (sticky, world-writable): searched for the
 #: uid's leftovers. Only world-writable folders below them are entered, at most this many.
+#: (``find / -xdev -type d -perm -0002`` on the grading image lists /tmp, /var/tmp, /run/lock.)
 SHARED_DIRS = ("/dev/shm", "/dev/mqueue", "/tmp", "/var/tmp", "/run/lock", "/var/lock")
 MAX_SHARED_FOLDERS = 1_000
+#: Seconds the removal of a uid's shared files may take; what is left then keeps the uid from
+#: ever being handed out again (``_unused``), and is reported.
+CLEAN_SECONDS = 30.0
 IPC_RMID = 0
 #: /proc/sysvipc tables and the libc call that removes an object of each.
 SYSV_TABLES = {"shm": "shmctl", "sem": "semctl", "msg": "msgctl"}
@@ -191,16 +196,150 @@ def _remove_ipc(kind: str, ident: int) -> None:
         call(ident, IPC_RMID, None)
 
 
+def _purge(parent_fd: int, name: str, uid: int, deadline: float) -> None:
+    """Remove ``name`` (in the folder ``parent_fd``) if ``uid`` owns it, in this process: files
+    with one ``unlinkat`` each, folders bottom-up, never following a link, never leaving the file
+    system. Entries of other users are never removed: a folder of the uid that still holds some
+    is handed to root (``fchown`` 0:0, mode 0755) instead, so its owner's files stay where they
+    are and nothing of the uid remains. Stops at ``deadline`` (a ``time.monotonic`` value).
+
+    One directory fd is open at a time (a 1500-deep tree needs no recursion and no 1500 fds): it
+    walks down by name and up by ``..``, checking each step's (device, inode) against the way
+    down, so a folder moved meanwhile is never mistaken for its parent.
+    """
+    info = os.lstat(name, dir_fd=parent_fd)
+    if info.st_uid != uid:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        os.unlink(name, dir_fd=parent_fd)
+        return
+    dev = info.st_dev
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(name, flags, dir_fd=parent_fd)
+    way = [(os.fstat(parent_fd).st_dev, os.fstat(parent_fd).st_ino)]
+    names = [name]
+    try:
+        while True:
+            here = os.fstat(fd)
+            if (here.st_dev, here.st_ino) != (info.st_dev, info.st_ino) and len(names) == 1:
+                return  # swapped before we opened it: leave it
+            sub = None
+            kept = 0
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    if time.monotonic() > deadline:
+                        return
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                        if st.st_uid != uid:
+                            kept += 1
+                        elif stat.S_ISDIR(st.st_mode) and st.st_dev == dev:
+                            sub = sub or entry.name
+                        elif stat.S_ISDIR(st.st_mode):
+                            kept += 1  # another file system mounted there: not ours to enter
+                        else:
+                            os.unlink(entry.name, dir_fd=fd)
+                    except FileNotFoundError:
+                        continue
+            if sub is not None:  # down into the next folder of the uid
+                child = os.open(sub, flags, dir_fd=fd)
+                way.append((here.st_dev, here.st_ino))
+                names.append(sub)
+                os.close(fd)
+                fd = child
+                continue
+            # Nothing of the uid left below: remove this folder, or give it to root.
+            if kept:
+                os.fchown(fd, 0, 0)
+                os.fchmod(fd, 0o755)
+            up = os.open("..", flags, dir_fd=fd)
+            above = os.fstat(up)
+            os.close(fd)
+            fd = up
+            if (above.st_dev, above.st_ino) != way[-1]:
+                return  # the tree was moved meanwhile: stop, the leftovers are reported
+            way.pop()
+            gone = names.pop()
+            if not kept:
+                with contextlib.suppress(FileNotFoundError):
+                    os.rmdir(gone, dir_fd=fd)
+            if not names:
+                return
+            info = os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_shared(uid: int, seconds: float = CLEAN_SECONDS) -> None:
+    """Remove the uid's files and folders in the shared folders (see ``_purge``), in this
+    process, within ``seconds``. Nothing of another user is removed."""
+    deadline = time.monotonic() + seconds
+    for path in shared_files(uid):
+        if time.monotonic() > deadline:
+            return
+        parent, name = os.path.split(path)
+        try:
+            folder = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            _purge(folder, name, uid, deadline)
+        except OSError:
+            continue  # reported by leftovers()
+        finally:
+            os.close(folder)
+
+
+#: Lists (and removes) a uid's POSIX message queues: mqueue is mounted in a private mount
+#: namespace of a child, so the host never gets a mount and the queues of the host's IPC
+#: namespace show as files (the floor's kernel shares it).
+_MQUEUE_SCRIPT = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+uid, remove = int(sys.argv[1]), sys.argv[2] == "1"
+if libc.unshare(0x20000) != 0:  # CLONE_NEWNS
+    raise SystemExit(2)
+libc.mount(b"none", b"/", None, 0x40000 | 0x4000, None)  # MS_PRIVATE | MS_REC
+where = "/tmp"  # hidden only in this child's private mount namespace
+if libc.mount(b"mqueue", where.encode(), b"mqueue", 0, None) != 0:
+    raise SystemExit(2)
+for name in os.listdir(where):
+    if os.lstat(os.path.join(where, name)).st_uid == uid:
+        print(name)
+        if remove:
+            os.unlink(os.path.join(where, name))
+"""
+
+
+def posix_queues(uid: int, remove: bool = False) -> list[str]:
+    """The POSIX message queues ``uid`` owns in this IPC namespace (removed if ``remove``);
+    empty when mqueue cannot be mounted here (not root, no mount namespace)."""
+    if os.geteuid() != 0:
+        return []
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", _MQUEUE_SCRIPT, str(uid), "1" if remove else "0"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={},
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [f"POSIX queue /{n}" for n in proc.stdout.split() if proc.returncode == 0]
+
+
 def clean_uid(uid: int) -> None:
-    """Remove what ``uid`` may leave outside its working folder: SysV IPC objects and its files
-    in the shared temporary folders. Call after kill_uid (nothing of the uid runs any more)."""
+    """Remove what ``uid`` may leave outside its working folder: SysV IPC objects, POSIX message
+    queues and its files in the shared temporary folders. Call after kill_uid (nothing of the
+    uid runs any more)."""
     if os.geteuid() != 0:
         return
     for kind, ident in ipc_objects(uid):
         _remove_ipc(kind, ident)
-    for path in shared_files(uid):
-        with contextlib.suppress(RuntimeError):
-            remove_tree(path)
+    posix_queues(uid, remove=True)
+    remove_shared(uid)
 
 
 def leftovers(uid: int) -> list[str]:
@@ -208,6 +347,7 @@ def leftovers(uid: int) -> list[str]:
     left = [f"process {pid}" for pid in processes(uid)]
     left += [f"SysV {kind} {ident}" for kind, ident in ipc_objects(uid)]
     left += shared_files(uid)
+    left += posix_queues(uid)
     return left
 
 
@@ -242,10 +382,78 @@ def _claim(uid: int) -> socket.socket | None:
     return sock
 
 
+def orphans() -> set[int]:
+    """Sandbox uids (FRESH_UIDS) that have live processes but no run holding them: what a grader
+    killed before its cleanup (SIGKILL, a crash) left running."""
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError):
+                ids = _ids((entry / "status").read_text(), "Uid:")
+                found |= {u for u in ids if u in FRESH_UIDS}
+    left = set()
+    for uid in found:
+        sock = _claim(uid)
+        if sock is not None:  # nobody holds it: an orphan
+            sock.close()
+            left.add(uid)
+    return left
+
+
+def _orphaned_scratch(folder: str) -> Iterator[tuple[str, int]]:
+    """Scratch trees (``grading-*``, runner._grade_as) in ``folder`` whose ``work/`` belongs to a
+    sandbox uid no run holds: a grader killed outright left them (and maybe a tmpfs on work/)."""
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            if not entry.name.startswith("grading-") or not entry.is_dir(follow_symlinks=False):
+                continue
+            with contextlib.suppress(OSError):
+                top = entry.stat(follow_symlinks=False)
+                work = os.lstat(os.path.join(entry.path, "work"))
+                if top.st_uid == 0 and stat.S_ISDIR(work.st_mode) and work.st_uid in FRESH_UIDS:
+                    yield entry.path, work.st_uid
+
+
+def sweep(scratch_dir: str | None = None) -> list[int]:
+    """End every orphaned sandbox uid (see ``orphans``), each while holding it, and remove the
+    scratch trees of dead runs in ``scratch_dir`` (default: the temporary folder); return the
+    uids ended."""
+    import tempfile
+
+    for path, uid in list(_orphaned_scratch(scratch_dir or tempfile.gettempdir())):
+        sock = _claim(uid)
+        if sock is None:
+            continue  # its run is alive
+        try:
+            work = os.path.join(path, "work").encode()
+            ctypes.CDLL(None, use_errno=True).umount2(work, 2)  # MNT_DETACH; none is fine
+            with contextlib.suppress(RuntimeError, OSError):
+                remove_tree(path)
+        finally:
+            sock.close()
+    ended = []
+    for uid in sorted(orphans()):
+        sock = _claim(uid)
+        if sock is None:
+            continue  # a run took it meanwhile
+        try:
+            with contextlib.suppress(RuntimeError):
+                end_uid(uid)
+            ended.append(uid)
+        finally:
+            sock.close()
+    return ended
+
+
 @contextlib.contextmanager
 def reserve(uid: int | None = None, wait: float = 1800.0) -> Iterator[int]:
     """Hold a sandbox uid for one run: ``uid`` itself (waiting while another run holds it), or a
-    fresh one when ``uid`` is None. On exit every process of the uid is killed."""
+    fresh one when ``uid`` is None. On exit every process of the uid is killed.
+
+    First, as root, orphaned sandbox uids (processes with no run holding them: a grader that was
+    killed) are ended, so nothing a dead run started keeps running or holds resources."""
+    if os.geteuid() == 0:
+        sweep()
     sock = None
     if uid is None:
         rng = random.SystemRandom()

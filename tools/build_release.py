@@ -738,6 +738,10 @@ def build(spec: AssignmentSpec, out: Path, self_check: bool) -> dict[str, float]
     normalise_notebook(dist / "autograder" / notebook, solution, spec.name)
     if spec.wheel_url:
         add_setup_cell(solution, spec)
+    # The solution and the zip (expected values) are for the builder only: a floor kernel on
+    # this machine reads every world-readable file (grading/README.md, item 16).
+    os.chmod(solution, 0o600)
+    os.chmod(grader_out, 0o700)
     seconds = time.perf_counter() - t0
     total = total_points_line(POINTS[spec.name])
     print(f"built {spec.name}{env_note} in {seconds:.1f} s; {total}")
