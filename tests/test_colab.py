@@ -192,7 +192,8 @@ def test_the_hand_out_runs_on_colab_versions(colab_venv, fresh_release, tmp_path
     checks = _check_cells(nb)
     assert checks
     for cell in checks:
-        assert "All test cases passed" in _outputs_text(cell), (cell.source, _outputs_text(cell))
+        shown = _outputs_text(cell)  # format-only checks (q10-q12) say so instead of "passed"
+        assert "All test cases passed" in shown or "answer format OK" in shown, (cell.source, shown)
     assert len(_demo_cells(nb)) == 4
     for cell in _demo_cells(nb):
         assert "application/vnd.jupyter.widget-view+json" in _outputs_text(cell), cell.source
