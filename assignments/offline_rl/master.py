@@ -625,6 +625,76 @@ def test_offline_q_terminal_mask(offline_q_learning, datasets, np):
         "terminal next state: multiply the bootstrap by (1 - d)."
     )
 
+# %%
+def test_offline_q_first_step_weights_and_averages(offline_q_learning, datasets, np):
+    # State 0: action 0 three times (rewards 0, 1, 2: mean 1), action 1 once (reward 2); all
+    # terminal. From Q = 0 with alpha = 0 one step gives Q(s, a) = lr * pi_data(a|s) * y(s, a).
+    rewards = np.array([0.0, 1.0, 2.0, 2.0], dtype=np.float32)
+    actions = np.array([0, 0, 0, 1])
+    toy = datasets.OfflineDataset(
+        observations=np.zeros(4, dtype=int), actions=actions, rewards=rewards,
+        next_observations=np.ones(4, dtype=int), terminals=np.ones(4, dtype=bool),
+        truncations=np.zeros(4, dtype=bool), episode_starts=np.arange(4),
+    )
+    Q = offline_q_learning(toy, 2, 2, gamma=0.9, alpha=0.0, n_iters=1, lr=1.0)
+    assert Q is not None, "offline_q_learning returned None: replace the ... with your code."
+    got = np.asarray(Q, dtype=float)[0]
+    pi = np.array([3, 1]) / 4
+    y_mean = np.array([rewards[actions == a].mean() for a in (0, 1)])
+    y_sum = np.array([rewards[actions == a].sum() for a in (0, 1)])
+    if np.allclose(got, y_mean) or np.allclose(got, y_sum):
+        raise AssertionError(
+            "after one step from Q = 0 (alpha = 0, lr = 1) Q(0, a) must be pi_data(a|0) * y(0, a), "
+            f"got {got}, which is y itself: weight the Bellman term by pi_data(a|s) = n(s, a) / n(s), "
+            "not by 1 (or by counts > 0)."
+        )
+    if np.allclose(got, pi * y_sum):
+        raise AssertionError(
+            f"after one step from Q = 0 Q(0, a) must be pi_data(a|0) * y(0, a), got {got}: y(s, a) looks "
+            "like the SUM of the pair's targets. Average them: divide by n(s, a)."
+        )
+    assert np.allclose(got, pi * y_mean), (
+        f"after one step from Q = 0 (alpha = 0, lr = 1) Q(0, a) must be pi_data(a|0) * mean target, "
+        f"got {got}. Check the counts, the averaging of the targets and the step Q -= lr * grad."
+    )
+
+# %%
+def test_offline_q_first_step_with_penalty(offline_q_learning, datasets, np):
+    # Same data, alpha = 1 and lr left at its default, 3 states and 2 actions. From Q = 0 the softmax
+    # over the 2 actions is 1/2 each, so one step is Q(0, a) = -lr * (pi * (0 - y) + alpha * (1/2 - pi)).
+    rewards = np.array([0.0, 1.0, 2.0, 2.0], dtype=np.float32)
+    actions = np.array([0, 0, 0, 1])
+    toy = datasets.OfflineDataset(
+        observations=np.zeros(4, dtype=int), actions=actions, rewards=rewards,
+        next_observations=np.ones(4, dtype=int), terminals=np.ones(4, dtype=bool),
+        truncations=np.zeros(4, dtype=bool), episode_starts=np.arange(4),
+    )
+    alpha, n_states, n_actions = 1.0, 3, 2
+    Q = offline_q_learning(toy, n_states, n_actions, gamma=0.9, alpha=alpha, n_iters=1)
+    assert Q is not None, "offline_q_learning returned None: replace the ... with your code."
+    got = np.asarray(Q, dtype=float)[0]
+    pi = np.array([3, 1]) / 4
+    y = np.array([rewards[actions == a].mean() for a in (0, 1)])
+
+    def one_step(lr, softmax):
+        return -lr * (pi * (0.0 - y) + alpha * (softmax - pi))
+
+    if np.allclose(got, one_step(1.0, 1 / n_actions)):
+        raise AssertionError(
+            f"with alpha = 1 and lr=None the step size must be lr = 1 / (1 + alpha) = 0.5; Q(0, .) = {got} "
+            "after one step matches lr = 1. Set lr = 1 / (1 + alpha) when lr is None."
+        )
+    if np.allclose(got, one_step(1 / (1 + alpha), 1 / n_states)):
+        raise AssertionError(
+            f"Q(0, .) = {got} after one step matches a softmax taken across STATES: the CQL term needs "
+            "softmax(Q(s, .)) over the ACTIONS of each state (axis=1)."
+        )
+    assert np.allclose(got, one_step(1 / (1 + alpha), 1 / n_actions)), (
+        f"after one step from Q = 0 with alpha = 1 (lr = 1 / (1 + alpha)), Q(0, .) must be "
+        "-lr * (pi_data * (Q - y) + alpha * (softmax(Q(0, .)) - pi_data)); "
+        f"got {got}. Check the sign and the softmax of the CQL term."
+    )
+
 # %% tags=["hidden_check"]
 def _tabular_q_cases(rng):
     from offline_rl import behavior, datasets, envs
