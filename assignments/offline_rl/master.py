@@ -190,13 +190,27 @@ def test_coverage_counts_small(coverage_counts, datasets, np):
     assert counts is not None, "coverage_counts returned None: replace the ... with your code."
     counts = np.asarray(counts)
     assert counts.shape == (3, 4), f"counts must have shape (n_states, n_actions) = (3, 4), got {counts.shape}"
-    assert counts[0, 2] == 2, (
-        "state 0 took action 2 twice, so counts[0, 2] must be 2; "
-        f"got {counts[0, 2]} (does `counts[s, a] += 1` drop repeated pairs? use np.add.at)"
-    )
     expected = np.zeros((3, 4), dtype=int)
     expected[0, 2], expected[1, 1], expected[0, 0] = 2, 1, 1
-    assert np.array_equal(counts, expected), f"expected\n{expected}\ngot\n{counts}"
+    next_state_counts = np.zeros((3, 4), dtype=int)
+    next_state_counts[0, 2], next_state_counts[1, 2], next_state_counts[2, 1], next_state_counts[0, 0] = 1, 1, 1, 1
+    assert not np.array_equal(counts, next_state_counts), (
+        "counts must count observations (the state the action was taken in), not next_observations; "
+        f"got\n{counts}"
+    )
+    if counts.sum() == 3 and np.array_equal(counts, np.minimum(expected, 1)):
+        raise AssertionError(
+            "state 0 took action 2 twice, so counts[0, 2] must be 2; "
+            f"got {counts[0, 2]} (does `counts[s, a] += 1` drop repeated pairs? use np.add.at)"
+        )
+    assert counts.sum() == 4, (
+        f"the data hold 4 transitions, so the counts must sum to 4, got {counts.sum()}: "
+        "count each transition once, at [observation, action]"
+    )
+    assert np.array_equal(counts, expected), (
+        f"expected\n{expected}\ngot\n{counts}\nthe total is right, so check the indices: "
+        "counts[observations, actions] (row = state, column = action)"
+    )
 
 # %%
 def test_ood_fraction_small(ood_fraction, np):
@@ -1246,6 +1260,11 @@ def test_cql_loss_small(cql_loss, cql_penalty, torch, nn, np):
     )
     total, info = out
     assert set(info) >= {"bellman_loss", "cql_penalty", "total_loss"}, f"info keys: {sorted(info)}"
+    not_floats = {k: type(info[k]).__name__ for k in ("bellman_loss", "cql_penalty", "total_loss")
+                  if not isinstance(info[k], (float, int))}
+    assert not not_floats, (
+        f"info values must be Python floats (use .item()), got types {not_floats}"
+    )
     assert total.dim() == 0, f"the loss must be a scalar, got shape {tuple(total.shape)}"
     assert np.isclose(info["total_loss"], info["bellman_loss"] + 0.5 * info["cql_penalty"], atol=1e-5), (
         "total_loss must be bellman_loss + alpha * cql_penalty"
@@ -1262,6 +1281,14 @@ def test_cql_loss_small(cql_loss, cql_penalty, torch, nn, np):
         q_sa = q[[0, 1], [0, 1]]
         y = torch.tensor([1.0 + 0.9 * target_net(batch["next_observations"])[0].max().item(), -1.0])
         expected = 0.5 * ((q_sa - y) ** 2).mean().item()
+        # Q(s, a) kept as (B, 1) against y (B,) broadcasts to a B x B table of errors.
+        broadcast = 0.5 * ((q_sa[:, None] - y) ** 2).mean().item()
+    assert np.isclose(info["bellman_loss"], expected, atol=1e-5) or not np.isclose(
+        info["bellman_loss"], broadcast, atol=1e-5
+    ), (
+        f"bellman_loss is {info['bellman_loss']:.5f}, the mean over a B x B table: Q(s,a) has shape "
+        "(B, 1)? squeeze it to (B,) (gather(...).squeeze(1)) before subtracting the targets (B,)."
+    )
     assert np.isclose(info["bellman_loss"], expected, atol=1e-5), (
         f"bellman_loss should be 1/2 * mean (Q(s,a) - y)^2 = {expected:.5f} with y from the TARGET "
         f"network and no bootstrap at the terminal transition; got {info['bellman_loss']:.5f}"
