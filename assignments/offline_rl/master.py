@@ -2439,6 +2439,9 @@ def test_q11_format(q11_answer, np):
         f"q11_answer must be a number (the alpha at which the greedy action at M switches), got {q11_answer!r}"
     )
     assert np.isfinite(q11_answer), f"q11_answer must be a finite number, got {q11_answer!r}"
+    assert q11_answer >= 0, (
+        f"q11_answer is a CQL weight alpha, so it must be >= 0, got {q11_answer!r}: check the sign"
+    )
 
 # %% tags=["hidden_check"]
 @hidden_check(
@@ -2486,8 +2489,12 @@ q12_answer = float(np.log(4))  # SOLUTION
 # # BEGIN TESTS
 
 # %%
-def test_q12_format(q12_answer):
-    assert isinstance(q12_answer, (int, float)), f"q12_answer must be a number, got {type(q12_answer).__name__}"
+def test_q12_format(q12_answer, np):
+    # Any real number, as for q11 (numpy scalars too); the value is graded after you submit.
+    assert isinstance(q12_answer, (int, float, np.integer, np.floating)) and not isinstance(q12_answer, bool), (
+        f"q12_answer must be a number, got {type(q12_answer).__name__}"
+    )
+    assert np.isfinite(q12_answer), f"q12_answer must be a finite number, got {q12_answer!r}"
 
 # %% tags=["hidden_check"]
 @hidden_check(
