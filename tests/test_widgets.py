@@ -173,3 +173,21 @@ def test_stacked_unseen_pairs_are_counted_on_the_scatter():
     notes = [t.get_text() for t in ax.texts]
     plt.close(fig)
     assert notes == ["3 pairs"], notes
+
+
+def test_wait_for_says_when_the_students_own_code_raised(capsys):
+    # The student's function, compiled as ipykernel compiles a notebook cell, with a NameError.
+    cell: dict = {}
+    source = "def coverage_counts(*args):\n    return count_pairs(args)\n"
+    exec(compile(source, "/tmp/ipykernel_4242/123456.py", "exec"), cell)
+    assert widgets.wait_for("q1", cell["coverage_counts"]) is None
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "waiting for your code (q1): your q1 code raised an error: run its grader.check cell"
+    ), out
+    assert "NameError" not in out and "Traceback" not in out, out
+    # A stub's None reaching code in a cell is still "waiting", not the student's error.
+    source = "def stub_user(*args):\n    return None[0]\n"
+    exec(compile(source, "/tmp/ipykernel_4242/654321.py", "exec"), cell)
+    assert widgets.wait_for("q1", cell["stub_user"]) is None
+    assert capsys.readouterr().out == f"waiting for your code (q1): {widgets.WAITING_ADVICE}\n"

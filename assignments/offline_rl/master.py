@@ -190,13 +190,27 @@ def test_coverage_counts_small(coverage_counts, datasets, np):
     assert counts is not None, "coverage_counts returned None: replace the ... with your code."
     counts = np.asarray(counts)
     assert counts.shape == (3, 4), f"counts must have shape (n_states, n_actions) = (3, 4), got {counts.shape}"
-    assert counts[0, 2] == 2, (
-        "state 0 took action 2 twice, so counts[0, 2] must be 2; "
-        f"got {counts[0, 2]} (does `counts[s, a] += 1` drop repeated pairs? use np.add.at)"
-    )
     expected = np.zeros((3, 4), dtype=int)
     expected[0, 2], expected[1, 1], expected[0, 0] = 2, 1, 1
-    assert np.array_equal(counts, expected), f"expected\n{expected}\ngot\n{counts}"
+    next_state_counts = np.zeros((3, 4), dtype=int)
+    next_state_counts[0, 2], next_state_counts[1, 2], next_state_counts[2, 1], next_state_counts[0, 0] = 1, 1, 1, 1
+    assert not np.array_equal(counts, next_state_counts), (
+        "counts must count observations (the state the action was taken in), not next_observations; "
+        f"got\n{counts}"
+    )
+    if counts.sum() == 3 and np.array_equal(counts, np.minimum(expected, 1)):
+        raise AssertionError(
+            "state 0 took action 2 twice, so counts[0, 2] must be 2; "
+            f"got {counts[0, 2]} (does `counts[s, a] += 1` drop repeated pairs? use np.add.at)"
+        )
+    assert counts.sum() == 4, (
+        f"the data hold 4 transitions, so the counts must sum to 4, got {counts.sum()}: "
+        "count each transition once, at [observation, action]"
+    )
+    assert np.array_equal(counts, expected), (
+        f"expected\n{expected}\ngot\n{counts}\nthe total is right, so check the indices: "
+        "counts[observations, actions] (row = state, column = action)"
+    )
 
 # %%
 def test_ood_fraction_small(ood_fraction, np):
@@ -623,6 +637,76 @@ def test_offline_q_terminal_mask(offline_q_learning, datasets, np):
         f"the transition 0 -> 1 is terminal, so Q(0, 1) must be r = 1, got {Q[0, 1]:.4f}; "
         f"1 + gamma * max Q(1, .) = {1 + 0.9 * Q[1].max():.4f} means the target bootstrapped from a "
         "terminal next state: multiply the bootstrap by (1 - d)."
+    )
+
+# %%
+def test_offline_q_first_step_weights_and_averages(offline_q_learning, datasets, np):
+    # State 0: action 0 three times (rewards 0, 1, 2: mean 1), action 1 once (reward 2); all
+    # terminal. From Q = 0 with alpha = 0 one step gives Q(s, a) = lr * pi_data(a|s) * y(s, a).
+    rewards = np.array([0.0, 1.0, 2.0, 2.0], dtype=np.float32)
+    actions = np.array([0, 0, 0, 1])
+    toy = datasets.OfflineDataset(
+        observations=np.zeros(4, dtype=int), actions=actions, rewards=rewards,
+        next_observations=np.ones(4, dtype=int), terminals=np.ones(4, dtype=bool),
+        truncations=np.zeros(4, dtype=bool), episode_starts=np.arange(4),
+    )
+    Q = offline_q_learning(toy, 2, 2, gamma=0.9, alpha=0.0, n_iters=1, lr=1.0)
+    assert Q is not None, "offline_q_learning returned None: replace the ... with your code."
+    got = np.asarray(Q, dtype=float)[0]
+    pi = np.array([3, 1]) / 4
+    y_mean = np.array([rewards[actions == a].mean() for a in (0, 1)])
+    y_sum = np.array([rewards[actions == a].sum() for a in (0, 1)])
+    if np.allclose(got, y_mean) or np.allclose(got, y_sum):
+        raise AssertionError(
+            "after one step from Q = 0 (alpha = 0, lr = 1) Q(0, a) must be pi_data(a|0) * y(0, a), "
+            f"got {got}, which is y itself: weight the Bellman term by pi_data(a|s) = n(s, a) / n(s), "
+            "not by 1 (or by counts > 0)."
+        )
+    if np.allclose(got, pi * y_sum):
+        raise AssertionError(
+            f"after one step from Q = 0 Q(0, a) must be pi_data(a|0) * y(0, a), got {got}: y(s, a) looks "
+            "like the SUM of the pair's targets. Average them: divide by n(s, a)."
+        )
+    assert np.allclose(got, pi * y_mean), (
+        f"after one step from Q = 0 (alpha = 0, lr = 1) Q(0, a) must be pi_data(a|0) * mean target, "
+        f"got {got}. Check the counts, the averaging of the targets and the step Q -= lr * grad."
+    )
+
+# %%
+def test_offline_q_first_step_with_penalty(offline_q_learning, datasets, np):
+    # Same data, alpha = 1 and lr left at its default, 3 states and 2 actions. From Q = 0 the softmax
+    # over the 2 actions is 1/2 each, so one step is Q(0, a) = -lr * (pi * (0 - y) + alpha * (1/2 - pi)).
+    rewards = np.array([0.0, 1.0, 2.0, 2.0], dtype=np.float32)
+    actions = np.array([0, 0, 0, 1])
+    toy = datasets.OfflineDataset(
+        observations=np.zeros(4, dtype=int), actions=actions, rewards=rewards,
+        next_observations=np.ones(4, dtype=int), terminals=np.ones(4, dtype=bool),
+        truncations=np.zeros(4, dtype=bool), episode_starts=np.arange(4),
+    )
+    alpha, n_states, n_actions = 1.0, 3, 2
+    Q = offline_q_learning(toy, n_states, n_actions, gamma=0.9, alpha=alpha, n_iters=1)
+    assert Q is not None, "offline_q_learning returned None: replace the ... with your code."
+    got = np.asarray(Q, dtype=float)[0]
+    pi = np.array([3, 1]) / 4
+    y = np.array([rewards[actions == a].mean() for a in (0, 1)])
+
+    def one_step(lr, softmax):
+        return -lr * (pi * (0.0 - y) + alpha * (softmax - pi))
+
+    if np.allclose(got, one_step(1.0, 1 / n_actions)):
+        raise AssertionError(
+            f"with alpha = 1 and lr=None the step size must be lr = 1 / (1 + alpha) = 0.5; Q(0, .) = {got} "
+            "after one step matches lr = 1. Set lr = 1 / (1 + alpha) when lr is None."
+        )
+    if np.allclose(got, one_step(1 / (1 + alpha), 1 / n_states)):
+        raise AssertionError(
+            f"Q(0, .) = {got} after one step matches a softmax taken across STATES: the CQL term needs "
+            "softmax(Q(s, .)) over the ACTIONS of each state (axis=1)."
+        )
+    assert np.allclose(got, one_step(1 / (1 + alpha), 1 / n_actions)), (
+        f"after one step from Q = 0 with alpha = 1 (lr = 1 / (1 + alpha)), Q(0, .) must be "
+        "-lr * (pi_data * (Q - y) + alpha * (softmax(Q(0, .)) - pi_data)); "
+        f"got {got}. Check the sign and the softmax of the CQL term."
     )
 
 # %% tags=["hidden_check"]
@@ -1176,6 +1260,11 @@ def test_cql_loss_small(cql_loss, cql_penalty, torch, nn, np):
     )
     total, info = out
     assert set(info) >= {"bellman_loss", "cql_penalty", "total_loss"}, f"info keys: {sorted(info)}"
+    not_floats = {k: type(info[k]).__name__ for k in ("bellman_loss", "cql_penalty", "total_loss")
+                  if not isinstance(info[k], (float, int))}
+    assert not not_floats, (
+        f"info values must be Python floats (use .item()), got types {not_floats}"
+    )
     assert total.dim() == 0, f"the loss must be a scalar, got shape {tuple(total.shape)}"
     assert np.isclose(info["total_loss"], info["bellman_loss"] + 0.5 * info["cql_penalty"], atol=1e-5), (
         "total_loss must be bellman_loss + alpha * cql_penalty"
@@ -1192,6 +1281,14 @@ def test_cql_loss_small(cql_loss, cql_penalty, torch, nn, np):
         q_sa = q[[0, 1], [0, 1]]
         y = torch.tensor([1.0 + 0.9 * target_net(batch["next_observations"])[0].max().item(), -1.0])
         expected = 0.5 * ((q_sa - y) ** 2).mean().item()
+        # Q(s, a) kept as (B, 1) against y (B,) broadcasts to a B x B table of errors.
+        broadcast = 0.5 * ((q_sa[:, None] - y) ** 2).mean().item()
+    assert np.isclose(info["bellman_loss"], expected, atol=1e-5) or not np.isclose(
+        info["bellman_loss"], broadcast, atol=1e-5
+    ), (
+        f"bellman_loss is {info['bellman_loss']:.5f}, the mean over a B x B table: Q(s,a) has shape "
+        "(B, 1)? squeeze it to (B,) (gather(...).squeeze(1)) before subtracting the targets (B,)."
+    )
     assert np.isclose(info["bellman_loss"], expected, atol=1e-5), (
         f"bellman_loss should be 1/2 * mean (Q(s,a) - y)^2 = {expected:.5f} with y from the TARGET "
         f"network and no bootstrap at the terminal transition; got {info['bellman_loss']:.5f}"
@@ -2342,6 +2439,9 @@ def test_q11_format(q11_answer, np):
         f"q11_answer must be a number (the alpha at which the greedy action at M switches), got {q11_answer!r}"
     )
     assert np.isfinite(q11_answer), f"q11_answer must be a finite number, got {q11_answer!r}"
+    assert q11_answer >= 0, (
+        f"q11_answer is a CQL weight alpha, so it must be >= 0, got {q11_answer!r}: check the sign"
+    )
 
 # %% tags=["hidden_check"]
 @hidden_check(
@@ -2389,8 +2489,12 @@ q12_answer = float(np.log(4))  # SOLUTION
 # # BEGIN TESTS
 
 # %%
-def test_q12_format(q12_answer):
-    assert isinstance(q12_answer, (int, float)), f"q12_answer must be a number, got {type(q12_answer).__name__}"
+def test_q12_format(q12_answer, np):
+    # Any real number, as for q11 (numpy scalars too); the value is graded after you submit.
+    assert isinstance(q12_answer, (int, float, np.integer, np.floating)) and not isinstance(q12_answer, bool), (
+        f"q12_answer must be a number, got {type(q12_answer).__name__}"
+    )
+    assert np.isfinite(q12_answer), f"q12_answer must be a finite number, got {q12_answer!r}"
 
 # %% tags=["hidden_check"]
 @hidden_check(

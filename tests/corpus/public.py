@@ -32,6 +32,13 @@ def definitions(nb: nbformat.NotebookNode) -> dict[str, Any]:
             tree = ast.parse(cell.source)
         except SyntaxError:  # IPython magics: no definitions there
             continue
+        # An answer may be computed from the answer cell's own working variables (q11), so a cell
+        # that assigns an ``*_answer`` keeps all its top-level assignments (cheap arithmetic).
+        answer_cell = any(
+            isinstance(node, ast.Assign)
+            and all(isinstance(t, ast.Name) and t.id.endswith("_answer") for t in node.targets)
+            for node in tree.body
+        )
         body = [
             node
             for node in tree.body
@@ -39,10 +46,7 @@ def definitions(nb: nbformat.NotebookNode) -> dict[str, Any]:
                 isinstance(node, _KEPT)
                 and not (isinstance(node, ast.Import) and node.names[0].name == "otter")
             )
-            or (
-                isinstance(node, ast.Assign)
-                and all(isinstance(t, ast.Name) and t.id.endswith("_answer") for t in node.targets)
-            )
+            or (answer_cell and isinstance(node, ast.Assign))
         ]
         exec(compile(ast.Module(body=body, type_ignores=[]), "<corpus>", "exec"), env)
     return env
