@@ -14,6 +14,8 @@ Signatures of the functions passed in (the notebook's questions):
 
 from __future__ import annotations
 
+import re
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -94,13 +96,33 @@ def wait_for(question: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -
     line = f"waiting for your code ({question}): {WAITING_ADVICE}"
     try:
         out = fn(*args, **kwargs)
-    except Exception:  # never the support code's exception: it names no question (see _call)
+    except Exception as err:  # never the support code's exception: it names no question (see _call)
+        if _raised_in_a_notebook_cell(err):
+            line = (
+                f"waiting for your code ({question}): your {question} code raised an error: "
+                "run its grader.check cell to see it, then re-run this cell."
+            )
         print(line)
         return None
     if _has_none(out):
         print(line)
         return None
     return out
+
+
+#: Where IPython compiles a notebook cell: ipykernel's "/tmp/ipykernel_<pid>/<hash>.py", or the
+#: terminal's "<ipython-input-...>". A frame there is the student's own code (or a guided cell).
+_CELL_FILE = re.compile(r"ipykernel_\d+[/\\]\d+\.py$|^<ipython-input-")
+
+
+def _raised_in_a_notebook_cell(err: BaseException) -> bool:
+    """Whether ``err`` was raised by code in a notebook cell (the student's function), not by the
+    support code, numpy or torch. A TypeError/AttributeError about None is an unfinished stub's
+    None reaching code that needs a value: that is "waiting", not the student's error."""
+    if isinstance(err, (TypeError, AttributeError)) and "NoneType" in str(err):
+        return False
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and _CELL_FILE.search(frames[-1].filename) is not None
 
 
 def _note(output: widgets.Output, message: str) -> None:
