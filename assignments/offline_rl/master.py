@@ -2432,7 +2432,9 @@ q11_answer = (y_right - y_up) / (0.5 * (1 / 0.4 - 1 / 0.6))
 # # BEGIN TESTS
 
 # %%
-def test_q11_format(q11_answer, np):
+def test_q11_format(q11_answer):
+    import numpy as np  # not the notebook's: the check must not depend on the student's imports
+
     # Format only: the name ends in _format, so offline_rl.checks shows a pass as "answer format
     # OK" (as for q10 and q12); the value is graded after you submit.
     assert isinstance(q11_answer, (int, float, np.integer, np.floating)) and not isinstance(q11_answer, bool), (
@@ -2489,7 +2491,9 @@ q12_answer = float(np.log(4))  # SOLUTION
 # # BEGIN TESTS
 
 # %%
-def test_q12_format(q12_answer, np):
+def test_q12_format(q12_answer):
+    import numpy as np  # not the notebook's: the check must not depend on the student's imports
+
     # Any real number, as for q11 (numpy scalars too); the value is graded after you submit.
     assert isinstance(q12_answer, (int, float, np.integer, np.floating)) and not isinstance(q12_answer, bool), (
         f"q12_answer must be a number, got {type(q12_answer).__name__}"
