@@ -79,8 +79,10 @@ def test_plain_otter_public_checks_teach_on_a_blank_notebook():
 
 
 def _answer_key(source: str) -> str:
-    first = source.strip().splitlines()[0]
-    return first.split("(")[0].split("=")[0].strip()
+    lines = source.strip().splitlines()
+    if lines[0].lstrip('"').strip() == "# BEGIN PROMPT":  # otter keeps the prompt in the solution
+        lines = lines[1:]
+    return lines[0].split("(")[0].split("=")[0].strip()
 
 
 def _run_headless(notebook: Path, cell_timeout: float) -> list[tuple[str, list[dict], float]]:

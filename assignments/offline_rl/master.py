@@ -608,9 +608,18 @@ def test_offline_q_uses_lr(offline_q_learning, datasets, np):
     )
 
 # %%
-def test_offline_q_keeps_the_prompts_defaults(offline_q_learning):
+def test_offline_q_keeps_the_prompts_defaults(offline_q_learning, datasets, np):
     import inspect
 
+    toy = datasets.OfflineDataset(
+        observations=np.array([0]), actions=np.array([1]), rewards=np.array([1.0], dtype=np.float32),
+        next_observations=np.array([1]), terminals=np.array([True]), truncations=np.array([False]),
+        episode_starts=np.array([0]),
+    )
+    # A stub keeps the prompt's signature too: this check speaks only once there is code.
+    assert offline_q_learning(toy, 2, 2, gamma=0.9, n_iters=1) is not None, (
+        "offline_q_learning returned None: replace the ... with your code."
+    )
     # Later questions (q7, q8, q9) call offline_q_learning without these arguments.
     params = inspect.signature(offline_q_learning).parameters
     for name, default in (("alpha", 0.0), ("n_iters", 5000), ("lr", None)):
