@@ -118,3 +118,17 @@ def test_public_checks_pass_the_solution(student_notebook):
     questions = list(student_notebook.metadata["otter"]["tests"])
     failures = public.public_failures(corpus.solution(), student_notebook, questions)
     assert not public.warns(failures), failures
+
+
+VALID = [m for m in MUTANTS if m.kind == "valid"]
+
+
+@pytest.mark.parametrize("mutant", VALID, ids=[m.name for m in VALID])
+def test_public_checks_pass_every_valid_variant(student_notebook, mutant):
+    """A right answer written another way (float64, no_grad, a broadcast) must not be told it is
+    wrong by the student's own checks: it gets full marks from the grader."""
+    questions = list(student_notebook.metadata["otter"]["tests"])
+    failures = public.public_failures(corpus.apply(corpus.solution(), mutant), student_notebook,
+                                      questions)  # fmt: skip
+    shown = {q: [m.splitlines()[-1] for m in ms] for q, ms in failures.items() if ms}
+    assert not public.warns(failures), f"{mutant.name} ({mutant.why}): grader.check fails {shown}"

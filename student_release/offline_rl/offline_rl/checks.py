@@ -1,4 +1,7 @@
-"""How the notebook shows otter's public-check results (display only: nothing here grades).
+"""How the notebook shows otter's public-check results, and helpers its public checks share.
+
+Nothing here grades: the display formatters change only how results look, and the helpers
+(:func:`call_cql_penalty`) only turn a student's error into a message that says what to fix.
 
 Two things otter 7 does not do the way a student reads them:
 
@@ -85,3 +88,25 @@ def install(shell: Any = None) -> bool:
         *GRADING_RESULTS, lambda obj, printer, cycle: printer.text(grading_results_text(obj))
     )
     return True
+
+
+def call_cql_penalty(cql_penalty: Any, q: Any, actions: Any) -> Any:
+    """``cql_penalty`` on float32 Q-values ``q`` (B, n_actions) and ``actions`` (B,).
+
+    A log-sum-exp over the wrong axis makes torch raise "... must match ..." when the result meets
+    Q(s_i, a_i): that error becomes an AssertionError saying which axis the sum must run over.
+    """
+    import numpy as np  # not the notebook's: a public check must not depend on student imports
+    import torch
+
+    shape = np.shape(q)
+    try:
+        return cql_penalty(torch.tensor(q, dtype=torch.float32), torch.tensor(actions))
+    except RuntimeError as err:
+        if "must match" not in str(err):
+            raise
+        raise AssertionError(
+            f"cql_penalty failed on Q-values of shape (B, n_actions) = {shape}: "
+            f"{str(err).splitlines()[0].rstrip('.')}. Is the log-sum-exp taken over the actions "
+            "(dim=1)? It must give one value per state, shape (B,), like Q(s_i, a_i)."
+        ) from None
