@@ -132,3 +132,17 @@ def test_public_checks_pass_every_valid_variant(student_notebook, mutant):
                                       questions)  # fmt: skip
     shown = {q: [m.splitlines()[-1] for m in ms] for q, ms in failures.items() if ms}
     assert not public.warns(failures), f"{mutant.name} ({mutant.why}): grader.check fails {shown}"
+
+
+@pytest.mark.parametrize(("name", "value"), [("q10_answer", "'B'"), ("q11_answer", "'35'")])
+def test_a_wrong_format_is_quoted_whole_in_the_message(student_notebook, name, value):
+    """Otter strips quotes from both ends of a failure message (``str(err).strip("'")``): a
+    message ending in ``got 'B'`` reached the student as ``got 'B``. The value must stay whole."""
+    nb = corpus.solution()
+    cell = next(c for c in nb.cells if c.cell_type == "code" and f"\n{name} = " in f"\n{c.source}")
+    cell.source = re.sub(rf"(?m)^{name} = .*$", f"{name} = {value}", cell.source)
+    question = next(q for q in student_notebook.metadata["otter"]["tests"]
+                    if q.startswith(name.split("_")[0] + "_"))  # fmt: skip
+    failures = public.public_failures(nb, student_notebook, [question])[question]
+    assert failures, f"{name} = {value} passed the format check"
+    assert all(value in message for message in failures), failures

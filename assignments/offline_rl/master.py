@@ -2357,7 +2357,7 @@ q10_answer = "b"  # SOLUTION
 
 # %%
 def test_q10_format(q10_answer):
-    assert q10_answer in {"a", "b", "c", "d"}, f'q10_answer must be one of "a", "b", "c", "d", got {q10_answer!r}'
+    assert q10_answer in {"a", "b", "c", "d"}, f'q10_answer must be one of "a", "b", "c", "d", got {q10_answer!r} instead'
 
 # %% tags=["hidden_check"]
 @hidden_check(
@@ -2435,9 +2435,9 @@ def test_q11_format(q11_answer):
     # Format only: the name ends in _format, so offline_rl.checks shows a pass as "answer format
     # OK" (as for q10 and q12); the value is graded after you submit.
     assert isinstance(q11_answer, (int, float, np.integer, np.floating)) and not isinstance(q11_answer, bool), (
-        f"q11_answer must be a number (the alpha at which the greedy action at M switches), got {q11_answer!r}"
+        f"q11_answer must be a number (the alpha at which the greedy action at M switches), got {q11_answer!r} instead"
     )
-    assert np.isfinite(q11_answer), f"q11_answer must be a finite number, got {q11_answer!r}"
+    assert np.isfinite(q11_answer), f"q11_answer must be a finite number, got {q11_answer!r} instead"
     assert q11_answer >= 0, (
         f"q11_answer is a CQL weight alpha, so it must be >= 0, got {q11_answer!r}: check the sign"
     )
@@ -2495,7 +2495,7 @@ def test_q12_format(q12_answer):
     assert isinstance(q12_answer, (int, float, np.integer, np.floating)) and not isinstance(q12_answer, bool), (
         f"q12_answer must be a number, got {type(q12_answer).__name__}"
     )
-    assert np.isfinite(q12_answer), f"q12_answer must be a finite number, got {q12_answer!r}"
+    assert np.isfinite(q12_answer), f"q12_answer must be a finite number, got {q12_answer!r} instead"
 
 # %% tags=["hidden_check"]
 @hidden_check(
