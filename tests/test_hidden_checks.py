@@ -261,6 +261,32 @@ def test_a_later_question_blames_the_earlier_function_it_calls(staged, generated
         engine.compare("alpha", outputs, fixtures=expected)
 
 
+def test_the_grader_blames_with_the_used_checks_own_harvests(tmp_path):
+    """The grader harvests a check without re-running the checks it uses (they ran in their own
+    harvests); it adds their outputs before comparing, so the blame still names them."""
+    from grading import runner
+
+    with zipfile.ZipFile(ZIP) as zf:
+        zf.extractall(tmp_path)
+    grader = runner.Grader(tmp_path)
+    assert grader.blame_from["alpha"] == ("coverage", "tabular_q")
+    expected = grader.checks._load(grader.checks.EXPECTED)
+    outputs: dict[str, Any] = {
+        name: _wrong_outputs(grader.checks, name, expected, how)
+        for name, how in (("alpha", "shifted"), ("coverage", "zero"), ("tabular_q", "right"))
+    }
+    ok, why = grader._score_check("alpha", outputs["alpha"], outputs)
+    assert not ok
+    assert re.search(r"uses your `coverage_counts` / `ood_fraction` from q1_coverage.*fix q1", why)
+    outputs["coverage"] = _wrong_outputs(grader.checks, "coverage", expected, "right")
+    ok, why = grader._score_check("alpha", outputs["alpha"], outputs)
+    assert not ok and "fix q1" not in why and why.startswith("hidden case"), why
+    # A used check whose harvest left no arrays (timed out, crashed) failed: it is blamed.
+    outputs["coverage"] = "your code was stopped after 30 s on the hidden inputs"
+    ok, why = grader._score_check("alpha", outputs["alpha"], outputs)
+    assert not ok and "fix q1_coverage first" in why, why
+
+
 # ----------------------------------------------------------------------------- build errors
 def _master_with(edit: Any) -> Any:
     nb = copy.deepcopy(jupytext.read(ASSIGNMENT / "master.py"))
