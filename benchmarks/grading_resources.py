@@ -48,8 +48,10 @@ PERIOD_US = 100_000
 GOAL_S, GOAL_MB = 10.0, 400.0
 #: The grader's phase marks, in order; each phase lasts from the previous mark to its own
 #: ("start": from launching ``python -m grading`` to its first line of work: interpreter,
-#: imports, unpacking).
-PHASES = ("start", "kernel", "imports", "cells", "hidden checks", "report")
+#: imports, unpacking; "cleanup": ending the uid and removing the scratch tree after
+#: results.json is written; "exit": from there to the process's end, which Gradescope waits
+#: for too).
+PHASES = ("start", "kernel", "imports", "cells", "hidden checks", "report", "cleanup", "exit")
 
 
 @dataclass
@@ -224,11 +226,12 @@ def run_once(cgroups: list[Path] | None) -> Run:
                     samples.append((time.monotonic(), int(usage.read_text()) / 1e9))
                 time.sleep(0.02)
             wall = time.perf_counter() - t0
+            end = time.monotonic()
             if usage is not None:
                 samples.append((time.monotonic(), int(usage.read_text()) / 1e9))
         out = proc.stdout.read().decode() if proc.stdout else ""
         lines = [line for line in out.splitlines() if line.startswith("score ")]
-        marks = _marks(err_path.read_text())
+        marks = {**_marks(err_path.read_text()), "exit": end}
         run = Run(wall=wall, phases=_phases(marks, start), tree_mb=peak)
         run.score = float(lines[0].split()[1].rstrip(":")) if lines else float("nan")
         if cgroups:

@@ -553,6 +553,7 @@ class Grader:
                             cleanup.close()
                         except Exception as err:
                             print(f"grading: clean-up incomplete: {err}", file=sys.stderr)
+                    _phase("cleanup")
         finally:
             out.close()
         return result
