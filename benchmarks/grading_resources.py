@@ -10,8 +10,9 @@ half a CPU) and ``memory.limit_in_bytes`` = ``--memory-mb``. The grader and ever
 starts (the sandboxed kernel) inherit the cgroup.
 
 Prints, per run and as medians: the wall time of each grading phase (the grader's start-up,
-kernel start, the set-up cell's imports, the other cells, the hidden checks, the report; the
-grader writes them to stderr when GRADING_PHASES=1) and the CPU seconds the cgroup's processes
+kernel start, the notebook's set-up (its cells before the first answer cell: the imports), the
+other cells, the hidden checks, the report; the grader writes them to stderr when
+GRADING_PHASES=1) and the CPU seconds the cgroup's processes
 (grader and kernel together) used in each (``cpuacct.usage`` sampled every 20 ms and read at the
 phase marks: CPU time transfers between a loaded and a quiet machine, wall time does not), the
 total, the peak memory (the cgroup's ``memory.max_usage_in_bytes``,

@@ -713,12 +713,15 @@ class Grader:
 
             sandbox.run(setup)
             _phase("kernel")
-            for cell in cells:
+            # The notebook's set-up (its imports): every cell before the first answer cell.
+            first_answer = next((i for i, c in enumerate(cells) if c.answer), 0)
+            setup_end = max(first_answer - 1, 0)
+            for index, cell in enumerate(cells):
                 if left() <= 0:
                     break
                 cell.run = sandbox.run(cell.source, timeout=min(cell_timeout, left()))
-                if cell is cells[0]:
-                    _phase("imports")  # the notebook's set-up cell
+                if index == setup_end:
+                    _phase("imports")
                 if sandbox.alive():
                     if cell.run.status != "timeout":  # an interrupted cell would only time out
                         done.append(cell)
