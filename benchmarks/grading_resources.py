@@ -10,9 +10,12 @@ half a CPU) and ``memory.limit_in_bytes`` = ``--memory-mb``. The grader and ever
 starts (the sandboxed kernel) inherit the cgroup.
 
 Prints, per run and as medians: the wall time of each grading phase (the grader's start-up,
-kernel start, the set-up
-cell's imports, the other cells, the hidden checks, the report; the grader writes them to stderr
-when GRADING_PHASES=1), the total, the peak memory (the cgroup's ``memory.max_usage_in_bytes``,
+kernel start, the notebook's set-up (its cells before the first answer cell: the imports), the
+other cells, the hidden checks, the report; the grader writes them to stderr when
+GRADING_PHASES=1) and the CPU seconds the cgroup's processes
+(grader and kernel together) used in each (``cpuacct.usage`` sampled every 20 ms and read at the
+phase marks: CPU time transfers between a loaded and a quiet machine, wall time does not), the
+total, the peak memory (the cgroup's ``memory.max_usage_in_bytes``,
 page cache included, and the summed RSS of the grader's process tree sampled every 20 ms: shared
 pages count twice, so both are upper bounds), and the ratio of each to the goal: <= 10 s and
 <= 400 MB at 0.5 CPU. Exit status 0 when the medians meet the goal.
@@ -25,6 +28,7 @@ Without them (cgroup v2 only, a container, no root) it says so and measures with
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import os
 import statistics
@@ -45,8 +49,10 @@ PERIOD_US = 100_000
 GOAL_S, GOAL_MB = 10.0, 400.0
 #: The grader's phase marks, in order; each phase lasts from the previous mark to its own
 #: ("start": from launching ``python -m grading`` to its first line of work: interpreter,
-#: imports, unpacking).
-PHASES = ("start", "kernel", "imports", "cells", "hidden checks", "report")
+#: imports, unpacking; "cleanup": ending the uid and removing the scratch tree after
+#: results.json is written; "exit": from there to the process's end, which Gradescope waits
+#: for too).
+PHASES = ("start", "kernel", "imports", "cells", "hidden checks", "report", "cleanup", "exit")
 
 
 @dataclass
@@ -55,6 +61,9 @@ class Run:
 
     wall: float
     phases: dict[str, float] = field(default_factory=dict)
+    cpu_phases: dict[str, float] = field(default_factory=dict)
+    """CPU seconds (user + sys, grader and kernel) per phase; empty without cgroups."""
+    cpu_s: float | None = None
     tree_mb: float = 0.0
     cgroup_mb: float | None = None
     score: float = float("nan")
@@ -99,7 +108,7 @@ def cgroup_problem() -> str | None:
     """Why this machine cannot limit a grading with cgroups v1, or None if it can."""
     if os.geteuid() != 0:
         return "not root"
-    for controller in ("cpu", "memory"):
+    for controller in ("cpu", "cpuacct", "memory"):
         folder = CGROUP_V1 / controller
         if not (folder / "cgroup.procs").exists():
             return f"no cgroup v1 '{controller}' controller at {folder}"
@@ -110,18 +119,20 @@ def cgroup_problem() -> str | None:
 
 @contextlib.contextmanager
 def limited_cgroup(cpu: float, memory_mb: int) -> Iterator[list[Path]]:
-    """Fresh cpu and memory cgroups with the limits; yields their folders, removes them after."""
+    """Fresh cpu, memory and cpuacct cgroups with the limits; yields their folders (in that
+    order), removes them after."""
     name = f"offline-rl-resources-{os.getpid()}-{time.monotonic_ns()}"
-    cpu_dir, mem_dir = CGROUP_V1 / "cpu" / name, CGROUP_V1 / "memory" / name
-    cpu_dir.mkdir()
-    mem_dir.mkdir()
+    folders = [CGROUP_V1 / kind / name for kind in ("cpu", "memory", "cpuacct")]
+    cpu_dir, mem_dir, _acct_dir = folders
+    for folder in folders:
+        folder.mkdir()
     try:
         (cpu_dir / "cpu.cfs_period_us").write_text(str(PERIOD_US))
         (cpu_dir / "cpu.cfs_quota_us").write_text(str(round(cpu * PERIOD_US)))
         (mem_dir / "memory.limit_in_bytes").write_text(str(memory_mb * 2**20))
-        yield [cpu_dir, mem_dir]
+        yield folders
     finally:
-        for folder in (cpu_dir, mem_dir):
+        for folder in folders:
             for _ in range(50):  # the last processes may take a moment to leave
                 try:
                     folder.rmdir()
@@ -140,19 +151,46 @@ def _throttled_s(cpu_dir: Path) -> float:
 
 
 # --------------------------------------------------------------------------- one grading
-def _phases(stderr: str, start: float) -> dict[str, float]:
-    """Phase durations from the grader's "grading phase NAME T" lines (T: time.monotonic, the
-    same system-wide clock as ``start``, the launch)."""
+def _marks(stderr: str) -> dict[str, float]:
+    """The grader's "grading phase NAME T" lines (T: time.monotonic, system-wide) by name."""
     marks: dict[str, float] = {}
     for line in stderr.splitlines():
         if line.startswith("grading phase "):
             name, stamp = line[len("grading phase "):].rsplit(" ", 1)
             marks[name] = float(stamp)
+    return marks
+
+
+def _phases(marks: dict[str, float], start: float) -> dict[str, float]:
+    """Phase durations (s) from the marks; ``start`` is the launch (same clock)."""
     out, previous = {}, start
     for name in PHASES:
         if name in marks:
             out[name] = marks[name] - previous
             previous = marks[name]
+    return out
+
+
+def _cpu_at(samples: list[tuple[float, float]], when: float) -> float:
+    """The cgroup's CPU seconds at monotonic time ``when``, interpolated between samples."""
+    times = [t for t, _ in samples]
+    i = bisect.bisect_left(times, when)
+    if i == 0:
+        return samples[0][1]
+    if i == len(samples):
+        return samples[-1][1]
+    (t0, c0), (t1, c1) = samples[i - 1], samples[i]
+    return c0 + (c1 - c0) * (when - t0) / max(t1 - t0, 1e-9)
+
+
+def _cpu_phases(marks: dict[str, float], samples: list[tuple[float, float]]) -> dict[str, float]:
+    """CPU seconds per phase, from (monotonic time, cgroup CPU s) samples taken every 20 ms."""
+    out, previous = {}, 0.0
+    for name in PHASES:
+        if name in marks:
+            now = _cpu_at(samples, marks[name])
+            out[name] = now - previous
+            previous = now
     return out
 
 
@@ -167,6 +205,7 @@ def run_once(cgroups: list[Path] | None) -> Run:
         (sub / f"{NAME}.ipynb").write_bytes(solution.read_bytes())
         cmd = [sys.executable, "-m", "grading", str(src), str(sub), str(res)]
         procs = [folder / "cgroup.procs" for folder in cgroups or []]
+        acct_dir = cgroups[2] if cgroups else None
 
         def enter_cgroups() -> None:  # in the child, before exec: all its descendants follow
             for path in procs:
@@ -180,16 +219,26 @@ def run_once(cgroups: list[Path] | None) -> Run:
                                     env={**os.environ, "GRADING_PHASES": "1"},
                                     preexec_fn=enter_cgroups if procs else None)  # fmt: skip
             peak = 0.0
+            usage = acct_dir / "cpuacct.usage" if acct_dir else None
+            samples = [(start, 0.0)]  # (monotonic, CPU s of the cgroup since the launch)
             while proc.poll() is None:
                 peak = max(peak, tree_rss_mb(proc.pid))
+                if usage is not None:
+                    samples.append((time.monotonic(), int(usage.read_text()) / 1e9))
                 time.sleep(0.02)
             wall = time.perf_counter() - t0
+            end = time.monotonic()
+            if usage is not None:
+                samples.append((time.monotonic(), int(usage.read_text()) / 1e9))
         out = proc.stdout.read().decode() if proc.stdout else ""
         lines = [line for line in out.splitlines() if line.startswith("score ")]
-        run = Run(wall=wall, phases=_phases(err_path.read_text(), start), tree_mb=peak)
+        marks = {**_marks(err_path.read_text()), "exit": end}
+        run = Run(wall=wall, phases=_phases(marks, start), tree_mb=peak)
         run.score = float(lines[0].split()[1].rstrip(":")) if lines else float("nan")
         if cgroups:
-            cpu_dir, mem_dir = cgroups
+            cpu_dir, mem_dir, _ = cgroups
+            run.cpu_phases = _cpu_phases(marks, samples)
+            run.cpu_s = samples[-1][1]
             usage = int((mem_dir / "memory.max_usage_in_bytes").read_text())
             run.cgroup_mb = usage / 2**20
             run.throttled_s = _throttled_s(cpu_dir)
@@ -198,11 +247,15 @@ def run_once(cgroups: list[Path] | None) -> Run:
 
 # --------------------------------------------------------------------------- report
 def _line(run: Run) -> str:
-    phases = "  ".join(f"{k} {v:4.1f}" for k, v in run.phases.items())
+    phases = "  ".join(
+        f"{k} {v:4.1f}" + (f"/{run.cpu_phases[k]:.1f}" if k in run.cpu_phases else "")
+        for k, v in run.phases.items()
+    )
+    cpu = f"  CPU {run.cpu_s:5.1f} s" if run.cpu_s is not None else ""
     cgroup = f"cgroup peak {run.cgroup_mb:4.0f} MB  " if run.cgroup_mb is not None else ""
     throttled = f"  throttled {run.throttled_s:4.1f} s" if run.throttled_s is not None else ""
-    return (f"wall {run.wall:5.1f} s  [{phases}]  {cgroup}tree RSS {run.tree_mb:4.0f} MB  "
-            f"score {run.score:g}{throttled}")  # fmt: skip
+    return (f"wall {run.wall:5.1f} s{cpu}  [wall/CPU s: {phases}]  {cgroup}"
+            f"tree RSS {run.tree_mb:4.0f} MB  score {run.score:g}{throttled}")  # fmt: skip
 
 
 def main() -> int:
@@ -230,10 +283,18 @@ def main() -> int:
     wall = statistics.median(r.wall for r in runs)
     memory = [r.cgroup_mb if r.cgroup_mb is not None else r.tree_mb for r in runs]
     peak = statistics.median(memory)
-    print("median phases: " + "  ".join(
-        f"{name} {statistics.median(r.phases.get(name, 0.0) for r in runs):.1f} s"
+    print("median phases, wall s: " + "  ".join(
+        f"{name} {statistics.median(r.phases.get(name, 0.0) for r in runs):.1f}"
         for name in PHASES
     ))  # fmt: skip
+    if not problem:
+        print("median phases, CPU s (grader + kernel): " + "  ".join(
+            f"{name} {statistics.median(r.cpu_phases.get(name, 0.0) for r in runs):.1f}"
+            for name in PHASES
+        ))  # fmt: skip
+        cpu_total = statistics.median(r.cpu_s or 0.0 for r in runs)
+        print(f"median CPU {cpu_total:.1f} s (at {args.cpu:g} CPU the wall time is at least "
+              f"{cpu_total / args.cpu:.1f} s)")  # fmt: skip
     print(f"median wall {wall:.1f} s: {wall / GOAL_S:.2f} x the goal ({GOAL_S:g} s at 0.5 CPU)")
     source = "tree RSS" if problem else "cgroup peak, page cache included"
     print(f"median peak {peak:.0f} MB ({source}): {peak / GOAL_MB:.2f} x the goal "

@@ -41,8 +41,11 @@ def _where_defined(name: str) -> str:
     )
 
 
-def harvest(check: str, namespace: dict[str, Any], out_path: str) -> None:
-    """Run hidden check ``check``'s first step on the student's functions; save the arrays."""
+def harvest(check: str, namespace: dict[str, Any], out_path: str, uses: bool = True) -> None:
+    """Run hidden check ``check``'s first step on the student's functions; save the arrays.
+
+    ``uses=False`` skips the checks ``check`` uses (they are re-run only to blame them when
+    ``check`` fails; the grader then takes their outputs from their own harvests)."""
     import hidden_checks
 
     fn = hidden_checks.CHECKS[check]
@@ -52,7 +55,7 @@ def harvest(check: str, namespace: dict[str, Any], out_path: str) -> None:
         outputs = {"__error__": np.array(" ".join(_where_defined(n) for n in missing))}
     else:
         try:
-            outputs = fn(*[namespace[n] for n in names])
+            outputs = fn(*[namespace[n] for n in names], uses=uses)
         except Exception as err:
             outputs = {
                 "__error__": np.array(f"checking your code raised {type(err).__name__}: {err}")

@@ -261,6 +261,86 @@ def test_a_later_question_blames_the_earlier_function_it_calls(staged, generated
         engine.compare("alpha", outputs, fixtures=expected)
 
 
+def test_the_grader_blames_with_the_used_checks_own_harvests(tmp_path):
+    """The grader harvests a check without re-running the checks it uses (they ran in their own
+    harvests); it adds their outputs before comparing, so the blame still names them."""
+    from grading import runner
+
+    with zipfile.ZipFile(ZIP) as zf:
+        zf.extractall(tmp_path)
+    grader = runner.Grader(tmp_path)
+    assert grader.blame_from["alpha"] == ("coverage", "tabular_q")
+    expected = grader.checks._load(grader.checks.EXPECTED)
+    outputs: dict[str, Any] = {
+        name: _wrong_outputs(grader.checks, name, expected, how)
+        for name, how in (("alpha", "shifted"), ("coverage", "zero"), ("tabular_q", "right"))
+    }
+    ok, why = grader._score_check("alpha", outputs["alpha"], outputs)
+    assert not ok
+    assert re.search(r"uses your `coverage_counts` / `ood_fraction` from q1_coverage.*fix q1", why)
+    outputs["coverage"] = _wrong_outputs(grader.checks, "coverage", expected, "right")
+    ok, why = grader._score_check("alpha", outputs["alpha"], outputs)
+    assert not ok and "fix q1" not in why and why.startswith("hidden case"), why
+    # A used check whose harvest left no arrays (timed out, crashed) failed: it is blamed.
+    outputs["coverage"] = "your code was stopped after 30 s on the hidden inputs"
+    ok, why = grader._score_check("alpha", outputs["alpha"], outputs)
+    assert not ok and "fix q1_coverage first" in why, why
+
+
+CASE = "@test_case({kw})\ndef test_{i}(x):\n    assert x\n"
+#: Test files in otter's format, beside the release's: points split, given per case, as a list,
+#: absent, and files only otter's own parser reads (the grader then hands them to otter).
+SYNTHETIC_TEST_FILES = [
+    ("points = 4", ["points=None, hidden=False", "hidden=True, failure_message='m'"] * 3),
+    ("points = 3", ["points=1", "points=None, hidden=True", "points=None"]),
+    ("points = [1, 2.5]", ["hidden=True", "hidden=False"]),
+    ("", ["hidden=True", "points=0"]),
+    ("", ["points=2, hidden=True", "points=None"]),
+    ("points = 1 + 1", ["hidden=True"]),
+    ("name = name + '_x'", ["hidden=True"]),
+    ("from otter.test_files import test_case as tc", ["hidden=True"]),
+]
+
+
+def _graded(test_file: tuple[str, float, list[Any]]) -> tuple[str, list[tuple[str, bool, Any]]]:
+    """What the grader takes from a test file besides its points: name, and per case the
+    function's name, whether it is hidden, its failure message."""
+    name, _, cases = test_file
+    return name, [(c.function, c.hidden, c.failure_message) for c in cases]
+
+
+@pytest.mark.parametrize("header, cases", SYNTHETIC_TEST_FILES)
+def test_the_graders_test_file_reader_agrees_with_otter(tmp_path, header, cases):
+    """The grader reads otter's test files without importing otter (~0.6 CPU-s per grading);
+    where it can't, otter does. Either way it gets what otter's own parser gets."""
+    from grading import runner
+
+    body = "".join(CASE.format(kw=kw, i=i) for i, kw in enumerate(cases))
+    path = tmp_path / "q.py"
+    path.write_text(f"from otter.test_files import test_case\n\nname = 'q'\n{header}\n\n{body}")
+    got = runner._otter_test_file(path)
+    try:
+        parsed = runner._parse_test_file(path.read_text())
+    except ValueError:
+        assert header.startswith(("points = 1 +", "name = name", "from")), "a plain file refused"
+        return
+    assert _graded(parsed) == _graded(got)
+    assert parsed[1] == pytest.approx(got[1], abs=1e-12)
+
+
+def test_the_graders_test_file_reader_agrees_with_otter_on_the_release(tmp_path):
+    from grading import runner
+
+    with zipfile.ZipFile(ZIP) as zf:
+        names = [n for n in zf.namelist() if n.startswith("tests/") and n.endswith(".py")]
+        zf.extractall(tmp_path, members=names)
+    assert len(names) >= 12
+    for name in names:
+        path = tmp_path / name
+        parsed, got = runner._parse_test_file(path.read_text()), runner._otter_test_file(path)
+        assert _graded(parsed) == _graded(got) and parsed[1] == got[1], name
+
+
 # ----------------------------------------------------------------------------- build errors
 def _master_with(edit: Any) -> Any:
     nb = copy.deepcopy(jupytext.read(ASSIGNMENT / "master.py"))

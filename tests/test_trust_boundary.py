@@ -764,3 +764,39 @@ def test_results_file_check_refuses_what_root_did_not_write(tmp_path):
     path.symlink_to(tmp_path / "elsewhere.json")
     assert subprocess.run(check, cwd=corpus.ROOT, capture_output=True).returncode == 1
     assert "grading.results" in build_release.RUN_AUTOGRADER
+
+
+def test_kernel_memory_group_lies_inside_the_graders_own():
+    """A grader that runs under a memory limit (a container's, or `make resources`' 768 MB)
+    keeps its kernel under it: the kernel's group is made inside the grader's own group (a
+    group at the top of the tree would escape the limit)."""
+    require_root()
+    top = sandbox.CGROUP_MEMORY
+    if not os.access(top, os.W_OK):
+        message = f"{top} (cgroup v1 memory) is not writable here"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    outer = top / f"grading-test-{os.getpid()}-{time.monotonic_ns()}"
+    outer.mkdir()
+    code = (
+        "from grading import sandbox\n"
+        "group = sandbox.memory_cgroup('inner', sandbox.SandboxConfig(uid=1))\n"
+        "print(group)\n"
+        "sandbox.remove_cgroup(group)\n"
+    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+            cwd=GRADING.parent,
+            preexec_fn=lambda: (outer / "cgroup.procs").write_text(str(os.getpid())),
+        )  # fmt: skip
+    finally:
+        for _ in range(50):  # the child may take a moment to leave
+            try:
+                outer.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(outer / "inner"), proc.stdout
