@@ -133,33 +133,72 @@ def test_memory_blow_up_is_a_memory_error_not_a_dead_grader(several_mistakes):
     assert "ran out of memory" in _report(results), _report(results)
 
 
-def test_endless_loop_in_a_function_zeroes_that_question_only(full):
-    nb = _edit("    logsumexp = torch.logsumexp(q_values, dim=1)", "    while True:\n        pass")
+# Three endless loops in one notebook, graded once (each costs LOOP_SECONDS, a grading about
+# 20 s more): an endless function (q5's penalty, stopped on the hidden inputs), a plain loop
+# cell (stopped by an interrupt) and a loop that swallows interrupts (the kernel is killed and
+# restarted). The loop cells follow q4's and q6's cells, not q5's, so each effect shows on its
+# own: q5 alone loses points, each loop cell is named with its own fate, one restart in all.
+ENDLESS_FUNCTION = (
+    "    logsumexp = torch.logsumexp(q_values, dim=1)",
+    "    while True:\n        pass",
+)
+PLAIN_LOOP = "while True:\n    pass"
+STUBBORN_LOOP = (
+    "while True:\n    try:\n        while True:\n            pass\n"
+    "    except BaseException:\n        pass"
+)
+
+
+@pytest.fixture(scope="module")
+def endless_loops() -> tuple[nbformat.NotebookNode, dict, float]:
+    nb = _edit(*ENDLESS_FUNCTION)
+    nb = corpus.insert_cell(nb, PLAIN_LOOP, after="def bc_loss(")
+    nb = corpus.insert_cell(nb, STUBBORN_LOOP, after="def bcq_policy(")
     t0 = time.monotonic()
     results = _valid(corpus.grade(nb, extra_args=FAST))
-    seconds = time.monotonic() - t0
-    _only_lost(results, full, {"q5_cql": 0.0})
-    q5 = _question(results, "q5_cql")
-    assert f"stopped after {LOOP_SECONDS} s" in q5["output"], q5["output"]
-    # Not a speed figure: the old bug ran the loop to the 420 s budget; anything below it passes.
+    return nb, results, time.monotonic() - t0
+
+
+loops = pytest.mark.xdist_group("endless-loops")  # one worker: one grading
+
+
+def _cell_line(nb: nbformat.NotebookNode, results: dict, source: str) -> str:
+    """The report's line about the cell whose source is ``source`` ("" if none)."""
+    number = next(i for i, c in enumerate(nb.cells, 1) if c.source == source)
+    return next((ln for ln in _report(results).splitlines() if f"cell {number} " in ln), "")
+
+
+@loops
+def test_endless_loops_cost_only_the_question_of_the_endless_function(full, endless_loops):
+    _nb, results, seconds = endless_loops
+    _only_lost(results, full, {"q5_cql": 0.0})  # the two loop cells cost no question
+    # Not a speed figure: the old bug ran each loop to the 420 s budget; anything below it passes.
     assert seconds < 300, f"grading took {seconds:.0f} s"
 
 
-def test_endless_loop_cell_is_stopped_and_the_rest_graded(full):
-    nb = corpus.insert_cell(corpus.solution(), "while True:\n    pass", after="def bc_loss(")
-    results = _valid(corpus.grade(nb, extra_args=FAST))
-    _only_lost(results, full, {})
-    assert f"was stopped after {LOOP_SECONDS} s" in _report(results)
+@loops
+def test_endless_loop_in_a_function_zeroes_that_question_only(endless_loops):
+    _nb, results, _seconds = endless_loops
+    q5 = _question(results, "q5_cql")
+    assert f"stopped after {LOOP_SECONDS} s on the hidden inputs" in q5["output"], q5["output"]
 
 
-def test_loop_that_ignores_interrupts_is_killed_and_the_kernel_restarted(full):
-    stubborn = (
-        "while True:\n    try:\n        while True:\n            pass\n"
-        "    except BaseException:\n        pass"
+@loops
+def test_endless_loop_cell_is_stopped_and_the_rest_graded(endless_loops):
+    nb, results, _seconds = endless_loops
+    line = _cell_line(nb, results, PLAIN_LOOP)
+    assert f"was stopped after {LOOP_SECONDS} s" in line, (
+        f"the plain loop cell is not reported as stopped:\n{_report(results)}"
     )
-    nb = corpus.insert_cell(corpus.solution(), stubborn, after="def bc_loss(")
-    results = _valid(corpus.grade(nb, extra_args=FAST))
-    _only_lost(results, full, {})
+
+
+@loops
+def test_loop_that_ignores_interrupts_is_killed_and_the_kernel_restarted(endless_loops):
+    nb, results, _seconds = endless_loops
+    assert _cell_line(nb, results, STUBBORN_LOOP), (
+        f"the loop that ignores interrupts is not reported:\n{_report(results)}"
+    )
+    # Exactly one: the interruptible loop and the endless function must not cost a restart.
     assert "restarted 1 time" in _report(results), _report(results)
 
 
