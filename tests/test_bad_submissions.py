@@ -138,13 +138,16 @@ def test_memory_blow_up_is_a_memory_error_not_a_dead_grader(several_mistakes):
 # cell (stopped by an interrupt) and a loop that swallows interrupts (the kernel is killed and
 # restarted). The loop cells follow q4's and q6's cells, not q5's, so each effect shows on its
 # own: q5 alone loses points, each loop cell is named with its own fate, one restart in all.
+# The plain loop burns CPU, the way a student's loop does. The other two wait instead (what stops
+# them, an interrupt or a kill, works the same on a waiting loop): two CPU-burning loops more
+# only took 30 CPU-s from the tests on the other core.
 ENDLESS_FUNCTION = (
     "    logsumexp = torch.logsumexp(q_values, dim=1)",
-    "    while True:\n        pass",
+    "    import time\n    while True:\n        time.sleep(1)",
 )
 PLAIN_LOOP = "while True:\n    pass"
 STUBBORN_LOOP = (
-    "while True:\n    try:\n        while True:\n            pass\n"
+    "import time\nwhile True:\n    try:\n        while True:\n            time.sleep(1)\n"
     "    except BaseException:\n        pass"
 )
 
