@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -351,9 +351,12 @@ def replay_run(request: pytest.FixtureRequest, _root: None) -> Iterator[Future[_
         yield pool.submit(_grade_replay)
 
 
-def test_replays_count_against_the_time_budget(replay_run: Future[_Graded] | None) -> None:
+def test_replays_count_against_the_time_budget(
+    replay_run: Future[_Graded] | None, record_property: Callable[[str, object], None]
+) -> None:
     assert replay_run is not None
     graded = replay_run.result()
+    record_property("measured", f"{graded.seconds:.0f} s with a {REPLAY_BUDGET:.0f} s budget")
     report = graded.question("Notebook report")
     assert "crashed the Python kernel" in report, report
     limit = REPLAY_BUDGET + REPLAY_TEARDOWN
