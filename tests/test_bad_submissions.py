@@ -62,9 +62,9 @@ def _only_lost(results: dict, full: dict, lost: dict[str, float]) -> None:
     assert got == {q: lost.get(q, p) for q, p in full.items()}, got
 
 
-# Five independent mistakes in one notebook, graded once (a grading is most of a test's time):
-# each sits in a question of its own or in a cell of its own, so together they prove that each
-# cost its own question and nothing else, and each test below reads the message of its own.
+# Five independent mistakes and a daemon in one notebook, graded once (a grading is most of a
+# test's time): each sits in a question of its own or in a cell of its own, so together they
+# prove that each cost its own question and nothing else; each test below reads its own message.
 SYNTAX = ("def cql_penalty(q_values, actions):", "def cql_penalty(q_values, actions:")  # q5
 RAISES = (
     "def bc_loss(logits, actions):",
@@ -75,14 +75,28 @@ SPAM = "for i in range(300_000):\n    print('spam ' * 20)"  # about 30 MB of out
 BLOW_UP = "import numpy as np\nhog = np.ones(3 * 2**30, dtype=np.uint8)"  # past the kernel's cap
 
 
+# And a daemon: a process in a session of its own that would run for ever. The run's uid is
+# forced, so that what of it is left after the grading can be looked for.
+DAEMON = (
+    "import subprocess, sys\n"
+    "subprocess.Popen([sys.executable, '-c', 'import time\\nwhile True: time.sleep(1)'],"
+    " start_new_session=True)"
+)
+SEVERAL_UID = 61_290
+
+
 @pytest.fixture(scope="module")
-def several_mistakes() -> tuple[nbformat.NotebookNode, dict]:
+def several_mistakes() -> tuple[nbformat.NotebookNode, dict, list[str]]:
+    """(the notebook, its results, the pids of SEVERAL_UID still running after the grading)."""
     nb = _edit(*SYNTAX)
     nb = _edit(*RAISES, nb=nb)
     nb = _edit(*RENAMED, nb=nb)
     nb = corpus.insert_cell(nb, SPAM)
+    nb = corpus.insert_cell(nb, DAEMON)
     nb = corpus.insert_cell(nb, BLOW_UP, after="def bc_loss(")
-    return nb, _valid(corpus.grade(nb))
+    results = _valid(corpus.grade(nb, uid=SEVERAL_UID))
+    left = [p for p in os.listdir("/proc") if p.isdigit() and _alive_as(p, SEVERAL_UID)]
+    return nb, results, left
 
 
 several = pytest.mark.xdist_group("several-mistakes")  # one worker: one grading
@@ -90,13 +104,13 @@ several = pytest.mark.xdist_group("several-mistakes")  # one worker: one grading
 
 @several
 def test_each_mistake_costs_only_its_own_question(full, several_mistakes):
-    _nb, results = several_mistakes
+    _nb, results, _left = several_mistakes
     _only_lost(results, full, {"q4_behavior_cloning": 0.0, "q5_cql": 0.0, "q6_bcq": 0.0})
 
 
 @several
 def test_syntax_error_is_named_with_its_question(several_mistakes):
-    _nb, results = several_mistakes
+    _nb, results, _left = several_mistakes
     report = _report(results)
     assert "SyntaxError" in report and "question q5_cql" in report, report
     q5 = _question(results, "q5_cql")
@@ -105,7 +119,7 @@ def test_syntax_error_is_named_with_its_question(several_mistakes):
 
 @several
 def test_exception_names_the_cell_that_raised(several_mistakes):
-    nb, results = several_mistakes
+    nb, results, _left = several_mistakes
     report = _report(results)
     number = next(i for i, c in enumerate(nb.cells, 1) if "oops, debugging" in c.source)
     assert f"cell {number} " in report and "ValueError: oops, debugging" in report, report
@@ -115,21 +129,21 @@ def test_exception_names_the_cell_that_raised(several_mistakes):
 
 @several
 def test_renamed_function_is_named_in_the_message(several_mistakes):
-    _nb, results = several_mistakes
+    _nb, results, _left = several_mistakes
     q6 = _question(results, "q6_bcq")
     assert "defines no `bcq_policy`" in q6["output"], q6["output"]
 
 
 @several
 def test_huge_printed_output_is_counted_not_kept(several_mistakes):
-    _nb, results = several_mistakes
+    _nb, results, _left = several_mistakes
     assert "printed" in _report(results)
     assert len(json.dumps(results)) < 50_000
 
 
 @several
 def test_memory_blow_up_is_a_memory_error_not_a_dead_grader(several_mistakes):
-    _nb, results = several_mistakes
+    _nb, results, _left = several_mistakes
     assert "ran out of memory" in _report(results), _report(results)
 
 
@@ -286,15 +300,10 @@ def test_memory_blow_up_inside_a_check_fails_that_check(full):
     _only_lost(results, full, {"q5_cql": 0.0})
 
 
-def test_no_student_process_outlives_grading(full):
-    daemon = (
-        "import subprocess, sys\n"
-        "subprocess.Popen([sys.executable, '-c', 'import time\\nwhile True: time.sleep(1)'],"
-        " start_new_session=True)"
-    )
-    results = _valid(corpus.grade(corpus.insert_cell(corpus.solution(), daemon), uid=61_290))
-    _only_lost(results, full, {})
-    left = [p for p in os.listdir("/proc") if p.isdigit() and _alive_as(p, 61_290)]
+@several
+def test_no_student_process_outlives_grading(several_mistakes):
+    """The daemon cost nothing (test_each_mistake_costs_only_its_own_question) and died."""
+    _nb, _results, left = several_mistakes
     assert not left, f"processes of the sandbox user survived grading: {left}"
 
 
