@@ -325,6 +325,9 @@ def test_crashing_cell_is_not_replayed_and_costs_nothing_else():
 #: sleeps on replay take their wall time whatever the load. Why not a smaller budget: the grader
 #: gives reading the upload a quarter of it, and at 60 s that (15 s) ran out with one core held
 #: by a CPU hog. The cells keep the default 60 s timeout (10 s timed the setup cell out).
+#: 072e724 counts replays already; to see this fail, give GRADING_UNDER_TEST a copy of grading/
+#: whose restart() replays every cell with ``timeout=cell_timeout`` and no ``left()`` check (the
+#: run then took 294 s against a 90 s limit, with the 60 s budget of an earlier version).
 REPLAY_BUDGET, REPLAY_CELL_SECONDS, REPLAY_CELLS = 120.0, 10.0, 24
 REPLAY_DEADLINE = REPLAY_BUDGET + REPLAY_CELLS * REPLAY_CELL_SECONDS
 REPLAY_TEARDOWN = 30.0
