@@ -26,7 +26,14 @@ import pytest
 from tests.conftest import ROOT, require_root
 from tests.corpus import attacks, corpus
 
-pytestmark = [pytest.mark.slow, pytest.mark.grading, pytest.mark.early]
+# One worker runs the module: ``--dist loadgroup`` otherwise hands its tests to both workers, and
+# each builds the module-scoped ``graded_class`` (the class graded twice: 148 s and 83 s).
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.grading,
+    pytest.mark.early,
+    pytest.mark.xdist_group("batch"),
+]
 
 #: Six wrong mutants over different questions (one whose mistake cascades into q5).
 MUTANTS = [

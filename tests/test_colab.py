@@ -94,8 +94,11 @@ def colab_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     index = ["--extra-index-url", TORCH_CPU_INDEX] if sync_environment.host_resolves(
         TORCH_CPU_INDEX) else []
     pins = [f"{name}=={version}" for name, version in COLAB.items()]
-    _run([str(python), "-m", "pip", "install", "--quiet", *index, f"torch=={torch}", *pins],
-         timeout=1200)
+    # --no-compile: the venv must only HOLD Colab's versions. Compiling every module's bytecode
+    # (torch's thousands) was half of pip's time: 166 s and 75 CPU-s with it, 85 s and 38 CPU-s
+    # without (2026-12-06, load 5); the modules the notebooks import compile when imported.
+    _run([str(python), "-m", "pip", "install", "--quiet", "--no-compile", *index,
+          f"torch=={torch}", *pins], timeout=1200)
     return python
 
 
@@ -152,6 +155,7 @@ def _check_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
 
 
 @pytest.mark.slow
+@pytest.mark.early  # about 4 minutes (the venv, then two Run Alls): not at the end of the run
 def test_the_hand_out_runs_on_colab_versions(colab_venv, fresh_release, tmp_path):
     before = _versions(colab_venv)
     for name, version in COLAB.items():

@@ -1,8 +1,21 @@
 """Tampering gains nothing: each attack works on plain ``otter run`` and fails in our grader.
 
-The plain-otter half of each test is marked ``xfail(strict=True)``: it must fail there (the attack
-gains points or shows hidden values); if otter ever stops being fooled the xfail turns into an
-error and this file needs a new look. The sandboxed half must pass.
+The plain-otter half is marked ``xfail(strict=True)``: it must fail there (the attack gains points
+or shows hidden values); if otter ever stops being fooled the xfail turns into an error and this
+file needs a new look. The sandboxed half must pass, and runs for every attack.
+
+Plain otter runs once per attack CLASS, not once per attack (each plain run costs a full otter
+grading, 25-40 s): the attacks of one class fool otter for one reason, so one representative
+documents it, and the sandboxed half still grades every attack. The classes:
+
+* code in the student's kernel replaces what the tests call: otter's test classes
+  (``monkeypatch_otter``, the representative), otter's ``Checker`` (``redefine_grader``), the
+  import of the hidden checks (``monkeypatch_builtins``), numpy's and torch's comparisons
+  (``monkeypatch_numpy_torch``): otter runs its tests in that same kernel;
+* the kernel rewrites the test and fixture files on disk (``rewrite_tests_and_fixtures``): otter
+  reads them after the student's code ran, from a folder the kernel can write;
+* the kernel reads the expected values (``read_and_print_expected``): otter's fixtures sit where
+  the kernel can read them.
 """
 
 from __future__ import annotations
@@ -19,15 +32,13 @@ class AttackSucceededError(AssertionError):
     """The attack gained points or showed hidden values."""
 
 
-PLAIN = pytest.param(
-    "plain-otter",
-    marks=pytest.mark.xfail(
-        strict=True,
-        raises=AttackSucceededError,
-        reason="otter runs the tests in the student's kernel",
-    ),
+FOOLED = pytest.mark.xfail(
+    strict=True, raises=AttackSucceededError, reason="otter runs the tests in the student's kernel"
 )
+PLAIN = pytest.param("plain-otter", marks=FOOLED)
 GRADERS = [PLAIN, "sandboxed"]
+#: The other attacks of an already documented class: the sandboxed grader only (see the docstring).
+SANDBOXED = ["sandboxed"]
 
 
 def _grade(grader: str, nb) -> tuple[dict[str, float], dict]:
@@ -44,10 +55,16 @@ def _attacked(name: str, base):
     return corpus.insert_cell(base, attacks.ATTACKS[name], after=anchor)
 
 
-@pytest.mark.parametrize("grader", GRADERS)
 @pytest.mark.parametrize(
-    "name",
-    ["monkeypatch_otter", "redefine_grader", "monkeypatch_builtins", "rewrite_tests_and_fixtures"],
+    ("name", "grader"),
+    [
+        pytest.param("monkeypatch_otter", "plain-otter", marks=FOOLED),
+        ("monkeypatch_otter", "sandboxed"),
+        pytest.param("rewrite_tests_and_fixtures", "plain-otter", marks=FOOLED),
+        ("rewrite_tests_and_fixtures", "sandboxed"),
+        ("redefine_grader", "sandboxed"),
+        ("monkeypatch_builtins", "sandboxed"),
+    ],
 )
 def test_attack_on_blank_notebook_scores_zero(name, grader):
     scores, _ = _grade(grader, _attacked(name, corpus.student()))
@@ -62,7 +79,7 @@ def cql_max_mutant():
     return corpus.apply(corpus.solution(), mutant), mutant
 
 
-@pytest.mark.parametrize("grader", GRADERS)
+@pytest.mark.parametrize("grader", SANDBOXED)
 def test_patching_numpy_and_torch_does_not_hide_a_wrong_penalty(cql_max_mutant, grader):
     nb, mutant = cql_max_mutant
     scores, _ = _grade(grader, _attacked("monkeypatch_numpy_torch", nb))

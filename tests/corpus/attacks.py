@@ -283,9 +283,16 @@ CRASH_CELL_THEN_CRASHING_CHECK = [patch_harvest({"td_target": "crash"}), "import
 NPZ_ATTACKS = [patch_harvest({"coverage": "bomb", "bcq": "huge_header", "alpha": "object_array"})]
 NPZ_LOST = {"coverage", "bcq", "alpha"}
 
-#: Finding 6: slow cells, then one that kills the kernel: the old grader replayed every earlier
-#: cell on the restart without looking at the clock (scaled down by the test: see SLOW_CELL).
-SLOW_CELL = "import time; time.sleep({seconds})"
+#: Finding 6: cells, then one that kills the kernel: the old grader replayed every earlier cell on
+#: the restart without looking at the clock. The cells are instant on their first run and slow
+#: only on a replay (the crash cell leaves a marker file in the working folder first), so the
+#: crash is reached within seconds however loaded the machine is, and only the replay meets the
+#: budget. The test sets ``seconds`` and the number of cells.
+REPLAY_MARKER = ".crashed-once"
+SLOW_ON_REPLAY_CELL = (
+    "import os, time\nif os.path.exists({marker!r}):\n    time.sleep({seconds})"
+)
+CRASH_AFTER_MARKING = f"open({REPLAY_MARKER!r}, 'w').close()\nimport os; os._exit(1)"
 
 #: Finding 8 and the scratch tree: what the kernel can see of the machine. Each probe raises with
 #: what it found, so the report shows it (the test reads it there).
