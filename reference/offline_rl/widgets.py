@@ -14,6 +14,7 @@ Signatures of the functions passed in (the notebook's questions):
 
 from __future__ import annotations
 
+import base64
 import io
 import re
 import traceback
@@ -24,7 +25,7 @@ from typing import Any
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
-from IPython.display import Image, display
+from IPython.display import display
 
 from offline_rl import plotting
 from offline_rl.behavior import narrow_expert_dataset, quality_dataset, random_policy
@@ -128,9 +129,9 @@ def _raised_in_a_notebook_cell(err: BaseException) -> bool:
 
 
 def _note(output: widgets.Output, message: str) -> None:
-    with output:
-        output.clear_output(wait=True)
-        print(f"{message}. This demo runs on it: finish the question, then re-run this cell.")
+    """Replace what ``output`` shows by one line (set in the kernel, as ``_show`` does)."""
+    text = f"{message}. This demo runs on it: finish the question, then re-run this cell.\n"
+    output.outputs = ({"output_type": "stream", "name": "stdout", "text": text},)
 
 
 @dataclass(frozen=True)
@@ -159,9 +160,18 @@ def _render(fig: plt.Figure) -> _Frame:
 
 
 def _show(frame: _Frame, output: widgets.Output) -> None:
-    with output:
-        output.clear_output(wait=True)
-        display(Image(data=frame.png, format="png"))
+    """Replace what ``output`` shows by the frame's figure.
+
+    The widget's ``outputs`` are set here, in the kernel, in one message. Not ``with output:
+    display(...)``: that routes the kernel's display message through the front end, which sends
+    the widget's whole state (the PNG) back to the kernel; nbclient's Run All then stalled for
+    its 600 s timeout after a demo cell now and then (issue 24's profiling, 3 runs of 4).
+    """
+    image = base64.b64encode(frame.png).decode("ascii")
+    output.outputs = (
+        {"output_type": "display_data", "metadata": {},
+         "data": {"image/png": image, "text/plain": frame.caption or "a demo figure"}},
+    )  # fmt: skip
 
 
 def _describe(fig: plt.Figure) -> str:
