@@ -1,13 +1,16 @@
 """Each demo's first render and every slider move, headless: CPU seconds per step.
 
-    python benchmarks/profile_demos.py [--repeat 3] [--cprofile DEMO]
+    python benchmarks/profile_demos.py [--repeat 3] [--demos 1234] [--cprofile DEMO]
 
 Builds the four demos on the reference's functions (the solution's twins) and moves each
-slider to every value, the way a student would. A figure is rendered to PNG as the notebook's
-inline backend does (``bbox_inches="tight"``), so the figure's cost is counted. CPU time of
+slider to every value, the way a student would. Every figure is rendered to PNG, as in a
+notebook, so its cost is counted (the demos before issue 24 displayed a figure, which the
+inline backend renders with ``bbox_inches="tight"``: ``_show`` below pays that). CPU time of
 this process (user + sys, ``time.process_time``) is reported, not wall time: the course's
 machine is shared. Each demo is built ``--repeat`` times and the median printed. A move to a
-value seen before is a cache hit (what a student gets when sliding back).
+value seen before is a cache hit (what a student gets when sliding back). Outside a kernel
+Demo 4 computes all its curves before its first figure (in a notebook it draws them as they
+fill in, one quality at a time).
 
 ``--cprofile N`` (1-4): the top functions of demo N's first render and moves, by cumulative time.
 """
