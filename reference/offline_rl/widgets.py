@@ -162,10 +162,12 @@ def _render(fig: plt.Figure) -> _Frame:
 def _show(frame: _Frame, output: widgets.Output) -> None:
     """Replace what ``output`` shows by the frame's figure.
 
-    The widget's ``outputs`` are set here, in the kernel, in one message. Not ``with output:
-    display(...)``: that routes the kernel's display message through the front end, which sends
-    the widget's whole state (the PNG) back to the kernel; nbclient's Run All then stalled for
-    its 600 s timeout after a demo cell now and then (issue 24's profiling, 3 runs of 4).
+    The widget's ``outputs`` are set here, in the kernel, in one message, rather than captured
+    from ``with output: display(...)`` (where the front end sends the widget's whole state, the
+    PNG, back to the kernel after every display). With the capture, nbclient's Run All of the
+    solution (benchmarks/profile_notebook.py) waited out its 600 s timeout after a demo cell in
+    3 runs of 4 while issue 24 was profiled (cause not pinned down); set directly, in none of
+    2 runs, and the browser test's JupyterLab shows the same figures.
     """
     image = base64.b64encode(frame.png).decode("ascii")
     output.outputs = (
