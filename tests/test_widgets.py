@@ -191,3 +191,136 @@ def test_wait_for_says_when_the_students_own_code_raised(capsys):
     exec(compile(source, "/tmp/ipykernel_4242/654321.py", "exec"), cell)
     assert widgets.wait_for("q1", cell["stub_user"]) is None
     assert capsys.readouterr().out == f"waiting for your code (q1): {widgets.WAITING_ADVICE}\n"
+
+
+# ------------------------------------------------- speed, with the same results (issue 24)
+class _Handle:
+    """What ``display(..., display_id=True)`` returns in a kernel: records its updates."""
+
+    def __init__(self, shown: object) -> None:
+        self.shown = [shown]
+
+    def update(self, obj: object) -> None:
+        self.shown.append(obj)
+
+
+def _as_in_a_notebook(monkeypatch):
+    """Make the demos behave as in a kernel; returns the display handles they create."""
+    handles: list[_Handle] = []
+
+    def display(obj, display_id=False):
+        handles.append(_Handle(obj))
+        return handles[-1] if display_id else None
+
+    monkeypatch.setattr(widgets, "_in_notebook", lambda: True)
+    monkeypatch.setattr(widgets, "display", display)
+    return handles
+
+
+def test_demo4_shows_its_curves_filling_in_one_quality_at_a_time(monkeypatch):
+    """The first figure comes after one call of the student's experiment (a fifth of the work),
+    says how far it is, and the finished curves are the experiment's on all qualities at once."""
+    from offline_rl.algorithms.experiments import quality_experiment
+
+    handles = _as_in_a_notebook(monkeypatch)
+    calls: list[list[float]] = []
+
+    def student(qualities, seeds, **kwargs):
+        calls.append(list(qualities))
+        return quality_experiment(qualities, seeds, **kwargs)
+
+    shown: list[tuple[int, str, list[np.ndarray]]] = []  # (calls so far, caption, curves)
+    render = widgets._render
+
+    def spy(fig):
+        curves = [np.asarray(line.get_ydata(), dtype=float) for line in fig.axes[0].lines[:3]]
+        frame = render(fig)
+        shown.append((len(calls), frame.caption, curves))
+        return frame
+
+    monkeypatch.setattr(widgets, "_render", spy)
+    box = widgets.quality_demo(quality_experiment_fn=student, coverage_fn=coverage_counts,
+                               seeds=(0, 1))  # fmt: skip
+    qualities = [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert calls == [[q] for q in qualities], calls
+    # Shown at once (before any figure), then one figure per quality, the last one finished.
+    assert handles[0].shown[0] is box, "the demo is not displayed while its curves fill in"
+    assert [n for n, _, _ in shown] == [1, 2, 3, 4, 5], [n for n, _, _ in shown]
+    for n, caption, curves in shown[:-1]:
+        assert f"{n} of 5 qualities so far" in caption, caption
+        assert all(np.isnan(c[n:]).all() and not np.isnan(c[:n]).any() for c in curves), curves
+    final_caption, final = shown[-1][1], shown[-1][2]
+    assert "so far" not in final_caption and "quality 0.50" in final_caption, final_caption
+    expected = quality_experiment(qualities, [0, 1])
+    for curve, key in zip(final, ("bc", "naive", "cql"), strict=True):
+        np.testing.assert_array_equal(curve, expected[key])
+    # The progress line is gone, and so is the early display: the cell's value shows the demo.
+    progress = box.children[2]
+    assert progress.layout.display == "none" and progress.value == "", progress.value
+    assert handles[0].shown[-1] is not box and handles[0].shown[-1].value == "", handles[0].shown
+
+
+def test_demo4_stops_at_the_first_quality_the_students_code_fails_on(monkeypatch):
+    _as_in_a_notebook(monkeypatch)
+    calls = []
+
+    def half_written(qualities, seeds, **kwargs):
+        calls.append(qualities)
+        if qualities[0] > 0.3:
+            return None
+        return {"bc": [0.0], "naive": [0.0], "cql": [0.0]}
+
+    box = widgets.quality_demo(quality_experiment_fn=half_written, coverage_fn=coverage_counts)
+    caption = _control_and_caption(box)[1]
+    assert caption.value == "waiting for your code (q8)", caption.value
+    assert calls == [[0.0], [0.25], [0.5]], "the failing quality was run again (or others after)"
+
+
+def test_a_move_back_to_a_value_renders_nothing_again(monkeypatch):
+    calls, renders = [], []
+
+    def student(*args, **kwargs):
+        calls.append(kwargs["alpha"])
+        return offline_q_learning(*args, **kwargs)
+
+    render = widgets._render
+    monkeypatch.setattr(widgets, "_render", lambda fig: renders.append(1) or render(fig))
+    box = widgets.cql_demo(offline_q_fn=student, coverage_fn=coverage_counts)
+    slider, caption = _control_and_caption(box)
+    first = caption.value
+    slider.value = 1.0
+    slider.value = 0.0
+    assert caption.value == first
+    assert calls == [0.0, 1.0] and len(renders) == 2, (calls, renders)
+
+
+def test_a_demo_figure_is_drawn_once(monkeypatch):
+    """Rendering a demo's frame draws its figure once: no second pass for a layout engine
+    (``Figure.tight_layout`` leaves one behind, and savefig then draws the figure twice)."""
+    import matplotlib.figure
+
+    draws: list[int] = []
+    draw = matplotlib.figure.Figure.draw
+    monkeypatch.setattr(matplotlib.figure.Figure, "draw",
+                        lambda self, renderer: draws.append(1) or draw(self, renderer))  # fmt: skip
+    widgets.distribution_shift_demo(offline_q_fn=offline_q_learning, coverage_fn=coverage_counts)
+    assert len(draws) == 1, f"the first frame drew its figure {len(draws)} times"
+
+
+def test_demo1_draws_the_sweeps_own_seed0_data_and_agents():
+    """Demo 1's left panel takes seed 0's data and policy from the sweep: the same arrays a
+    fresh collection of n episodes and a fresh replay give, at every slider value."""
+    from offline_rl.behavior import random_policy
+    from offline_rl.datasets import collect_dataset
+    from offline_rl.envs import get_layout, make_grid_env
+    from offline_rl.planning import greedy_policy
+
+    lay = get_layout("open")
+    _, first = widgets._coverage_sweep(coverage_counts, "open", widgets.DEMO1_SIZES, (0,))
+    for i, n in enumerate(widgets.DEMO1_SIZES):
+        fresh = collect_dataset(make_grid_env(lay), random_policy(), n, 0, progress=False)
+        kept = widgets._first_episodes(first.stream, n)
+        for key, value in fresh.as_dict().items():
+            np.testing.assert_array_equal(kept.as_dict()[key], value, err_msg=f"{n}: {key}")
+        policy = greedy_policy(widgets.replay_q_learning(fresh, lay, 60))
+        np.testing.assert_array_equal(first.policies[i], policy, err_msg=f"{n} episodes")

@@ -25,9 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.optim.adam import adam as functional_adam
 
-from offline_rl.training import mlp
+# Adam on one flat parameter vector lives in training.py (the notebook's CartPole cell uses it
+# too); _Adam is its name here.
+from offline_rl.training import FlatAdam as _Adam
+from offline_rl.training import flatten_parameters, mlp
 
 __all__ = [
     "CQL",
@@ -259,77 +261,6 @@ def _seeded_mlp(in_dim: int, out_dim: int, hidden: Sequence[int], seed: int) -> 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return mlp(in_dim, out_dim, hidden)
-
-
-def flatten_parameters(params: Iterable[nn.Parameter]) -> Tensor:
-    """Move ``params`` into one contiguous vector and return it; each parameter becomes a view
-    of its slice, so the network computes exactly as before.
-
-    Whatever must touch every parameter each step (Adam, the Polyak average) then runs once on
-    one tensor instead of once per tensor (six for a two-hidden-layer MLP): at batch 32 the
-    per-tensor dispatch, not the arithmetic, is most of the cost of those steps.
-
-    Returns:
-        theta: (P,) where P is the total number of parameters.
-    """
-    params = list(params)
-    with torch.no_grad():
-        theta = torch.cat([p.reshape(-1) for p in params])
-    for p, view in zip(params, _views_of(theta, params)):
-        p.data = view
-    return theta
-
-
-def _views_of(vector: Tensor, params: list[nn.Parameter]) -> list[Tensor]:
-    """Split ``vector`` (P,) into views shaped like ``params``, in order (P = their total size)."""
-    views, offset = [], 0
-    for p in params:
-        views.append(vector[offset : offset + p.numel()].view_as(p))
-        offset += p.numel()
-    return views
-
-
-class _Adam:
-    """Adam (Kingma & Ba, 2015) with torch's defaults (betas 0.9 and 0.999, eps 1e-8):
-    ``m <- 0.9 m + 0.1 g``, ``v <- 0.999 v + 0.001 g^2``, then
-    ``theta <- theta - lr * m_hat / (sqrt(v_hat) + eps)`` with the bias-corrected moments.
-
-    ``torch.optim.Adam(fused=True)`` minus ``Optimizer.step``'s bookkeeping (hooks, profiler
-    records, state lookups), which costs about a quarter of a training step at batch 32, on the
-    parameters flattened into one vector ``theta`` (``flatten_parameters``) whose gradients are
-    one vector ``grad`` too: a step is one call of torch's functional Adam
-    (``torch.optim.adam.adam``) on one tensor. ``tests/test_neural.py`` checks it against
-    ``torch.optim.Adam``.
-    """
-
-    def __init__(self, params: Iterable[nn.Parameter], lr: float) -> None:
-        self.params = list(params)
-        self.lr = lr
-        self.theta = flatten_parameters(self.params)  # (P,)
-        self.grad = torch.zeros_like(self.theta)  # (P,): every p.grad is a view of it
-        for p, view in zip(self.params, _views_of(self.grad, self.params)):
-            p.grad = view  # backward() adds into an existing .grad in place: it stays this view
-        self._grad_views = [p.grad for p in self.params]
-        self.exp_avg = torch.zeros_like(self.theta)  # m
-        self.exp_avg_sq = torch.zeros_like(self.theta)  # v
-        self.t = torch.zeros(())  # step count
-
-    def zero_grad(self, set_to_none: bool = False) -> None:
-        """Zero the gradients (kept, not freed: they are views of one vector)."""
-        self.grad.zero_()
-
-    @torch.no_grad()
-    def step(self) -> None:
-        if any(p.grad is not g for p, g in zip(self.params, self._grad_views)):
-            raise RuntimeError(
-                "a parameter's .grad was replaced (set to None or a new tensor): this Adam "
-                "updates the gradient vector its .grad views belong to; use its zero_grad()."
-            )
-        functional_adam(
-            [self.theta], [self.grad], [self.exp_avg], [self.exp_avg_sq], [], [self.t],
-            fused=True, amsgrad=False, beta1=0.9, beta2=0.999, lr=self.lr, weight_decay=0.0,
-            eps=1e-8, maximize=False,
-        )  # fmt: skip
 
 
 def _adam(params: Iterable[nn.Parameter], lr: float) -> _Adam:
