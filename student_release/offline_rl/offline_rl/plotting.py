@@ -6,6 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.collections import LineCollection
+from matplotlib.figure import Figure
+from matplotlib.layout_engine import TightLayoutEngine
 from matplotlib.patches import Rectangle
 
 from offline_rl.envs import ACTION_DELTAS, GridLayout, get_layout
@@ -18,6 +21,7 @@ __all__ = [
     "plot_bars",
     "plot_curves",
     "plot_q_seen_vs_unseen",
+    "tight_layout",
 ]
 
 #: One colour per method in every figure of the chapter (Demo 4, the learning curves, CartPole,
@@ -31,6 +35,17 @@ METHOD_COLOURS: dict[str, str] = {
 }
 #: Colours for everything else, none of them a method's (so no other line looks like BC).
 _OTHER_COLOURS = ("tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray", "tab:red")
+
+
+def tight_layout(fig: Figure) -> Figure:
+    """``fig.tight_layout()``, leaving no layout engine on the figure.
+
+    ``Figure.tight_layout`` leaves a placeholder engine behind, and ``savefig`` then draws the
+    whole figure once more before rendering it (to let an engine lay it out): a third of a
+    demo's redraw. The margins are the same; nothing re-lays the figure out afterwards.
+    """
+    TightLayoutEngine().execute(fig)
+    return fig
 
 
 def method_colours(labels: Sequence[str]) -> list[str]:
@@ -70,6 +85,14 @@ def legend_colours(ax: Axes) -> dict[str, str]:
     return out
 
 
+def _cell_borders(rows: int, cols: int) -> list[list[tuple[float, float]]]:
+    """The grid's inner and outer cell borders as segments [(x0, y0), (x1, y1)], in data
+    coordinates (cell centres at integers): rows + 1 horizontal and cols + 1 vertical lines."""
+    horizontal = [[(-0.5, r - 0.5), (cols - 0.5, r - 0.5)] for r in range(rows + 1)]
+    vertical = [[(c - 0.5, -0.5), (c - 0.5, rows - 0.5)] for c in range(cols + 1)]
+    return horizontal + vertical
+
+
 def draw_grid(
     ax: Axes,
     layout: str | GridLayout,
@@ -106,10 +129,13 @@ def draw_grid(
     ax.set_xlim(-0.5, lay.cols - 0.5)
     ax.set_ylim(lay.rows - 0.5, -0.5)
     ax.set_aspect("equal")
-    ax.set_xticks(np.arange(-0.5, lay.cols, 1), minor=True)
-    ax.set_yticks(np.arange(-0.5, lay.rows, 1), minor=True)
-    ax.grid(which="minor", color="0.7", linewidth=0.5)
-    ax.tick_params(which="both", length=0, labelbottom=False, labelleft=False)
+    # The cell borders as one collection of lines, and no ticks: drawn as minor ticks' grid
+    # lines they were a Tick object each (labels, marks), and laying those out was most of a
+    # demo's redraw (issue 24).
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.add_collection(LineCollection(_cell_borders(lay.rows, lay.cols), colors="0.7",
+                                     linewidths=0.5, zorder=1.5))  # fmt: skip
 
     def cell_patch(cell: tuple[int, int], colour: str, label: str) -> None:
         r, c = cell
