@@ -450,6 +450,11 @@ def load_npz(data: bytes, max_bytes: int = MAX_OUTPUT_BYTES) -> dict[str, np.nda
 def _describe(run: CellRun, cell_timeout: float) -> str:
     if run.status == "timeout":
         return f"was stopped after {cell_timeout:.0f} s (an endless loop, or far too slow)"
+    if run.status == "died" and run.machine_oom:
+        return (
+            "was running when the grading machine ran out of memory (the notebook stayed within "
+            "its own memory limit: not your code's fault; please submit again)"
+        )
     if run.status == "died":
         return "crashed the Python kernel (out of memory, or a hard crash)"
     if run.ename == "MemoryError" or "can't allocate memory" in run.evalue:

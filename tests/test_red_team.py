@@ -521,3 +521,117 @@ def test_grader_itself_falls_back_to_the_floor_only_on_gradescope(monkeypatch, t
 def _probe(graded: _Graded, marker: str) -> str:
     """The line a probe cell printed (kept in the kernel's output: read from the report)."""
     return _printed(graded, marker)
+
+
+# ------------------------------------------- rt7: a grader whose own memory group is limited
+#: Run as a separate grader process inside the memory group ``argv[1]`` (made by the test):
+#: "cap" prints the cap a kernel's group gets there; "oom" starts a floor kernel, has the
+#: grader itself fill the shared group while the kernel holds memory, and prints what happened.
+LIMITED_GRADER = r"""
+import json, os, sys, tempfile
+from pathlib import Path
+group, mode = Path(sys.argv[1]), sys.argv[2]
+(group / "cgroup.procs").write_text(str(os.getpid()))
+sys.path.insert(0, sys.argv[3])
+from grading import sandbox, uids
+if mode == "cap":
+    made = sandbox.memory_cgroup(f"grading-{sys.argv[4]}-test", sandbox.SandboxConfig(uid=None))
+    print(json.dumps({"cap": int((made / "memory.limit_in_bytes").read_text())}))
+    sandbox.remove_cgroup(made)
+    sys.exit()
+with uids.reserve() as uid:
+    work = Path(tempfile.mkdtemp(prefix="rt7-oom-"))
+    os.chown(work, uid, uid)
+    config = sandbox.SandboxConfig(uid=uid, isolation="floor", cell_timeout=30)
+    with sandbox.Sandbox(work, config) as box:
+        adj = "import subprocess; print(open('/proc/self/oom_score_adj').read().strip(), "
+        adj += "subprocess.run(['cat', '/proc/self/oom_score_adj'], capture_output=True, "
+        adj += "text=True).stdout.strip())"
+        kernel_adj = box.run(adj).stdout.split()
+        grader_adj = int(Path("/proc/self/oom_score_adj").read_text())
+        hold = "x = bytearray(90 * 2**20)\nfor i in range(0, len(x), 4096): x[i] = 1"
+        held = box.run(hold).status
+        ballast = bytearray(int(sys.argv[4]) * 2**20)  # the grader inflating outputs
+        for i in range(0, len(ballast), 4096):
+            ballast[i] = 1
+        after = box.run("print(2)")
+    uids.remove_tree(work)
+print(json.dumps({"kernel_adj": kernel_adj, "grader_adj": grader_adj, "held": held,
+                  "status": after.status, "machine_oom": after.machine_oom}))
+"""
+
+
+@contextlib.contextmanager
+def _limited_group(mb: int) -> Iterator[Path]:
+    """A fresh cgroup v1 memory group of ``mb`` MB inside this process's own (how
+    benchmarks/grading_resources.py emulates Gradescope's 768 MB container)."""
+    root = Path("/sys/fs/cgroup/memory")
+    if not (root / "memory.limit_in_bytes").exists():
+        if os.environ.get("CI"):
+            pytest.fail("no cgroup v1 memory controller at /sys/fs/cgroup/memory")
+        pytest.skip("no cgroup v1 memory controller")
+    line = next(ln for ln in Path("/proc/self/cgroup").read_text().splitlines()
+                if "memory" in ln.split(":")[1].split(","))
+    group = root / line.split(":", 2)[2].lstrip("/") / f"rt7-{os.getpid()}-{mb}"
+    group.mkdir()
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(mb * 2**20))
+        with contextlib.suppress(OSError):
+            (group / "memory.memsw.limit_in_bytes").write_text(str(mb * 2**20))
+        yield group
+    finally:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                for child in group.glob("grading-*"):
+                    child.rmdir()
+                group.rmdir()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+
+def _limited_grader(group: Path, mode: str, arg: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", LIMITED_GRADER, str(group), mode, str(GRADING.parent), str(arg)],
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_kernel_cap_leaves_room_for_the_grader_in_a_limited_group():
+    """cg_oom_outputs: in a 768 MB group the kernel's 700 MB cap let kernel + grader exceed the
+    group. The cap now leaves the grader's reserve free."""
+    from grading import sandbox
+
+    with _limited_group(768) as group:
+        done = _limited_grader(group, "cap", ATTACKER)
+    assert done.returncode == 0, done.stderr[-2000:]
+    cap = json.loads(done.stdout)["cap"]
+    assert cap + sandbox.GRADER_RESERVE_BYTES <= 768 * 2**20, cap / 2**20
+    assert cap >= 384 * 2**20, f"{cap / 2**20:.0f} MB: too little for the solution (~390 MB)"
+
+
+def test_reserve_removes_stale_kernel_memory_groups():
+    """cg_oom_grader: the kernel's memory group of a grader killed outright stayed for ever."""
+    root = Path("/sys/fs/cgroup/memory")
+    if not (root / "memory.limit_in_bytes").exists():
+        if os.environ.get("CI"):
+            pytest.fail("no cgroup v1 memory controller at /sys/fs/cgroup/memory")
+        pytest.skip("no cgroup v1 memory controller")
+    dead, live = max(uids.FRESH_UIDS) - 13, max(uids.FRESH_UIDS) - 14
+    stale, kept = root / f"grading-{dead}-0123456789ab", root / f"grading-{live}-0123456789ab"
+    stale.mkdir()
+    kept.mkdir()
+    try:
+        held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        held.bind(f"\0offline-rl-grading-uid-{live}")  # a live run holds that one
+        with held:
+            uids.sweep(tempfile.mkdtemp(prefix="red-team-empty-"))
+        assert not stale.exists(), "the stale group is left"
+        assert kept.exists(), "a live run's group was removed"
+    finally:
+        for group in (stale, kept):
+            with contextlib.suppress(OSError):
+                group.rmdir()
