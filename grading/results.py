@@ -49,11 +49,27 @@ TEST_KEYS = {
 }
 
 
+def _bounded_str(value: object, chars: int) -> str:
+    """``str(value)`` without building more than about ``chars`` characters where the value is
+    large: bytes and strings (numpy 0-d arrays of them included) are cut before they become
+    text. str() of a 60 MB bytes array built a ~630 MB repr (MemoryError: the whole report
+    failed)."""
+    if getattr(value, "ndim", None) == 0 and getattr(value, "dtype", None) is not None:
+        value = value.item()  # type: ignore[attr-defined]  # a 0-d numpy array: its scalar
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value[:chars]).decode("utf-8", "replace")
+    if isinstance(value, str):
+        return value[:chars]
+    if getattr(value, "size", 0) > chars:  # a large array: its summary, never its elements
+        return f"<array of {value.size} items>"  # type: ignore[attr-defined]
+    return str(value)
+
+
 def clean(text: object, limit: int = MAX_TEXT) -> str:
     """``text`` as a string safe to report: lone surrogates and invalid code points replaced
     (they made ``json``/UTF-8 encoding raise), control characters dropped (ANSI escapes
     included), at most ``limit`` characters."""
-    text = text if isinstance(text, str) else str(text)
+    text = text if isinstance(text, str) else _bounded_str(text, limit * 4)
     text = text[: limit * 2].encode("utf-8", "replace").decode("utf-8", "replace")
     text = _CONTROL.sub("", text)
     return text if len(text) <= limit else text[: limit - 1] + "…"

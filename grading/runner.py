@@ -797,9 +797,9 @@ class Grader:
     ) -> tuple[bool, str]:
         if isinstance(got, str):
             return False, got
-        if "__error__" in got:
-            return False, clean(got["__error__"], 1_000)
         try:
+            if "__error__" in got:
+                return False, clean(got["__error__"], 1_000)
             self.checks.compare(check, self._with_uses(check, got, outputs or {}))
         except AssertionError as err:
             return False, clean(err, 1_000)

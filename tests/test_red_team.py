@@ -635,3 +635,22 @@ def test_reserve_removes_stale_kernel_memory_groups():
         for group in (stale, kept):
             with contextlib.suppress(OSError):
                 group.rmdir()
+
+
+def test_a_huge_error_array_is_cut_before_it_becomes_text():
+    """error_bytes_repr: a check's ``__error__`` as a 0-d bytes array of 60 MB; clean() called
+    str() first and numpy built the whole repr (~630 MB: MemoryError, "The autograder itself
+    failed", score 0). The text is now bounded before str()."""
+    import tracemalloc
+
+    import numpy as np
+
+    huge = np.array(b"Traceback: " + b"x" * (20 * 2**20))
+    tracemalloc.start()
+    try:
+        text = gs.clean(huge, 1_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert text.startswith("Traceback: xxx") and len(text) <= 1_000, text[:80]
+    assert peak < 2**20, f"{peak / 2**20:.0f} MB of text built for 1,000 characters"
