@@ -654,3 +654,31 @@ def test_a_huge_error_array_is_cut_before_it_becomes_text():
         tracemalloc.stop()
     assert text.startswith("Traceback: xxx") and len(text) <= 1_000, text[:80]
     assert peak < 2**20, f"{peak / 2**20:.0f} MB of text built for 1,000 characters"
+
+
+@pytest.mark.parametrize("lie", [False, True])
+def test_npz_with_a_huge_directory_is_refused_before_zipfile_parses_it(monkeypatch, lie: bool):
+    """npz_central_dir: a 33 MB .npz of 650k directory entries; zipfile.ZipFile() parsed them
+    all (59 CPU-s, 376 MB per check) before the "at most 256 arrays" check. The end record is
+    read first; its size bounds the work even when its count lies."""
+    import io
+    import struct
+
+    from grading import runner
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for i in range(5_000):
+            zf.writestr(f"a{i}.npy", b"")
+    data = bytearray(buffer.getvalue())
+    if lie:  # the end record claims one entry; the directory still holds 5,000
+        end = data.rfind(b"PK\x05\x06")
+        data[end + 8 : end + 12] = struct.pack("<HH", 1, 1)
+
+    def parsed(*args, **kwargs):
+        raise AssertionError("zipfile parsed the whole directory first")
+
+    monkeypatch.setattr(runner.zipfile, "ZipFile", parsed)
+    with pytest.raises(ValueError, match="at most") as refused:
+        runner.load_npz(bytes(data))
+    assert ("5000 arrays" in str(refused.value)) != lie, refused.value
