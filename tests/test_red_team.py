@@ -682,3 +682,33 @@ def test_npz_with_a_huge_directory_is_refused_before_zipfile_parses_it(monkeypat
     with pytest.raises(ValueError, match="at most") as refused:
         runner.load_npz(bytes(data))
     assert ("5000 arrays" in str(refused.value)) != lie, refused.value
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_batch_lowers_jobs_to_what_its_memory_group_holds(tmp_path: Path, capsys, version: str):
+    """cg_shared_oom: two gradings in one 900 MB group; one student's kernel filling it got the
+    other's killed (the solution scored 5/35). Batch now reads its group's limit (a fake cgroup
+    tree here, v1 and v2) and runs only as many gradings as fit."""
+    from grading.batch import cli
+
+    proc = tmp_path / "cgroup"
+    limit = 2 * cli.PER_GRADING_BYTES + 2**20  # room for two gradings, not three
+    if version == "v1":
+        proc.write_text("5:memory:/batch/slice\n4:cpu:/\n0::/\n")
+        slice_ = tmp_path / "memory" / "batch" / "slice"
+        slice_.mkdir(parents=True)
+        (slice_ / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # none itself
+        (slice_.parent / "memory.limit_in_bytes").write_text(f"{limit}\n")  # its parent's
+    else:
+        proc.write_text("0::/batch/slice\n")
+        (tmp_path / "cgroup.controllers").write_text("memory pids\n")
+        slice_ = tmp_path / "batch" / "slice"
+        slice_.mkdir(parents=True)
+        (slice_ / "memory.max").write_text(f"{limit}\n")
+        (slice_.parent / "memory.max").write_text("max\n")
+    found = cli.own_memory_limit(proc, tmp_path)
+    assert found == limit, found
+    assert cli.fit_jobs(4, found) == 2
+    assert "--jobs 4 lowered to 2" in capsys.readouterr().err
+    assert cli.fit_jobs(2, found) == 2 and cli.fit_jobs(4, None) == 4
+    assert cli.fit_jobs(3, cli.PER_GRADING_BYTES // 2) == 1  # never below one
