@@ -384,15 +384,28 @@ def protect_grader() -> None:
             f.write(str(GRADER_OOM_SCORE_ADJ))
 
 
-def failcounts(group: Path) -> dict[Path, int]:
-    """memory.failcnt (times the group's own limit was hit) of ``group`` and every limited group
-    above it."""
-    counts = {}
-    for g in _ancestors(group):
-        limit, count = _read_int(g / "memory.limit_in_bytes"), _read_int(g / "memory.failcnt")
-        if count is not None and (g == group or (limit is not None and limit < UNLIMITED)):
-            counts[g] = count
-    return counts
+#: A kernel group whose peak usage stayed this far below its cap never reached the cap.
+OWN_CAP_MARGIN = 4 * 2**20
+
+
+def killed_below_own_cap(group: Path) -> bool:
+    """Whether the OOM killer killed a process of the kernel's ``group`` (memory.oom_control's
+    ``oom_kill``) while the group's peak usage (memory and memory+swap) stayed below its own cap:
+    the OOM came from a group above it (the grader's, the machine's), not from the kernel's own
+    limit. False where the counters cannot be read. (memory.failcnt is not used: recent Linux
+    kernels no longer count it for v1 groups.)"""
+    limit = _read_int(group / "memory.limit_in_bytes")
+    try:
+        control = (group / "memory.oom_control").read_text().split()
+        kills = int(control[control.index("oom_kill") + 1])
+    except (OSError, ValueError, IndexError):
+        return False
+    peaks = [_read_int(group / f) for f in ("memory.max_usage_in_bytes",
+                                             "memory.memsw.max_usage_in_bytes")]  # fmt: skip
+    peak = max((n for n in peaks if n is not None), default=None)
+    if limit is None or peak is None:
+        return False
+    return kills > 0 and peak < limit - OWN_CAP_MARGIN
 
 
 def stale_cgroups(held: Callable[[int], bool]) -> list[Path]:
@@ -482,7 +495,6 @@ class Sandbox:
         self._starts = 0
         self._context: zmq.Context | None = None
         self._cgroup: Path | None = None
-        self._failcounts: dict[Path, int] = {}
         self.namespaced = False
         """Whether the current kernel runs inside namespaces (bubblewrap)."""
 
@@ -570,7 +582,6 @@ class Sandbox:
         protect_grader()
         self._cgroup = memory_cgroup(f"grading-{self.uid}-{secrets.token_hex(6)}", cfg)
         if self._cgroup is not None:
-            self._failcounts = failcounts(self._cgroup)
             # Entered before bwrap (or the launcher) runs: every process it starts is in it.
             procs = str(self._cgroup / "cgroup.procs")
             argv = [sys.executable, "-I", "-S", "-c", ENTER_CGROUP, procs, *argv]
@@ -662,15 +673,9 @@ class Sandbox:
             self.km.interrupt_kernel()
 
     def machine_oom(self) -> bool:
-        """Whether the kernel's group never hit its own cap while a limited group above it (the
-        grader's, the machine's) did since the start: a kernel killed then was killed for the
-        machine's memory, not for its own. Read before the group is removed (stop)."""
-        if self._cgroup is None or not self._failcounts:
-            return False
-        now = failcounts(self._cgroup)
-        if now.get(self._cgroup, 0) > self._failcounts.get(self._cgroup, 0):
-            return False
-        return any(now.get(g, 0) > n for g, n in self._failcounts.items() if g != self._cgroup)
+        """Whether the kernel was killed for memory its own cap still allowed (the OOM of a group
+        above it: the grader's, the machine's). Read before the group is removed (stop)."""
+        return self._cgroup is not None and killed_below_own_cap(self._cgroup)
 
     def alive(self) -> bool:
         return self.km is not None and self.km.is_alive()
