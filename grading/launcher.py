@@ -25,6 +25,7 @@ import sys
 
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_DUMPABLE = 4
+PR_SET_PDEATHSIG = 1
 CLONE_NEWUSER = 0x10000000
 
 
@@ -76,6 +77,29 @@ def _no_user_namespaces(uid: int, gid: int) -> None:
         print(f"sandbox launcher: user namespaces stay allowed: {err}", file=sys.stderr)
 
 
+def _oom_first(score: int | None) -> None:
+    """Make the kernel (and every process it forks, which inherits it) the OOM killer's first
+    choice: when a memory group it shares with the grader fills, the kernel dies, not the grader
+    that writes the report. Set while still root; unprivileged, the kernel can raise it, never
+    lower it again."""
+    if score is None:
+        return
+    try:
+        with open("/proc/self/oom_score_adj", "w", encoding="ascii") as f:
+            f.write(str(score))
+    except OSError as err:
+        print(f"sandbox launcher: oom_score_adj: {err}", file=sys.stderr)
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGKILL when the grader (the parent) dies, even by SIGKILL: the kernel must not run on as
+    a uid no run holds any more. Set after the uid change (which clears it); kept over execve."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
+    if os.getppid() != parent:  # the grader died before the prctl: nothing would signal us
+        raise SystemExit("sandbox launcher: the grader is gone")
+
+
 def _write_as_user(path: str, data: bytes) -> None:
     """Create ``path`` afresh (never through a link the kernel planted): runs after the drop."""
     with contextlib.suppress(FileNotFoundError):
@@ -98,6 +122,8 @@ def main(config_path: str, connection_file: str) -> None:
     _limit(resource.RLIMIT_DATA, int(cfg["memory_bytes"]))
     _limit(resource.RLIMIT_FSIZE, int(cfg["file_bytes"]))
     _limit(resource.RLIMIT_CORE, 0)
+    _oom_first(cfg.get("oom_score_adj"))
+    parent = os.getppid()
     _no_new_privileges()
     if uid is not None:
         _limit(resource.RLIMIT_NPROC, int(cfg["max_processes"]))
@@ -107,6 +133,7 @@ def main(config_path: str, connection_file: str) -> None:
         if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
             raise SystemExit("sandbox launcher: could not drop privileges")
         _no_user_namespaces(uid, gid)
+        _die_with_parent(parent)
     # From here on nothing is privileged: the working directory belongs to the kernel anyway.
     os.umask(0o077)
     os.chdir(workdir)

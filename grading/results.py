@@ -49,11 +49,42 @@ TEST_KEYS = {
 }
 
 
+def _numpy_scalar(value: Any, dtype: Any, chars: int) -> object:
+    """A 0-d numpy array's scalar; of a bytes or str one only the first ``chars`` characters,
+    read through a view (``.item()`` would copy all of it first)."""
+    import numpy as np  # only here: the report's writer needs no numpy otherwise
+
+    if dtype.kind == "S":
+        return value.reshape(1).view(np.uint8)[:chars].tobytes().rstrip(b"\0")
+    if dtype.kind == "U":
+        order = dtype.byteorder if dtype.byteorder in "<>" else "="
+        codes = value.reshape(1).view(np.dtype("u4").newbyteorder(order))[:chars]
+        return codes.astype("<u4").tobytes().decode("utf-32-le", "replace").rstrip("\0")
+    return value.item()
+
+
+def _bounded_str(value: object, chars: int) -> str:
+    """``str(value)`` without building more than about ``chars`` characters where the value is
+    large: bytes and strings (numpy 0-d arrays of them included) are cut before they become
+    text. str() of a 60 MB bytes array built a ~630 MB repr (MemoryError: the whole report
+    failed)."""
+    dtype = getattr(value, "dtype", None)
+    if getattr(value, "ndim", None) == 0 and dtype is not None:
+        value = _numpy_scalar(value, dtype, chars)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value[:chars]).decode("utf-8", "replace")
+    if isinstance(value, str):
+        return value[:chars]
+    if getattr(value, "size", 0) > chars:  # a large array: its summary, never its elements
+        return f"<array of {value.size} items>"  # type: ignore[attr-defined]
+    return str(value)
+
+
 def clean(text: object, limit: int = MAX_TEXT) -> str:
     """``text`` as a string safe to report: lone surrogates and invalid code points replaced
     (they made ``json``/UTF-8 encoding raise), control characters dropped (ANSI escapes
     included), at most ``limit`` characters."""
-    text = text if isinstance(text, str) else str(text)
+    text = text if isinstance(text, str) else _bounded_str(text, limit * 4)
     text = text[: limit * 2].encode("utf-8", "replace").decode("utf-8", "replace")
     text = _CONTROL.sub("", text)
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -32,6 +32,7 @@ import re
 import shutil
 import signal
 import stat
+import struct
 import sys
 import tempfile
 import time
@@ -84,6 +85,9 @@ MAX_OUTPUT_FILE = 32 * 2**20
 #: Bytes of arrays one hidden check may hand back once inflated, and how many arrays.
 MAX_OUTPUT_BYTES = 64 * 2**20
 MAX_OUTPUT_ARRAYS = 256
+#: Bytes of an .npz's central directory (one ~100-byte record per array): checked before
+#: zipfile parses it, which costs CPU and memory per record (650k records: 59 CPU-s, 376 MB).
+MAX_CENTRAL_DIRECTORY = MAX_OUTPUT_ARRAYS * 1024
 #: dtype kinds accepted from the kernel: bool, integers, floats, complex, strings. No objects.
 SAFE_KINDS = set("biufcUS")
 HIDDEN_CASE = re.compile(r"^test_(\w+)_hidden$")
@@ -399,6 +403,32 @@ def _read_outputs(path: Path, uid: int | None) -> dict[str, np.ndarray]:
     return load_npz(data)
 
 
+def _check_zip_directory(data: bytes) -> None:
+    """Refuse, from the end-of-central-directory record alone (a few bytes at the end), a zip
+    whose directory lists more than MAX_OUTPUT_ARRAYS entries or takes more than
+    MAX_CENTRAL_DIRECTORY bytes. zipfile parses whatever size the record gives, however many
+    records it holds, so bounding the size bounds the work even when the count lies.
+
+    Raises:
+        ValueError: no end record, or one over either bound (the message says which).
+    """
+    end = data.rfind(b"PK\x05\x06", max(0, len(data) - 22 - 0xFFFF))
+    if end < 0 or len(data) - end < 22:
+        raise ValueError("not an .npz file (no zip end record)")
+    *_, count, size, _offset, _comment = struct.unpack("<4s4H2LH", data[end : end + 22])
+    locator = end - 20
+    if (count == 0xFFFF or size == 0xFFFFFFFF) and data[locator : locator + 4] == b"PK\x06\x07":
+        (at,) = struct.unpack("<Q", data[locator + 8 : locator + 16])
+        record = data[at : at + 56]
+        if len(record) < 56 or record[:4] != b"PK\x06\x06":
+            raise ValueError("not an .npz file (a broken zip64 end record)")
+        count, size = struct.unpack("<QQ", record[32:48])  # entries in all, directory bytes
+    if count > MAX_OUTPUT_ARRAYS:
+        raise ValueError(f"{count} arrays (at most {MAX_OUTPUT_ARRAYS})")
+    if size > MAX_CENTRAL_DIRECTORY:
+        raise ValueError(f"a zip directory of {size} bytes (at most {MAX_CENTRAL_DIRECTORY})")
+
+
 def load_npz(data: bytes, max_bytes: int = MAX_OUTPUT_BYTES) -> dict[str, np.ndarray]:
     """The arrays of an ``.npz`` written by untrusted code, each header checked before its data
     is read: a known version, a plain dtype (no objects, no pickles), and a declared size that,
@@ -411,6 +441,7 @@ def load_npz(data: bytes, max_bytes: int = MAX_OUTPUT_BYTES) -> dict[str, np.nda
     fmt = np.lib.format
     arrays: dict[str, np.ndarray] = {}
     total = 0
+    _check_zip_directory(data)
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as err:
@@ -450,6 +481,11 @@ def load_npz(data: bytes, max_bytes: int = MAX_OUTPUT_BYTES) -> dict[str, np.nda
 def _describe(run: CellRun, cell_timeout: float) -> str:
     if run.status == "timeout":
         return f"was stopped after {cell_timeout:.0f} s (an endless loop, or far too slow)"
+    if run.status == "died" and run.machine_oom:
+        return (
+            "was running when the grading machine ran out of memory (the notebook stayed within "
+            "its own memory limit: not your code's fault; please submit again)"
+        )
     if run.status == "died":
         return "crashed the Python kernel (out of memory, or a hard crash)"
     if run.ename == "MemoryError" or "can't allocate memory" in run.evalue:
@@ -792,9 +828,9 @@ class Grader:
     ) -> tuple[bool, str]:
         if isinstance(got, str):
             return False, got
-        if "__error__" in got:
-            return False, clean(got["__error__"], 1_000)
         try:
+            if "__error__" in got:
+                return False, clean(got["__error__"], 1_000)
             self.checks.compare(check, self._with_uses(check, got, outputs or {}))
         except AssertionError as err:
             return False, clean(err, 1_000)

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -121,6 +122,9 @@ class CellRun:
     traceback: list[str] = field(default_factory=list)
     stdout: str = ""
     output_chars: int = 0
+    machine_oom: bool = False
+    """The kernel died while its own memory cap was never reached but a group the grader runs in
+    hit its limit: the machine ran out of memory, not the notebook (see Sandbox.machine_oom)."""
 
 
 def kernel_env(workdir: Path, python: str) -> dict[str, str]:
@@ -315,6 +319,109 @@ def _own_memory_cgroup() -> Path:
     return CGROUP_MEMORY
 
 
+#: Memory the grader keeps beside the kernel where a group it runs in is limited: the grader
+#: process itself (~130 MB: Python, numpy, jupyter_client) and one harvested output inflated
+#: and copied (2 x 64 MB, runner.MAX_OUTPUT_BYTES). The kernel's cap leaves this free.
+GRADER_RESERVE_BYTES = 128 * 2**20 + 2 * 64 * 2**20
+#: The kernel's cap never goes below this, however small the grader's group (it then says so).
+MIN_KERNEL_BYTES = 128 * 2**20
+#: A cgroup v1 limit at or above this is "no limit" (the kernel writes 2**63 rounded to pages).
+UNLIMITED = 2**60
+#: The grader's own /proc/self/oom_score_adj (root only may lower it): when a group it shares with
+#: the kernel runs out of memory, the OOM killer picks the kernel (+1000, set by the launcher),
+#: never the grader, which then writes the report.
+GRADER_OOM_SCORE_ADJ = -900
+#: The kernel's, set by the launcher before it drops privileges (the kernel cannot lower it).
+KERNEL_OOM_SCORE_ADJ = 1000
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _ancestors(group: Path) -> list[Path]:
+    """``group`` and each group above it up to the memory hierarchy's root, nearest first."""
+    chain = [group]
+    while chain[-1] != CGROUP_MEMORY and CGROUP_MEMORY in chain[-1].parents:
+        chain.append(chain[-1].parent)
+    return chain
+
+
+def group_memory_limit(group: Path) -> int | None:
+    """The smallest memory limit (bytes) on ``group`` and every group above it (cgroup v1), or
+    None when none is limited or nothing can be read."""
+    limits = [_read_int(g / "memory.limit_in_bytes") for g in _ancestors(group)]
+    known = [n for n in limits if n is not None and n < UNLIMITED]
+    return min(known) if known else None
+
+
+def kernel_memory_cap(config: SandboxConfig, parent: Path) -> int:
+    """The kernel group's cap: ``cgroup_memory_bytes``, lowered so that kernel and grader
+    (GRADER_RESERVE_BYTES) fit together under the limit of the grader's own group ``parent``
+    where one is set (Gradescope's 768 MB container: 512 MB for the kernel)."""
+    limit = group_memory_limit(parent)
+    if limit is None:
+        return config.cgroup_memory_bytes
+    cap = min(config.cgroup_memory_bytes, limit - GRADER_RESERVE_BYTES)
+    if cap < MIN_KERNEL_BYTES:
+        print(
+            f"grading: the grader's memory group allows {limit / 2**20:.0f} MB, too little for "
+            f"kernel and grader; the kernel gets {MIN_KERNEL_BYTES / 2**20:.0f} MB",
+            file=sys.stderr,
+        )
+        cap = MIN_KERNEL_BYTES
+    return cap
+
+
+def protect_grader() -> None:
+    """As root, make the grader the OOM killer's last choice (GRADER_OOM_SCORE_ADJ): a kernel
+    filling a group both share is killed instead, and the grader reports it."""
+    if os.geteuid() == 0:
+        with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(GRADER_OOM_SCORE_ADJ))
+
+
+#: A kernel group whose peak usage stayed this far below its cap never reached the cap.
+OWN_CAP_MARGIN = 4 * 2**20
+
+
+def killed_below_own_cap(group: Path) -> bool:
+    """Whether the OOM killer killed a process of the kernel's ``group`` (memory.oom_control's
+    ``oom_kill``) while the group's peak usage (memory and memory+swap) stayed below its own cap:
+    the OOM came from a group above it (the grader's, the machine's), not from the kernel's own
+    limit. False where the counters cannot be read. (memory.failcnt is not used: recent Linux
+    kernels no longer count it for v1 groups.)"""
+    limit = _read_int(group / "memory.limit_in_bytes")
+    try:
+        control = (group / "memory.oom_control").read_text().split()
+        kills = int(control[control.index("oom_kill") + 1])
+    except (OSError, ValueError, IndexError):
+        return False
+    peaks = [_read_int(group / f) for f in ("memory.max_usage_in_bytes",
+                                             "memory.memsw.max_usage_in_bytes")]  # fmt: skip
+    peak = max((n for n in peaks if n is not None), default=None)
+    if limit is None or peak is None:
+        return False
+    return kills > 0 and peak < limit - OWN_CAP_MARGIN
+
+
+def stale_cgroups(held: Callable[[int], bool]) -> list[Path]:
+    """``grading-<uid>-<hex>`` memory groups (in the grader's group and at the top) of uids for
+    which ``held(uid)`` is False: a grader killed outright left them."""
+    found = []
+    for parent in dict.fromkeys((_own_memory_cgroup(), CGROUP_MEMORY)):
+        with contextlib.suppress(OSError):
+            for entry in parent.iterdir():
+                parts = entry.name.split("-")
+                ours = len(parts) == 3 and parts[0] == "grading" and parts[1].isdigit()
+                if ours and entry.is_dir() and not held(int(parts[1])):
+                    found.append(entry)
+    return found
+
+
 def memory_cgroup(name: str, config: SandboxConfig) -> Path | None:
     """A fresh cgroup v1 memory group ``name`` capped at ``cgroup_memory_bytes`` (swap included
     where memory.memsw exists), or None where it cannot be made (no v1 memory controller, not
@@ -333,11 +440,12 @@ def memory_cgroup(name: str, config: SandboxConfig) -> Path | None:
             continue
     else:
         return None
+    cap = kernel_memory_cap(config, group.parent)
     try:
-        (group / "memory.limit_in_bytes").write_text(str(config.cgroup_memory_bytes))
+        (group / "memory.limit_in_bytes").write_text(str(cap))
         memsw = group / "memory.memsw.limit_in_bytes"
         if memsw.exists():
-            memsw.write_text(str(config.cgroup_memory_bytes))
+            memsw.write_text(str(cap))
     except OSError:
         remove_cgroup(group)
         return None
@@ -459,6 +567,7 @@ class Sandbox:
             "memory_bytes": cfg.memory_bytes,
             "file_bytes": cfg.file_bytes,
             "max_processes": cfg.max_processes,
+            "oom_score_adj": KERNEL_OOM_SCORE_ADJ if self.uid is not None else None,
             "python": self.python,
             "env": kernel_env(self.workdir, self.python),
         }
@@ -470,6 +579,7 @@ class Sandbox:
         argv = [sys.executable, "-I", "-S", str(launcher), str(launch_file), "{connection_file}"]
         if namespaced:
             argv = [*bwrap_argv(self.workdir, launch_dir, self.python), "--", *argv]
+        protect_grader()
         self._cgroup = memory_cgroup(f"grading-{self.uid}-{secrets.token_hex(6)}", cfg)
         if self._cgroup is not None:
             # Entered before bwrap (or the launcher) runs: every process it starts is in it.
@@ -562,6 +672,11 @@ class Sandbox:
         else:
             self.km.interrupt_kernel()
 
+    def machine_oom(self) -> bool:
+        """Whether the kernel was killed for memory its own cap still allowed (the OOM of a group
+        above it: the grader's, the machine's). Read before the group is removed (stop)."""
+        return self._cgroup is not None and killed_below_own_cap(self._cgroup)
+
     def alive(self) -> bool:
         return self.km is not None and self.km.is_alive()
 
@@ -625,6 +740,7 @@ class Sandbox:
                     continue
                 if not self.km.is_alive():
                     run.status = "died" if run.status == "ok" else run.status
+                    run.machine_oom = run.status == "died" and self.machine_oom()
                     break
                 continue
             parent = msg.get("parent_header")

@@ -414,6 +414,38 @@ def _orphaned_scratch(folder: str) -> Iterator[tuple[str, int]]:
                     yield entry.path, work.st_uid
 
 
+def _held(uid: int) -> bool:
+    """Whether a live run holds ``uid`` (its claim socket is taken)."""
+    sock = _claim(uid)
+    if sock is None:
+        return True
+    sock.close()
+    return False
+
+
+def _remove_stale_cgroups() -> None:
+    """Remove the kernels' memory groups (``grading-<uid>-<hex>``) of uids no run holds: a grader
+    killed outright left them. Their processes are ended first (a group with processes cannot
+    go), each uid while holding it."""
+    from grading.sandbox import remove_cgroup, stale_cgroups  # sandbox imports this module
+
+    for group in stale_cgroups(_held):
+        uid = int(group.name.split("-")[1])
+        sock = _claim(uid)
+        if sock is None:
+            continue  # a run took it meanwhile
+        try:
+            if uid in FRESH_UIDS:
+                with contextlib.suppress(RuntimeError):
+                    end_uid(uid)
+                remove_cgroup(group)
+            else:  # a forced uid may be a real user's: never kill, remove the group if empty
+                with contextlib.suppress(OSError):
+                    group.rmdir()
+        finally:
+            sock.close()
+
+
 def sweep(scratch_dir: str | None = None) -> list[int]:
     """End every orphaned sandbox uid (see ``orphans``), each while holding it, and remove the
     scratch trees of dead runs in ``scratch_dir`` (default: the temporary folder); return the
@@ -432,6 +464,7 @@ def sweep(scratch_dir: str | None = None) -> list[int]:
         finally:
             sock.close()
     ended = []
+    _remove_stale_cgroups()
     for uid in sorted(orphans()):
         sock = _claim(uid)
         if sock is None:

@@ -521,3 +521,198 @@ def test_grader_itself_falls_back_to_the_floor_only_on_gradescope(monkeypatch, t
 def _probe(graded: _Graded, marker: str) -> str:
     """The line a probe cell printed (kept in the kernel's output: read from the report)."""
     return _printed(graded, marker)
+
+
+# ------------------------------------------- rt7: a grader whose own memory group is limited
+#: Run as a separate grader process inside the memory group ``argv[1]`` (made by the test):
+#: prints the cap a kernel's group gets there.
+LIMITED_GRADER = r"""
+import json, os, sys
+from pathlib import Path
+group, mode = Path(sys.argv[1]), sys.argv[2]
+(group / "cgroup.procs").write_text(str(os.getpid()))
+sys.path.insert(0, sys.argv[3])
+from grading import sandbox
+made = sandbox.memory_cgroup(f"grading-{sys.argv[4]}-test", sandbox.SandboxConfig(uid=None))
+print(json.dumps({"cap": int((made / "memory.limit_in_bytes").read_text())}))
+sandbox.remove_cgroup(made)
+"""
+
+
+@contextlib.contextmanager
+def _limited_group(mb: int) -> Iterator[Path]:
+    """A fresh cgroup v1 memory group of ``mb`` MB inside this process's own (how
+    benchmarks/grading_resources.py emulates Gradescope's 768 MB container)."""
+    root = Path("/sys/fs/cgroup/memory")
+    if not (root / "memory.limit_in_bytes").exists():
+        if os.environ.get("CI"):
+            pytest.fail("no cgroup v1 memory controller at /sys/fs/cgroup/memory")
+        pytest.skip("no cgroup v1 memory controller")
+    line = next(ln for ln in Path("/proc/self/cgroup").read_text().splitlines()
+                if "memory" in ln.split(":")[1].split(","))
+    group = root / line.split(":", 2)[2].lstrip("/") / f"rt7-{os.getpid()}-{mb}"
+    group.mkdir()
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(mb * 2**20))
+        with contextlib.suppress(OSError):
+            (group / "memory.memsw.limit_in_bytes").write_text(str(mb * 2**20))
+        yield group
+    finally:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                for child in group.glob("grading-*"):
+                    child.rmdir()
+                group.rmdir()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+
+def _limited_grader(group: Path, mode: str, arg: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", LIMITED_GRADER, str(group), mode, str(GRADING.parent), str(arg)],
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_kernel_cap_leaves_room_for_the_grader_in_a_limited_group():
+    """cg_oom_outputs: in a 768 MB group the kernel's 700 MB cap let kernel + grader exceed the
+    group. The cap now leaves the grader's reserve free."""
+    from grading import sandbox
+
+    with _limited_group(768) as group:
+        done = _limited_grader(group, "cap", ATTACKER)
+    assert done.returncode == 0, done.stderr[-2000:]
+    cap = json.loads(done.stdout)["cap"]
+    assert cap + sandbox.GRADER_RESERVE_BYTES <= 768 * 2**20, cap / 2**20
+    assert cap >= 384 * 2**20, f"{cap / 2**20:.0f} MB: too little for the solution (~390 MB)"
+
+
+def test_a_kernel_killed_below_its_own_cap_is_not_blamed(tmp_path: Path):
+    """cg_shared_oom, cg_oom_outputs: a kernel the OOM killer of a group ABOVE its own killed
+    (the grader's group filled) was reported as the student's cell crashing. Read from the
+    kernel's group: an OOM kill there while its peak stayed below its own cap is the machine's.
+    A fake group folder with the counters cgroup v1 shows (oom_kill: Linux >= 4.13)."""
+    from grading import sandbox
+
+    def group(kills: int, peak_mb: int) -> Path:
+        g = tmp_path / f"grading-{kills}-{peak_mb}"
+        g.mkdir()
+        (g / "memory.limit_in_bytes").write_text(f"{512 * 2**20}\n")
+        (g / "memory.max_usage_in_bytes").write_text(f"{peak_mb * 2**20}\n")
+        control = f"oom_kill_disable 0\nunder_oom 0\noom_kill {kills}\n"
+        (g / "memory.oom_control").write_text(control)
+        return g
+
+    assert sandbox.killed_below_own_cap(group(1, 300))  # the parent's OOM: not the notebook's
+    assert not sandbox.killed_below_own_cap(group(1, 512))  # its own cap: the notebook's
+    assert not sandbox.killed_below_own_cap(group(0, 300))  # no OOM kill: a crash
+    assert not sandbox.killed_below_own_cap(tmp_path / "absent")
+    run = sandbox.CellRun(status="died", seconds=1.0, machine_oom=True)
+    from grading import runner
+
+    assert "crashed" not in runner._describe(run, 60.0), runner._describe(run, 60.0)
+
+
+def test_reserve_removes_stale_kernel_memory_groups():
+    """cg_oom_grader: the kernel's memory group of a grader killed outright stayed for ever."""
+    root = Path("/sys/fs/cgroup/memory")
+    if not (root / "memory.limit_in_bytes").exists():
+        if os.environ.get("CI"):
+            pytest.fail("no cgroup v1 memory controller at /sys/fs/cgroup/memory")
+        pytest.skip("no cgroup v1 memory controller")
+    dead, live = max(uids.FRESH_UIDS) - 13, max(uids.FRESH_UIDS) - 14
+    stale, kept = root / f"grading-{dead}-0123456789ab", root / f"grading-{live}-0123456789ab"
+    stale.mkdir()
+    kept.mkdir()
+    try:
+        held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        held.bind(f"\0offline-rl-grading-uid-{live}")  # a live run holds that one
+        with held:
+            uids.sweep(tempfile.mkdtemp(prefix="red-team-empty-"))
+        assert not stale.exists(), "the stale group is left"
+        assert kept.exists(), "a live run's group was removed"
+    finally:
+        for group in (stale, kept):
+            with contextlib.suppress(OSError):
+                group.rmdir()
+
+
+def test_a_huge_error_array_is_cut_before_it_becomes_text():
+    """error_bytes_repr: a check's ``__error__`` as a 0-d bytes array of 60 MB; clean() called
+    str() first and numpy built the whole repr (~630 MB: MemoryError, "The autograder itself
+    failed", score 0). The text is now bounded before str()."""
+    import tracemalloc
+
+    import numpy as np
+
+    huge = np.array(b"Traceback: " + b"x" * (20 * 2**20))
+    tracemalloc.start()
+    try:
+        text = gs.clean(huge, 1_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert text.startswith("Traceback: xxx") and len(text) <= 1_000, text[:80]
+    assert peak < 2**20, f"{peak / 2**20:.0f} MB of text built for 1,000 characters"
+
+
+@pytest.mark.parametrize("lie", [False, True])
+def test_npz_with_a_huge_directory_is_refused_before_zipfile_parses_it(monkeypatch, lie: bool):
+    """npz_central_dir: a 33 MB .npz of 650k directory entries; zipfile.ZipFile() parsed them
+    all (59 CPU-s, 376 MB per check) before the "at most 256 arrays" check. The end record is
+    read first; its size bounds the work even when its count lies."""
+    import io
+    import struct
+
+    from grading import runner
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for i in range(5_000):
+            zf.writestr(f"a{i}.npy", b"")
+    data = bytearray(buffer.getvalue())
+    if lie:  # the end record claims one entry; the directory still holds 5,000
+        end = data.rfind(b"PK\x05\x06")
+        data[end + 8 : end + 12] = struct.pack("<HH", 1, 1)
+
+    def parsed(*args, **kwargs):
+        raise AssertionError("zipfile parsed the whole directory first")
+
+    monkeypatch.setattr(runner.zipfile, "ZipFile", parsed)
+    with pytest.raises(ValueError, match="at most") as refused:
+        runner.load_npz(bytes(data))
+    assert ("5000 arrays" in str(refused.value)) != lie, refused.value
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_batch_lowers_jobs_to_what_its_memory_group_holds(tmp_path: Path, capsys, version: str):
+    """cg_shared_oom: two gradings in one 900 MB group; one student's kernel filling it got the
+    other's killed (the solution scored 5/35). Batch now reads its group's limit (a fake cgroup
+    tree here, v1 and v2) and runs only as many gradings as fit."""
+    from grading.batch import cli
+
+    proc = tmp_path / "cgroup"
+    limit = 2 * cli.PER_GRADING_BYTES + 2**20  # room for two gradings, not three
+    if version == "v1":
+        proc.write_text("5:memory:/batch/slice\n4:cpu:/\n0::/\n")
+        slice_ = tmp_path / "memory" / "batch" / "slice"
+        slice_.mkdir(parents=True)
+        (slice_ / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # none itself
+        (slice_.parent / "memory.limit_in_bytes").write_text(f"{limit}\n")  # its parent's
+    else:
+        proc.write_text("0::/batch/slice\n")
+        (tmp_path / "cgroup.controllers").write_text("memory pids\n")
+        slice_ = tmp_path / "batch" / "slice"
+        slice_.mkdir(parents=True)
+        (slice_ / "memory.max").write_text(f"{limit}\n")
+        (slice_.parent / "memory.max").write_text("max\n")
+    found = cli.own_memory_limit(proc, tmp_path)
+    assert found == limit, found
+    assert cli.fit_jobs(4, found) == 2
+    assert "--jobs 4 lowered to 2" in capsys.readouterr().err
+    assert cli.fit_jobs(2, found) == 2 and cli.fit_jobs(4, None) == 4
+    assert cli.fit_jobs(3, cli.PER_GRADING_BYTES // 2) == 1  # never below one

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from grading.batch import answers, inputs, report, run, tables
+from grading.sandbox import GRADER_RESERVE_BYTES, UNLIMITED, SandboxConfig
 
 SETTINGS = "batch.json"
 
@@ -165,6 +167,52 @@ def _keep_previous(previous: Path, out: Path, parser: argparse.ArgumentParser) -
     return previous
 
 
+#: Memory one grading may take at once: its kernel's cap and the grader beside it.
+PER_GRADING_BYTES = SandboxConfig().cgroup_memory_bytes + GRADER_RESERVE_BYTES
+
+
+def own_memory_limit(
+    proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")
+) -> int | None:
+    """The smallest memory limit (bytes) on this process's cgroup and the groups above it:
+    cgroup v1's memory.limit_in_bytes, or v2's memory.max; None when there is none."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    limits: list[int] = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):  # v1
+            base, name = root / "memory", "memory.limit_in_bytes"
+        elif controllers == "" and (root / "cgroup.controllers").exists():  # v2, unified
+            base, name = root, "memory.max"
+        else:
+            continue
+        group = base / path.lstrip("/")
+        for g in [group, *group.parents]:
+            if g == base.parent:
+                break
+            with contextlib.suppress(OSError, ValueError):
+                limits.append(int((g / name).read_text().strip()))  # "max" (v2): no limit
+    known = [n for n in limits if n < UNLIMITED]
+    return min(known) if known else None
+
+
+def fit_jobs(jobs: int, limit: int | None) -> int:
+    """``jobs`` lowered so that that many gradings (PER_GRADING_BYTES each) fit under the memory
+    ``limit`` this process runs under: beyond it one student's kernel can get another's killed
+    by the shared group's OOM killer. Says so on stderr when it lowers them."""
+    if limit is None or jobs * PER_GRADING_BYTES <= limit:
+        return jobs
+    fit = max(1, limit // PER_GRADING_BYTES)
+    print(f"batch: --jobs {jobs} lowered to {fit}: this process's memory group allows "
+          f"{limit / 2**20:.0f} MB and each grading may take {PER_GRADING_BYTES / 2**20:.0f} MB "
+          "(kernel and grader); raise the group's limit to run more at once.",
+          file=sys.stderr)  # fmt: skip
+    return fit
+
+
 def main_batch(argv: list[str]) -> int:
     """``python -m grading batch``; exit 0 when the run finished (bad submissions included), 1
     when not one submission could be graded, 2 for bad arguments or an empty SUBMISSIONS."""
@@ -201,7 +249,7 @@ def main_batch(argv: list[str]) -> int:
         print("batch: not root, so notebooks run unsandboxed as this user: trusted input only.",
               file=sys.stderr)  # fmt: skip
     config = run.BatchConfig(
-        jobs=args.jobs,
+        jobs=fit_jobs(args.jobs, own_memory_limit()),
         force=args.force,
         grader_args=tuple(args.grader_arg),
         progress=not args.no_progress,
