@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import ipywidgets
 import numpy as np
 import pytest
 from offline_rl import widgets
@@ -324,3 +325,21 @@ def test_demo1_draws_the_sweeps_own_seed0_data_and_agents():
             np.testing.assert_array_equal(kept.as_dict()[key], value, err_msg=f"{n}: {key}")
         policy = greedy_policy(widgets.replay_q_learning(fresh, lay, 60))
         np.testing.assert_array_equal(first.policies[i], policy, err_msg=f"{n} episodes")
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["waiting for your code (q3)",
+     "waiting for your code (q1): your q1 code raised an error: run its grader.check cell "
+     "to see it"],
+)  # fmt: skip
+def test_a_waiting_demo_says_waiting_once(message):
+    """The caption says "waiting for your code (qN)"; the output area below it says only what to
+    do (a student saw the same words twice in every demo of the untouched hand-out)."""
+    output = ipywidgets.Output()
+    widgets._note(output, message)
+    text = "".join(o["text"] for o in output.outputs)
+    assert "waiting for your code" not in text, text
+    assert "re-run this cell" in text, text
+    if "raised an error" in message:
+        assert "Your q1 code raised an error: run its grader.check cell to see it." in text, text

@@ -1415,7 +1415,7 @@ widgets.cql_demo(offline_q_fn=offline_q_learning, coverage_fn=coverage_counts)
 # (both actions everywhere) naive DQN has far less to get wrong and its result varies with the
 # seed. The cell wraps *your* `bc_update`, `td_target` and `cql_loss` in small agents and trains
 # behavior cloning, naive offline DQN (α = 0) and CQL (α = 1) on the same data, plus a yardstick
-# for their values (below). It takes about 12 s on a quiet 2-core machine (CPU time measured),
+# for their values (below). It takes about 15 s on a quiet 2-core machine (CPU time measured),
 # longer on a busy one; a progress bar shows each network's training.
 #
 # Two choices in the agent, both standard:
@@ -1524,10 +1524,11 @@ cartpole_returns, cartpole_rows = {}, []
 probe_batch = training.to_torch_batch(expert_data.sample(8, np.random.default_rng(0)))
 if widgets.wait_for("q4, q5", lambda: [StudentBC(4, 2).update(probe_batch), StudentCQL(4, 2, alpha=1.0).update(probe_batch)]):
     print(f"Training {len(agents)} networks on {len(expert_data):,} expert transitions: BC 500 steps "
-          "(imitating clean data needs no more), the others 2,000 (about 12 s on a quiet 2-core machine)...")
-    for label, agent in agents.items():
+          "(imitating clean data needs no more), the others 2,000 (about 15 s on a quiet 2-core machine)...")
+    for i, (label, agent) in enumerate(agents.items(), start=1):
         steps = 500 if label == "BC" else 2000
-        training.train_offline(agent, expert_data, n_steps=steps, batch_size=64, seed=0, progress=True)
+        training.train_offline(agent, expert_data, n_steps=steps, batch_size=64, seed=0, progress=True,
+                               desc=f"{i}/{len(agents)} {label}")
         # The yardstick does not act: it values the expert, so its row shows the expert's returns.
         act = cartpole.expert_action if getattr(agent, "evaluate_expert", False) else agent.act
         returns = training.evaluate_policy(cartpole.make_env(), act, n_episodes=n_eval, seed=eval_seed)
