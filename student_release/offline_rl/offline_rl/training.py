@@ -225,6 +225,7 @@ def train_offline(
     progress: bool = True,
     log_every: int = 100,
     n_threads: int | None = 1,
+    desc: str = "offline training",
 ) -> dict[str, list[float]]:
     """Run ``n_steps`` gradient steps of ``agent.update`` on uniform minibatches of ``dataset``.
 
@@ -235,6 +236,7 @@ def train_offline(
         batch_size: transitions per minibatch (>= 1).
         seed: seeds minibatch sampling, so the same agent and seed give the same run.
         progress: show a tqdm bar with the latest logged numbers.
+        desc: the bar's label (which network is training, when several are).
         log_every: record the numbers every ``log_every`` steps (and at the last step).
         n_threads: torch threads during training; None keeps the current setting. One by
             default: a step of this chapter's small MLPs is too short to split, and a second
@@ -262,7 +264,7 @@ def train_offline(
         {key: getattr(dataset, key) for key in _BATCH_KEYS}
     )
     history: dict[str, list[float]] = {"step": []}
-    bar = tqdm(range(1, n_steps + 1), desc="offline training", disable=not progress, leave=False)
+    bar = tqdm(range(1, n_steps + 1), desc=desc, disable=not progress, leave=False)
     with _denormals_flushed(), _torch_threads(n_threads):
         for step in bar:
             rows = torch.from_numpy(rng.integers(0, len(dataset), size=batch_size))

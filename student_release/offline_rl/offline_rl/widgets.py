@@ -130,7 +130,11 @@ def _raised_in_a_notebook_cell(err: BaseException) -> bool:
 
 def _note(output: widgets.Output, message: str) -> None:
     """Replace what ``output`` shows by one line (set in the kernel, as ``_show`` does)."""
-    text = f"{message}. This demo runs on it: finish the question, then re-run this cell.\n"
+    # The caption above already says "waiting for your code (qN)": say it once, add what to do.
+    detail = message.split(": ", 1)[1] if ": " in message else ""
+    text = (f"{detail[:1].upper()}{detail[1:]}. " if detail else "") + (
+        "This demo runs on that code: finish the question, then re-run this cell.\n"
+    )
     output.outputs = ({"output_type": "stream", "name": "stdout", "text": text},)
 
 
@@ -594,9 +598,10 @@ def cql_demo(offline_q_fn: Callable[..., Any], coverage_fn: Callable[..., Any]) 
         description="CQL α",
     )
     hint = (
-        "at α = 0 the greedy policy walks into the lava as in Demo 2; from the smallest α on, "
-        "the unseen actions' mean Q (right) drops below the seen ones' and the policy crosses "
-        "the bridge."
+        "at α = 0 nothing updates the unseen actions, so they keep Q = 0, which beats the seen "
+        "moves where those are worth less, and the greedy policy walks into the lava as in "
+        "Demo 2; from the smallest α on, the unseen actions' mean Q (right) turns negative and "
+        "the policy crosses the bridge."
     )
     return _interactive(slider, draw, hint)
 
