@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -252,17 +253,24 @@ def test_report_in_a_browser(graded_class):
     from playwright import sync_api
 
     SCREENSHOT.parent.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.goto((out / "report.html").as_uri())
-            text = page.inner_text("body")
-            image = page.locator("img[alt='Score histogram']")
-            width = image.evaluate("img => img.naturalWidth")
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
-        finally:
-            browser.close()
+
+    def read_report() -> tuple[str, int]:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+            try:
+                page = browser.new_page(viewport={"width": 1200, "height": 900})
+                page.goto((out / "report.html").as_uri())
+                image = page.locator("img[alt='Score histogram']")
+                width = image.evaluate("img => img.naturalWidth")
+                page.screenshot(path=str(SCREENSHOT), full_page=True)
+                return page.inner_text("body"), width
+            finally:
+                browser.close()
+
+    # In a thread of its own: Playwright's sync API refuses a thread where an event loop runs,
+    # and the browser tests' Playwright may still hold this worker's main thread.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        text, width = pool.submit(read_report).result()
     assert width > 100, "the histogram image did not load"
     assert "Score histogram" in text and "Per-question pass rate" in text
     failed = corpus.failed_checks(_results(out, "m_cql_max_not_logsumexp"))
