@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
@@ -122,6 +125,35 @@ def pytest_terminal_summary(
         terminalreporter.write_line(f"!! why: {reason}", **style)
     terminalreporter.write_line(f"!! Run every test, these included:  {RUN_THEM}", **style)
     terminalreporter.write_line("!" * 78, **style)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator:
+    """With ``TEST_CPU_LOG=<file>``, append one JSON line per test: its wall time and the CPU
+    seconds of the worker and of the processes it waited for (gradings, kernels, pip). Where the
+    suite's time goes: ``python tools/cpu_profile.py <file>`` sums it by test and by module."""
+    log = os.environ.get("TEST_CPU_LOG")
+    if not log:
+        return (yield)
+    start = time.perf_counter()
+    me, kids = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
+    try:
+        return (yield)
+    finally:
+        line = {
+            "test": item.nodeid,
+            "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
+            "wall": round(time.perf_counter() - start, 2),
+            "cpu": round(_cpu(resource.RUSAGE_SELF) - me, 2),
+            "children_cpu": round(_cpu(resource.RUSAGE_CHILDREN) - kids, 2),
+        }
+        with open(log, "a") as out:
+            out.write(json.dumps(line) + "\n")
+
+
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 #: Tests that asked for an xdist group but did not get one (filled on xdist workers).
