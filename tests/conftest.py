@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import json
@@ -127,16 +128,25 @@ def pytest_terminal_summary(
     terminalreporter.write_line("!" * 78, **style)
 
 
+#: Where a worker's own cpuacct group goes when TEST_CPU_LOG is set and cgroup v1 allows it.
+CPUACCT = Path("/sys/fs/cgroup/cpuacct")
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator:
-    """With ``TEST_CPU_LOG=<file>``, append one JSON line per test: its wall time and the CPU
-    seconds of the worker and of the processes it waited for (gradings, kernels, pip). Where the
-    suite's time goes: ``python tools/cpu_profile.py <file>`` sums it by test and by module."""
+    """With ``TEST_CPU_LOG=<file>``, append one JSON line per test: its wall time and CPU seconds.
+    Where the suite's time goes: ``python tools/cpu_profile.py <file>`` sums it.
+
+    CPU is the worker's cpuacct cgroup (as root with cgroup v1): every process the test started
+    counts, kernels and pip included, and nothing else on the machine. Elsewhere it is the
+    worker's own rusage plus that of the processes it waited for, which misses what they did
+    not wait for (a sandboxed kernel, JupyterLab) and undercounts.
+    """
     log = os.environ.get("TEST_CPU_LOG")
     if not log:
         return (yield)
-    start = time.perf_counter()
-    me, kids = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
+    clock = _cpu_clock(item.config)
+    start, cpu = time.perf_counter(), clock()
     try:
         return (yield)
     finally:
@@ -144,16 +154,50 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
             "test": item.nodeid,
             "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
             "wall": round(time.perf_counter() - start, 2),
-            "cpu": round(_cpu(resource.RUSAGE_SELF) - me, 2),
-            "children_cpu": round(_cpu(resource.RUSAGE_CHILDREN) - kids, 2),
+            "cpu": round(clock() - cpu, 2),
         }
         with open(log, "a") as out:
             out.write(json.dumps(line) + "\n")
 
 
-def _cpu(who: int) -> float:
-    usage = resource.getrusage(who)
-    return usage.ru_utime + usage.ru_stime
+_CLOCK = pytest.StashKey[Callable[[], float]]()
+
+
+def _cpu_clock(config: pytest.Config) -> Callable[[], float]:
+    """CPU seconds of this worker and everything it starts (made once per worker)."""
+    if _CLOCK in config.stash:
+        return config.stash[_CLOCK]
+    group = CPUACCT / f"pytest-{os.getpid()}"
+    try:
+        group.mkdir()
+        (group / "cgroup.procs").write_text(str(os.getpid()))
+        usage = group / "cpuacct.usage"
+
+        def clock() -> float:
+            return int(usage.read_text()) / 1e9
+
+    except OSError:
+
+        def clock() -> float:
+            total = 0.0
+            for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+                use = resource.getrusage(who)
+                total += use.ru_utime + use.ru_stime
+            return total
+
+    config.stash[_CLOCK] = clock
+    return clock
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave no cpuacct group behind: back to the parent group, then remove ours."""
+    if _CLOCK not in config.stash:
+        return
+    group = CPUACCT / f"pytest-{os.getpid()}"
+    if group.is_dir():
+        with contextlib.suppress(OSError):
+            (CPUACCT / "cgroup.procs").write_text(str(os.getpid()))
+            group.rmdir()
 
 
 #: Tests that asked for an xdist group but did not get one (filled on xdist workers).
