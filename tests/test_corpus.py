@@ -2,10 +2,14 @@
 
 Every wrong submission must get exactly its declared score on each question (full marks on the
 others); every valid variant full marks; every hidden check must fail at least one wrong
-submission. ``make corpus`` runs this file alone; ``python tools/kill_matrix.py`` prints the
-matrix. Each submission is graded once per test run (``grade_once``), by whichever pytest-xdist
-worker gets its test first, each worker with its own sandbox user; the tests that need them all
-reuse those gradings.
+submission. ``make corpus`` runs this file alone; ``python tools/kill_matrix.py`` grades each
+submission on its own and prints the matrix.
+
+Here the corpus is graded in packs (``corpus.packs``): mutants that touch different questions
+share one notebook and one grading, and each mutant's test reads its questions from its pack's
+results (16 gradings instead of 55: a grading is ~6 CPU-s, most of it the kernel's start).
+Each pack is graded once per test run (``grade_once``), by whichever pytest-xdist worker gets
+one of its tests first; the tests that need them all reuse those gradings.
 """
 
 from __future__ import annotations
@@ -22,17 +26,38 @@ pytestmark = [pytest.mark.corpus, pytest.mark.slow]
 MUTANTS = corpus.load_mutants()
 
 
+@pytest.fixture(scope="session")
+def packs() -> dict[str, tuple[corpus.Mutant, ...]]:
+    """Mutant name -> the pack it is graded in."""
+    return {m.name: pack for pack in corpus.packs(MUTANTS, corpus.solution()) for m in pack}
+
+
 @pytest.fixture
-def graded(grade_once):
-    """name -> results, grading on first use ("solution" or a mutant's name)."""
+def graded(grade_once, packs):
+    """name -> results of the grading that holds it ("solution", or a mutant's pack), grading
+    on first use."""
     require_root()
-    by_name = {m.name: m for m in MUTANTS}
 
     def get(name: str) -> dict:
-        nb = corpus.solution()
-        return grade_once(nb if name == "solution" else corpus.apply(nb, by_name[name]))
+        members = () if name == "solution" else packs[name]
+        return grade_once(corpus.apply_all(corpus.solution(), members))
 
     return get
+
+
+def test_packs_hold_every_mutant_once_and_share_no_question(packs):
+    """What makes a pack's grading stand for each member's: no two members touch a question."""
+    nb = corpus.solution()
+    assert sorted(packs) == sorted(m.name for m in MUTANTS)
+    unique = {tuple(m.name for m in pack): pack for pack in packs.values()}
+    for pack in unique.values():
+        touched = [corpus.touched_questions(m, nb) for m in pack]
+        if None in touched:
+            assert len(pack) == 1, f"{[m.name for m in pack]}: edits a cell of no question"
+            continue
+        shared = {q for i, a in enumerate(touched) for b in touched[i + 1 :] for q in a & b}
+        assert not shared, f"{[m.name for m in pack]} share {sorted(shared)}"
+    assert len(unique) < len(MUTANTS) / 2, "the packing saves too little"
 
 
 def test_corpus_is_big_enough():
@@ -50,12 +75,20 @@ def test_solution_gets_full_marks(graded):
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])
-def test_submission_gets_its_declared_score(graded, mutant):
+def test_submission_gets_its_declared_score(graded, packs, mutant):
     results = graded(mutant.name)
     full = corpus.full_marks(graded("solution"))
     got, want = corpus.question_scores(results), corpus.expected_scores(mutant, full)
-    diff = {q: f"got {got[q]:g}, expected {want[q]:g}" for q in full if got.get(q) != want[q]}
-    assert not diff, f"{mutant.name} ({mutant.why}): {diff}"
+    nb = corpus.solution()
+    pack = packs[mutant.name]
+    others = [m for m in pack if m is not mutant]
+    # Its own questions, and those no member of the pack touches (full marks, unless it costs
+    # points it does not declare). The others' questions are theirs to check.
+    theirs = set().union(*(corpus.touched_questions(m, nb) or set() for m in others))
+    mine = [q for q in full if q not in theirs]
+    diff = {q: f"got {got[q]:g}, expected {want[q]:g}" for q in mine if got.get(q) != want[q]}
+    together = f" (graded in one notebook with {[m.name for m in others]})" if others else ""
+    assert not diff, f"{mutant.name} ({mutant.why}): {diff}{together}"
     if mutant.kind == "wrong":
         lost = [t for t in results["tests"] if t["name"] in corpus.declared_scores(mutant, full)]
         assert all("✗ hidden check" in t["output"] for t in lost), "a lost point must say why"
@@ -64,8 +97,12 @@ def test_submission_gets_its_declared_score(graded, mutant):
 def test_every_hidden_check_kills_a_wrong_submission(graded):
     killed = set()
     for mutant in MUTANTS:
-        if mutant.kind == "wrong":
-            killed |= corpus.failed_checks(graded(mutant.name))
+        if mutant.kind == "wrong":  # the checks it fails on its own questions, not its pack's
+            own = corpus.declared_questions(mutant)
+            results = graded(mutant.name)
+            by_question = {t["name"]: {"tests": [t]} for t in results["tests"]}
+            for question in own:
+                killed |= corpus.failed_checks(by_question[question])
     checks = corpus.all_checks(graded("solution"))
     assert len(checks) >= 13
     assert checks - killed == set(), f"hidden checks that catch no mistake: {checks - killed}"

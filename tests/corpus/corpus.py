@@ -18,6 +18,7 @@ import sys
 import tempfile
 import tomllib
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,78 @@ def apply(nb: nbformat.NotebookNode, mutant: Mutant) -> nbformat.NotebookNode:
         wrong = next(letter for letter in "abcd" if letter != key)
         cell.source = pattern.sub(f'{mutant.wrong_choice} = "{wrong}"', cell.source)
     return nb
+
+
+def apply_all(nb: nbformat.NotebookNode, mutants: Sequence[Mutant]) -> nbformat.NotebookNode:
+    """The notebook with every mutant's edits (a pack's: they edit different cells)."""
+    for mutant in mutants:
+        nb = apply(nb, mutant)
+    return nb
+
+
+def declared_questions(mutant: Mutant) -> set[str]:
+    """The questions a mutant declares it loses points on (its own and its cascades)."""
+    if not mutant.fails:
+        return set(mutant.scores)
+    return {q for q, checks in question_checks().items() if set(checks) & set(mutant.fails)}
+
+
+def touched_questions(mutant: Mutant, nb: nbformat.NotebookNode) -> frozenset[str] | None:
+    """Every question whose score the mutant may change: the ones it declares, the ones whose
+    answer cells it edits, and the ones whose answer cells call a function those cells define
+    (transitively: a cascade it forgot to declare can land only there). None when it edits a
+    cell of no question: then only a grading of its own shows what it does."""
+    from grading.runner import code_cells
+
+    cells = [c for c in code_cells(nb)[0] if c.answer and c.question]
+    question_of = {cell.number: cell.question for cell in code_cells(nb)[0]}
+    edited = apply(nb, mutant)
+    touched = set(declared_questions(mutant))
+    reached: set[str] = set()
+    for number, (old, new) in enumerate(zip(nb.cells, edited.cells), start=1):
+        if old.source != new.source:
+            if question_of.get(number) is None:
+                return None
+            reached.add(question_of[number])
+    while True:  # close over "calls a function defined in a reached question's cells"
+        names = {n for c in cells if c.question in reached for n in _DEF.findall(c.source)}
+        callers = {c.question for c in cells for n in names if re.search(rf"\b{n}\b", c.source)}
+        if callers <= reached:
+            break
+        reached |= callers
+    return frozenset(touched | reached)
+
+
+#: A function a cell defines.
+_DEF = re.compile(r"^def (\w+)\(", re.M)
+
+
+def packs(mutants: Sequence[Mutant], nb: nbformat.NotebookNode) -> list[tuple[Mutant, ...]]:
+    """The corpus in packs that one grading each can check: within a pack no two mutants touch
+    the same question (``touched_questions``), so every question's score is that of the one
+    member that can change it, or full marks; valid variants are packed only with each other
+    (a wrong member's lost points could hide a valid one wrongly penalised). A grading costs
+    ~6 CPU-s, most of it the kernel's start and imports: packs cut the corpus's gradings ~3x.
+
+    Sound because questions are graded independently (each hidden check runs alone on its own
+    inputs; tests/test_bad_submissions.py proves several mistakes cost only their questions),
+    and a mistake reaches another question only through a call. First fit, in the file's
+    order: the same packs on every run."""
+    groups: list[tuple[str, set[str], list[Mutant]]] = []
+    alone: list[tuple[Mutant, ...]] = []
+    for mutant in mutants:
+        touched = touched_questions(mutant, nb)
+        if touched is None:
+            alone.append((mutant,))
+            continue
+        for kind, used, members in groups:
+            if kind == mutant.kind and not used & touched:
+                used |= touched
+                members.append(mutant)
+                break
+        else:
+            groups.append((mutant.kind, set(touched), [mutant]))
+    return [tuple(members) for _, _, members in groups] + alone
 
 
 def grade(
