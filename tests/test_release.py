@@ -236,3 +236,52 @@ def test_kernel_readable_inputs_hold_no_expected_value():
         assert inputs.files and expected.files
         assert not [k for k in inputs.files if "expected" in k.rsplit("/", 1)[-1]]
         assert all(k.rsplit("/", 1)[-1].startswith("expected_") for k in expected.files)
+
+
+#: Drawing modules: importing them in the grader's kernel cost 0.9 CPU-s of each grading
+#: (pyplot and its font list, rebuilt in every fresh kernel), ~1.8 s of wall at Gradescope's half
+#: CPU, and no graded function needs them (issue 24, benchmarks/README.md).
+DRAWING_MODULES = ("matplotlib", "ipywidgets", "offline_rl.plotting", "offline_rl.widgets")
+#: The names the notebook binds to them, in the cell tagged otter_ignore after the set-up cell.
+DRAWING_NAMES = {"plt", "plotting", "widgets"}
+
+
+def _drawing_uses(source: str) -> list[str]:
+    """The drawing modules a cell imports and the drawing names it reads (magics allowed)."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    tree = ast.parse(TransformerManager().transform_cell(source))
+    found = []
+    for node in ast.walk(tree):
+        modules = []
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            modules = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Name) and node.id in DRAWING_NAMES:
+            found.append(f"name {node.id}")
+        found += [
+            f"import {m}" for m in modules
+            if any(m == d or m.startswith(f"{d}.") for d in DRAWING_MODULES)
+        ]  # fmt: skip
+    return found
+
+
+@pytest.mark.parametrize(
+    "notebook", [STUDENT / f"{NAME}.ipynb", GRADER / f"{NAME}-solution.ipynb"], ids=lambda p: p.name
+)
+def test_graded_cells_never_draw(notebook: Path) -> None:
+    """The grader runs every cell not tagged otter_ignore: none may import or use drawing code."""
+    from grading.runner import code_cells
+
+    nb = nbformat.read(notebook, as_version=4)
+    cells, skipped = code_cells(nb)
+    assert cells and skipped, f"{notebook.name}: no graded or no ignored cells"
+    drawing = {c.number: uses for c in cells if (uses := _drawing_uses(c.source))}
+    assert not drawing, (
+        f"{notebook.name}: graded cells (numbered from 1) draw: {drawing}. Move the drawing into "
+        "a cell tagged otter_ignore; keep data later graded cells need in a graded cell."
+    )
+    # The demos still get their drawing: from a cell the grader skips.
+    ignored = [c for c in nb.cells if "otter_ignore" in c.metadata.get("tags", [])]
+    assert any(_drawing_uses(c.source) for c in ignored), "no ignored cell imports the drawing"
