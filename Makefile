@@ -98,10 +98,12 @@ bench: $(STAMP)
 BENCH_VENV := build/bench-venv
 D3RLPY     := d3rlpy==2.8.1
 
+# --no-compile: pip would compile every module of torch and d3rlpy (half its CPU time); the few a
+# run imports compile on first import, as the user who writes the venv.
 $(BENCH_VENV)/.installed: requirements.txt Makefile
 	@echo ">> creating $(BENCH_VENV) with $(D3RLPY)"
 	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
-	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check \
+	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check --no-compile \
 		"$$(grep '^torch==' requirements.txt)" "$(D3RLPY)" "$$(grep '^minari' requirements.txt)" \
 		"$$(grep -i '^pillow==' requirements.lock)"
 	@touch $@
