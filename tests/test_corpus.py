@@ -7,7 +7,7 @@ submission on its own and prints the matrix.
 
 Here the corpus is graded in packs (``corpus.packs``): mutants that touch different questions
 share one notebook and one grading, and each mutant's test reads its questions from its pack's
-results (21 gradings instead of 55: a grading is ~6 CPU-s, most of it the kernel's start).
+results (25 gradings instead of 55: a grading is ~6 CPU-s, most of it the kernel's start).
 Each pack is graded once per test run (``grade_once``), by whichever pytest-xdist worker gets
 one of its tests first; the tests that need them all reuse those gradings.
 """
@@ -46,18 +46,80 @@ def graded(grade_once, packs):
 
 
 def test_packs_hold_every_mutant_once_and_share_no_question(packs):
-    """What makes a pack's grading stand for each member's: no two members touch a question."""
+    """What makes a pack's grading stand for each member's: no two members touch a question,
+    each read with the others' edits in place."""
     nb = corpus.solution()
     assert sorted(packs) == sorted(m.name for m in MUTANTS)
     unique = {tuple(m.name for m in pack): pack for pack in packs.values()}
     for pack in unique.values():
-        touched = [corpus.touched_questions(m, nb) for m in pack]
+        touched = [corpus.touched_questions(m, nb, _others(pack, m)) for m in pack]
         if None in touched:
-            assert len(pack) == 1, f"{[m.name for m in pack]}: edits a cell of no question"
+            assert len(pack) == 1, f"{[m.name for m in pack]}: one cannot be bounded"
             continue
         shared = {q for i, a in enumerate(touched) for b in touched[i + 1 :] for q in a & b}
         assert not shared, f"{[m.name for m in pack]} share {sorted(shared)}"
     assert len(unique) < len(MUTANTS) / 2, "the packing saves too little"
+
+
+def test_packs_cover_every_leak_pair_that_grading_each_alone_covers(packs):
+    """A grader bug "losing points on X costs points on Y" shows wherever some grading loses X
+    while Y must keep points: the packs must leave no such pair unseen (review rv8: packed
+    q10-q12 mutants zeroed each other, and a q10 leak into q11/q12 passed)."""
+    nb = corpus.solution()
+    full = {q.name: q.points for q in corpus._questions()}
+    touched = corpus.memo_touched(nb)
+    unique = {tuple(m.name for m in pack): pack for pack in packs.values()}
+    alone = corpus.leak_pairs([(m,) for m in MUTANTS], touched, full)
+    packed = corpus.leak_pairs(list(unique.values()), touched, full)
+    assert len(alone) > 100
+    assert alone - packed == set(), f"leaks the packs cannot see: {sorted(alone - packed)}"
+
+
+def _probe(name: str, old: str, new: str, scores: dict[str, float]) -> corpus.Mutant:
+    return corpus.Mutant(name=name, kind="wrong", why="probe", replace=[(old, new)],
+                         scores=scores)  # fmt: skip
+
+
+Q12 = "q12_answer = float(np.log(4))  # SOLUTION"
+#: review rv8's probes: each reaches a question no call in the original notebook leads to.
+SHADOW = _probe("shadow", Q12, "cql_penalty = 0.0\nq12_answer = cql_penalty",
+                {"q12_constant_q_penalty": 0.0})  # fmt: skip
+REDEFINE = _probe("redefine", Q12, Q12 + "\ndef td_target(*args):\n    return 0.0",
+                  {"q12_constant_q_penalty": 0.0})  # fmt: skip
+GRAD_MODE = _probe(
+    "grad_mode",
+    "    return (rewards + gamma * not_done * max_next_q).detach()",
+    "    torch.set_grad_enabled(False)\n    return rewards + gamma * not_done * max_next_q",
+    {"q5_cql": 0.0},
+)
+NEW_CALL = _probe("new_call", Q12, "q12_answer = float(np.log(4)) + 0 * float(td_target("
+                  "torch.zeros(1), torch.zeros(1), torch.zeros(1), 0.9)[0])",
+                  {})  # fmt: skip
+
+
+@pytest.mark.parametrize("probe", [SHADOW, REDEFINE, GRAD_MODE], ids=lambda m: m.name)
+def test_a_mutant_whose_reach_no_call_bounds_is_graded_alone(probe):
+    """A top-level name bound anew (shadowing another question's function) or process-wide
+    state changed: the reach cannot be read from the calls, so the mutant gets its own grading."""
+    nb = corpus.solution()
+    assert corpus.touched_questions(probe, nb) is None
+    packs = corpus.packs([probe, *MUTANTS[:6]], nb)
+    assert (probe,) in packs
+
+
+def test_a_call_a_pack_mate_adds_extends_the_callees_reach():
+    """An edit that calls another question's function makes that function's mistakes reach
+    the edited question: the two are never packed together."""
+    nb = corpus.solution()
+    no_done = next(m for m in MUTANTS if m.name == "td_target_no_done_mask")
+    assert "q12_constant_q_penalty" not in corpus.touched_questions(no_done, nb)
+    assert "q12_constant_q_penalty" in corpus.touched_questions(no_done, nb, [NEW_CALL])
+    packs = corpus.packs([no_done, NEW_CALL], nb)
+    assert len(packs) == 2, [[m.name for m in p] for p in packs]
+
+
+def _others(pack: tuple[corpus.Mutant, ...], member: corpus.Mutant) -> list[corpus.Mutant]:
+    return [m for m in pack if m is not member]
 
 
 def test_corpus_is_big_enough():
@@ -84,7 +146,9 @@ def test_submission_gets_its_declared_score(graded, packs, mutant):
     others = [m for m in pack if m is not mutant]
     # Its own questions, and those no member of the pack touches (full marks, unless it costs
     # points it does not declare). The others' questions are theirs to check.
-    theirs = set().union(*(corpus.touched_questions(m, nb) or set() for m in others))
+    theirs = set().union(
+        *(corpus.touched_questions(m, nb, _others(pack, m)) or set() for m in others)
+    )
     mine = [q for q in full if q not in theirs]
     diff = {q: f"got {got[q]:g}, expected {want[q]:g}" for q in mine if got.get(q) != want[q]}
     together = f" (graded in one notebook with {[m.name for m in others]})" if others else ""

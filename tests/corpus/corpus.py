@@ -7,8 +7,10 @@ Shared by ``tests/test_corpus.py`` (one test per submission) and ``tools/kill_ma
 
 from __future__ import annotations
 
+import ast
 import copy
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -18,7 +20,7 @@ import sys
 import tempfile
 import tomllib
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,8 +72,11 @@ def solution() -> nbformat.NotebookNode:
 
 
 def apply(nb: nbformat.NotebookNode, mutant: Mutant) -> nbformat.NotebookNode:
-    """The notebook with the mutant's edits; each edit must match exactly once."""
-    nb = copy.deepcopy(nb)
+    """The notebook with the mutant's edits; each edit must match exactly once.
+
+    A new notebook of new cells; outputs and metadata are shared with ``nb`` (read, never
+    written: a deep copy of every (mutant, others) made packing take 15 CPU-s)."""
+    nb = nbformat.NotebookNode({**nb, "cells": [nbformat.NotebookNode(c) for c in nb.cells]})
     code = [c for c in nb.cells if c.cell_type == "code"]
     for old, new in mutant.replace:
         hits = [c for c in code if old in c.source]
@@ -105,62 +110,177 @@ def declared_questions(mutant: Mutant) -> set[str]:
     return {q for q, checks in question_checks().items() if set(checks) & set(mutant.fails)}
 
 
-def touched_questions(mutant: Mutant, nb: nbformat.NotebookNode) -> frozenset[str] | None:
-    """Every question whose score the mutant may change: the ones it declares, the ones whose
-    answer cells it edits, and the ones whose answer cells call a function those cells define
-    (transitively: a cascade it forgot to declare can land only there). None when it edits a
-    cell of no question: then only a grading of its own shows what it does."""
+def touched_questions(
+    mutant: Mutant, nb: nbformat.NotebookNode, others: Sequence[Mutant] = ()
+) -> frozenset[str] | None:
+    """Every question whose score the mutant may change, in ``nb`` with the ``others``' edits:
+    the ones it declares, the ones whose answer cells it edits, and (transitively) the ones whose
+    answer cells, before or after any of these edits, use a name the reached cells define.
+
+    None (grade it alone) when no static reading can bound it: it edits a cell of no question;
+    an edited cell binds other top-level names than before (a variable or a def that shadows
+    another question's function: review rv8); or the edit touches process-wide state (grad
+    mode, default dtype, seeds, module attributes), which reaches every later check."""
     from grading.runner import code_cells
 
-    cells = [c for c in code_cells(nb)[0] if c.answer and c.question]
-    question_of = {cell.number: cell.question for cell in code_cells(nb)[0]}
-    edited = apply(nb, mutant)
-    touched = set(declared_questions(mutant))
-    reached: set[str] = set()
-    for number, (old, new) in enumerate(zip(nb.cells, edited.cells), start=1):
-        if old.source != new.source:
-            if question_of.get(number) is None:
+    base = apply_all(nb, others)
+    edited = apply(base, mutant)
+    numbered = code_cells(nb)[0]  # the same cells and tags in every mutant
+    question_of = {cell.number: cell.question for cell in numbered}
+    reached = set(declared_questions(mutant))
+    for number, (old, new) in enumerate(zip(base.cells, edited.cells), start=1):
+        if old.source == new.source:
+            continue
+        added = "\n".join(set(new.source.splitlines()) - set(old.source.splitlines()))
+        if question_of.get(number) is None or _GLOBAL_STATE.search(added):
+            return None
+        bound = _bound_names(old.source), _bound_names(new.source)
+        if None in bound or bound[0] != bound[1]:
+            return None
+        reached.add(question_of[number])
+    answers = [
+        (question_of[c.number], source)
+        for c in numbered
+        if c.answer and c.question
+        for source in {base.cells[c.number - 1].source, edited.cells[c.number - 1].source}
+    ]
+    while True:  # close over "uses a name a reached question's cells define"
+        names = {n for q, src in answers if q in reached for n in _bound_names(src) or ()}
+        users = {q for q, src in answers for n in names if re.search(rf"\b{n}\b", src)}
+        if users <= reached:
+            return frozenset(reached)
+        reached |= users
+
+
+#: Calls and assignments whose effect outlives the cell and reaches every later check.
+_GLOBAL_STATE = re.compile(
+    r"\b(set_grad_enabled|set_default_dtype|set_default_device|seterr|set_printoptions|"
+    r"manual_seed|set_num_threads|use_deterministic_algorithms|setattr|globals|"
+    r"warnings|builtins|environ)\b|\bseed\s*\("
+    r"|^\s*(np|torch|F|nn|random|os|sys)(\.\w+)+\s*=(?!=)",
+    re.M,
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def _bound_names(source: str) -> frozenset[str] | None:
+    """The top-level names a cell binds (defs, classes, assignments, imports, loop and with
+    targets); None if it does not parse or declares a name global."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+            inner = node
+        else:
+            inner = None
+        for sub in ast.walk(node):
+            if isinstance(sub, (ast.Global, ast.Nonlocal)):
                 return None
-            reached.add(question_of[number])
-    while True:  # close over "calls a function defined in a reached question's cells"
-        names = {n for c in cells if c.question in reached for n in _DEF.findall(c.source)}
-        callers = {c.question for c in cells for n in names if re.search(rf"\b{n}\b", c.source)}
-        if callers <= reached:
-            break
-        reached |= callers
-    return frozenset(touched | reached)
+            if inner is not None:
+                continue
+            if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
+                names.add(sub.id)
+            elif isinstance(sub, ast.alias):
+                names.add((sub.asname or sub.name).split(".")[0])
+            elif isinstance(sub, (ast.FunctionDef, ast.ClassDef)):
+                names.add(sub.name)
+    return frozenset(names)
 
 
-#: A function a cell defines.
-_DEF = re.compile(r"^def (\w+)\(", re.M)
+def _lost(mutant: Mutant, full: dict[str, float]) -> set[str]:
+    return {q for q, score in declared_scores(mutant, full).items() if score < full[q]}
+
+
+Touched = Callable[[Mutant, Sequence[Mutant]], "frozenset[str] | None"]
+
+
+def memo_touched(nb: nbformat.NotebookNode) -> Touched:
+    """``touched_questions`` on ``nb``, each (mutant, others) worked out once."""
+    cache: dict[tuple[str, tuple[str, ...]], frozenset[str] | None] = {}
+
+    def touched(mutant: Mutant, others: Sequence[Mutant] = ()) -> frozenset[str] | None:
+        key = (mutant.name, tuple(sorted(o.name for o in others)))
+        if key not in cache:
+            cache[key] = touched_questions(mutant, nb, others)
+        return cache[key]
+
+    return touched
+
+
+def leak_pairs(
+    packs: Sequence[Sequence[Mutant]], touched: Touched, full: dict[str, float]
+) -> set[tuple[str, str]]:
+    """The (X, Y) pairs the gradings of ``packs`` could show a leak between: some member loses
+    points on X while question Y, checked by a member that expects points there, must keep them.
+    (A grader bug "losing X costs Y" passes unseen where no grading covers the pair: review rv8.)"""
+    pairs = set()
+    for pack in packs:
+        lost = set().union(*(_lost(m, full) for m in pack if m.kind == "wrong"))
+        for member in pack:
+            others = [m for m in pack if m is not member]
+            theirs = set().union(*(touched(o, [m for m in pack if m is not o]) or set()
+                                   for o in others))  # fmt: skip
+            expect = expected_scores(member, full)
+            checked = {y for y in full if y not in theirs and expect[y] > 0}
+            pairs |= {(x, y) for x in lost for y in checked if x != y}
+    return pairs
 
 
 def packs(mutants: Sequence[Mutant], nb: nbformat.NotebookNode) -> list[tuple[Mutant, ...]]:
     """The corpus in packs that one grading each can check: within a pack no two mutants touch
-    the same question (``touched_questions``), so every question's score is that of the one
-    member that can change it, or full marks; valid variants are packed only with each other
-    (a wrong member's lost points could hide a valid one wrongly penalised). A grading costs
-    ~6 CPU-s, most of it the kernel's start and imports: packs cut the corpus's gradings ~3x.
+    the same question (``touched_questions``, each read with the others' edits in place), so
+    every question's score is that of the one member that can change it, or full marks. Valid
+    variants are packed only with each other (a wrong member's lost points could hide a valid
+    one wrongly penalised). Then mutants are graded alone until the packs cover every leak pair
+    that grading each alone covers (``leak_pairs``). A grading costs ~6 CPU-s, most of it the
+    kernel's start and imports: packs cut the corpus's gradings by more than half.
 
     Sound because questions are graded independently (each hidden check runs alone on its own
     inputs; tests/test_bad_submissions.py proves several mistakes cost only their questions),
-    and a mistake reaches another question only through a call. First fit, in the file's
-    order: the same packs on every run."""
-    groups: list[tuple[str, set[str], list[Mutant]]] = []
+    and a mutant reaches another question only through names its cells define, or through
+    process-wide state (graded alone). First fit, in the file's order: the same packs on every
+    run. ``make kill-matrix`` grades every mutant alone."""
+    touched = memo_touched(nb)
+    groups: list[list[Mutant]] = []
     alone: list[tuple[Mutant, ...]] = []
     for mutant in mutants:
-        touched = touched_questions(mutant, nb)
-        if touched is None:
+        if touched(mutant) is None:
             alone.append((mutant,))
             continue
-        for kind, used, members in groups:
-            if kind == mutant.kind and not used & touched:
-                used |= touched
+        for members in groups:
+            if members[0].kind == mutant.kind and _disjoint([*members, mutant], touched):
                 members.append(mutant)
                 break
         else:
-            groups.append((mutant.kind, set(touched), [mutant]))
-    return [tuple(members) for _, _, members in groups] + alone
+            groups.append([mutant])
+    result = [tuple(g) for g in groups] + alone
+    full = {q.name: q.points for q in _questions()}
+    wanted = leak_pairs([(m,) for m in mutants], touched, full)
+    while missing := sorted(wanted - leak_pairs(result, touched, full)):
+        x, y = missing[0]
+        pick = next(m for m in mutants if x in _lost(m, full) and expected_scores(m, full)[y] > 0)
+        result = [tuple(m for m in p if m is not pick) for p in result]
+        result = [p for p in result if p] + [(pick,)]
+    return result
+
+
+def _disjoint(members: Sequence[Mutant], touched: Touched) -> bool:
+    """Whether no two members touch the same question, each read with the others' edits."""
+    seen: set[str] = set()
+    for member in members:
+        others = [m for m in members if m is not member]
+        try:
+            reach = touched(member, others)
+        except AssertionError:  # an edit no longer matches once the others are applied
+            return False
+        if reach is None or seen & reach:
+            return False
+        seen |= reach
+    return True
 
 
 def grade(
@@ -229,10 +349,17 @@ def grade_once(
 
 
 def _questions() -> list:
-    """The autograder's questions (points, hidden checks), from its otter test files."""
+    """The autograder's questions (points, hidden checks), from its otter test files (read once
+    per build of the zip)."""
+    stat = ZIP.stat()
+    return _questions_of(ZIP, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _questions_of(zip_path: Path, _mtime_ns: int, _size: int) -> list:
     from grading.runner import load_questions
 
-    with tempfile.TemporaryDirectory(prefix="points-") as tmp, zipfile.ZipFile(ZIP) as zf:
+    with tempfile.TemporaryDirectory(prefix="points-") as tmp, zipfile.ZipFile(zip_path) as zf:
         for name in zf.namelist():
             if name.startswith("tests/"):
                 zf.extract(name, tmp)
