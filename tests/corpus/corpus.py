@@ -252,7 +252,7 @@ def packs(mutants: Sequence[Mutant], nb: nbformat.NotebookNode) -> list[tuple[Mu
             alone.append((mutant,))
             continue
         for members in groups:
-            if members[0].kind == mutant.kind and _disjoint([*members, mutant], touched):
+            if members[0].kind == mutant.kind and disjoint([*members, mutant], touched):
                 members.append(mutant)
                 break
         else:
@@ -268,7 +268,7 @@ def packs(mutants: Sequence[Mutant], nb: nbformat.NotebookNode) -> list[tuple[Mu
     return result
 
 
-def _disjoint(members: Sequence[Mutant], touched: Touched) -> bool:
+def disjoint(members: Sequence[Mutant], touched: Touched) -> bool:
     """Whether no two members touch the same question, each read with the others' edits."""
     seen: set[str] = set()
     for member in members:
