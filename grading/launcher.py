@@ -122,6 +122,7 @@ def main(config_path: str, connection_file: str) -> None:
     _limit(resource.RLIMIT_DATA, int(cfg["memory_bytes"]))
     _limit(resource.RLIMIT_FSIZE, int(cfg["file_bytes"]))
     _limit(resource.RLIMIT_CORE, 0)
+    _limit(resource.RLIMIT_NOFILE, int(cfg["open_files"]))
     _oom_first(cfg.get("oom_score_adj"))
     parent = os.getppid()
     _no_new_privileges()

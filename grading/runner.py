@@ -52,6 +52,7 @@ from grading import uids
 from grading.paths import UnsafePathError, check_dir
 from grading.results import clean
 from grading.sandbox import (
+    MAX_MESSAGE_BYTES,
     CellRun,
     Sandbox,
     SandboxConfig,
@@ -322,7 +323,10 @@ def code_cells(nb: nbformat.NotebookNode) -> tuple[list[NotebookCell], int]:
         if cell.get("cell_type") != "code" or not source.strip():
             continue
         tags = cell.get("metadata", {}).get("tags", [])
-        if "otter_ignore" in tags or source.lstrip().startswith("# IGNORE"):
+        # Exactly what otter's own runner skips (a "# IGNORE" first line is otter-assign's marker
+        # in the master, never in a hand-out: a student's comment must not hide an answer).
+        otter_meta = cell.get("metadata", {}).get("otter", {})
+        if "otter_ignore" in tags or (isinstance(otter_meta, dict) and otter_meta.get("ignore")):
             skipped += 1
             continue
         check = check_cell(source)
@@ -481,6 +485,11 @@ def load_npz(data: bytes, max_bytes: int = MAX_OUTPUT_BYTES) -> dict[str, np.nda
 def _describe(run: CellRun, cell_timeout: float) -> str:
     if run.status == "timeout":
         return f"was stopped after {cell_timeout:.0f} s (an endless loop, or far too slow)"
+    if run.status == "died" and run.flooded:
+        return (
+            f"sent one output of over {MAX_MESSAGE_BYTES // 2**20} MB at once (a huge print?), "
+            "so the grader cut the kernel off: print less"
+        )
     if run.status == "died" and run.machine_oom:
         return (
             "was running when the grading machine ran out of memory (the notebook stayed within "

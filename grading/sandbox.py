@@ -88,6 +88,9 @@ class SandboxConfig:
     """Largest file the kernel may write."""
     max_processes: int = 256
     """RLIMIT_NPROC for the sandbox uid (threads count): stops fork bombs."""
+    open_files: int = 1024
+    """RLIMIT_NOFILE per kernel process. Set, never inherited (a grader may run with 10^6): the
+    machine's file table is shared by every grading, and each open file costs kernel memory."""
     cell_timeout: float = 60.0
     """Seconds a single cell may run before it is interrupted."""
     interrupt_grace: float = 5.0
@@ -122,6 +125,9 @@ class CellRun:
     traceback: list[str] = field(default_factory=list)
     stdout: str = ""
     output_chars: int = 0
+    flooded: bool = False
+    """The kernel sent one message over MAX_MESSAGE_BYTES: the grader's connection dropped it, so
+    the kernel was stopped (nothing more of it could arrive)."""
     machine_oom: bool = False
     """The kernel died while its own memory cap was never reached but a group the grader runs in
     hit its limit: the machine ran out of memory, not the notebook (see Sandbox.machine_oom)."""
@@ -494,6 +500,7 @@ class Sandbox:
         self.kc = None
         self._starts = 0
         self._context: zmq.Context | None = None
+        self._iopub_events: zmq.Socket | None = None
         self._cgroup: Path | None = None
         self.namespaced = False
         """Whether the current kernel runs inside namespaces (bubblewrap)."""
@@ -567,6 +574,7 @@ class Sandbox:
             "memory_bytes": cfg.memory_bytes,
             "file_bytes": cfg.file_bytes,
             "max_processes": cfg.max_processes,
+            "open_files": cfg.open_files,
             "oom_score_adj": KERNEL_OOM_SCORE_ADJ if self.uid is not None else None,
             "python": self.python,
             "env": kernel_env(self.workdir, self.python),
@@ -608,6 +616,10 @@ class Sandbox:
             )
         self._context = zmq.Context()
         self._context.setsockopt(zmq.RECONNECT_IVL, -1)
+        # A kernel that floods one huge message is cut off, not allowed to exhaust us. A context
+        # option, so every socket has it before it connects (set on a connected socket, libzmq
+        # never applies it to that connection).
+        self._context.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         self.km = KernelManager(
             kernel_name="sandbox",
             kernel_spec_manager=ksm,
@@ -628,10 +640,9 @@ class Sandbox:
         # put a link to any socket of the host. Whether the kernel lives is known from its
         # process (km.is_alive), not from beats.
         self.kc.start_channels(hb=False)
-        for channel in (self.kc.iopub_channel, self.kc.shell_channel, self.kc.control_channel):
-            # A kernel that floods one huge message is cut off, not allowed to exhaust us.
-            with contextlib.suppress(Exception):
-                channel.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        # A message over MAX_MESSAGE_BYTES makes libzmq drop the iopub connection, after which no
+        # output, error or idle status can arrive: watch for that instead of waiting a timeout.
+        self._iopub_events = self.kc.iopub_channel.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         wait = max(0.1, min(cfg.startup_timeout, self.remaining()))
         self.kc.wait_for_ready(timeout=wait)
 
@@ -695,6 +706,7 @@ class Sandbox:
             with contextlib.suppress(Exception):  # already dead: nothing to shut down
                 self.km.shutdown_kernel(now=True)
             self.km = None
+        self._iopub_events = None  # closed with the context
         if self._context is not None:
             self._context.destroy(linger=0)
             self._context = None
@@ -738,6 +750,10 @@ class Sandbox:
             except Exception as err:  # queue.Empty, or a message the kernel forged badly
                 if not isinstance(err, queue.Empty):
                     continue
+                if self._iopub_events is not None and self._iopub_events.poll(0):
+                    run.status, run.flooded = "died", True
+                    self.stop()
+                    break
                 if not self.km.is_alive():
                     run.status = "died" if run.status == "ok" else run.status
                     run.machine_oom = run.status == "died" and self.machine_oom()

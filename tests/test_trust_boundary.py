@@ -388,7 +388,8 @@ def probed() -> Iterator[list[_Graded]]:
     """A probe run, with the solution graded beside it: what a kernel sees of the machine and of
     the other run. While it runs the test listens on a loopback TCP port the kernel is told
     about (a kernel with network reaches it) and holds a SysV segment and a /dev/shm file (what
-    another run could leave: the kernel must see neither)."""
+    another run could leave: the kernel must see neither). Its last cell sends one 60 MB
+    message."""
     libc = ctypes.CDLL(None, use_errno=True)
     with socket.socket() as listener, tempfile.NamedTemporaryFile(dir="/dev/shm") as shm_file:
         listener.bind(("127.0.0.1", 0))
@@ -398,7 +399,8 @@ def probed() -> Iterator[list[_Graded]]:
         assert segment >= 0 and shm_file.name
         try:
             files = {f"files/{attacks.PROBE_PORT_FILE}": port}
-            graded = grade(attacks.PROBES + attacks.HOST_PROBES, files=files, companion=True)
+            graded = grade(attacks.PROBES + attacks.HOST_PROBES + attacks.ONE_HUGE_MESSAGE,
+                           files=files, companion=True)
         finally:
             libc.shmctl(segment, 0, None)  # IPC_RMID
     yield [graded]
@@ -424,6 +426,22 @@ def test_each_run_has_its_own_fresh_uid_and_private_scratch(probed):
     assert run_uids <= set(uids.FRESH_UIDS), run_uids
     assert (found.group(2), found.group(3)) == ("0o700", "False")
     assert not graded.owed, graded.owed
+
+
+def test_one_huge_message_cuts_the_kernel_off_with_its_reason(probed):
+    """The 16 MB cap holds (a context option, so set before any socket connects), and the
+    dropped connection is seen at once, not waited out as a 60 s 'endless loop'."""
+    report = probed[0].question("Notebook report")
+    assert "sent one output of over 16 MB at once" in report, report[-3000:]
+    assert "y" * 1000 not in probed[0].text
+
+
+def test_kernel_open_files_are_capped_not_inherited(probed):
+    """Red team rt9 (file-table): the machine's file table is shared by every grading, and a
+    kernel that inherits the grader's open-file limit (10^6 on some hosts) can fill it."""
+    found = re.search(r"PROBE uid=\d+ .* open_files=(\d+)", probed[0].text)
+    assert found, probed[0].question("Notebook report")
+    assert int(found.group(1)) <= 4096, found.group(0)
 
 
 # ------------------------------------------------------------------------- issue 9 housekeeping
@@ -604,10 +622,22 @@ def test_scaffolding_cells_are_still_recognised():
         "# Save your notebook first, then run this cell to export your submission.\n"
         "grader.export(pdf=False, run_tests=True)",
     ]
-    kept = ['grader.check("q1")\nx = 1', "import otter\nx = 1", "# just a comment\nx = 2"]
+    kept = ['grader.check("q1")\nx = 1', "import otter\nx = 1", "# just a comment\nx = 2",
+            "# IGNORE THE GRADIENT here\ndef td_target(): ..."]  # red team rt9: was skipped
     nb.cells = [nbformat.v4.new_code_cell(src) for src in scaffolding + kept]
     cells, _ = runner.code_cells(nb)
     assert [c.source for c in cells] == kept
+
+
+def test_only_what_otter_ignores_is_skipped():
+    """otter's runner skips a cell tagged otter_ignore or with metadata otter.ignore; so does the
+    grader, and counts them (the report says how many demo cells were not run)."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(f"x{i} = {i}") for i in range(3)]
+    nb.cells[0].metadata["tags"] = ["otter_ignore"]
+    nb.cells[1].metadata["otter"] = {"ignore": True}
+    cells, skipped = runner.code_cells(nb)
+    assert ([c.source for c in cells], skipped) == (["x2 = 2"], 2)
 
 
 def _write_nb(path: Path, name: str = corpus.ASSIGNMENT) -> None:

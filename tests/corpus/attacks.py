@@ -329,10 +329,11 @@ if _seen:
     raise ValueError("LEAKED-FOLDERS " + "; ".join(_seen))
 """,
     """
-import os as _os, stat as _st
+import os as _os, resource as _rs, stat as _st
 raise ValueError(
     f"PROBE uid={_os.getuid()} workdir={oct(_st.S_IMODE(_os.stat('.').st_mode))} "
-    f"scratch_listable={_os.access('..', _os.R_OK)}"
+    f"scratch_listable={_os.access('..', _os.R_OK)} "
+    f"open_files={max(_rs.getrlimit(_rs.RLIMIT_NOFILE))}"
 )
 """,
 ]
@@ -497,4 +498,17 @@ _foreign = [ln.split()[_col] for ln in _lines if int(ln.split()[_col]) != _os.ge
 _shm = [n for n in _os.listdir("/dev/shm") if n != "probe-" + str(_os.getuid())]
 raise ValueError(f"IPCVIEW foreign_shm={len(_foreign)} foreign_dev_shm={len(_shm)} END")
 """,
+]
+
+
+#: Red team rt9 (zmq-maxmsgsize): ONE iopub message of 60 MB. The 16 MB cap was set on sockets
+#: already connected, where libzmq never applies it, so the grader took the whole message in.
+ONE_HUGE_MESSAGE = [
+    """
+_k = get_ipython().kernel
+_k.session.send(_k.iopub_socket, "stream", {"name": "stdout", "text": "y" * 60_000_000},
+                parent=_k.get_parent())
+import time as _t
+_t.sleep(3)
+"""
 ]
