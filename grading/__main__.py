@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sandbox",
         choices=["auto", "require", "floor"],
-        default=SandboxConfig.isolation,
+        default=None,
         help="namespaces around the kernel (bubblewrap): auto = namespaces, or the floor (uid "
         "separation only) on Gradescope (source /autograder/source), refused elsewhere; "
         "require = refuse to grade without them; floor = never (you accept that the notebook "
@@ -75,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     if same_user and not args.same_user:
         print("grading: not root, so the notebook runs as this user (no sandbox).", file=sys.stderr)
     uid = None if same_user else ("fresh" if args.uid is None else args.uid)
-    isolation = args.sandbox
+    if args.jail is not None and args.sandbox is not None:
+        parser.error("give --sandbox only (--jail is its old name): both were given")
+    isolation = args.sandbox or SandboxConfig.isolation
     if args.jail is not None:
         isolation = {"auto": "auto", "require": "require", "off": "floor"}[args.jail]
     interrupt_on_signals()  # SIGTERM/SIGINT/SIGHUP: the kernel ended, a report, clean-up

@@ -15,6 +15,8 @@ import nbformat
 import numpy as np
 import pytest
 
+from tools import build_release
+
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "offline_rl"
 ASSIGNMENT = ROOT / "assignments" / NAME
@@ -285,3 +287,19 @@ def test_graded_cells_never_draw(notebook: Path) -> None:
     # The demos still get their drawing: from a cell the grader skips.
     ignored = [c for c in nb.cells if "otter_ignore" in c.metadata.get("tags", [])]
     assert any(_drawing_uses(c.source) for c in ignored), "no ignored cell imports the drawing"
+
+
+def test_answer_sources_are_closed_to_other_users(fresh_build):
+    """A kernel graded with ``--sandbox floor`` on this machine runs as another user and reads
+    every world-readable file: after a build, nothing holding answers is open to it (red team
+    rt9 read reference/ and the master from a blank notebook)."""
+    solution = ROOT / "autograder" / NAME / f"{NAME}-solution.ipynb"
+    secrets = [ROOT / name for name in build_release.ANSWER_SOURCES] + [
+        ROOT / "build", ROOT / "autograder" / NAME, solution,
+    ]  # fmt: skip
+    open_to_others = [
+        f"{p.relative_to(ROOT)} {oct(p.stat().st_mode & 0o777)}"
+        for p in secrets
+        if p.exists() and p.stat().st_mode & 0o077
+    ]
+    assert not open_to_others, f"readable by other users: {open_to_others}"

@@ -846,3 +846,12 @@ def test_kernel_memory_group_lies_inside_the_graders_own():
                 time.sleep(0.1)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(outer / "inner"), proc.stdout
+
+
+def test_jail_and_sandbox_together_are_refused(tmp_path):
+    """Red team rt9: ``--jail`` (the option's old name) silently overrode ``--sandbox``."""
+    cmd = [sys.executable, "-m", "grading", str(tmp_path), str(tmp_path), str(tmp_path / "r"),
+           "--sandbox", "floor", "--jail", "require"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=GRADING.parent, timeout=60)
+    assert proc.returncode == 2 and "--sandbox only" in proc.stderr, proc.stderr[-500:]
+    assert not (tmp_path / "r").exists()
