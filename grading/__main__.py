@@ -20,11 +20,7 @@ from pathlib import Path
 from grading import results
 from grading.paths import UnsafePathError, check_dir
 from grading.runner import Grader, GradingConfig, interrupt_on_signals
-from grading.sandbox import SandboxConfig, namespaces_work
-
-#: Where Gradescope unpacks the autograder: there the floor is accepted without asking (the
-#: container holds one submission and no solution; namespaces may be refused).
-GRADESCOPE_SOURCE = Path("/autograder/source")
+from grading.sandbox import GRADESCOPE_SOURCE, SandboxConfig, namespaces_work
 
 #: The grader's own memory (RLIMIT_DATA, soft: the kernel's launcher sets its own). Grading the
 #: solution peaks at 227 MB VmData (138 MB resident); what the kernel hands over adds at most

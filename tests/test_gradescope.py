@@ -121,6 +121,9 @@ def test_run_autograder_in_the_gradescope_layout(autograder_dir):
     assert {t["visibility"] for t in results["tests"]} <= gs.VISIBILITY
     assert all(isinstance(t["output"], str) for t in results["tests"])
     assert 0 < results["execution_time"] < 600
+    # Red team rt9: Gradescope's metadata (earlier results, hidden messages included) is root's.
+    metadata = autograder_dir / "submission_metadata.json"
+    assert metadata.stat().st_mode & 0o077 == 0, oct(metadata.stat().st_mode)
 
     results, _ = _run_harness(autograder_dir, b"{ not json")
     assert gs.validate(results) == [] and results["score"] == 0
