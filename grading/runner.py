@@ -313,9 +313,14 @@ def check_cell(source: str) -> str | None:
 def code_cells(nb: nbformat.NotebookNode) -> tuple[list[NotebookCell], int]:
     """The cells to run (numbered from 1 as in the notebook) and how many demos were skipped."""
     cells, section, skipped = [], "the top of the notebook", 0
-    for number, cell in enumerate(nb.get("cells", []), start=1):
+    listed = nb.get("cells")
+    for number, cell in enumerate(listed if isinstance(listed, list) else [], start=1):
+        if not isinstance(cell, dict):
+            continue
         source = cell.get("source", "")
-        source = "".join(source) if isinstance(source, list) else str(source)
+        if isinstance(source, list):
+            source = "".join(part for part in source if isinstance(part, str))
+        source = source if isinstance(source, str) else ""
         if cell.get("cell_type") == "markdown":
             heading = next((ln for ln in source.splitlines() if ln.startswith("#")), None)
             if heading:
@@ -323,10 +328,14 @@ def code_cells(nb: nbformat.NotebookNode) -> tuple[list[NotebookCell], int]:
             continue
         if cell.get("cell_type") != "code" or not source.strip():
             continue
-        tags = cell.get("metadata", {}).get("tags", [])
+        # The upload's JSON as written, valid or not: metadata of any shape must not crash us.
+        metadata = cell.get("metadata")
+        metadata = metadata if isinstance(metadata, dict) else {}
+        tags = metadata.get("tags")
+        tags = [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
         # Exactly what otter's own runner skips (a "# IGNORE" first line is otter-assign's marker
         # in the master, never in a hand-out: a student's comment must not hide an answer).
-        otter_meta = cell.get("metadata", {}).get("otter", {})
+        otter_meta = metadata.get("otter")
         if "otter_ignore" in tags or (isinstance(otter_meta, dict) and otter_meta.get("ignore")):
             skipped += 1
             continue

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nbformat
 
@@ -126,6 +128,15 @@ def _read(path: Path) -> nbformat.NotebookNode:
     return nb
 
 
+def _assignment_name(nb: Any) -> str | None:
+    """The assignment a notebook says it belongs to; None when its JSON does not say (in any
+    shape: an upload's metadata may be anything)."""
+    metadata = nb.get("metadata") if isinstance(nb, dict) else None
+    otter = metadata.get("otter") if isinstance(metadata, dict) else None
+    name = otter.get("assignment_name") if isinstance(otter, dict) else None
+    return name if isinstance(name, str) else None
+
+
 def find_notebook(
     submission: Path,
     expected_name: str,
@@ -170,10 +181,19 @@ def find_notebook(
             + how
         )
 
-    def name_of(nb: nbformat.NotebookNode) -> str | None:
-        return nb.get("metadata", {}).get("otter", {}).get("assignment_name")
+    # The same notebook twice (the file, and the export zip holding it) is one notebook.
+    copies, digests, distinct = 0, set(), []
+    for path, nb in good:
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").digest()
+        if digest in digests:
+            copies += 1
+        else:
+            digests.add(digest)
+            distinct.append((path, nb))
+    good = distinct
 
-    ours = [(p, nb) for p, nb in good if name_of(nb) == assignment] or good
+    ours = [(p, nb) for p, nb in good if _assignment_name(nb) == assignment] or good
     if len(ours) > 1:
         named = [(p, nb) for p, nb in ours if p.name == expected_name]
         if len(named) != 1:
@@ -187,7 +207,7 @@ def find_notebook(
     notes = [f"(skipped: {p})" for p in problems]
     if path.name != expected_name:
         notes.append(f"Graded {path.name} (expected the name {expected_name}; graded anyway).")
-    other = name_of(nb)
+    other = _assignment_name(nb)
     if other is not None and other != assignment:
         notes.append(
             f"This notebook says it belongs to the assignment '{other}', not '{assignment}': "
@@ -195,4 +215,6 @@ def find_notebook(
         )
     if len(good) > 1:
         notes.append(f"Found {len(good)} notebooks; graded {path.name}.")
+    if copies:
+        notes.append(f"Left out {copies} identical copy(ies) of a notebook (the export zip's?).")
     return Found(path=path, notebook=nb, notes=notes)

@@ -629,6 +629,20 @@ def test_scaffolding_cells_are_still_recognised():
     assert [c.source for c in cells] == kept
 
 
+def test_cells_of_any_json_shape_cost_no_crash():
+    """Red team rt9 (batch-crash-deep-json): a valid JSON notebook whose cell metadata is a
+    list crashed a reader; the grader reads what is there and ignores the rest."""
+    nb = {"cells": [
+        {"cell_type": "code", "source": "a = 1", "metadata": ["not", "a", "dict"]},
+        {"cell_type": "code", "source": ["b = ", 2, "2"], "metadata": {"tags": 7}},
+        {"cell_type": "code", "source": 3, "metadata": {"otter": ["ignore"]}},
+        ["a", "list"],
+        {"cell_type": "code", "source": "c = 3", "metadata": {"tags": ["otter_ignore", 5]}},
+    ]}  # fmt: skip
+    cells, skipped = runner.code_cells(nb)
+    assert ([c.source for c in cells], skipped) == (["a = 1", "b = 2"], 1)
+
+
 def test_only_what_otter_ignores_is_skipped():
     """otter's runner skips a cell tagged otter_ignore or with metadata otter.ignore; so does the
     grader, and counts them (the report says how many demo cells were not run)."""
@@ -659,6 +673,34 @@ def test_decoy_notebook_costs_only_itself(tmp_path):
     )
     assert found.path.name == f"{corpus.ASSIGNMENT}.ipynb"
     assert any("decoy.ipynb" in note for note in found.notes), found.notes
+
+
+def test_notebook_beside_its_own_export_zip_is_graded(tmp_path):
+    """Red team rt9: the notebook and the zip its export cell wrote (same bytes inside) were two
+    candidates, and the solution scored 0 ('none is clearly the one to grade')."""
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    notebook = sub / f"{corpus.ASSIGNMENT}.ipynb"
+    _write_nb(notebook)
+    with zipfile.ZipFile(sub / f"{corpus.ASSIGNMENT}_2026_12_06.zip", "w") as zf:
+        zf.write(notebook, notebook.name)
+    found = submission.find_notebook(sub, notebook.name, corpus.ASSIGNMENT, tmp_path / "unpacked")
+    assert found.path.name == notebook.name
+    assert any("identical" in note for note in found.notes), found.notes
+
+
+def test_assignment_metadata_of_any_shape_costs_no_crash(tmp_path):
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    for i, otter in enumerate([["assignment_name"], {"assignment_name": 5}, "x"]):
+        (sub / f"odd{i}.ipynb").write_text(json.dumps(
+            {"nbformat": 4, "nbformat_minor": 5, "cells": [], "metadata": {"otter": otter}}
+        ))  # fmt: skip
+    _write_nb(sub / f"{corpus.ASSIGNMENT}.ipynb")
+    found = submission.find_notebook(
+        sub, f"{corpus.ASSIGNMENT}.ipynb", corpus.ASSIGNMENT, tmp_path / "unpacked"
+    )
+    assert found.path.name == f"{corpus.ASSIGNMENT}.ipynb"
 
 
 def test_candidate_notebooks_are_capped_in_number_and_time(tmp_path):
