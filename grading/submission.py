@@ -94,8 +94,8 @@ def _candidates(root: Path, unpack_dir: Path, prefer: str = "") -> tuple[list[Pa
                             dst.write(src.read(info.file_size + 1)[: info.file_size])
                         notebooks.append(target)
                         total += info.file_size
-            except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError):
-                seen.append(f"{rel} (not a readable zip)")
+            except Exception as err:  # bad, encrypted, unknown method, corrupt data: this zip only
+                seen.append(f"{rel} (not a readable zip: {type(err).__name__})")
     return notebooks, seen
 
 
