@@ -92,7 +92,7 @@ def _candidates(root: Path, unpack_dir: Path, prefer: str = "") -> tuple[list[Pa
                             dst.write(src.read(info.file_size + 1)[: info.file_size])
                         notebooks.append(target)
                         total += info.file_size
-            except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError):
+            except Exception:  # method 99, the "encrypted" flag (RuntimeError), bad deflate...
                 seen.append(f"{rel} (not a readable zip)")
     return notebooks, seen
 

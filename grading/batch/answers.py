@@ -21,10 +21,11 @@ SOLUTION_TAG = "otter_assign_solution_cell"
 HEADING = re.compile(r"^#+\s*Question\s+(\d+)\b[^\n]*", re.M)
 #: A notebook bigger than this is not read for answers (the grader refuses it too).
 MAX_NOTEBOOK_BYTES = 64 * 2**20
-#: Answer code kept per upload (the first 200,000 characters): what record.json stores and the
-#: similarity table fingerprints (copydetect costs ~20 s per MB; every answer of the solution
-#: is ~15 kB). Longer code is cut, and the record says so.
-MAX_CODE_CHARS = 200_000
+#: Answer code kept per upload: the first 100,000 characters (12 times all the solution's
+#: answer code, 8.4 kB) are what record.json stores and the similarity table fingerprints.
+#: copydetect costs up to ~17 CPU-s per MB of code, so this bounds one upload to ~2 s. Longer
+#: code is cut, with a note at the cut.
+MAX_CODE_CHARS = 100_000
 #: Text kept per hand-graded answer (manual.html renders it as Markdown; a real answer is a
 #: few kB).
 MAX_MANUAL_CHARS = 20_000

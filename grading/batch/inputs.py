@@ -173,7 +173,7 @@ def discover(root: Path) -> list[Submission]:
 
 def _unique_ids(names: list[tuple[str, str]]) -> list[str]:
     """One id per ``(name, file name)`` (the stem or folder name, and what was handed in), in
-    order, no two equal (nor equal but for case: OUT may be copied to a case-blind disk).
+    order, no two equal.
 
     An upload whose name is already safe keeps it: ``bob.ipynb`` is ``bob`` whatever else is in
     the folder, so a classmate's ``bob!.ipynb`` (also ``bob`` once made safe) can never take
@@ -185,16 +185,16 @@ def _unique_ids(names: list[tuple[str, str]]) -> list[str]:
     safe = [_safe(name) for name, _file in names]
     # Exact names first, so that they get theirs; then the rest, each in file-name order.
     order = sorted(range(len(names)), key=lambda i: (safe[i] != names[i][0], names[i][1]))
-    claimed = {s.casefold() for s in safe}  # a suffix must not be any upload's own name
+    claimed = set(safe)  # a suffixed id must not be any upload's own name
     taken: set[str] = set()
     ids = [""] * len(names)
     for i in order:
         candidate, n = safe[i], 1
-        while candidate.casefold() in taken or (n > 1 and candidate.casefold() in claimed):
+        while candidate in taken or (n > 1 and candidate in claimed):
             n += 1
             candidate = f"{safe[i]}-{n}"
         ids[i] = candidate
-        taken.add(candidate.casefold())
+        taken.add(candidate)
     return ids
 
 

@@ -23,15 +23,22 @@ FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def cell(text: object) -> str:
-    """``text`` safe as a spreadsheet cell: a leading ``'`` when it could start a formula (OWASP's
-    advice; the text stays readable). Text that starts with ``'`` gets one more, so that
-    ``uncell`` gives back exactly what was written."""
-    text = str(text)
-    return "'" + text if text.startswith((*FORMULA_START, "'")) else text
+    """``text`` safe as a spreadsheet cell (a student's name, id, e-mail, a reason).
+
+    On one line: the writer's line ends are ``\n`` only, so it leaves a ``\r`` unquoted, and
+    spreadsheets and ``csv.reader`` start a new row there (a row a name could forge). Then a
+    leading ``'`` (OWASP's advice; the text stays readable) when it could start a formula, also
+    after leading blanks, and when it starts with ``'`` itself, so that ``uncell`` gives back
+    exactly what was written.
+    """
+    text = re.sub(r"[\r\n]+", " ", str(text))
+    if text.lstrip().startswith(FORMULA_START) or text.startswith(("\t", "'")):
+        return "'" + text
+    return text
 
 
 def uncell(text: str) -> str:
-    """What ``cell`` was given."""
+    """What ``cell`` was given (its line breaks aside)."""
     return text[1:] if text.startswith("'") else text
 
 
