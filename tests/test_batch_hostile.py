@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import random
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -84,9 +85,10 @@ def test_a_classmates_file_name_never_takes_bobs_row(tmp_path, monkeypatch, caps
     code, out = _batch(tmp_path, subs)
     assert code == 0
     rows = _grades(out)
-    assert rows["bob"]["upload"] == "bob.ipynb" and rows["bob"]["total"] == "2", rows
+    assert rows["bob"]["total"] == "2", rows  # Bob's row shows Bob's grade
     (renamed,) = set(rows) - {"bob"}
-    assert rows[renamed]["upload"] == other and rows[renamed]["total"] == "0", rows
+    assert rows[renamed]["total"] == "0", rows
+    assert rows["bob"]["upload"] == "bob.ipynb" and rows[renamed]["upload"] == other, rows
     said = capsys.readouterr()
     assert f"{other} is graded as '{renamed}'" in said.err + said.out
 
@@ -102,28 +104,35 @@ def test_suffixes_never_collide_and_every_upload_has_its_row(tmp_path, monkeypat
     graded = _stub_grade_one(monkeypatch)
     _code, out = _batch(tmp_path, subs)
     rows = _grades(out)
+    assert len(graded) == len(set(graded)) == len(names), graded  # one grading per id
+    assert len(rows) == len(names), rows  # and one row per upload
     assert sorted(row["upload"] for row in rows.values()) == sorted(names)
-    assert len(graded) == len(set(graded)) == len(names)
     assert rows["bob"]["upload"] == "bob.ipynb" and rows["bob-2"]["upload"] == "bob-2.ipynb"
     for row in rows.values():  # each row carries its own upload's score
         assert row["total"] == f"{names.index(row['upload']) % 3:g}", row
 
 
 @pytest.mark.parametrize("seed", range(8))
-def test_ids_are_unique_and_exact_names_keep_theirs(seed):
-    """Random mixes of clashing names: no two ids equal, and an upload whose name is already safe
-    keeps it."""
+def test_ids_are_unique_and_exact_names_keep_theirs(tmp_path, seed):
+    """Random mixes of clashing names (notebooks, zips, folders): no two ids are equal, every id
+    is its upload's safe name or that with a suffix, and an already-safe name keeps itself."""
     rng = random.Random(seed)
     pool = ["bob", "bob-2", "bob-3", "bob!", "bob ", " bob", "Bob", "bob-2!", ".bob", "-bob",
             "bob_", "bob__", "b o b", "submission", "!!!", "bob-2-2"]  # fmt: skip
-    names = rng.sample(pool, rng.randint(2, len(pool)))
-    pairs = [(name, f"{name}{rng.choice(['.ipynb', '.zip', ''])}") for name in names]
-    ids = inputs._unique_ids(pairs)
-    assert len(set(ids)) == len(ids), list(zip(names, ids))
-    for (name, _), sid in zip(pairs, ids):
-        assert sid == inputs._safe(name) or sid.startswith(inputs._safe(name) + "-"), (name, sid)
-        if inputs._safe(name) == name:
-            assert sid == name, (name, sid, pairs)
+    uploads = {}
+    for name in rng.sample(pool, rng.randint(2, len(pool))):
+        kind = rng.choice([".ipynb", ".zip", ""])
+        (tmp_path / f"{name}{kind}").mkdir() if not kind else (tmp_path / f"{name}{kind}").touch()
+        uploads[f"{name}{kind}"] = name
+    found = inputs.discover(tmp_path)
+    ids = [sub.id for sub in found]
+    assert len(ids) == len(uploads) and len(set(ids)) == len(ids), ids
+    for sub in found:
+        name = uploads[sub.source.name]
+        safe = inputs._safe(name)
+        assert sub.id == safe or re.fullmatch(re.escape(safe) + r"-\d+", sub.id), (name, sub.id)
+        if safe == name:
+            assert sub.id == name, (name, sub.id, sorted(uploads))
 
 
 # ----------------------------------------------------------------------------- unreadable uploads
@@ -189,7 +198,8 @@ def test_one_hostile_upload_is_one_row_and_the_class_is_graded(tmp_path, monkeyp
         (subs / name).write_bytes(data)
     (subs / "alice.ipynb").write_text(_notebook(2.0))
     (subs / "huge.ipynb").write_text(_notebook(1.0) + " " * 300_000)
-    monkeypatch.setattr(inputs, "MAX_UPLOAD_BYTES", 250_000)  # deep.ipynb, 200 kB, is below
+    # deep.ipynb, 200 kB, is below (raising=False: so it also runs, and fails, on the code before this bound)
+    monkeypatch.setattr(inputs, "MAX_UPLOAD_BYTES", 250_000, raising=False)
     graded = _stub_grade_one(monkeypatch)
     code, out = _batch(tmp_path, subs)
     assert code == 0, capsys.readouterr()
