@@ -198,7 +198,8 @@ def test_one_hostile_upload_is_one_row_and_the_class_is_graded(tmp_path, monkeyp
         (subs / name).write_bytes(data)
     (subs / "alice.ipynb").write_text(_notebook(2.0))
     (subs / "huge.ipynb").write_text(_notebook(1.0) + " " * 300_000)
-    # deep.ipynb, 200 kB, is below (raising=False: so it also runs, and fails, on the code before this bound)
+    # deep.ipynb, 200 kB, is below. raising=False: the test also runs (and fails, on the crash)
+    # on the code before this bound existed.
     monkeypatch.setattr(inputs, "MAX_UPLOAD_BYTES", 250_000, raising=False)
     graded = _stub_grade_one(monkeypatch)
     code, out = _batch(tmp_path, subs)
