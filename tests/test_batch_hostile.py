@@ -100,7 +100,7 @@ def test_suffixes_never_collide_and_every_upload_has_its_row(tmp_path, monkeypat
     subs.mkdir()
     names = ["bob .ipynb", "bob.ipynb", "bob-2.ipynb", "Bob.zip", "bob-3 .ipynb"]
     for i, name in enumerate(names):
-        (subs / name).write_text(_notebook(float(i % 3)))
+        (subs / name).write_text(_notebook(i / 4))  # a score of its own
     graded = _stub_grade_one(monkeypatch)
     _code, out = _batch(tmp_path, subs)
     rows = _grades(out)
@@ -109,7 +109,7 @@ def test_suffixes_never_collide_and_every_upload_has_its_row(tmp_path, monkeypat
     assert sorted(row["upload"] for row in rows.values()) == sorted(names)
     assert rows["bob"]["upload"] == "bob.ipynb" and rows["bob-2"]["upload"] == "bob-2.ipynb"
     for row in rows.values():  # each row carries its own upload's score
-        assert row["total"] == f"{names.index(row['upload']) % 3:g}", row
+        assert row["total"] == f"{names.index(row['upload']) / 4:g}", row
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -122,7 +122,10 @@ def test_ids_are_unique_and_exact_names_keep_theirs(tmp_path, seed):
     uploads = {}
     for name in rng.sample(pool, rng.randint(2, len(pool))):
         kind = rng.choice([".ipynb", ".zip", ""])
-        (tmp_path / f"{name}{kind}").mkdir() if not kind else (tmp_path / f"{name}{kind}").touch()
+        if kind:
+            (tmp_path / f"{name}{kind}").touch()
+        else:
+            (tmp_path / name).mkdir()  # a folder upload
         uploads[f"{name}{kind}"] = name
     found = inputs.discover(tmp_path)
     ids = [sub.id for sub in found]
