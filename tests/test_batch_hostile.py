@@ -52,7 +52,11 @@ def _stub_grade_one(monkeypatch, status: dict[str, str] | None = None) -> list[s
 
 
 def _zip(tmp_path: Path) -> Path:
+    """A stand-in autograder.zip, written once (a zip's bytes hold the time it was written: a
+    second one would be another autograder to the resume key)."""
     path = tmp_path / "autograder.zip"
+    if path.is_file():
+        return path
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("otter_config.json", json.dumps({"assignment_name": "offline_rl"}))
     return path
@@ -192,15 +196,19 @@ def test_reading_a_hostile_upload_never_raises(tmp_path, name):
 
 
 def test_one_hostile_upload_is_one_row_and_the_class_is_graded(tmp_path, monkeypatch, capsys):
-    """Every hostile upload above in one class with a good one, and one over the size bound:
-    the run ends (exit 0), every upload has its row, the good one is graded, and the oversized
-    one's row says what is wrong and what to do."""
+    """Every hostile upload above in one class with a good one, one over the size bound and one
+    over the file count: the run ends (exit 0), every upload has its row, the good one is
+    graded, and the oversized ones' rows say what is wrong and what to do."""
     subs = tmp_path / "subs"
     subs.mkdir()
     for name, data in HOSTILE.items():
         (subs / name).write_bytes(data)
     (subs / "alice.ipynb").write_text(_notebook(2.0))
     (subs / "huge.ipynb").write_text(_notebook(1.0) + " " * 300_000)
+    (subs / "many").mkdir()
+    for i in range(4):
+        (subs / "many" / f"{i}.ipynb").write_text(_notebook(1.0))
+    monkeypatch.setattr(inputs, "MAX_UPLOAD_FILES", 3, raising=False)
     # deep.ipynb, 200 kB, is below. raising=False: the test also runs (and fails, on the crash)
     # on the code before this bound existed.
     monkeypatch.setattr(inputs, "MAX_UPLOAD_BYTES", 250_000, raising=False)
@@ -208,10 +216,12 @@ def test_one_hostile_upload_is_one_row_and_the_class_is_graded(tmp_path, monkeyp
     code, out = _batch(tmp_path, subs)
     assert code == 0, capsys.readouterr()
     rows = _grades(out)
-    assert {row["upload"] for row in rows.values()} == {*HOSTILE, "alice.ipynb", "huge.ipynb"}
-    assert rows["alice"]["total"] == "2" and "huge" not in graded
-    assert rows["huge"]["status"] == "ungradable", rows["huge"]
-    assert "MB" in rows["huge"]["reason"] and "ask the student" in rows["huge"]["reason"]
+    assert {row["upload"] for row in rows.values()} == {*HOSTILE, "alice.ipynb", "huge.ipynb",
+                                                        "many"}  # fmt: skip
+    assert rows["alice"]["total"] == "2" and not {"huge", "many"} & set(graded), graded
+    for sid, what in (("huge", "MB"), ("many", "4 files")):
+        assert rows[sid]["status"] == "ungradable", rows[sid]
+        assert what in rows[sid]["reason"] and "ask the student" in rows[sid]["reason"]
     assert (out / "report.html").is_file()
 
 

@@ -26,6 +26,8 @@ METADATA = "submission_metadata.yml"
 #: Uploads are whatever students send: one bigger than this in all (its files' sizes added) is
 #: neither hashed, copied nor graded (the grader reads at most 128 MB of notebooks anyway).
 MAX_UPLOAD_BYTES = 256 * 2**20
+#: ... and one of more files than this (the grader looks at no more entries either).
+MAX_UPLOAD_FILES = 10_000
 IGNORED = {".ipynb_checkpoints", "__MACOSX", ".DS_Store"}
 
 
@@ -59,8 +61,13 @@ class Submission:
         return path.name if path == self.source else path.relative_to(self.source).as_posix()
 
     def check_size(self) -> None:
-        """Raise ValueError (saying what to do) when the upload is over ``MAX_UPLOAD_BYTES``:
-        hashing or copying it would cost the batch that much memory and time."""
+        """Raise ValueError (saying what to do) when the upload is over ``MAX_UPLOAD_FILES`` or
+        ``MAX_UPLOAD_BYTES``: hashing or copying it would cost the batch that much time."""
+        if len(self.files) > MAX_UPLOAD_FILES:
+            raise ValueError(
+                f"the upload holds {len(self.files):,} files, over the {MAX_UPLOAD_FILES:,} the "
+                "batch reads: ask the student for the notebook or the export cell's zip alone"
+            )
         size = sum(path.stat().st_size for path in self.files)
         if size > MAX_UPLOAD_BYTES:
             raise ValueError(
