@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 
 from grading import results
-from grading.paths import UnsafePathError, check_dir
+from grading.paths import UnsafePathError, check_dir, check_new_dir
 from grading.runner import Grader, GradingConfig, interrupt_on_signals
 from grading.sandbox import GRADESCOPE_SOURCE, SandboxConfig, namespaces_work
 
@@ -107,7 +107,8 @@ def _refusal(source: Path, results_dir: Path, isolation: str) -> int | None:
     """The exit code when a root grading must not start (the reason goes to stderr and, where
     the results folder is safe, into results.json), else None."""
     try:
-        check_dir(results_dir if os.path.lexists(results_dir) else results_dir.parent)
+        # A results folder not made yet: its parent is checked, and nothing is created.
+        (check_dir if os.path.lexists(results_dir) else check_new_dir)(results_dir)
     except UnsafePathError as err:  # nothing is written through a link another user planted
         print(f"grading: refused, and no results.json written: {err}", file=sys.stderr)
         return 2

@@ -63,6 +63,7 @@ def open_dir(path: str | os.PathLike[str], create: bool = False, mode: int = 0o7
                 if not create:  # missing folders on the way are made under checked ones
                     missing = os.path.join(where, name)
                     raise UnsafePathError(f"{path}: {missing} does not exist") from err
+                _refuse_to_make_in(parent, os.path.join(where, name), where, path)
                 os.mkdir(name, mode, dir_fd=fd)
                 info = os.lstat(name, dir_fd=fd)
             here = os.path.join(where, name)
@@ -108,9 +109,27 @@ def open_dir(path: str | os.PathLike[str], create: bool = False, mode: int = 0o7
         raise
 
 
+def _refuse_to_make_in(parent: os.stat_result, here: str, where: str, path: object) -> None:
+    """Refuse, before ``mkdir``, a folder that would lie in one others can write, unless that
+    one is sticky (root's new entry there is then root's alone): nothing is created."""
+    if _others_write(parent) and not parent.st_mode & stat.S_ISVTX:
+        raise UnsafePathError(
+            f"{path}: {here} would lie in {where}, which other users can write (and which is not "
+            "sticky): another user could swap it. Give a folder in one only root can write"
+        )
+
+
 def check_dir(path: str | os.PathLike[str]) -> None:
     """Raise UnsafePathError unless ``path`` is a folder no other user can redirect."""
     os.close(open_dir(path))
+
+
+def check_new_dir(path: str | os.PathLike[str]) -> None:
+    """Raise UnsafePathError unless ``path``, a folder not made yet, can be made (``open_dir``
+    with ``create``) where no other user can redirect it. Creates nothing."""
+    where = os.path.dirname(os.path.abspath(path))
+    with opened_dir(where) as fd:
+        _refuse_to_make_in(os.fstat(fd), os.path.abspath(path), where, path)
 
 
 @contextlib.contextmanager

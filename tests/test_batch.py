@@ -44,6 +44,7 @@ PACKS = [
     ("td_target_no_done_mask", "coverage_drops_repeats", "q10_wrong_choice"),
 ]
 VALID_IN_ZIP = "valid_cross_entropy"
+CLASHING = "solution!"
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOT = ROOT / "build" / "batch-report.png"
 METADATA = """\
@@ -80,8 +81,10 @@ def _make_class(folder: Path) -> dict[str, dict[str, float] | None]:
     _write(solution, folder / "solution.ipynb")
     shutil.copyfile(folder / "solution.ipynb", folder / "solution_again.ipynb")  # duplicate
     expect["solution"] = expect["solution_again"] = {}
-    _write(blank, folder / "blank.ipynb")
-    expect["blank"] = {"*": 0.0}
+    # The blank notebook under a name that is "solution" once made file-system safe, and that
+    # sorts before "solution.ipynb" (rt9 batch-id-swap): the solution keeps the id "solution".
+    _write(blank, folder / f"{CLASHING}.ipynb")
+    expect["solution-2"] = {"*": 0.0}
     touched = corpus.memo_touched(solution)
     for names in PACKS:
         pack = [by_name[name] for name in names]
@@ -179,6 +182,8 @@ def test_grades_match_the_corpus(graded_class):
             wrong[sid] = {q: (got[q], want[q]) for q in full if got[q] != want[q]}
     assert not wrong, f"scores that differ from the corpus (got, declared): {wrong}"
     assert rows["solution_again"]["duplicate_of"] == "solution"
+    assert rows["solution"]["upload"] == "solution.ipynb"
+    assert rows["solution-2"]["upload"] == f"{CLASHING}.ipynb"
     assert rows["submission_9002"]["student"] == "Alan Turing; Grace Hopper"
     assert rows["submission_9001"]["email"] == "ada@example.edu"
 
@@ -188,8 +193,8 @@ def test_hostile_submissions_change_no_other_row(graded_class):
     equals its grading without them (the solution's row doubles as that reference here, graded
     in the same run, so the comparison covers solution, duplicate and the Gradescope copy)."""
     _, out, _, _ = graded_class
-    rows = _rows(out / "grades.csv", drop=("seconds", "submission", "duplicate_of", "student",
-                                           "sid", "email"))  # fmt: skip
+    rows = _rows(out / "grades.csv", drop=("seconds", "submission", "upload", "duplicate_of",
+                                           "student", "sid", "email"))  # fmt: skip
     for sid in ("h_otter", "h_forge_results"):
         assert float(rows[sid]["total"]) == 0.0, rows[sid]
         assert "FORGED" not in (out / "submissions" / sid / "results.json").read_text()
@@ -207,6 +212,7 @@ def test_resume_grades_nothing_and_force_regrades(graded_class, tmp_path):
     # The corrupt upload is not "graded now": it is the one that could not be graded.
     gradable = sum(declared is not None for declared in expect.values())
     assert f"{gradable} graded now, 0 reused" in first and "1 could not be graded" in first, first
+    assert f"{CLASHING}.ipynb is graded as 'solution-2'" in first, first  # the renaming is said
     stamps = {p: p.stat().st_mtime_ns for p in (out / "submissions").rglob("record.json")}
     again = _batch("batch", corpus.ZIP, subs, out, "--jobs", "2", "--no-progress")
     assert f"0 graded now, {len(expect)} reused" in again.stdout, again.stdout

@@ -21,33 +21,60 @@ SOLUTION_TAG = "otter_assign_solution_cell"
 HEADING = re.compile(r"^#+\s*Question\s+(\d+)\b[^\n]*", re.M)
 #: A notebook bigger than this is not read for answers (the grader refuses it too).
 MAX_NOTEBOOK_BYTES = 64 * 2**20
+#: Answer code kept per upload: the first 100,000 characters (12 times all the solution's
+#: answer code, 8.4 kB) are what record.json stores and the similarity table fingerprints.
+#: copydetect costs up to ~17 CPU-s per MB of code, so this bounds one upload to ~2 s. Longer
+#: code is cut, with a note at the cut.
+MAX_CODE_CHARS = 100_000
+#: Text kept per hand-graded answer (manual.html renders it as Markdown; a real answer is a
+#: few kB).
+MAX_MANUAL_CHARS = 20_000
 
 
 def _source(cell: dict[str, Any]) -> str:
     source = cell.get("source", "")
-    return "".join(source) if isinstance(source, list) else str(source)
+    return "".join(map(str, source)) if isinstance(source, list) else str(source)
 
 
-def _notebook_bytes(sub: Submission) -> bytes | None:
-    """The upload's notebook: the first .ipynb, or the first one inside a zip."""
+def _tags(cell: dict[str, Any]) -> set[str]:
+    """The cell's tags; a hand-edited notebook may hold anything where nbformat wants a list."""
+    metadata = cell.get("metadata")
+    tags = metadata.get("tags") if isinstance(metadata, dict) else None
+    return {t for t in tags if isinstance(t, str)} if isinstance(tags, list) else set()
+
+
+def _cut(text: str, limit: int, what: str) -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n\n[{what} cut here: {len(text):,} characters; see the notebook]"
+
+
+def _notebook_bytes(sub: Submission) -> tuple[bytes | None, str]:
+    """The upload's notebook: the first .ipynb, or the first one inside a zip; and, when there is
+    none, why (what the manual page shows). A zip bigger than MAX_NOTEBOOK_BYTES is not opened
+    (its central directory alone could take gigabytes of memory to list)."""
+    why = "no notebook found"
     for path in sub.files:
         if path.suffix == ".ipynb" and path.stat().st_size <= MAX_NOTEBOOK_BYTES:
-            return path.read_bytes()
+            return path.read_bytes(), ""
     for path in sub.files:
-        if path.suffix == ".zip":
-            try:
-                with zipfile.ZipFile(path) as zf:
-                    for info in zf.infolist():
-                        name = info.filename
-                        if (
-                            name.endswith(".ipynb")
-                            and "__MACOSX" not in name
-                            and (info.file_size <= MAX_NOTEBOOK_BYTES)
-                        ):
-                            return zf.read(info)
-            except (zipfile.BadZipFile, OSError):
-                continue
-    return None
+        if path.suffix != ".zip" or path.stat().st_size > MAX_NOTEBOOK_BYTES:
+            continue
+        try:
+            with zipfile.ZipFile(path) as zf:
+                for info in zf.infolist():
+                    name = info.filename
+                    if (
+                        name.endswith(".ipynb")
+                        and "__MACOSX" not in name
+                        and (info.file_size <= MAX_NOTEBOOK_BYTES)
+                    ):
+                        return zf.read(info), ""  # at most file_size bytes: zipfile stops there
+        except Exception as err:
+            # Any broken zip (method 99, the "encrypted" flag, bad deflate data, a cut
+            # member...) is this upload's problem: its other files may still hold one.
+            why = f"{sub.relative(path)} is not a readable zip: {type(err).__name__}: {err}"[:200]
+    return None, why
 
 
 def from_notebook(nb: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +92,7 @@ def from_notebook(nb: dict[str, Any]) -> dict[str, Any]:
             if heading:
                 question = heading.group(1)
                 titles[question] = heading.group(0).lstrip("#").strip()
-        tags = (cell.get("metadata") or {}).get("tags") or []
+        tags = _tags(cell)
         if cell.get("cell_type") == "markdown" and ANSWER_TAG in tags and question is not None:
             manual[question] = (manual.get(question, "") + "\n\n" + source).strip()
         elif cell.get("cell_type") == "code" and {ANSWER_TAG, SOLUTION_TAG} & set(tags):
@@ -76,15 +103,24 @@ def from_notebook(nb: dict[str, Any]) -> dict[str, Any]:
 
 
 def extract(sub: Submission) -> dict[str, Any]:
-    """The answers of an upload; empty when it holds no readable notebook."""
-    why = "no notebook found"
+    """The answers of an upload; empty when it holds no readable notebook.
+
+    Never raises for a bad upload (the batch reads every upload itself, before any grading, so
+    an exception here would stop the whole class): whatever goes wrong (a RecursionError from
+    JSON nested too deep, a zip with an unknown method, a MemoryError...) is one upload's
+    "unreadable" reason. The answers are a convenience for the instructor; the grade is the
+    grader's. Work is bounded: MAX_NOTEBOOK_BYTES read, MAX_CODE_CHARS / MAX_MANUAL_CHARS kept.
+    """
     try:
-        data = _notebook_bytes(sub)
-        nb = json.loads(data.decode("utf-8", errors="replace")) if data else None
-    except (OSError, ValueError) as err:
-        nb, why = None, f"not a valid notebook: {str(err)[:120]}"
-    if isinstance(nb, dict):
-        return from_notebook(nb)
+        data, why = _notebook_bytes(sub)
+        nb = json.loads(data.decode("utf-8", errors="replace")) if data is not None else None
+        why = why or "not a valid notebook: the JSON is not an object"
+        if isinstance(nb, dict):
+            found = from_notebook(nb)
+            manual = {q: _cut(t, MAX_MANUAL_CHARS, "answer") for q, t in found["manual"].items()}
+            return {**found, "manual": manual, "code": _cut(found["code"], MAX_CODE_CHARS, "code")}
+    except Exception as err:  # see above: one upload, never the batch
+        why = f"not a valid notebook: {type(err).__name__}: {str(err)[:120]}"
     # "unreadable" lets manual.html say "could not be read" rather than "no answer".
     return {"manual": {}, "code": "", "titles": {}, "unreadable": why}
 
@@ -96,7 +132,7 @@ def rubric(solution: Path) -> dict[str, dict[str, str]]:
     found: dict[str, dict[str, str]] = {}
     question, title, after_answer = None, "", False
     for cell in nb.get("cells", []):
-        source, tags = _source(cell), (cell.get("metadata") or {}).get("tags") or []
+        source, tags = _source(cell), _tags(cell)
         heading = HEADING.search(source) if cell.get("cell_type") == "markdown" else None
         if heading:
             question, title = heading.group(1), heading.group(0).lstrip("#").strip()

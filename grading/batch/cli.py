@@ -231,6 +231,8 @@ def main_batch(argv: list[str]) -> int:
             subs = inputs.shard(subs, args.shard)
     except ValueError as err:
         parser.error(str(err))
+    for line in inputs.renamed(subs):  # before the progress bar, and again in the summary
+        print(f"batch: WARNING: {line}", file=sys.stderr)
     if not subs and not args.shard:
         parser.error(f"{args.submissions} holds no submission (no .ipynb, no .zip, no folder): "
                      "give the folder of notebooks or Gradescope's unzipped export")  # fmt: skip
@@ -265,13 +267,17 @@ def main_batch(argv: list[str]) -> int:
         and r.record.get("status") != "graded"
     ]  # fmt: skip
     where = f"shard {settings['shard']}: " if settings.get("shard") else ""
+    # An "error" record (the grader's own failure) is never reused: the rerun grades it again.
+    retried = f", {counts['retried']} run again after a grader error" if counts["retried"] else ""
     print(
         f"{where}{len(subs)} submissions: {counts['graded']} graded now, {counts['reused']} "
-        f"reused (same upload, same autograder), {len(failed)} could not be graded."
+        f"reused (same upload, same autograder){retried}, {len(failed)} could not be graded."
     )
     for row in failed:
         reason = tables.shorten(str(row.record.get("reason", "")))
         print(f"  {row.id}: {row.record.get('status')}: {reason}")
+    for line in inputs.renamed(subs):
+        print(f"WARNING: {line}; grades.csv's 'upload' column names each row's file")
     print("wrote", ", ".join(str(out / name) for name in written))
     note = tables.canvas_note([r for r in tables.load_rows(out) if r.id in {s.id for s in subs}])
     if note:

@@ -23,8 +23,11 @@ from typing import Any
 import yaml
 
 METADATA = "submission_metadata.yml"
-#: Uploads are whatever students send; past this a file is not read (the grader refuses it too).
-MAX_FILE_BYTES = 256 * 2**20
+#: Uploads are whatever students send: one bigger than this in all (its files' sizes added) is
+#: neither hashed, copied nor graded (the grader reads at most 128 MB of notebooks anyway).
+MAX_UPLOAD_BYTES = 256 * 2**20
+#: ... and one of more files than this (the grader looks at no more entries either).
+MAX_UPLOAD_FILES = 10_000
 IGNORED = {".ipynb_checkpoints", "__MACOSX", ".DS_Store"}
 
 
@@ -56,6 +59,21 @@ class Submission:
     def relative(self, path: Path) -> str:
         """``path``'s name inside the upload (what the grader's submission folder holds)."""
         return path.name if path == self.source else path.relative_to(self.source).as_posix()
+
+    def check_size(self) -> None:
+        """Raise ValueError (saying what to do) when the upload is over ``MAX_UPLOAD_FILES`` or
+        ``MAX_UPLOAD_BYTES``: hashing or copying it would cost the batch that much time."""
+        if len(self.files) > MAX_UPLOAD_FILES:
+            raise ValueError(
+                f"the upload holds {len(self.files):,} files, over the {MAX_UPLOAD_FILES:,} the "
+                "batch reads: ask the student for the notebook or the export cell's zip alone"
+            )
+        size = sum(path.stat().st_size for path in self.files)
+        if size > MAX_UPLOAD_BYTES:
+            raise ValueError(
+                f"the upload is {size / 2**20:.0f} MB, over the {MAX_UPLOAD_BYTES // 2**20} MB "
+                "the batch reads: ask the student for the notebook or the export cell's zip alone"
+            )
 
     def content_sha256(self) -> str:
         """Hash of the upload's file contents only: the same work under another file name (a
@@ -95,7 +113,13 @@ def read_metadata(path: Path) -> dict[str, Student]:
     Raises:
         ValueError: the file is not the mapping Gradescope writes; the message says what is wrong.
     """
-    data = yaml.load(path.read_text(encoding="utf-8"), Loader=_LenientLoader)
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_LenientLoader)
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(
+            f"{path} is not readable YAML ({str(err)[:200]}): give the "
+            "submission_metadata.yml of Gradescope's export unchanged"
+        ) from err
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of submission folders, got {type(data)}")
     students = {}
@@ -111,7 +135,9 @@ def read_metadata(path: Path) -> dict[str, Student]:
 
 
 def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "submission"
+    """``name`` as a folder name and CSV cell: letters, digits, ``._-`` only, never starting
+    with ``.`` (a hidden folder) or ``-`` (an option to shell tools, a formula to spreadsheets)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-") or "submission"
 
 
 def _files_below(folder: Path) -> tuple[Path, ...]:
@@ -123,7 +149,8 @@ def _files_below(folder: Path) -> tuple[Path, ...]:
 
 
 def discover(root: Path) -> list[Submission]:
-    """Every submission under ``root``, sorted by id (ids made unique with a suffix).
+    """Every submission under ``root``, sorted by id (ids made unique with a suffix, see
+    ``_unique_ids``).
 
     Raises:
         ValueError: ``root`` is not a folder, or its metadata file cannot be read.
@@ -134,25 +161,59 @@ def discover(root: Path) -> list[Submission]:
     if not meta_path.is_file():
         _refuse_the_folder_above(root)
     students = read_metadata(meta_path) if meta_path.is_file() else {}
-    found: list[Submission] = []
+    found: list[tuple[str, Path, tuple[Path, ...], Student]] = []
     for path in sorted(root.iterdir()):
         if path.name in IGNORED or path.name == METADATA or path.is_symlink():
             continue
         if path.is_dir():
             files = _files_below(path)
-            student = students.get(path.name, Student())
-            found.append(Submission(_safe(path.name), path, files, student))
+            found.append((path.name, path, files, students.get(path.name, Student())))
         elif path.suffix.lower() in {".ipynb", ".zip"}:
-            found.append(Submission(_safe(path.stem), path, (path,)))
-    seen: dict[str, int] = {}
-    unique = []
-    for sub in sorted(found, key=lambda s: (s.id, str(s.source))):
-        count = seen.get(sub.id, 0)
-        seen[sub.id] = count + 1
-        if count:
-            sub = Submission(f"{sub.id}-{count + 1}", sub.source, sub.files, sub.student)
-        unique.append(sub)
-    return unique
+            found.append((path.stem, path, (path,), Student()))
+    ids = _unique_ids([(name, path.name) for name, path, _files, _student in found])
+    subs = [
+        Submission(sid, path, files, student)
+        for sid, (_name, path, files, student) in zip(ids, found, strict=True)
+    ]
+    return sorted(subs, key=lambda s: s.id)
+
+
+def _unique_ids(names: list[tuple[str, str]]) -> list[str]:
+    """One id per ``(name, file name)`` (the stem or folder name, and what was handed in), in
+    order, no two equal.
+
+    An upload whose name is already safe keeps it: ``bob.ipynb`` is ``bob`` whatever else is in
+    the folder, so a classmate's ``bob!.ipynb`` (also ``bob`` once made safe) can never take
+    Bob's row. The others get their safe name if free, else the first ``-2``, ``-3``... that no
+    upload holds or claims as its own name: ``bob .ipynb`` beside ``bob.ipynb`` and
+    ``bob-2.ipynb`` becomes ``bob-3``. Ties between exact names (``bob.ipynb``, ``bob.zip``) and
+    between the others go by file name, which no rename can turn against an exact name.
+    """
+    safe = [_safe(name) for name, _file in names]
+    # Exact names first, so that they get theirs; then the rest, each in file-name order.
+    order = sorted(range(len(names)), key=lambda i: (safe[i] != names[i][0], names[i][1]))
+    claimed = set(safe)  # a suffixed id must not be any upload's own name
+    taken: set[str] = set()
+    ids = [""] * len(names)
+    for i in order:
+        candidate, n = safe[i], 1
+        while candidate in taken or (n > 1 and candidate in claimed):
+            n += 1
+            candidate = f"{safe[i]}-{n}"
+        ids[i] = candidate
+        taken.add(candidate)
+    return ids
+
+
+def renamed(subs: list[Submission]) -> list[str]:
+    """One line per upload whose id is not its own safe name (it clashed with another upload's):
+    what the batch prints, so the instructor knows which row is which."""
+    lines = []
+    for sub in subs:
+        name = sub.source.stem if sub.source.is_file() else sub.source.name
+        if sub.id != _safe(name):
+            lines.append(f"{sub.source.name} is graded as {sub.id!r} ({_safe(name)!r} is taken)")
+    return lines
 
 
 def _refuse_the_folder_above(root: Path) -> None:

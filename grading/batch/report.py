@@ -19,6 +19,7 @@ import mistune
 from markupsafe import Markup
 from mistune.renderers.html import HTMLRenderer
 
+from grading.batch.answers import MAX_CODE_CHARS
 from grading.batch.tables import Row, duplicates, question_order
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -115,7 +116,11 @@ def histogram_png(totals: list[float], possible: float) -> str:
 def similarity(rows: list[Row], boilerplate: str = "") -> list[dict[str, Any]]:
     """Pairs of submissions whose answer code cells are unusually alike, by copydetect's
     winnowing fingerprints (the code the blank notebook already holds is boilerplate and does
-    not count). A hint for the instructor to look at, never a grade."""
+    not count). A hint for the instructor to look at, never a grade.
+
+    Bounded per upload: only the first MAX_CODE_CHARS of a submission's answer code are
+    fingerprinted (records of older runs may hold more), so one padded notebook costs seconds,
+    not minutes; a submission whose code copydetect cannot read is left out of the table."""
     from copydetect import CodeFingerprint, compare_files
 
     def fingerprint(code: str, boiler: list | None = None) -> Any:
@@ -127,11 +132,15 @@ def similarity(rows: list[Row], boilerplate: str = "") -> list[dict[str, Any]]:
     boiler = list(fingerprint(boilerplate).hashes) if boilerplate.strip() else None
     prints = []
     for row in rows:
-        code = row.record.get("answers", {}).get("code", "")
-        if code.strip():
+        code = str((row.record.get("answers") or {}).get("code", ""))[:MAX_CODE_CHARS]
+        if not code.strip():
+            continue
+        try:
             fp = fingerprint(code, boiler)
-            if len(fp.hashes):
-                prints.append((row.id, fp))
+        except Exception:  # one student's code, one row of a hint: never the whole report
+            continue
+        if len(fp.hashes):
+            prints.append((row.id, fp))
     pairs = []
     for i, (a, fa) in enumerate(prints):
         for b, fb in prints[i + 1 :]:
@@ -227,7 +236,10 @@ def _answer(row: Row, number: str) -> dict[str, Any]:
     text = str(found["manual"].get(number, ""))
     if not text.strip() or PLACEHOLDER in text:
         return {"state": "none", "html": ""}
-    return {"state": "answer", "html": render_markdown(text)}
+    try:
+        return {"state": "answer", "html": render_markdown(text)}
+    except Exception:  # a parser's RecursionError on a strange answer: show the text as it is
+        return {"state": "answer", "html": Markup("<pre>{}</pre>").format(text)}
 
 
 def write_manual(

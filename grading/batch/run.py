@@ -240,6 +240,7 @@ def _run_grader(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[str, fl
 
 
 def _record(sub: Submission, key: str, sub_sha: str, zip_sha: str) -> dict[str, Any]:
+    """What is known of an upload before its grading (``answers.extract`` never raises)."""
     return {
         "id": sub.id,
         "source": str(sub.source),
@@ -271,27 +272,32 @@ def grade_all(
     """Grade every submission not already graded by this zip into ``out/submissions/<id>/``.
 
     Returns counts: ``graded`` (graded now, status graded), ``reused`` (resumed), ``failed``
-    (run now but ungradable or an error).
+    (run now but ungradable or an error), ``retried`` (of those run now: resumed records whose
+    status was ``error``, the grader's own failure, which a rerun may not repeat; an
+    ``ungradable`` record is the upload's fault and is reused like a grade).
     """
     zip_sha = sha256_file(zip_path)
     base = out / "submissions"
     base.mkdir(parents=True, exist_ok=True)
     todo: list[tuple[Submission, dict[str, Any]]] = []
-    counts = {"graded": 0, "reused": 0, "failed": 0}
+    counts = {"graded": 0, "reused": 0, "failed": 0, "retried": 0}
     for sub in submissions:
         try:
+            sub.check_size()
             sub_sha = sub.sha256()
-        except OSError as err:  # unreadable upload: reported, never graded
-            record = {**_record_unreadable(sub, zip_sha), "reason": f"cannot read it: {err}"}
-            _write_record(base / sub.id, record)
+            key = resume_key(sub_sha, zip_sha)
+            old = load_record(base / sub.id)
+            if not config.force and old and old.get("key") == key and "status" in old:
+                if old["status"] != "error":
+                    counts["reused"] += 1
+                    continue
+                counts["retried"] += 1
+            record = _record(sub, key, sub_sha, zip_sha)
+        except Exception as err:  # one upload the batch cannot read is its row, never the end
+            _write_record(base / sub.id, _record_unreadable(sub, zip_sha, err))
             counts["failed"] += 1
             continue
-        key = resume_key(sub_sha, zip_sha)
-        old = load_record(base / sub.id)
-        if not config.force and old and old.get("key") == key and "status" in old:
-            counts["reused"] += 1
-            continue
-        todo.append((sub, _record(sub, key, sub_sha, zip_sha)))
+        todo.append((sub, record))
     if not todo:
         return counts
     # Identical uploads (same names and bytes) are graded once: the grader is deterministic for
@@ -333,7 +339,13 @@ def grade_all(
     return counts
 
 
-def _record_unreadable(sub: Submission, zip_sha: str) -> dict[str, Any]:
+def _record_unreadable(sub: Submission, zip_sha: str, err: Exception) -> dict[str, Any]:
+    """The record of an upload the batch could not read (too big, unreadable file...)."""
+    if isinstance(err, ValueError):  # Submission.check_size: its message says what to do
+        why = str(err)
+    else:
+        why = (f"{type(err).__name__}: {str(err)[:200]}; check that the file is complete and "
+               "readable (download it again) and run the batch again")  # fmt: skip
     return {
         "id": sub.id,
         "source": str(sub.source),
@@ -344,6 +356,7 @@ def _record_unreadable(sub: Submission, zip_sha: str) -> dict[str, Any]:
         "key": "",
         "answers": {},
         "status": "ungradable",
+        "reason": f"the batch cannot read this upload: {why}",
         "wall_seconds": 0.0,
         "cpu_seconds": 0.0,
     }

@@ -13,10 +13,33 @@ from grading.batch.run import RECORD, RESULTS
 
 #: Columns before the questions and after them; ``seconds`` is the only one that varies between
 #: two gradings of the same class (tests compare everything else).
-LEAD = ["submission", "student", "sid", "email"]
+LEAD = ["submission", "upload", "student", "sid", "email"]
 TAIL = ["total", "max", "status", "reason", "duplicate_of", "seconds", "autograder_sha256"]
 #: Canvas's gradebook import: these five identify the student, then one column per assignment.
 CANVAS_LEAD = ["Student", "ID", "SIS User ID", "SIS Login ID", "Section"]
+#: A cell starting with one of these is a formula to Excel/LibreOffice (OWASP "CSV injection"):
+#: a student's name like ``=HYPERLINK(...)`` would run when the instructor opens the file.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def cell(text: object) -> str:
+    """``text`` safe as a spreadsheet cell (a student's name, id, e-mail, a reason).
+
+    On one line: the writer's line ends are ``\n`` only, so it leaves a ``\r`` unquoted, and
+    spreadsheets and ``csv.reader`` start a new row there (a row a name could forge). Then a
+    leading ``'`` (OWASP's advice; the text stays readable) when it could start a formula, also
+    after leading blanks, and when it starts with ``'`` itself, so that ``uncell`` gives back
+    exactly what was written.
+    """
+    text = re.sub(r"[\r\n]+", " ", str(text))
+    if text.lstrip().startswith(FORMULA_START) or text.startswith(("\t", "'")):
+        return "'" + text
+    return text
+
+
+def uncell(text: str) -> str:
+    """What ``cell`` was given (its line breaks aside)."""
+    return text[1:] if text.startswith("'") else text
 
 
 @dataclass(frozen=True)
@@ -31,6 +54,12 @@ class Row:
     @property
     def id(self) -> str:
         return str(self.record["id"])
+
+    @property
+    def upload(self) -> str:
+        """The file or folder name the student's upload had in SUBMISSIONS (several uploads can
+        share an id's stem: this says which one the row is)."""
+        return Path(str(self.record.get("source", ""))).name
 
     def scores(self) -> dict[str, float]:
         """Question -> score, for the questions that carry points."""
@@ -105,16 +134,17 @@ def write_grades(rows: list[Row], path: Path) -> list[str]:
             student, scores = row.record.get("student", {}), row.scores()
             writer.writerow(
                 [
-                    row.id,
-                    student.get("name", ""),
-                    student.get("sid", ""),
-                    student.get("email", ""),
+                    cell(row.id),
+                    cell(row.upload),
+                    cell(student.get("name", "")),
+                    cell(student.get("sid", "")),
+                    cell(student.get("email", "")),
                     *(_fmt(scores[q]) if q in scores else "" for q in questions),
                     _fmt(row.total()),
                     _fmt(possible),
                     row.record.get("status", ""),
-                    _one_line(row.record.get("reason", "")),
-                    dup.get(row.id, ""),
+                    cell(_one_line(row.record.get("reason", ""))),
+                    cell(dup.get(row.id, "")),
                     f"{float(row.record.get('wall_seconds', 0.0)):.1f}",
                     row.record.get("autograder_sha256", "")[:16],
                 ]
@@ -159,7 +189,7 @@ def write_canvas(rows: list[Row], path: Path, assignment: str) -> None:
             for i, name in enumerate(names):  # a group submission: one line per member
                 sid = sids[i] if i < len(sids) else ""
                 email = emails[i] if i < len(emails) else ""
-                writer.writerow([name, "", sid, email, "", _fmt(row.total())])
+                writer.writerow([cell(name), "", cell(sid), cell(email), "", _fmt(row.total())])
 
 
 def _named(row: Row) -> bool:
@@ -190,7 +220,8 @@ def read_grades(path: Path) -> dict[str, dict[str, str]]:
         reader = csv.DictReader(f)
         if "submission" not in (reader.fieldnames or []):
             raise ValueError(f"{path}: no 'submission' column; pass a grades.csv this tool wrote")
-        return {row["submission"]: row for row in reader}
+        return {uncell(row["submission"]): {k: uncell(v or "") for k, v in row.items()}
+                for row in reader}  # fmt: skip
 
 
 def regrade_diff(old: dict[str, dict[str, str]], rows: list[Row]) -> list[dict[str, Any]]:
