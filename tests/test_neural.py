@@ -37,7 +37,14 @@ from offline_rl.cartpole import (
     make_cartpole_dataset,
 )
 from offline_rl.datasets import OfflineDataset
-from offline_rl.training import evaluate_policy, mlp, set_seed, to_torch_batch, train_offline
+from offline_rl.training import (
+    evaluate_policy,
+    evaluate_policy_batched,
+    mlp,
+    set_seed,
+    to_torch_batch,
+    train_offline,
+)
 from torch import nn
 
 
@@ -373,6 +380,34 @@ def test_expert_balances_and_poor_behavior_does_not():
     poor = make_cartpole_dataset("poor", 30, seed=0, progress=False)
     assert poor.episode_returns().mean() < 50
     assert BEHAVIORS["random"] == 0.0 and BEHAVIORS["expert"] == 1.0
+
+
+def test_evaluate_policy_batched_plays_the_episodes_evaluate_policy_plays():
+    # Row-wise arithmetic only (no matmul, whose rounding may depend on the batch size), so the
+    # one-at-a-time and the batched calls choose the same actions in every state.
+    def act_batch(obs: np.ndarray) -> np.ndarray:
+        return (obs[:, 3] > 0).astype(np.int64)  # (n,): episodes of 138 to 244 steps
+
+    one_by_one = evaluate_policy("CartPole-v1", lambda o: int(act_batch(o[None])[0]), 6, seed=3)
+    batched = evaluate_policy_batched("CartPole-v1", act_batch, 6, seed=3)
+    # Episodes of different lengths: those that end first must leave the batch, not be stepped
+    # on (a terminated CartPole keeps paying reward 0 or 1 and warns), nor end the others.
+    assert len(set(one_by_one.tolist())) == 6
+    np.testing.assert_array_equal(batched, one_by_one)
+    assert batched.dtype == np.float64 and batched.shape == (6,)
+
+
+def test_act_batch_is_act_on_every_row(small_cartpole):
+    obs = small_cartpole.observations[:50]
+    for agent in (CQL(4, 2, CQLConfig(hidden=(16,), seed=1)), BehaviorCloning(4, 2)):
+        assert agent.act_batch(obs).tolist() == [agent.act(o) for o in obs]
+
+
+def test_evaluate_policy_batched_refuses_a_wrong_number_of_actions():
+    with pytest.raises(ValueError, match=r"one action per observation, shape \(4,\)"):
+        evaluate_policy_batched("CartPole-v1", lambda obs: np.zeros((len(obs), 1)), 4)
+    with pytest.raises(ValueError, match="n_episodes"):
+        evaluate_policy_batched("CartPole-v1", lambda obs: obs[:, 0] > 0, 0)
 
 
 def test_evaluate_policy_is_deterministic():
