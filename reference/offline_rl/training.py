@@ -147,7 +147,7 @@ class FlatAdam:
 
     ``torch.optim.Adam(fused=True)`` minus ``Optimizer.step``'s bookkeeping (hooks, profiler
     records, state lookups), which costs about a quarter of a training step at batch 32 (and
-    a tenth at batch 64 with 256 hidden units: the notebook's CartPole agents), on the
+    a tenth at batch 64 with 256 hidden units), on the
     parameters flattened into one vector ``theta`` (``flatten_parameters``) whose gradients are
     one vector ``grad`` too: a step is one call of torch's functional Adam
     (``torch.optim.adam.adam``) on one tensor, the same arithmetic on the same numbers.
