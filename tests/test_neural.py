@@ -385,15 +385,23 @@ def test_expert_balances_and_poor_behavior_does_not():
 def test_evaluate_policy_batched_plays_the_episodes_evaluate_policy_plays():
     # Row-wise arithmetic only (no matmul, whose rounding may depend on the batch size), so the
     # one-at-a-time and the batched calls choose the same actions in every state.
-    def act_batch(obs: np.ndarray) -> np.ndarray:
+    def policy(obs: np.ndarray) -> np.ndarray:
         return (obs[:, 3] > 0).astype(np.int64)  # (n,): episodes of 138 to 244 steps
 
-    one_by_one = evaluate_policy("CartPole-v1", lambda o: int(act_batch(o[None])[0]), 6, seed=3)
+    batch_sizes: list[int] = []
+
+    def act_batch(obs: np.ndarray) -> np.ndarray:
+        batch_sizes.append(len(obs))
+        return policy(obs)
+
+    one_by_one = evaluate_policy("CartPole-v1", lambda o: int(policy(o[None])[0]), 6, seed=3)
     batched = evaluate_policy_batched("CartPole-v1", act_batch, 6, seed=3)
     # Episodes of different lengths: those that end first must leave the batch, not be stepped
-    # on (a terminated CartPole keeps paying reward 0 or 1 and warns), nor end the others.
+    # on (a terminated CartPole pays 0 and warns: the returns alone would not tell), nor end
+    # the others. So the policy sees each episode's states once: as many rows as steps.
     assert len(set(one_by_one.tolist())) == 6
     np.testing.assert_array_equal(batched, one_by_one)
+    assert sum(batch_sizes) == one_by_one.sum() and batch_sizes[0] == 6
     assert batched.dtype == np.float64 and batched.shape == (6,)
 
 
