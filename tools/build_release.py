@@ -579,7 +579,11 @@ SETUP_CELL = """# Set-up. On a laptop set up as README.md says, this does nothin
 # otter-grader and gymnasium; Colab's torch, numpy, matplotlib are kept) from one wheel, once.
 import importlib.util
 import os
+import sys
 
+# otter imports nbformat, nbformat imports jsonschema, and jsonschema compiles a grammar (~2 s)
+# for an optional IRI format check that no notebook uses; without its module it skips that one.
+sys.modules.setdefault("rfc3987_syntax", None)
 if not all(importlib.util.find_spec(m) for m in ("offline_rl", "otter", "gymnasium")):
     %pip install --quiet {url}
     importlib.invalidate_caches()

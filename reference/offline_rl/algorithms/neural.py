@@ -381,6 +381,10 @@ class CQL:
         """Greedy action ``argmax_a Q(s, a)`` for one observation (O,)."""
         return int(self.q_values(obs)[0].argmax())
 
+    def act_batch(self, obs: np.ndarray) -> np.ndarray:
+        """Greedy actions for a batch: obs (N, O) -> (N,) int64 (``evaluate_policy_batched``)."""
+        return self.q_values(obs).argmax(axis=1)
+
 
 class NaiveDQN(CQL):
     """Naive offline DQN: CQL with ``alpha = 0`` (whatever ``config.alpha`` says)."""
@@ -428,6 +432,10 @@ class BehaviorCloning:
     def act(self, obs: np.ndarray) -> int:
         """Most likely action ``argmax_a pi(a | s)`` for one observation (O,)."""
         return int(self.action_probs(obs)[0].argmax())
+
+    def act_batch(self, obs: np.ndarray) -> np.ndarray:
+        """Most likely actions for a batch: obs (N, O) -> (N,) int64."""
+        return self.action_probs(obs).argmax(axis=1)
 
 
 # --------------------------------------------------------------------------- discrete BCQ
