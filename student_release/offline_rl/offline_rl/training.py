@@ -1,8 +1,9 @@
 """Algorithm-agnostic training and evaluation loops for the neural (CartPole) part.
 
 Nothing here knows about CQL or BC: ``train_offline`` accepts any object with an
-``update(batch) -> dict[str, float]`` method, and ``evaluate_policy`` any function from an
-observation to an action. So a notebook runs these loops on the student's own agent.
+``update(batch) -> dict[str, float]`` method, ``evaluate_policy`` any function from an
+observation to an action, and ``evaluate_policy_batched`` any function from a batch of
+observations to a batch of actions. So a notebook runs these loops on the student's own agent.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "Agent",
     "FlatAdam",
     "evaluate_policy",
+    "evaluate_policy_batched",
     "flatten_parameters",
     "mlp",
     "set_seed",
@@ -145,7 +147,7 @@ class FlatAdam:
 
     ``torch.optim.Adam(fused=True)`` minus ``Optimizer.step``'s bookkeeping (hooks, profiler
     records, state lookups), which costs about a quarter of a training step at batch 32 (and
-    a tenth at batch 64 with 256 hidden units: the notebook's CartPole agents), on the
+    a tenth at batch 64 with 256 hidden units), on the
     parameters flattened into one vector ``theta`` (``flatten_parameters``) whose gradients are
     one vector ``grad`` too: a step is one call of torch's functional Adam
     (``torch.optim.adam.adam``) on one tensor, the same arithmetic on the same numbers.
@@ -264,7 +266,11 @@ def train_offline(
         {key: getattr(dataset, key) for key in _BATCH_KEYS}
     )
     history: dict[str, list[float]] = {"step": []}
-    bar = tqdm(range(1, n_steps + 1), desc=desc, disable=not progress, leave=False)
+    # Redrawn at most twice a second: in a notebook each redraw is a widget message, and at
+    # tqdm's default (10 a second) the redraws cost the CartPole cell about a twentieth of its time.
+    bar = tqdm(
+        range(1, n_steps + 1), desc=desc, disable=not progress, leave=False, mininterval=0.5
+    )
     with _denormals_flushed(), _torch_threads(n_threads):
         for step in bar:
             rows = torch.from_numpy(rng.integers(0, len(dataset), size=batch_size))
@@ -275,7 +281,8 @@ def train_offline(
                 history["step"].append(float(step))
                 for key, value in info.items():
                     history.setdefault(key, []).append(float(value))
-                bar.set_postfix({k: f"{float(v):.3g}" for k, v in info.items()})
+                # shown at the bar's next redraw, not redrawn now
+                bar.set_postfix({k: f"{float(v):.3g}" for k, v in info.items()}, refresh=False)
     return history
 
 
@@ -315,4 +322,56 @@ def evaluate_policy(
     finally:
         if own_env:
             environment.close()
+    return returns
+
+
+def evaluate_policy_batched(
+    env_id: str,
+    act_batch: Callable[[np.ndarray], np.ndarray],
+    n_episodes: int = 10,
+    seed: int = 0,
+) -> np.ndarray:
+    """Undiscounted returns of the episodes ``evaluate_policy`` plays, played side by side.
+
+    Episode ``i`` runs in its own environment from ``reset(seed=seed + i)``, as in
+    ``evaluate_policy``; at every time step ``act_batch`` gets the observations of all the
+    episodes still running at once. A network then runs one forward pass per time step
+    instead of one per episode and step: for ten CartPole episodes of 500 steps, 500 small
+    batches instead of 5,000 single rows, which is most of an evaluation's cost.
+
+    Args:
+        env_id: a gymnasium id such as ``"CartPole-v1"``.
+        act_batch: maps observations (n, O) float32 to actions (n,) ints, e.g. the greedy
+            ``argmax`` of a Q-network's rows; ``n`` shrinks as episodes end.
+        n_episodes: number of episodes (>= 1).
+        seed: seed of the first episode's reset.
+
+    Returns:
+        returns: (n_episodes,) float64.
+
+    Raises:
+        ValueError: ``n_episodes < 1``, or ``act_batch`` does not return one action per row.
+    """
+    if n_episodes < 1:
+        raise ValueError(f"n_episodes must be at least 1, got {n_episodes}.")
+    envs = [gym.make(env_id) for _ in range(n_episodes)]
+    returns = np.zeros(n_episodes, dtype=np.float64)
+    try:
+        obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])  # (N, O)
+        running = list(range(n_episodes))  # the episodes not over yet
+        while running:
+            actions = np.asarray(act_batch(obs[running]))  # (n,)
+            if actions.shape != (len(running),):
+                raise ValueError(
+                    f"act_batch must return one action per observation, shape ({len(running)},) "
+                    f"for observations of shape {obs[running].shape}; got {actions.shape}."
+                )
+            for i, action in zip(list(running), actions.tolist()):
+                obs[i], reward, terminated, truncated, _ = envs[i].step(int(action))
+                returns[i] += float(reward)
+                if terminated or truncated:
+                    running.remove(i)
+    finally:
+        for env in envs:
+            env.close()
     return returns
