@@ -149,3 +149,36 @@ def test_the_solutions_early_exit_returns_the_full_loops_table(layout: str, make
         np.testing.assert_array_equal(got, want, err_msg=f"alpha={alpha}")
     # The exit happened (alpha = 0): far fewer comparisons than the 5,000 iterations.
     assert 0 < calls["array_equal"] < 1_000, calls
+
+
+def _never_equal_numpy() -> SimpleNamespace:
+    """numpy, but ``array_equal`` always False (and counted): the loop runs every iteration."""
+    calls = {"array_equal": 0}
+
+    def array_equal(a: np.ndarray, b: np.ndarray) -> bool:
+        calls["array_equal"] += 1
+        return False
+
+    fake = SimpleNamespace(**{n: getattr(np, n) for n in dir(np) if not n.startswith("_")})
+    fake.array_equal, fake.calls = array_equal, calls
+    return fake
+
+
+@pytest.mark.parametrize(
+    "layout, make", DATASETS, ids=[f"{n}{i}" for i, (n, _) in enumerate(DATASETS)]
+)
+def test_the_references_early_exit_returns_the_full_loops_table(
+    layout: str, make: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reference makes the hidden checks' expected values and proves the claims: its exit
+    (α = 0) must change no bit of any table, or the release would change."""
+    from offline_rl.algorithms import tabular
+
+    lay = envs.get_layout(layout)
+    args = (make(), lay.n_states, lay.n_actions, lay.gamma)
+    fast = tabular.offline_q_learning(*args, alpha=0.0)
+    fake = _never_equal_numpy()
+    monkeypatch.setattr(tabular, "np", fake)
+    full = tabular.offline_q_learning(*args, alpha=0.0)
+    assert fake.calls["array_equal"] == 5_000  # the full loop ran
+    np.testing.assert_array_equal(fast, full)
