@@ -1,13 +1,15 @@
 """Grading the solution at Gradescope's size: 0.5 CPU and 768 MB, emulated with cgroups v1.
 
     python benchmarks/grading_resources.py [--repeats 3] [--cpu 0.5] [--memory-mb 768]
-                                           [--no-cgroup]
+                                           [--no-cgroup] [--notebook solution|blank]
 
-Grades the release's solution notebook with the release's autograder.zip exactly as Gradescope
-runs it (``python -m grading``, sandboxed kernel, one torch thread), inside a fresh cgroup per
-run: ``cpu.cfs_quota_us / cpu.cfs_period_us`` = ``--cpu`` (Gradescope's default autograder gets
-half a CPU) and ``memory.limit_in_bytes`` = ``--memory-mb``. The grader and every process it
-starts (the sandboxed kernel) inherit the cgroup.
+Grades the release's solution notebook (``--notebook blank``: the untouched hand-out, which most
+of the test suite's gradings grade: its cost is the grader's fixed cost per grading) with the
+release's autograder.zip exactly as Gradescope runs it (``python -m grading``, sandboxed
+kernel, one torch thread), inside a fresh cgroup per run: ``cpu.cfs_quota_us /
+cpu.cfs_period_us`` = ``--cpu`` (Gradescope's default autograder gets half a CPU) and
+``memory.limit_in_bytes`` = ``--memory-mb``. The grader and every process it starts (the
+sandboxed kernel) inherit the cgroup.
 
 Prints, per run and as medians: the wall time of each grading phase (the grader's start-up,
 kernel start, the notebook's set-up (its cells before the first answer cell: the imports), the
@@ -194,15 +196,21 @@ def _cpu_phases(marks: dict[str, float], samples: list[tuple[float, float]]) -> 
     return out
 
 
-def run_once(cgroups: list[Path] | None) -> Run:
-    """Grade the solution once (in ``cgroups`` if given) and measure it."""
+#: The notebooks ``--notebook`` chooses from (written by ``make release``).
+NOTEBOOKS = {
+    "solution": ROOT / "autograder" / NAME / f"{NAME}-solution.ipynb",
+    "blank": ROOT / "student_release" / NAME / f"{NAME}.ipynb",
+}
+
+
+def run_once(cgroups: list[Path] | None, notebook: Path = NOTEBOOKS["solution"]) -> Run:
+    """Grade ``notebook`` once (in ``cgroups`` if given) and measure it."""
     with tempfile.TemporaryDirectory() as tmp:
         src, sub, res = Path(tmp, "source"), Path(tmp, "submission"), Path(tmp, "results")
         with zipfile.ZipFile(ROOT / "autograder" / NAME / "autograder.zip") as zf:
             zf.extractall(src)
         sub.mkdir()
-        solution = ROOT / "autograder" / NAME / f"{NAME}-solution.ipynb"
-        (sub / f"{NAME}.ipynb").write_bytes(solution.read_bytes())
+        (sub / f"{NAME}.ipynb").write_bytes(notebook.read_bytes())
         cmd = [sys.executable, "-m", "grading", str(src), str(sub), str(res)]
         procs = [folder / "cgroup.procs" for folder in cgroups or []]
         acct_dir = cgroups[2] if cgroups else None
@@ -264,6 +272,8 @@ def main() -> int:
     parser.add_argument("--cpu", type=float, default=0.5, help="CPUs of quota (Gradescope: 0.5)")
     parser.add_argument("--memory-mb", type=int, default=768, help="memory limit (MB)")
     parser.add_argument("--no-cgroup", action="store_true", help="measure without limits")
+    parser.add_argument("--notebook", choices=sorted(NOTEBOOKS), default="solution",
+                        help="grade the solution (default) or the untouched hand-out")  # fmt: skip
     args = parser.parse_args()
     problem = "--no-cgroup given" if args.no_cgroup else cgroup_problem()
     if problem:
@@ -272,13 +282,14 @@ def main() -> int:
     else:
         print(f"cgroup v1: cpu quota {args.cpu:g} CPU ({round(args.cpu * PERIOD_US)} us per "
               f"{PERIOD_US} us), memory limit {args.memory_mb} MB")  # fmt: skip
+    print(f"grading the {args.notebook} notebook ({NOTEBOOKS[args.notebook].relative_to(ROOT)})")
     runs = []
     for i in range(args.repeats):
         with contextlib.ExitStack() as stack:
             groups = None if problem else stack.enter_context(
                 limited_cgroup(args.cpu, args.memory_mb)
             )  # fmt: skip
-            runs.append(run_once(groups))
+            runs.append(run_once(groups, NOTEBOOKS[args.notebook]))
         print(f"run {i + 1}: {_line(runs[-1])}", flush=True)
     wall = statistics.median(r.wall for r in runs)
     memory = [r.cgroup_mb if r.cgroup_mb is not None else r.tree_mb for r in runs]

@@ -38,13 +38,12 @@ import tempfile
 import time
 import traceback
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import nbformat
 import numpy as np
 
 from grading import results as gs
@@ -310,7 +309,7 @@ def check_cell(source: str) -> str | None:
     return match.group(1) if match else None
 
 
-def code_cells(nb: nbformat.NotebookNode) -> tuple[list[NotebookCell], int]:
+def code_cells(nb: Mapping[str, Any]) -> tuple[list[NotebookCell], int]:
     """The cells to run (numbered from 1 as in the notebook) and how many demos were skipped."""
     cells, section, skipped = [], "the top of the notebook", 0
     listed = nb.get("cells")

@@ -220,6 +220,7 @@ def _grade_one(
         shutil.copytree(GRADING, src / "grading", ignore=shutil.ignore_patterns("__pycache__"))
         _scale(src, scale or {})
         for name, data in (files or {}).items():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
             (src / name).write_bytes(data)
         sub.mkdir()
         res.mkdir()  # Gradescope's harness creates it before run_autograder runs
@@ -446,9 +447,9 @@ def test_kernel_open_files_are_capped_not_inherited(probed):
 
 # ------------------------------------------------------------------------- issue 9 housekeeping
 def test_kernel_that_fails_to_start_leaves_nothing_behind():
-    # A module named like ipykernel's entry point, shipped in files/, shadows it in the kernel.
+    # A package named like ipykernel, shipped in files/, shadows it in the kernel.
     graded = grade(
-        [], files={"files/ipykernel_launcher.py": b"raise SystemExit(3)\n"}, companion=True
+        [], files={"files/ipykernel/__init__.py": b"raise SystemExit(3)\n"}, companion=True
     )
     assert graded.results["score"] == 0
     assert "failed" in graded.results["output"], graded.results["output"]

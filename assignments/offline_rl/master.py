@@ -543,7 +543,12 @@ def offline_q_learning(dataset, n_states, n_actions, gamma, alpha=0.0, n_iters=5
         if alpha:
             exp_q = np.exp(Q - v[:, None])
             grad += alpha * (exp_q / exp_q.sum(axis=1, keepdims=True) - pi_data)
-        Q -= step * grad
+        Q_next = Q - step * grad
+        if not alpha and np.array_equal(Q_next, Q):
+            # A fixed point, reached exactly (alpha = 0 gets there in a few hundred steps on the
+            # chapter's data): every further step would return the same table, so stop.
+            break
+        Q = Q_next
     return Q
     # END SOLUTION
 
@@ -1792,33 +1797,28 @@ def alpha_experiment(dataset, layout_name, alphas):
 # # BEGIN TESTS
 
 # %%
-def test_alpha_experiment_shapes(alpha_experiment, behavior, np):
-    result = alpha_experiment(behavior.stitching_dataset(), "stitch", [0.0, 1.0])
+def test_alpha_experiment_shapes_and_unseen_pairs_of_visited_states(alpha_experiment, offline_q_learning, coverage_counts, behavior, envs, np):
+    # One run of the experiment serves both checks (each alpha > 0 costs 5,000 iterations).
+    data = behavior.stitching_dataset()
+    result = alpha_experiment(data, "stitch", [0.0, 1.0])
     assert result is not None, "alpha_experiment returned None: replace the ... with your code."
     assert set(result) >= {"alphas", "returns", "ood_q"}, f"missing keys: {sorted(result)}"
     for key in ("returns", "ood_q"):
         assert np.asarray(result[key]).shape == (2,), f"result[{key!r}] must have one entry per alpha, got shape {np.shape(result[key])}"
     assert result["ood_q"][1] < result["ood_q"][0], "a larger alpha must lower the Q-values of unseen actions"
-
-
-# %%
-def test_alpha_experiment_unseen_pairs_of_visited_states(alpha_experiment, offline_q_learning, coverage_counts, behavior, envs, np):
     # The stitching data visit 16 of the grid's 25 states.
-    data = behavior.stitching_dataset()
     lay = envs.get_layout("stitch")
-    result = alpha_experiment(data, "stitch", [1.0])
-    assert result is not None, "alpha_experiment returned None: replace the ... with your code."
     # Computed from your own offline_q_learning and coverage_counts (checked by q1 and q3).
     counts = np.asarray(coverage_counts(data, lay.n_states, lay.n_actions))
     Q = np.asarray(offline_q_learning(data, lay.n_states, lay.n_actions, lay.gamma, alpha=1.0))
     visited = counts.sum(axis=1, keepdims=True) > 0
     every_unseen = Q[counts == 0].mean()
-    if np.isclose(result["ood_q"][0], every_unseen) and not np.isclose(every_unseen, Q[(counts == 0) & visited].mean()):
+    if np.isclose(result["ood_q"][1], every_unseen) and not np.isclose(every_unseen, Q[(counts == 0) & visited].mean()):
         raise AssertionError(
             "ood_q averages over the unseen pairs of every state, including states the data never "
             "visit (their Q stays 0): keep only the states with counts[s].sum() > 0"
         )
-    assert np.isclose(result["ood_q"][0], Q[(counts == 0) & visited].mean(), rtol=1e-6), (
+    assert np.isclose(result["ood_q"][1], Q[(counts == 0) & visited].mean(), rtol=1e-6), (
         "ood_q must be the mean of Q over the unseen pairs (counts[s, a] == 0) of the visited "
         "states, from offline_q_learning(dataset, ..., alpha=alpha) with the default n_iters"
     )
@@ -1959,7 +1959,8 @@ def test_quality_experiment_uses_its_arguments(quality_experiment, coverage_coun
         planning.rollout_return("open", np.argmax(coverage_counts(behavior.quality_dataset("open", 0.5, n_episodes, seed), lay.n_states, lay.n_actions), axis=1))
         for seed in seeds
     ]
-    got = quality_experiment([0.5], seeds=seeds, n_episodes=n_episodes)["bc"][0]
+    # alpha = 0: only BC is checked here, and naive Q-learning converges in a few hundred steps.
+    got = quality_experiment([0.5], seeds=seeds, n_episodes=n_episodes, alpha=0.0)["bc"][0]
     assert np.isclose(got, np.mean(per_seed)), (
         "result['bc'] must be the mean over the given seeds of BC's return, each seed's data from "
         "behavior.quality_dataset(layout_name, quality, n_episodes, seed): are the seeds, "
@@ -2108,7 +2109,8 @@ def test_stitching_keys(stitching_experiment, behavior):
     )
     data = behavior.stitching_dataset()
     one = data.episode(int(data.episode_returns().argmin()))  # its worst episode alone
-    assert stitching_experiment(one)["best_trajectory_return"] == float(one.episode_returns().max()), (
+    # alpha = 0: only the best trajectory is checked here (naive Q-learning converges quickly).
+    assert stitching_experiment(one, alpha=0.0)["best_trajectory_return"] == float(one.episode_returns().max()), (
         "best_trajectory_return must be computed from the dataset given (dataset.episode_returns())"
     )
 

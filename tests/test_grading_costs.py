@@ -1,0 +1,183 @@
+"""What each grading no longer pays for, checked by what it does rather than by how long it takes
+(issue 24: the solution's grading at 0.5 CPU; about 110 gradings per run of the suite).
+
+* the grader reads an nbformat 4 notebook without importing nbformat (jsonschema: ~0.25 CPU-s
+  of every grading), and still converts older notebooks with it;
+* the sandboxed kernel starts without debugpy (~0.15 CPU-s), on the same ``sys.path``;
+* the master's ``offline_q_learning`` stops at an exact fixed point (α = 0 reaches one in a few
+  hundred of its 5,000 iterations), and returns the very table the full loop returns.
+
+Timings are in ``benchmarks/grading_resources.py`` (``make resources``), not here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import nbformat
+import numpy as np
+import pytest
+from offline_rl import behavior, envs
+
+from grading import sandbox, submission
+from grading.runner import code_cells
+
+ROOT = Path(__file__).resolve().parents[1]
+MASTER = ROOT / "assignments" / "offline_rl" / "master.py"
+
+
+def _v4_notebook(path: Path) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["otter"] = {"assignment_name": "offline_rl"}
+    nb.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_markdown_cell("# Part 2")]
+    nb.cells.append(nbformat.v4.new_code_cell(["y = ", "2"]))  # a list source, as on disk
+    nbformat.write(nb, path)
+
+
+def test_the_grader_reads_a_v4_notebook_without_nbformat(tmp_path: Path) -> None:
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    _v4_notebook(sub / "offline_rl.ipynb")
+    code = (
+        "import sys\n"
+        "import grading.__main__\n"
+        "from grading.submission import find_notebook\n"
+        "from grading.runner import code_cells\n"
+        f"found = find_notebook({str(sub)!r}, 'offline_rl.ipynb', 'offline_rl',"
+        f" {str(tmp_path / 'u')!r})\n"
+        "cells, _ = code_cells(found.notebook)\n"
+        "print([c.source for c in cells], [c.section for c in cells], found.notes)\n"
+        "print('nbformat' in sys.modules, 'jsonschema' in sys.modules)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cells, imported = proc.stdout.strip().splitlines()
+    assert cells == "['x = 1', 'y = 2'] ['the top of the notebook', 'Part 2'] []", cells
+    assert imported == "False False", f"nbformat, jsonschema imported: {imported}"
+
+
+def test_an_older_notebook_is_still_converted_by_nbformat(tmp_path: Path) -> None:
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    v3 = nbformat.v3.new_notebook(
+        worksheets=[nbformat.v3.new_worksheet(cells=[nbformat.v3.new_code_cell(input="z = 3")])]
+    )
+    (sub / "offline_rl.ipynb").write_text(json.dumps(v3))
+    assert json.loads((sub / "offline_rl.ipynb").read_text())["nbformat"] == 3
+    found = submission.find_notebook(sub, "offline_rl.ipynb", "offline_rl", tmp_path / "u")
+    cells, _ = code_cells(found.notebook)
+    assert [c.source for c in cells] == ["z = 3"]
+
+
+def test_a_notebook_nbformat_rejects_is_still_refused_with_its_reason(tmp_path: Path) -> None:
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "offline_rl.ipynb").write_text(json.dumps({"nbformat": 99, "cells": [], "metadata": {}}))
+    with pytest.raises(submission.SubmissionError, match=r"not a valid notebook file.*99"):
+        submission.find_notebook(sub, "offline_rl.ipynb", "offline_rl", tmp_path / "u")
+
+
+def test_the_kernel_starts_without_debugpy_on_the_same_path(tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    (workdir / "shipped_module.py").write_text("VALUE = 42\n")
+    probe = (
+        "import sys, shipped_module\n"
+        "print(sys.modules.get('debugpy', 'absent'), sys.path[0], shipped_module.VALUE)"
+    )
+    config = sandbox.SandboxConfig(uid=None, isolation="floor")
+    with sandbox.Sandbox(workdir, config) as box:
+        run = box.run(probe)
+    assert run.status == "ok", run
+    # debugpy blocked (None); the working folder first on the path (PYTHONPATH, as with
+    # ``python -m ipykernel_launcher``), so the shipped modules import
+    assert run.stdout.split() == ["None", str(workdir), "42"], run.stdout
+
+
+# --------------------------------------------------------------------------- the q3 solution
+def _solution(without_early_exit: bool = False) -> Any:
+    """The master's ``offline_q_learning`` (its solution cell), optionally without the exit."""
+    source = MASTER.read_text()
+    match = re.search(r"\ndef offline_q_learning\(.*?\n    return Q\n", source, re.S)
+    assert match, "no offline_q_learning solution in the master"
+    code = match.group(0)
+    if without_early_exit:  # the exit's condition (the one `if` about Q_next) never holds
+        code, found = re.subn(r"\n(\s+)if [^\n]*Q_next[^\n]*:\n", r"\n\1if False:\n", code)
+        assert found == 1, "no single early exit on Q_next in the solution: update this test"
+    calls = {"array_equal": 0}
+
+    def array_equal(a: np.ndarray, b: np.ndarray) -> bool:
+        calls["array_equal"] += 1
+        return bool(np.array_equal(a, b))
+
+    counting_np = SimpleNamespace(**{n: getattr(np, n) for n in dir(np) if not n.startswith("_")})
+    counting_np.array_equal = array_equal
+    scope: dict[str, Any] = {"np": counting_np}
+    exec(code, scope)  # the instructor's own code
+    return scope["offline_q_learning"], calls
+
+
+DATASETS = [
+    ("stitch", lambda: behavior.stitching_dataset()),
+    ("stitch", lambda: behavior.stitching_dataset(3, 5)),
+    ("cliff", lambda: behavior.narrow_expert_dataset("cliff", n_episodes=5, epsilon=0.2, seed=5)),
+    ("open", lambda: behavior.quality_dataset("open", 0.5, 4, seed=2)),
+    ("cliff", lambda: behavior.quality_dataset("cliff", 0.0, 3, seed=5)),
+]
+
+
+@pytest.mark.parametrize(
+    "layout, make", DATASETS, ids=[f"{n}{i}" for i, (n, _) in enumerate(DATASETS)]
+)
+def test_the_solutions_early_exit_returns_the_full_loops_table(layout: str, make: Any) -> None:
+    lay = envs.get_layout(layout)
+    data = make()
+    fast, calls = _solution()
+    full, _ = _solution(without_early_exit=True)
+    for alpha in (0.0, 1.0):
+        args = (data, lay.n_states, lay.n_actions, lay.gamma)
+        got, want = fast(*args, alpha=alpha), full(*args, alpha=alpha)
+        np.testing.assert_array_equal(got, want, err_msg=f"alpha={alpha}")
+    # The exit happened (alpha = 0): far fewer comparisons than the 5,000 iterations.
+    assert 0 < calls["array_equal"] < 1_000, calls
+
+
+def _never_equal_numpy() -> SimpleNamespace:
+    """numpy, but ``array_equal`` always False (and counted): the loop runs every iteration."""
+    calls = {"array_equal": 0}
+
+    def array_equal(a: np.ndarray, b: np.ndarray) -> bool:
+        calls["array_equal"] += 1
+        return False
+
+    fake = SimpleNamespace(**{n: getattr(np, n) for n in dir(np) if not n.startswith("_")})
+    fake.array_equal, fake.calls = array_equal, calls
+    return fake
+
+
+@pytest.mark.parametrize(
+    "layout, make", DATASETS, ids=[f"{n}{i}" for i, (n, _) in enumerate(DATASETS)]
+)
+def test_the_references_early_exit_returns_the_full_loops_table(
+    layout: str, make: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reference makes the hidden checks' expected values and proves the claims: its exit
+    (α = 0) must change no bit of any table, or the release would change."""
+    from offline_rl.algorithms import tabular
+
+    lay = envs.get_layout(layout)
+    args = (make(), lay.n_states, lay.n_actions, lay.gamma)
+    fast = tabular.offline_q_learning(*args, alpha=0.0)
+    fake = _never_equal_numpy()
+    monkeypatch.setattr(tabular, "np", fake)
+    full = tabular.offline_q_learning(*args, alpha=0.0)
+    assert fake.calls["array_equal"] == 5_000  # the full loop ran
+    np.testing.assert_array_equal(fast, full)
