@@ -57,6 +57,9 @@ TMPFS_BYTES = 64 * 2**20
 MAX_MESSAGE_BYTES = 16 * 2**20
 #: Longest path a Unix socket may have (sun_path is 108 bytes, one for the final NUL).
 MAX_SOCKET_PATH = 107
+#: Seconds a kernel whose iopub connection dropped may take to end: if it lives on, the drop was
+#: a message over MAX_MESSAGE_BYTES, not its death.
+IOPUB_DEATH_GRACE = 2.0
 #: Tries to start a kernel before the grading fails (see ``Sandbox.start``).
 START_ATTEMPTS = 3
 WRITABLE = (".tmp", ".mpl", ".ipython", ".jupyter")
@@ -716,6 +719,17 @@ class Sandbox:
             remove_cgroup(self._cgroup)
             self._cgroup = None
 
+    def _dies_within(self, seconds: float) -> bool:
+        """Whether the kernel process ends within ``seconds`` (a dying kernel drops its
+        connections a moment before its process is gone)."""
+        assert self.km is not None
+        end = time.monotonic() + seconds
+        while self.km.is_alive():
+            if time.monotonic() > end:
+                return False
+            time.sleep(0.05)
+        return True
+
     def restart(self) -> None:
         self.stop()
         self.start()
@@ -750,7 +764,11 @@ class Sandbox:
             except Exception as err:  # queue.Empty, or a message the kernel forged badly
                 if not isinstance(err, queue.Empty):
                     continue
-                if self._iopub_events is not None and self._iopub_events.poll(0):
+                if (
+                    self._iopub_events is not None
+                    and self._iopub_events.poll(0)
+                    and not self._dies_within(IOPUB_DEATH_GRACE)
+                ):  # dropped while the kernel lives on: a message over the cap
                     run.status, run.flooded = "died", True
                     self.stop()
                     break
