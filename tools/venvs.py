@@ -160,8 +160,8 @@ def create(venv: Path, *, with_pip: bool, sources: PipSources | None = None) -> 
     """A venv at ``venv`` on this interpreter's base Python (kept if it already exists);
     returns its python.
 
-    ``with_pip`` installs the pip ``python -m venv`` would (ensurepip's bundled version, from
-    its bundled wheel), for venvs where something runs pip itself.
+    ``with_pip`` installs what ``python -m venv`` would (ensurepip's bundled pip and
+    setuptools, from its own wheels), for venvs where something runs pip itself.
     """
     sources = sources or pip_sources()
     python = venv / "bin" / "python"
@@ -169,10 +169,22 @@ def create(venv: Path, *, with_pip: bool, sources: PipSources | None = None) -> 
         base = getattr(sys, "_base_executable", sys.executable)
         _uv(["venv", "--quiet", "--python", base, str(venv)], sources, timeout=300)
     if with_pip:
-        bundled = Path(ensurepip.__file__).parent / "_bundled"
-        install(python, [f"pip=={ensurepip.version()}"], sources=sources,
-                extra=["--find-links", str(bundled)])
+        install(python, ensurepip_pins(), sources=sources,
+                extra=["--find-links", str(ENSUREPIP_WHEELS)])
     return python
+
+
+#: The wheels ``python -m venv`` installs from (pip, and setuptools before Python 3.12).
+ENSUREPIP_WHEELS = Path(ensurepip.__file__).parent / "_bundled"
+
+
+def ensurepip_pins() -> list[str]:
+    """``name==version`` of each wheel ensurepip bundles: what ``python -m venv`` installs."""
+    names = sorted(p.name for p in ENSUREPIP_WHEELS.glob("*.whl"))
+    pins = ["==".join(name.split("-")[:2]) for name in names]
+    if not any(pin.startswith("pip==") for pin in pins):
+        raise VenvError(f"no pip wheel in {ENSUREPIP_WHEELS}: install python3-venv")
+    return pins
 
 
 def install(
