@@ -16,6 +16,7 @@ Cost (benchmarks/README.md, "Colab-versions test"): the venv's installs plus two
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -140,7 +141,13 @@ def _prepare(notebook: Path, wheel: Path, folder: Path, checks_from: Path | None
 
 def _execute(python: Path, notebook: Path, cwd: Path) -> tuple[nbformat.NotebookNode, float]:
     out = notebook.with_name("executed.ipynb")
-    proc = _run([str(python), "-c", EXECUTE, str(notebook), str(cwd), str(out)], timeout=1800)
+    # Colab's packages come with their bytecode; this venv has none (see colab_venv), so the
+    # kernels write it for the modules they import: the first Run All compiles them, the second
+    # reads them. With PYTHONDONTWRITEBYTECODE (set on some machines) each kernel compiled torch,
+    # pandas, otter... again: 12 CPU-s to import them, 6 with bytecode (2026-12-06).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    proc = _run([str(python), "-c", EXECUTE, str(notebook), str(cwd), str(out)], timeout=1800,
+                env=env)
     seconds = float(re.search(r"EXECUTED in ([\d.]+) s", proc.stdout).group(1))
     return nbformat.read(out, as_version=4), seconds
 
