@@ -20,8 +20,10 @@ as pip does (``--compile-bytecode``): the kernel, run as the sandbox user who ca
 ``test_image_env_has_the_pins_and_cpu_torch`` checks that the venv holds pip's resolution and
 nothing else, so the grading runs on what pip would have installed. What changes is only who
 unpacks the same wheels: pip unzipped torch (~700 MB) for this venv alone, uv links it from the
-shared cache. Measured 2026-12-06 (CPU-s): pip install 126; now pip's dry run ~36, uv's install
-~4 from a cold cache, bytecode ~50.
+shared cache. Measured 2026-12-06 (CPU-s, TEST_CPU_LOG): the venv test cost 126 with pip's
+install; now 89 with the cache warm from the other test venvs (pip's dry run 32, uv's install
+and bytecode 45), 116 from an empty cache. Bytecode is most of what is left: skipping it would
+change what the sandboxed kernel loads, so it stays.
 """
 
 from __future__ import annotations
