@@ -50,8 +50,14 @@ def test_no_index_is_kept():
     assert "--no-index" in venvs.parse_pip_config("global.no-index='true'\n").uv_arguments()
 
 
-def test_created_venv_has_the_pip_python_m_venv_gives(tmp_path):
-    python = venvs.create(tmp_path / "v", with_pip=True)
+@pytest.fixture(scope="module")
+def fresh_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A venv made by tools/venvs.py with pip (shared: one venv for this module)."""
+    return venvs.create(tmp_path_factory.mktemp("venvs") / "v", with_pip=True)
+
+
+def test_created_venv_has_the_pip_python_m_venv_gives(fresh_python):
+    python = fresh_python
     out = subprocess.run([str(python), "-m", "pip", "list", "--format", "json"],
                          capture_output=True, text=True, check=True).stdout
     got = {p["name"]: p["version"] for p in json.loads(out)}
@@ -68,11 +74,11 @@ def _dry_run_torch_pip(python: Path, torch: str) -> str:
 
 
 @pytest.mark.slow
-def test_uv_takes_the_torch_build_pip_takes(tmp_path):
+def test_uv_takes_the_torch_build_pip_takes(fresh_python):
     """This machine's pip finds the CPU torch only through its config (find-links here); uv, which
     reads no pip config, must get the same sources from tools/venvs.py and pick the same build."""
     torch = sync_environment.read_requirements(ROOT / "requirements.txt").runtime["torch"]
-    python = venvs.create(tmp_path / "v", with_pip=True)
+    python = fresh_python
     by_pip = _dry_run_torch_pip(python, torch)
     report = venvs.install(python, [f"torch=={torch}", "--no-deps", "--dry-run"])
     assert f"torch=={by_pip}" in report, f"pip takes torch {by_pip}; uv said:\n{report}"
