@@ -98,14 +98,14 @@ bench: $(STAMP)
 BENCH_VENV := build/bench-venv
 D3RLPY     := d3rlpy==2.8.1
 
-# --no-compile: pip would compile every module of torch and d3rlpy (half its CPU time); the few a
-# run imports compile on first import, as the user who writes the venv.
-$(BENCH_VENV)/.installed: requirements.txt Makefile
+# uv (tools/venvs.py) installs from pip's own sources through the cache the tests' venvs share, so
+# torch is unpacked once; it compiles no bytecode (as pip --no-compile): the few modules a run
+# imports compile on first import, as the user who writes the venv. Order-only on .venv, whose uv
+# it runs: a newer pin there must not rebuild .venv from inside tests/test_minari.py.
+$(BENCH_VENV)/.installed: requirements.txt requirements.lock Makefile tools/venvs.py | $(STAMP)
 	@echo ">> creating $(BENCH_VENV) with $(D3RLPY)"
-	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
-	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check --no-compile \
-		"$$(grep '^torch==' requirements.txt)" "$(D3RLPY)" "$$(grep '^minari' requirements.txt)" \
-		"$$(grep -i '^pillow==' requirements.lock)"
+	$(PY) tools/venvs.py $(BENCH_VENV) "$$(grep '^torch==' requirements.txt)" "$(D3RLPY)" \
+		"$$(grep '^minari' requirements.txt)" "$$(grep -i '^pillow==' requirements.lock)"
 	@touch $@
 
 bench-d3rlpy: $(STAMP) $(BENCH_VENV)/.installed

@@ -16,6 +16,7 @@ Cost (benchmarks/README.md, "Colab-versions test"): the venv's installs plus two
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import build_release  # noqa: E402
 import sync_environment  # noqa: E402
+import venvs  # noqa: E402
 
 NAME = "offline_rl"
 #: Google Colab's CPU runtime as of 2026-08-19 (googlecolab/backend-info, pip-freeze.txt at its
@@ -88,17 +90,17 @@ def _versions(python: Path) -> dict[str, str]:
 def colab_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with Colab's versions (and the course's CPU torch); returns its python."""
     venv = tmp_path_factory.mktemp("colab") / "venv"
-    _run([sys.executable, "-m", "venv", str(venv)])
-    python = venv / "bin" / "python"
+    # The pip `python -m venv` gives (ensurepip's): the notebook's first cell runs it.
+    python = venvs.create(venv, with_pip=True)
     torch = sync_environment.read_requirements(ROOT / "requirements.txt").runtime["torch"]
     index = ["--extra-index-url", TORCH_CPU_INDEX] if sync_environment.host_resolves(
         TORCH_CPU_INDEX) else []
     pins = [f"{name}=={version}" for name, version in COLAB.items()]
-    # --no-compile: the venv must only HOLD Colab's versions. Compiling every module's bytecode
-    # (torch's thousands) was half of pip's time: 166 s and 75 CPU-s with it, 85 s and 38 CPU-s
-    # without (2026-12-06, load 5); the modules the notebooks import compile when imported.
-    _run([str(python), "-m", "pip", "install", "--quiet", "--no-compile", *index,
-          f"torch=={torch}", *pins], timeout=1200)
+    # The venv must only HOLD Colab's versions: uv, from pip's sources and the cache the other
+    # test venvs share, without bytecode (the modules the notebooks import compile when
+    # imported). pip --no-compile took 38 CPU-s here, uv 7.5 from an empty cache and 1.4 from
+    # one that holds torch (2026-12-06, tools/venvs.py).
+    venvs.install(python, [*index, f"torch=={torch}", *pins])
     return python
 
 
@@ -139,7 +141,13 @@ def _prepare(notebook: Path, wheel: Path, folder: Path, checks_from: Path | None
 
 def _execute(python: Path, notebook: Path, cwd: Path) -> tuple[nbformat.NotebookNode, float]:
     out = notebook.with_name("executed.ipynb")
-    proc = _run([str(python), "-c", EXECUTE, str(notebook), str(cwd), str(out)], timeout=1800)
+    # Colab's packages come with their bytecode; this venv has none (see colab_venv), so the
+    # kernels write it for the modules they import: the first Run All compiles them, the second
+    # reads them. With PYTHONDONTWRITEBYTECODE (set on some machines) each kernel compiled torch,
+    # pandas, otter... again: 12 CPU-s to import them, 6 with bytecode (2026-12-06).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    proc = _run([str(python), "-c", EXECUTE, str(notebook), str(cwd), str(out)], timeout=1800,
+                env=env)
     seconds = float(re.search(r"EXECUTED in ([\d.]+) s", proc.stdout).group(1))
     return nbformat.read(out, as_version=4), seconds
 

@@ -149,7 +149,10 @@ def test_d3rlpy_venv_reads_the_export(tmp_path, monkeypatch):
     grid.to_minari("offline_rl/grid-v0", "OfflineGrid-Stitch-v0")
     cart.to_minari("offline_rl/cartpole-v0", "CartPole-v1")
 
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # Without PYTHONDONTWRITEBYTECODE: the venv has no bytecode (built like pip --no-compile), so
+    # the first run writes it for what it imports and later runs of the kept venv read it.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
     env["MINARI_DATASETS_PATH"] = str(home)
     arrays = tmp_path / "read.npz"
     proc = subprocess.run(
