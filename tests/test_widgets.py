@@ -447,3 +447,52 @@ def test_captions_name_colours_in_words_not_hex_codes():
         "colours: BC blue, naive Q orange, CQL green, online from zeros purple, "
         "learned = true black"
     ), caption
+
+
+def test_replay_q_learning_is_the_textbook_update():
+    """The replay keeps each row's max instead of taking it per update: same numbers as the
+    plain update ``Q(s,a) += lr (r + γ max Q(s') - Q(s,a))`` applied in order."""
+    from offline_rl.behavior import narrow_expert_dataset, random_policy
+    from offline_rl.datasets import collect_dataset
+    from offline_rl.envs import get_layout, make_grid_env
+
+    cases = [(narrow_expert_dataset("cliff", 20, eps, seed), "cliff")
+             for eps, seed in ((0.3, 0), (0.5, 1))]  # fmt: skip
+    env = make_grid_env(get_layout("open"))
+    cases += [(collect_dataset(env, random_policy(), 16, seed, progress=False), "open")
+              for seed in (0, 1, 2)]  # fmt: skip
+    for data, name in cases:
+        lay = get_layout(name)
+        q = np.zeros((lay.n_states, lay.n_actions))
+        for _ in range(30):
+            for s, a, r, s2, done in zip(data.observations, data.actions, data.rewards,
+                                         data.next_observations, data.terminals, strict=True):  # fmt: skip
+                target = float(r) + (0.0 if done else lay.gamma * q[s2].max())
+                q[s, a] += 0.5 * (target - q[s, a])
+        np.testing.assert_allclose(widgets.replay_q_learning(data, lay, 30), q, rtol=0, atol=1e-12)
+
+
+def test_a_demo_laid_out_once_keeps_every_label_on_the_canvas(monkeypatch):
+    """The layout is measured on a demo's first figure and reused (``plotting.FixedLayout``):
+    at every other slider value every title, label and colour bar must still lie inside the
+    figure (Demo 1 and 4's tick labels change width the most between values)."""
+    from offline_rl.algorithms.experiments import quality_experiment
+
+    outside: list[str] = []
+    render = widgets._render
+
+    def check(fig):
+        width, height = fig.get_size_inches()
+        box = fig.get_tightbbox(fig.canvas.get_renderer())
+        if box.x0 < -0.01 or box.y0 < -0.01 or box.x1 > width + 0.01 or box.y1 > height + 0.01:
+            outside.append(f"{fig.axes[0].get_title()!r}: {box} outside {width} x {height}")
+        return render(fig)
+
+    monkeypatch.setattr(widgets, "_render", check)
+    demos = [widgets.online_vs_offline_demo(coverage_fn=coverage_counts),
+             widgets.quality_demo(quality_experiment, coverage_counts, seeds=(0,))]  # fmt: skip
+    for box in demos:
+        slider = _control_and_caption(box)[0]
+        for value in slider.options:
+            slider.value = value
+    assert not outside, outside
