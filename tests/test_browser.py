@@ -325,27 +325,35 @@ def solution_page(lab: Lab) -> Iterator[Any]:
     page.close()
 
 
-# --------------------------------------------------------------------------- 1. untouched
-def test_untouched_notebook_run_all_reaches_the_end_and_waits_for_the_code(lab: Lab) -> None:
+# The untouched notebook's one page: opening a page (JupyterLab's app, the long notebook's
+# markdown and math) cost ~13 CPU-s of chromium and Lab each time, and two tests use it.
+@pytest.fixture(scope="session")
+def untouched_page(lab: Lab) -> Iterator[Any]:
     page = _open(lab, "untouched")
-    try:
-        _run_all(page, "untouched")
-        _save(page)
-        page.screenshot(path=str(ARTIFACTS / "untouched-end.png"))
-        assert not _error_texts(page), f"red output on the untouched notebook: {_error_texts(page)}"
-        outputs = _saved_outputs(lab.root / "untouched" / f"{NAME}.ipynb")
-        errors = [o for o in outputs if o.output_type == "error"]
-        assert not errors, f"a cell raised: {errors[0].ename}: {errors[0].evalue}"
-        streams = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-        assert "Traceback" not in streams, streams
-        # The guided cells (CartPole, alpha plot, stitching, policy selection, offline-to-online).
-        waiting = set(re.findall(r"waiting for your code \(([^)]*)\)", streams))
-        assert waiting >= {"q4, q5", "q7", "q9", "q1, q3", "q3"}, waiting
-        demos = page.locator(".offline-rl-demo-state").all_inner_texts()
-        short = [t for t in demos if re.fullmatch(r"waiting for your code \(q\d\)", t)]
-        assert len(short) == len(demos) == 4, f"each demo must wait with one short line: {demos}"
-    finally:
-        page.close()
+    yield page
+    page.close()
+
+
+# --------------------------------------------------------------------------- 1. untouched
+def test_untouched_notebook_run_all_reaches_the_end_and_waits_for_the_code(
+    lab: Lab, untouched_page: Any
+) -> None:
+    page = untouched_page
+    _run_all(page, "untouched")
+    _save(page)
+    page.screenshot(path=str(ARTIFACTS / "untouched-end.png"))
+    assert not _error_texts(page), f"red output on the untouched notebook: {_error_texts(page)}"
+    outputs = _saved_outputs(lab.root / "untouched" / f"{NAME}.ipynb")
+    errors = [o for o in outputs if o.output_type == "error"]
+    assert not errors, f"a cell raised: {errors[0].ename}: {errors[0].evalue}"
+    streams = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "Traceback" not in streams, streams
+    # The guided cells (CartPole, alpha plot, stitching, policy selection, offline-to-online).
+    waiting = set(re.findall(r"waiting for your code \(([^)]*)\)", streams))
+    assert waiting >= {"q4, q5", "q7", "q9", "q1, q3", "q3"}, waiting
+    demos = page.locator(".offline-rl-demo-state").all_inner_texts()
+    short = [t for t in demos if re.fullmatch(r"waiting for your code \(q\d\)", t)]
+    assert len(short) == len(demos) == 4, f"each demo must wait with one short line: {demos}"
 
 
 # --------------------------------------------------------------------------- 2. demos
@@ -681,19 +689,19 @@ RUN_CELLS_JS = """async ([answer]) => {
 }"""
 
 
-def test_a_wrong_answer_to_q10_does_not_show_passed(lab: Lab) -> None:
+def test_a_wrong_answer_to_q10_does_not_show_passed(lab: Lab, untouched_page: Any) -> None:
     """Q10's public check can test only the answer's form: for a wrong letter the page says so
-    ("answer format OK: correctness is graded after you submit"), never "passed"."""
+    ("answer format OK: correctness is graded after you submit"), never "passed". It runs the
+    cells it needs itself (otter's init, the imports, the answer, the check), so it also holds
+    on a page where nothing ran before."""
     solution = (lab.release / "autograder" / NAME / f"{NAME}-solution.ipynb").read_text()
     key = re.search(r'q10_answer = \\"([abcd])\\"', solution).group(1)
     wrong = next(letter for letter in "abcd" if letter != key)
-    page = _open(lab, "untouched")
-    try:
-        check = page.evaluate(RUN_CELLS_JS, [wrong])
-        output = page.locator(".jp-Notebook .jp-Cell").nth(check).locator(".jp-OutputArea")
-        text = _wait(lambda: output.inner_text().strip(), 120, "the q10 check's output")
-        page.screenshot(path=str(ARTIFACTS / "q10-wrong-answer-check.png"))
-        assert "answer format OK" in text, text
-        assert not re.search("passed", text, re.I), f"a wrong Q10 answer shows: {text}"
-    finally:
-        page.close()
+    page = untouched_page
+    page.bring_to_front()  # the solution's page was opened after it
+    check = page.evaluate(RUN_CELLS_JS, [wrong])
+    output = page.locator(".jp-Notebook .jp-Cell").nth(check).locator(".jp-OutputArea")
+    text = _wait(lambda: output.inner_text().strip(), 120, "the q10 check's output")
+    page.screenshot(path=str(ARTIFACTS / "q10-wrong-answer-check.png"))
+    assert "answer format OK" in text, text
+    assert not re.search("passed", text, re.I), f"a wrong Q10 answer shows: {text}"

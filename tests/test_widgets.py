@@ -465,8 +465,9 @@ def test_replay_q_learning_is_the_textbook_update():
         lay = get_layout(name)
         q = np.zeros((lay.n_states, lay.n_actions))
         for _ in range(30):
-            for s, a, r, s2, done in zip(data.observations, data.actions, data.rewards,
-                                         data.next_observations, data.terminals, strict=True):  # fmt: skip
+            steps = zip(data.observations, data.actions, data.rewards,
+                        data.next_observations, data.terminals, strict=True)  # fmt: skip
+            for s, a, r, s2, done in steps:
                 target = float(r) + (0.0 if done else lay.gamma * q[s2].max())
                 q[s, a] += 0.5 * (target - q[s, a])
         np.testing.assert_allclose(widgets.replay_q_learning(data, lay, 30), q, rtol=0, atol=1e-12)

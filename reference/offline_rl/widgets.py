@@ -792,7 +792,7 @@ def quality_demo(
     )
     busy = (
         f"Demo 4: running your quality_experiment on {len(qualities)} qualities × "
-        f"{_plural(len(seeds), 'seed')}, one quality at a time (about 5 s in all on a quiet "
+        f"{_plural(len(seeds), 'seed')}, one quality at a time (about 6 s in all on a quiet "
         "2-core machine):"
     )
     return _interactive(slider, draw, hint, busy, fill=fill)
