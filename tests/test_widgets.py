@@ -219,8 +219,9 @@ def _as_in_a_notebook(monkeypatch):
 
 
 def test_demo4_shows_its_curves_filling_in_one_quality_at_a_time(monkeypatch):
-    """The first figure comes after one call of the student's experiment (a fifth of the work),
-    says how far it is, and the finished curves are the experiment's on all qualities at once."""
+    """The first figure comes before any call of the student's experiment (the data's grid,
+    empty curves), then one after each call; it says how far it is, and the finished curves are
+    the experiment's on all qualities at once."""
     from offline_rl.algorithms.experiments import quality_experiment
 
     handles = _as_in_a_notebook(monkeypatch)
@@ -246,7 +247,8 @@ def test_demo4_shows_its_curves_filling_in_one_quality_at_a_time(monkeypatch):
     assert calls == [[q] for q in qualities], calls
     # Shown at once (before any figure), then one figure per quality, the last one finished.
     assert handles[0].shown[0] is box, "the demo is not displayed while its curves fill in"
-    assert [n for n, _, _ in shown] == [1, 2, 3, 4, 5], [n for n, _, _ in shown]
+    # The first figure before any quality (the data's grid, empty curves), then one per quality.
+    assert [n for n, _, _ in shown] == [0, 1, 2, 3, 4, 5], [n for n, _, _ in shown]
     for n, caption, curves in shown[:-1]:
         assert "the curves so far" in caption, caption  # the count: the progress line's
         assert all(np.isnan(c[n:]).all() and not np.isnan(c[:n]).any() for c in curves), curves
@@ -423,8 +425,8 @@ def test_demo4_says_how_far_it_is_once_while_its_curves_fill_in(monkeypatch):
         return {"bc": [0.0], "naive": [0.0], "cql": [0.0]}
 
     widgets.quality_demo(quality_experiment_fn=student, coverage_fn=coverage_counts)
-    assert len(texts) == 5, texts
-    for n, text in enumerate(texts[:-1], start=1):
+    assert len(texts) == 6, texts
+    for n, text in enumerate(texts[:-1]):
         assert text.count("of 5 qualities") == 1, f"after {n} qualities the page says: {text}"
         assert f"{n} of 5 qualities" in text, text
     assert "of 5 qualities" not in texts[-1], texts[-1]
