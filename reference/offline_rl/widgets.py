@@ -213,9 +213,10 @@ def _status(message: str) -> Any:
     return display(widgets.HTML(f"<i>{message}</i>"), display_id=True)
 
 
-#: Seconds a slider waits after a move for the next one before drawing (key presses in a row,
-#: a held arrow key: about 30 ms apart), so that only the last value is drawn.
-MOVE_SETTLE_S = 0.1
+#: Seconds a slider waits after a move for the next one before drawing (a held arrow key:
+#: about 30 ms apart; quick presses, and Playwright's on a loaded machine: over 100 ms), so
+#: that only the last value is drawn.
+MOVE_SETTLE_S = 0.15
 
 
 def _interactive(
