@@ -219,8 +219,9 @@ def _as_in_a_notebook(monkeypatch):
 
 
 def test_demo4_shows_its_curves_filling_in_one_quality_at_a_time(monkeypatch):
-    """The first figure comes after one call of the student's experiment (a fifth of the work),
-    says how far it is, and the finished curves are the experiment's on all qualities at once."""
+    """The first figure comes before any call of the student's experiment (the data's grid,
+    empty curves), then one after each call; it says how far it is, and the finished curves are
+    the experiment's on all qualities at once."""
     from offline_rl.algorithms.experiments import quality_experiment
 
     handles = _as_in_a_notebook(monkeypatch)
@@ -246,9 +247,10 @@ def test_demo4_shows_its_curves_filling_in_one_quality_at_a_time(monkeypatch):
     assert calls == [[q] for q in qualities], calls
     # Shown at once (before any figure), then one figure per quality, the last one finished.
     assert handles[0].shown[0] is box, "the demo is not displayed while its curves fill in"
-    assert [n for n, _, _ in shown] == [1, 2, 3, 4, 5], [n for n, _, _ in shown]
+    # The first figure before any quality (the data's grid, empty curves), then one per quality.
+    assert [n for n, _, _ in shown] == [0, 1, 2, 3, 4, 5], [n for n, _, _ in shown]
     for n, caption, curves in shown[:-1]:
-        assert f"{n} of 5 qualities so far" in caption, caption
+        assert "the curves so far" in caption, caption  # the count: the progress line's
         assert all(np.isnan(c[n:]).all() and not np.isnan(c[:n]).any() for c in curves), curves
     final_caption, final = shown[-1][1], shown[-1][2]
     assert "so far" not in final_caption and "quality 0.50" in final_caption, final_caption
@@ -343,3 +345,157 @@ def test_a_waiting_demo_says_waiting_once(message):
     assert "re-run this cell" in text, text
     if "raised an error" in message:
         assert "Your q1 code raised an error: run its grader.check cell to see it." in text, text
+
+
+# ------------------------------------------------- session 7's three demo bugs (issue 24)
+def test_a_move_while_a_draw_is_in_flight_ends_on_the_sliders_last_value(monkeypatch):
+    """Two quick key presses: the second move (16 episodes) arrives while the first one's figure
+    (8) is drawn. The demo must end showing the slider's value, 16, not the figure it was
+    drawing when the move came (session 7: Demo 1 showed 8 episodes with the slider at 16)."""
+    box = widgets.online_vs_offline_demo(coverage_fn=coverage_counts)
+    slider, caption = _control_and_caption(box)
+    render = widgets._render
+    drawn: list[str] = []
+
+    def second_press_during_the_draw(fig):
+        frame = render(fig)
+        drawn.append(frame.caption.split(":")[0])
+        if slider.value == 8:
+            slider.value = 16  # the second key press, handled while 8 is being drawn
+        return frame
+
+    monkeypatch.setattr(widgets, "_render", second_press_during_the_draw)
+    slider.value = 8
+    assert slider.value == 16
+    assert caption.value.startswith("seed 0, 16 episodes:"), (caption.value, drawn)
+    assert drawn == ["seed 0, 8 episodes", "seed 0, 16 episodes"], drawn  # each drawn once
+
+
+def test_quick_moves_draw_only_the_last_value_in_a_kernel(monkeypatch):
+    """In a kernel (an event loop runs) moves that arrive together are drawn once, for the last
+    value: two key presses in a row cost one figure, not two."""
+    import asyncio
+
+    renders: list[str] = []
+    render = widgets._render
+    monkeypatch.setattr(
+        widgets, "_render", lambda fig: renders.append(fig.axes[0].get_title()) or render(fig)
+    )
+
+    async def presses() -> str:
+        box = widgets.cql_demo(offline_q_fn=offline_q_learning, coverage_fn=coverage_counts)
+        slider, caption = _control_and_caption(box)
+        for value in (0.01, 0.1, 1.0):  # three presses, each handled before any draw runs
+            slider.value = value
+        while len(renders) < 2 or not caption.value.startswith("α = 1:"):
+            await asyncio.sleep(0.02)
+            if len(renders) > 4:
+                break
+        await asyncio.sleep(0.2)  # any further (stale) draw would come now
+        return caption.value
+
+    caption = asyncio.run(presses())
+    assert caption.startswith("α = 1:"), caption
+    assert [title.split(":")[0] for title in renders] == ["α = 0", "α = 1"], renders
+
+
+def test_demo4_says_how_far_it_is_once_while_its_curves_fill_in(monkeypatch):
+    """While Demo 4 fills in, "n of 5 qualities" is said once: in the progress line above the
+    figure, not again in the figure's title (the caption), 0.5 s apart (session 7)."""
+    created: list[ipywidgets.HTML] = []
+
+    class RecordedHTML(ipywidgets.HTML):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            created.append(self)
+
+    _as_in_a_notebook(monkeypatch)
+    monkeypatch.setattr(ipywidgets, "HTML", RecordedHTML)
+    texts: list[str] = []
+    render = widgets._render
+
+    def spy(fig):
+        frame = render(fig)
+        texts.append(" | ".join([w.value for w in created] + [frame.caption]))
+        return frame
+
+    monkeypatch.setattr(widgets, "_render", spy)
+
+    def student(qualities, seeds, **kwargs):
+        return {"bc": [0.0], "naive": [0.0], "cql": [0.0]}
+
+    widgets.quality_demo(quality_experiment_fn=student, coverage_fn=coverage_counts)
+    assert len(texts) == 6, texts
+    for n, text in enumerate(texts[:-1]):
+        assert text.count("of 5 qualities") == 1, f"after {n} qualities the page says: {text}"
+        assert f"{n} of 5 qualities" in text, text
+    assert "of 5 qualities" not in texts[-1], texts[-1]
+
+
+def test_captions_name_colours_in_words_not_hex_codes():
+    """A caption is read by people (screen readers): "BC blue", not "BC #1f77b4"."""
+    import matplotlib.pyplot as plt
+    from offline_rl import plotting
+
+    fig, ax = plt.subplots()
+    plotting.plot_curves(ax, [0, 1], {"BC": [0, 1], "naive Q": [1, 0], "CQL": [1, 1],
+                                      "online from zeros": [0, 0]})  # fmt: skip
+    ax.axhline(0.5, color="k", ls="--", label="learned = true")
+    ax.legend()
+    caption = widgets._describe(fig)
+    plt.close(fig)
+    assert not re.search(r"#[0-9a-fA-F]{6}", caption), caption
+    assert caption.endswith(
+        "colours: BC blue, naive Q orange, CQL green, online from zeros purple, "
+        "learned = true black"
+    ), caption
+
+
+def test_replay_q_learning_is_the_textbook_update():
+    """The replay keeps each row's max instead of taking it per update: same numbers as the
+    plain update ``Q(s,a) += lr (r + γ max Q(s') - Q(s,a))`` applied in order."""
+    from offline_rl.behavior import narrow_expert_dataset, random_policy
+    from offline_rl.datasets import collect_dataset
+    from offline_rl.envs import get_layout, make_grid_env
+
+    cases = [(narrow_expert_dataset("cliff", 20, eps, seed), "cliff")
+             for eps, seed in ((0.3, 0), (0.5, 1))]  # fmt: skip
+    env = make_grid_env(get_layout("open"))
+    cases += [(collect_dataset(env, random_policy(), 16, seed, progress=False), "open")
+              for seed in (0, 1, 2)]  # fmt: skip
+    for data, name in cases:
+        lay = get_layout(name)
+        q = np.zeros((lay.n_states, lay.n_actions))
+        for _ in range(30):
+            steps = zip(data.observations, data.actions, data.rewards,
+                        data.next_observations, data.terminals, strict=True)  # fmt: skip
+            for s, a, r, s2, done in steps:
+                target = float(r) + (0.0 if done else lay.gamma * q[s2].max())
+                q[s, a] += 0.5 * (target - q[s, a])
+        np.testing.assert_allclose(widgets.replay_q_learning(data, lay, 30), q, rtol=0, atol=1e-12)
+
+
+def test_a_demo_laid_out_once_keeps_every_label_on_the_canvas(monkeypatch):
+    """The layout is measured on a demo's first figure and reused (``plotting.FixedLayout``):
+    at every other slider value every title, label and colour bar must still lie inside the
+    figure (Demo 1 and 4's tick labels change width the most between values)."""
+    from offline_rl.algorithms.experiments import quality_experiment
+
+    outside: list[str] = []
+    render = widgets._render
+
+    def check(fig):
+        width, height = fig.get_size_inches()
+        box = fig.get_tightbbox(fig.canvas.get_renderer())
+        if box.x0 < -0.01 or box.y0 < -0.01 or box.x1 > width + 0.01 or box.y1 > height + 0.01:
+            outside.append(f"{fig.axes[0].get_title()!r}: {box} outside {width} x {height}")
+        return render(fig)
+
+    monkeypatch.setattr(widgets, "_render", check)
+    demos = [widgets.online_vs_offline_demo(coverage_fn=coverage_counts),
+             widgets.quality_demo(quality_experiment, coverage_counts, seeds=(0,))]  # fmt: skip
+    for box in demos:
+        slider = _control_and_caption(box)[0]
+        for value in slider.options:
+            slider.value = value
+    assert not outside, outside
