@@ -14,7 +14,9 @@ Signatures of the functions passed in (the notebook's questions):
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
 import io
 import re
 import traceback
@@ -153,11 +155,12 @@ def _render(fig: plt.Figure) -> _Frame:
 
     One draw at the figure's size and dpi: the inline backend's ``display(fig)`` draws it twice
     (``bbox_inches="tight"`` first measures, then renders) and again on every display. The
-    demos lay their figures out with ``plotting.tight_layout``, so nothing lies outside the
-    canvas.
+    demos' figures are laid out by ``_interactive`` (``plotting.FixedLayout``), so nothing lies
+    outside the canvas. zlib level 1: a third of level 6's encoding time for ~8 % more bytes
+    (80 kB, sent once per value to a local browser).
     """
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=fig.dpi)
+    fig.savefig(buffer, format="png", dpi=fig.dpi, pil_kwargs={"compress_level": 1})
     frame = _Frame(buffer.getvalue(), _describe(fig))
     plt.close(fig)
     return frame
@@ -210,6 +213,12 @@ def _status(message: str) -> Any:
     return display(widgets.HTML(f"<i>{message}</i>"), display_id=True)
 
 
+#: Seconds a slider waits after a move for the next one before drawing (a held arrow key:
+#: about 30 ms apart; quick presses, and Playwright's on a loaded machine: over 100 ms), so
+#: that only the last value is drawn.
+MOVE_SETTLE_S = 0.15
+
+
 def _interactive(
     control: widgets.Widget,
     draw: Callable[[Any], plt.Figure],
@@ -240,6 +249,16 @@ def _interactive(
     progress = widgets.HTML()
     progress.layout.display = "none"
     cache: dict[Any, _Frame] = {}
+    layout = plotting.FixedLayout()
+    drawing = [False]  # a figure is being drawn: a move now is picked up by that draw's loop
+    scheduled: list[Any] = []  # the pending deferred draw (an asyncio TimerHandle), if any
+
+    def render(value: Any) -> _Frame:
+        # Titles at a fixed height: matplotlib otherwise measures every axis' tick labels on
+        # each draw to lift a title over any at the top (there are none here), an eighth of a
+        # move's CPU time. The same pixels (PNG bytes compared, Demo 2).
+        with plt.rc_context({"axes.titley": 1.0}):
+            return _render(layout.apply(draw(value)))
 
     def show(frame: _Frame) -> None:
         caption.value = frame.caption
@@ -249,14 +268,52 @@ def _interactive(
         caption.value = str(err).split(":")[0]  # "waiting for your code (q1)"
         _note(output, str(err))
 
-    def redraw(change: Any = None) -> None:
-        value = control.value
+    def redraw() -> None:
+        """Draw and show the slider's value; if it moves meanwhile, draw the new value next.
+
+        A move that arrives while a figure is drawn (handled inside the draw, or by another
+        thread) must not be overtaken by that figure: session 7 saw Demo 1 show 8 episodes
+        with the slider at 16 after two quick key presses. So nothing is shown unless the
+        slider still holds the value drawn, and a move during a draw only flags it.
+        """
+        if drawing[0]:
+            return  # the loop below draws the slider's newest value when this figure is done
+        drawing[0] = True
         try:
-            if value not in cache:
-                cache[value] = _render(draw(value))
-            show(cache[value])
-        except NotImplementedYetError as err:
-            waiting(err)
+            while True:
+                value = control.value
+                try:
+                    if value not in cache:
+                        cache[value] = render(value)
+                    if control.value != value:
+                        continue  # moved during the draw: the drawn frame stays cached
+                    show(cache[value])
+                except NotImplementedYetError as err:
+                    waiting(err)
+                return
+        finally:
+            drawing[0] = False
+
+    def deferred() -> None:
+        scheduled.clear()
+        redraw()
+
+    def moved(change: Any = None) -> None:
+        """A move: in a kernel, draw after the moves that come with it (``MOVE_SETTLE_S``).
+
+        Each key press on a slider is a move of its own, sent as soon as the kernel reports
+        the previous one handled; drawing each (0.3-0.6 s) made a 3-press move cost 3 figures.
+        The draw waits until no move came for ``MOVE_SETTLE_S`` and then draws the last value
+        only. Outside an event loop (plain Python, tests) it draws at once.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            redraw()
+            return
+        for handle in scheduled:
+            handle.cancel()
+        scheduled[:] = [loop.call_later(MOVE_SETTLE_S, deferred)]
 
     sentence = widgets.HTML(f"<b>What to look for:</b> {hint}")
     box = widgets.VBox([sentence, control, progress, caption, output])
@@ -267,13 +324,13 @@ def _interactive(
         try:
             for done in fill():
                 progress.value = f"<i>{busy or 'computing'} {done}</i>"
-                show(_render(draw(control.value)))  # partial: not cached
+                show(render(control.value))  # partial: not cached
         except NotImplementedYetError as err:
             waiting(err)
         progress.layout.display = "none"
         progress.value = ""
     status = _status(busy) if busy and live is None else None
-    control.observe(redraw, names="value")
+    control.observe(moved, names="value")
     redraw()
     for handle in (status, live):
         if handle is not None:
@@ -305,11 +362,19 @@ def replay_q_learning(
             strict=True,
         )
     )
+    # V[s] = max(Q[s]), kept up to date instead of taken for every update's next state: a
+    # row's max changes only when its updated entry rises above it or was it. Same values.
+    V = [0.0] * lay.n_states
     for _ in range(n_sweeps):
         for s, a, r, s2, done in steps:
             row = Q[s]
-            target = r if done else r + gamma * max(Q[s2])
-            row[a] += lr * (target - row[a])
+            old = row[a]
+            new = old + lr * ((r if done else r + gamma * V[s2]) - old)
+            row[a] = new
+            if new >= V[s]:
+                V[s] = new
+            elif old == V[s]:
+                V[s] = max(row)
     return np.array(Q)
 
 
@@ -324,8 +389,8 @@ def _first_episodes(data: OfflineDataset, n: int) -> OfflineDataset:
     starts = data.episode_starts
     end = int(starts[n]) if n < len(starts) else len(data)
     fields = data.as_dict()
-    cut = {k: v[:end] for k, v in fields.items() if k != "episode_starts"}
-    return OfflineDataset(**cut, episode_starts=starts[:n])
+    cut = {k: v[:end].copy() for k, v in fields.items() if k != "episode_starts"}
+    return OfflineDataset(**cut, episode_starts=starts[:n].copy())
 
 
 def _live_pairs(lay: GridLayout) -> np.ndarray:
@@ -344,35 +409,65 @@ class _Seed0:
     """Per size, the greedy policy (S,) of the offline agent replayed on that prefix."""
 
 
+@dataclass(frozen=True)
+class _Replays:
+    """Demo 1's sweep without the student's code: the data and the offline agents trained on
+    them depend only on the layout, sizes and seeds, so one kernel computes them once."""
+
+    streams: tuple[OfflineDataset, ...]
+    """Per seed, its episodes, as many as the largest size (each size's data: a prefix)."""
+    policies: tuple[tuple[np.ndarray, ...], ...]
+    """Per seed, per size, the greedy policy (S,) of :func:`replay_q_learning` on the prefix."""
+    returns: np.ndarray
+    """(n_sizes, n_seeds) those policies' returns."""
+
+
+@functools.lru_cache(maxsize=4)
+def _replays(layout_name: str, sizes: tuple[int, ...], seeds: tuple[int, ...]) -> _Replays:
+    """Collect and replay every (size, seed) of Demo 1 (~0.6 CPU-s for the demo's 7 x 8)."""
+    lay = get_layout(layout_name)
+    env = make_grid_env(lay)
+    streams, policies = [], []
+    returns = np.zeros((len(sizes), len(seeds)))
+    for j, seed in enumerate(seeds):
+        stream = collect_dataset(env, random_policy(), max(sizes), seed, progress=False)
+        per_size = []
+        for i, n in enumerate(sizes):
+            per_size.append(greedy_policy(replay_q_learning(_first_episodes(stream, n), lay, 60)))
+            returns[i, j] = rollout_return(lay, per_size[-1])
+        streams.append(stream)
+        policies.append(tuple(per_size))
+    for array in (returns, *(p for per_size in policies for p in per_size)):
+        array.flags.writeable = False  # shared by every later call: nobody may change them
+    return _Replays(tuple(streams), tuple(policies), returns)
+
+
 def _coverage_sweep(
     coverage_fn: Callable[..., Any],
     layout_name: str,
     sizes: tuple[int, ...],
     seeds: tuple[int, ...],
 ) -> tuple[dict[str, np.ndarray], _Seed0]:
-    """:func:`coverage_sweep`, plus the first seed's data and policies (Demo 1 draws them)."""
+    """:func:`coverage_sweep`, plus the first seed's data and policies (Demo 1 draws them).
+
+    Only the coverage is the student's (their ``coverage_fn`` on each dataset); the data and
+    the offline agents come from :func:`_replays`, computed once per kernel.
+    """
+    if not seeds:
+        raise ValueError("coverage_sweep needs at least one seed.")
     lay = get_layout(layout_name)
     live = _live_pairs(lay)
+    replays = _replays(layout_name, sizes, seeds)
     coverage = np.zeros((len(sizes), len(seeds)))
-    returns = np.zeros((len(sizes), len(seeds)))
-    env = make_grid_env(lay)
-    first: _Seed0 | None = None
-    for j, seed in enumerate(seeds):
-        stream = collect_dataset(env, random_policy(), max(sizes), seed, progress=False)
-        policies = []
+    for j, stream in enumerate(replays.streams):
         for i, n in enumerate(sizes):
-            data = _first_episodes(stream, n)
+            data = _first_episodes(stream, n)  # a copy: the student's function may change it
             counts = np.asarray(
                 _call(coverage_fn, "coverage_counts", data, lay.n_states, lay.n_actions)
             )
             coverage[i, j] = float(np.mean(counts[live] > 0))
-            policies.append(greedy_policy(replay_q_learning(data, lay, 60)))
-            returns[i, j] = rollout_return(lay, policies[-1])
-        if first is None:
-            first = _Seed0(stream, policies)
-    sweep = {"sizes": np.asarray(sizes), "coverage": coverage, "returns": returns}
-    assert first is not None, "coverage_sweep needs at least one seed"
-    return sweep, first
+    sweep = {"sizes": np.asarray(sizes), "coverage": coverage, "returns": replays.returns.copy()}
+    return sweep, _Seed0(replays.streams[0], list(replays.policies[0]))
 
 
 def coverage_sweep(
@@ -394,6 +489,17 @@ def coverage_sweep(
     return _coverage_sweep(coverage_fn, layout_name, tuple(sizes), tuple(seeds))[0]
 
 
+@functools.lru_cache(maxsize=4)
+def _online_agent(layout_name: str) -> tuple[float, np.ndarray]:
+    """Demo 1's online agent (no student code, so once per kernel): its greedy return after
+    300 episodes and its return per episode (E,), read-only."""
+    lay = get_layout(layout_name)
+    q_online, online_returns = online_q_learning(lay, n_episodes=300, seed=0, progress=False)
+    online_returns = np.asarray(online_returns)
+    online_returns.flags.writeable = False
+    return rollout_return(lay, greedy_policy(q_online)), online_returns
+
+
 def online_vs_offline_demo(
     coverage_fn: Callable[..., Any], layout_name: str = "open"
 ) -> widgets.VBox:
@@ -403,8 +509,7 @@ def online_vs_offline_demo(
     the offline agent gets, which moves coverage and nothing else.
     """
     lay = get_layout(layout_name)
-    q_online, online_returns = online_q_learning(lay, n_episodes=300, seed=0, progress=False)
-    online_final = rollout_return(lay, greedy_policy(q_online))
+    online_final, online_returns = _online_agent(layout_name)
     sweep: dict[str, np.ndarray] = {}
     seed0: list[_Seed0] = []
 
@@ -445,7 +550,6 @@ def online_vs_offline_demo(
             xlabel="episode of interaction", ylabel="return (10-episode mean)",
         )  # fmt: skip
         axes[2].set_title("the online agent collects its own data")
-        plotting.tight_layout(fig)  # no engine left: savefig draws once
         return fig
 
     slider = widgets.SelectionSlider(
@@ -535,7 +639,6 @@ def distribution_shift_demo(
         plotting.draw_grid(
             axes[2], lay, policy=policy, title="greedy policy: " + _outcome(lay, policy)
         )
-        plotting.tight_layout(fig)  # no engine left: savefig draws once
         return fig
 
     slider = widgets.FloatSlider(
@@ -588,7 +691,6 @@ def cql_demo(offline_q_fn: Callable[..., Any], coverage_fn: Callable[..., Any]) 
             ylabel="mean learned Q(s, a)",
         )
         axes[1].set_title("mean learned Q")
-        plotting.tight_layout(fig)  # no engine left: savefig draws once
         return fig
 
     slider = widgets.SelectionSlider(
@@ -617,20 +719,32 @@ def quality_demo(
     """Demo 4: returns of BC, naive Q and CQL against the fraction of expert data.
 
     The student's ``quality_experiment_fn`` runs once per quality (with all the seeds), not
-    once for all of them: in a notebook the figure is drawn after each quality, so its curves
-    fill in from the left and the first figure comes after a fifth of the work (about a
-    second with the solution) instead of all of it.
+    once for all of them: in a notebook the figure is drawn at once (the slider's data on the
+    grid, no curves yet) and again after each quality, so its curves fill in from the left
+    instead of appearing after all the work (about 6 s with the solution).
     """
     lay = get_layout(layout_name)
     qualities = [0.0, 0.25, 0.5, 0.75, 1.0]
     curves = {key: np.full(len(qualities), np.nan) for key in ("bc", "naive", "cql")}
     failed: list[NotImplementedYetError] = []  # the student's code raised: do not run it again
 
+    filling = [False]  # fill() runs: a figure drawn now shows the curves so far, even none
+
     def fill() -> Iterator[str]:
         """Run the student's experiment for each quality not run yet; yields how far it is
-        after each but the last (the demo's own draw shows the finished figure)."""
+        before the first (the figure at once: the data's grid, empty curves) and after each
+        but the last (the demo's own draw shows the finished figure)."""
         if failed:
             raise failed[0]
+        filling[0] = True
+        try:
+            if np.isnan(curves["bc"]).all():
+                yield f"0 of {len(qualities)} qualities done"
+            yield from _fill_qualities()
+        finally:
+            filling[0] = False
+
+    def _fill_qualities() -> Iterator[str]:
         for k, quality in enumerate(qualities):
             if not np.isnan(curves["bc"][k]):
                 continue
@@ -650,7 +764,7 @@ def quality_demo(
         if failed:  # no figure from a part of the curves: they would never fill in
             raise failed[0]
         done = int(np.sum(~np.isnan(curves["bc"])))
-        if done == 0:  # outside a notebook nothing filled the curves in yet: all of it now
+        if done == 0 and not filling[0]:  # outside a notebook nothing filled them in: all now
             for _ in fill():
                 pass
             done = len(qualities)
@@ -668,8 +782,9 @@ def quality_demo(
             ylabel=f"return (mean of {len(seeds)} seeds)",
         )
         if done < len(qualities):
-            axes[0].set_title(f"your quality_experiment: {done} of {len(qualities)} qualities "
-                              "so far…")  # fmt: skip
+            # How far it is is said once, in the progress line above (fill's "n of 5 qualities
+            # done"); a count here too was the same words twice, half a second apart.
+            axes[0].set_title("your quality_experiment: the curves so far…")
         axes[0].axvline(quality, color="gray", ls=":")
         plotting.draw_grid(
             axes[1],
@@ -678,7 +793,6 @@ def quality_demo(
             title=f"quality {quality:.2f}: the data visit {_plural(visited, 'state')}",
             heat_label="visits (transitions from the state)",
         )
-        plotting.tight_layout(fig)  # no engine left: savefig draws once
         return fig
 
     slider = widgets.SelectionSlider(
@@ -691,7 +805,7 @@ def quality_demo(
     )
     busy = (
         f"Demo 4: running your quality_experiment on {len(qualities)} qualities × "
-        f"{_plural(len(seeds), 'seed')}, one quality at a time (about 5 s in all on a quiet "
+        f"{_plural(len(seeds), 'seed')}, one quality at a time (about 6 s in all on a quiet "
         "2-core machine):"
     )
     return _interactive(slider, draw, hint, busy, fill=fill)
