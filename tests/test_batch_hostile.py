@@ -355,3 +355,23 @@ def test_a_results_folder_in_a_world_writable_folder_is_refused_before_it_is_mad
     os.chmod(shared, 0o1777)  # sticky, as /tmp: root's new entry there is safe
     paths.check_new_dir(results)
     assert not results.exists()  # checking creates nothing
+
+
+def test_answers_come_from_the_notebook_the_grader_grades(tmp_path):
+    """Red team rt10: a folder with ``offline_rl.ipynb`` (answered) and ``Copy_of_draft.ipynb``
+    (blank): the grader grades the first, the manual page showed the draft's blank answers."""
+    folder = tmp_path / "sub"
+    folder.mkdir()
+    mine = {"cells": [{"cell_type": "markdown", "source": "MY REAL ANSWER", "metadata": {}}]}
+    draft = {"cells": [{"cell_type": "markdown", "source": "a draft", "metadata": {}}]}
+    (folder / "offline_rl.ipynb").write_text(json.dumps(mine))
+    (folder / "Copy_of_draft.ipynb").write_text(json.dumps(draft))
+    sub = inputs.Submission("x", folder, tuple(sorted(folder.iterdir())))
+    data, _ = answers._notebook_bytes(sub, prefer="offline_rl.ipynb")
+    assert data is not None and b"MY REAL ANSWER" in data
+    with zipfile.ZipFile(tmp_path / "export.zip", "w") as zf:  # the same inside a zip
+        zf.writestr("Copy_of_draft.ipynb", json.dumps(draft))
+        zf.writestr("offline_rl.ipynb", json.dumps(mine))
+    packed = inputs.Submission("y", tmp_path / "export.zip", (tmp_path / "export.zip",))
+    data, _ = answers._notebook_bytes(packed, prefer="offline_rl.ipynb")
+    assert data is not None and b"MY REAL ANSWER" in data

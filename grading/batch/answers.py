@@ -49,23 +49,27 @@ def _cut(text: str, limit: int, what: str) -> str:
     return text[:limit] + f"\n\n[{what} cut here: {len(text):,} characters; see the notebook]"
 
 
-def _notebook_bytes(sub: Submission) -> tuple[bytes | None, str]:
-    """The upload's notebook: the first .ipynb, or the first one inside a zip; and, when there is
-    none, why (what the manual page shows). A zip bigger than MAX_NOTEBOOK_BYTES is not opened
-    (its central directory alone could take gigabytes of memory to list)."""
+def _notebook_bytes(sub: Submission, prefer: str = "") -> tuple[bytes | None, str]:
+    """The upload's notebook: the first .ipynb, or the first one inside a zip, files named
+    ``prefer`` first (as the grader picks: red team rt10 lost a student's answers to a draft
+    beside the graded notebook); and, when there is none, why (what the manual page shows). A
+    zip bigger than MAX_NOTEBOOK_BYTES is not opened (its central directory alone could take
+    gigabytes of memory to list)."""
     why = "no notebook found"
-    for path in sub.files:
-        if path.suffix == ".ipynb" and path.stat().st_size <= MAX_NOTEBOOK_BYTES:
+    files = sorted(sub.files, key=lambda p: (p.name != prefer, p))
+    for path in files:
+        if path.suffix.lower() == ".ipynb" and path.stat().st_size <= MAX_NOTEBOOK_BYTES:
             return path.read_bytes(), ""
-    for path in sub.files:
-        if path.suffix != ".zip" or path.stat().st_size > MAX_NOTEBOOK_BYTES:
+    for path in files:
+        if path.suffix.lower() != ".zip" or path.stat().st_size > MAX_NOTEBOOK_BYTES:
             continue
         try:
             with zipfile.ZipFile(path) as zf:
-                for info in zf.infolist():
+                members = zf.infolist()
+                for info in sorted(members, key=lambda i: i.filename.rsplit("/", 1)[-1] != prefer):
                     name = info.filename
                     if (
-                        name.endswith(".ipynb")
+                        name.lower().endswith(".ipynb")
                         and "__MACOSX" not in name
                         and (info.file_size <= MAX_NOTEBOOK_BYTES)
                     ):
@@ -75,6 +79,15 @@ def _notebook_bytes(sub: Submission) -> tuple[bytes | None, str]:
             # member...) is this upload's problem: its other files may still hold one.
             why = f"{sub.relative(path)} is not a readable zip: {type(err).__name__}: {err}"[:200]
     return None, why
+
+
+def assignment_name(zip_path: Path) -> str:
+    """The assignment's name from the zip's otter_config.json (``offline_rl`` if absent)."""
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            return str(json.loads(zf.read("otter_config.json")).get("assignment_name", ""))
+    except (KeyError, ValueError, zipfile.BadZipFile):
+        return "offline_rl"
 
 
 def from_notebook(nb: dict[str, Any]) -> dict[str, Any]:
@@ -102,7 +115,7 @@ def from_notebook(nb: dict[str, Any]) -> dict[str, Any]:
     return {"manual": manual, "code": "\n\n".join(code), "titles": titles}
 
 
-def extract(sub: Submission) -> dict[str, Any]:
+def extract(sub: Submission, prefer: str = "") -> dict[str, Any]:
     """The answers of an upload; empty when it holds no readable notebook.
 
     Never raises for a bad upload (the batch reads every upload itself, before any grading, so
@@ -112,7 +125,7 @@ def extract(sub: Submission) -> dict[str, Any]:
     grader's. Work is bounded: MAX_NOTEBOOK_BYTES read, MAX_CODE_CHARS / MAX_MANUAL_CHARS kept.
     """
     try:
-        data, why = _notebook_bytes(sub)
+        data, why = _notebook_bytes(sub, prefer)
         nb = json.loads(data.decode("utf-8", errors="replace")) if data is not None else None
         why = why or "not a valid notebook: the JSON is not an object"
         if isinstance(nb, dict):

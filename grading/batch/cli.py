@@ -20,7 +20,7 @@ SETTINGS = "batch.json"
 
 def _settings(args: argparse.Namespace, zip_path: Path) -> dict[str, Any]:
     """What the outputs need besides the gradings (kept in OUT, so ``merge`` writes the same)."""
-    name = _assignment(zip_path)
+    name = answers.assignment_name(zip_path)
     release = zip_path.resolve().parent
     solution = args.solution or release / f"{name}-solution.ipynb"
     blank = args.blank or release.parents[1] / "student_release" / name / f"{name}.ipynb"
@@ -36,14 +36,6 @@ def _settings(args: argparse.Namespace, zip_path: Path) -> dict[str, Any]:
         "shard": "/".join(str(int(x)) for x in args.shard.strip().split("/")) if args.shard else "",
     }
 
-
-def _assignment(zip_path: Path) -> str:
-    """The assignment's name from the zip's otter_config.json (``offline_rl`` if absent)."""
-    try:
-        with zipfile.ZipFile(zip_path) as zf:
-            return str(json.loads(zf.read("otter_config.json")).get("assignment_name", ""))
-    except (KeyError, ValueError, zipfile.BadZipFile):
-        return "offline_rl"
 
 
 def write_outputs(out: Path, settings: dict[str, Any], ids: set[str] | None = None) -> list[str]:

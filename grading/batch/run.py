@@ -239,7 +239,9 @@ def _run_grader(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[str, fl
     return note or "".join(chunks), usage.ru_utime + usage.ru_stime
 
 
-def _record(sub: Submission, key: str, sub_sha: str, zip_sha: str) -> dict[str, Any]:
+def _record(
+    sub: Submission, key: str, sub_sha: str, zip_sha: str, notebook: str = ""
+) -> dict[str, Any]:
     """What is known of an upload before its grading (``answers.extract`` never raises)."""
     return {
         "id": sub.id,
@@ -250,7 +252,7 @@ def _record(sub: Submission, key: str, sub_sha: str, zip_sha: str) -> dict[str, 
         "content_sha256": sub.content_sha256(),
         "autograder_sha256": zip_sha,
         "key": key,
-        "answers": answers.extract(sub),
+        "answers": answers.extract(sub, prefer=notebook),
     }
 
 
@@ -277,6 +279,7 @@ def grade_all(
     ``ungradable`` record is the upload's fault and is reused like a grade).
     """
     zip_sha = sha256_file(zip_path)
+    notebook = f"{answers.assignment_name(zip_path)}.ipynb"  # the name the grader prefers
     base = out / "submissions"
     base.mkdir(parents=True, exist_ok=True)
     todo: list[tuple[Submission, dict[str, Any]]] = []
@@ -292,7 +295,7 @@ def grade_all(
                     counts["reused"] += 1
                     continue
                 counts["retried"] += 1
-            record = _record(sub, key, sub_sha, zip_sha)
+            record = _record(sub, key, sub_sha, zip_sha, notebook)
         except Exception as err:  # one upload the batch cannot read is its row, never the end
             _write_record(base / sub.id, _record_unreadable(sub, zip_sha, err))
             counts["failed"] += 1
