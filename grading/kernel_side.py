@@ -25,12 +25,24 @@ def seed_everything(seed: int) -> None:
         torch.manual_seed(seed)
 
 
+class SkippedOtter:
+    """Stands for otter's ``grader``, whose set-up cell the grader skips: a ``grader.check(...)``
+    or ``grader.export(...)`` left in an answer cell does nothing, where a NameError would stop
+    the cell before it defines the answer (red team rt10 merged a check cell into one)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
 def install(seed: int) -> None:
-    """Reseed before every cell, as otter does, so no answer depends on the cells run before it."""
+    """Reseed before every cell, as otter does, so no answer depends on the cells run before it;
+    ``grader`` is a SkippedOtter until the notebook makes its own."""
     from IPython import get_ipython
 
+    shell = get_ipython()
     seed_everything(seed)
-    get_ipython().events.register("pre_run_cell", lambda *_: seed_everything(seed))
+    shell.events.register("pre_run_cell", lambda *_: seed_everything(seed))
+    shell.user_ns.setdefault("grader", SkippedOtter())
 
 
 def _where_defined(name: str) -> str:

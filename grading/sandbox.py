@@ -642,7 +642,9 @@ class Sandbox:
         # after a missed beat, and the path lies in the kernel's folder, where the kernel can
         # put a link to any socket of the host. Whether the kernel lives is known from its
         # process (km.is_alive), not from beats.
-        self.kc.start_channels(hb=False)
+        # Nor stdin: the grader never reads it (cells run with allow_stdin=False), and a kernel
+        # could fill an unread socket's queue inside the grader (red team rt10).
+        self.kc.start_channels(hb=False, stdin=False)
         # A message over MAX_MESSAGE_BYTES makes libzmq drop the iopub connection, after which no
         # output, error or idle status can arrive: watch for that instead of waiting a timeout.
         self._iopub_events = self.kc.iopub_channel.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)

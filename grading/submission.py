@@ -68,12 +68,12 @@ def _candidates(root: Path, unpack_dir: Path, prefer: str = "") -> tuple[list[Pa
     for path in sorted(_files(root), key=lambda p: (p.name != prefer, p)):
         rel = path.relative_to(root).as_posix()
         seen.append(rel)
-        if path.suffix == ".ipynb":
+        if path.suffix.lower() == ".ipynb":  # Windows and some browsers upload .IPYNB
             size = path.stat().st_size
             if room(min(size, MAX_NOTEBOOK_BYTES)):
                 notebooks.append(path)
                 total += min(size, MAX_NOTEBOOK_BYTES)
-        elif path.suffix == ".zip":
+        elif path.suffix.lower() == ".zip":
             try:
                 with zipfile.ZipFile(path) as zf:
                     members = zf.infolist()[:MAX_ENTRIES]
@@ -82,7 +82,7 @@ def _candidates(root: Path, unpack_dir: Path, prefer: str = "") -> tuple[list[Pa
                         if info.is_dir() or IGNORED_PARTS & set(name.parts):
                             continue
                         seen.append(f"{rel} → {info.filename}")
-                        if name.suffix != ".ipynb" or info.file_size > MAX_NOTEBOOK_BYTES:
+                        if name.suffix.lower() != ".ipynb" or info.file_size > MAX_NOTEBOOK_BYTES:
                             continue
                         if not room(info.file_size):
                             continue
@@ -146,6 +146,17 @@ def _read(path: Path) -> dict[str, Any]:
     return nb
 
 
+def _code_digest(nb: dict[str, Any]) -> bytes:
+    """A digest of the notebook's code cells' sources (what the grader runs), in order."""
+    digest = hashlib.sha256()
+    for cell in nb.get("cells", []) if isinstance(nb.get("cells"), list) else []:
+        if isinstance(cell, dict) and cell.get("cell_type") == "code":
+            source = cell.get("source", "")
+            parts = source if isinstance(source, list) else [source]
+            digest.update("".join(p for p in parts if isinstance(p, str)).encode() + b"\0")
+    return digest.digest()
+
+
 def _assignment_name(nb: Any) -> str | None:
     """The assignment a notebook says it belongs to; None when its JSON does not say (in any
     shape: an upload's metadata may be anything)."""
@@ -199,11 +210,11 @@ def find_notebook(
             + how
         )
 
-    # The same notebook twice (the file, and the export zip holding it) is one notebook.
+    # The same notebook twice (the file, and the export zip holding it: its outputs and
+    # execution counts may differ, its code does not) is one notebook.
     copies, digests, distinct = 0, set(), []
     for path, nb in good:
-        with open(path, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").digest()
+        digest = _code_digest(nb)
         if digest in digests:
             copies += 1
         else:
@@ -234,5 +245,5 @@ def find_notebook(
     if len(good) > 1:
         notes.append(f"Found {len(good)} notebooks; graded {path.name}.")
     if copies:
-        notes.append(f"Left out {copies} identical copy(ies) of a notebook (the export zip's?).")
+        notes.append(f"Left out {copies} copy(ies) with the same code (the export zip's?).")
     return Found(path=path, notebook=nb, notes=notes)

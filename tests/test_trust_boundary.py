@@ -474,6 +474,9 @@ def test_kernel_that_dies_at_start_is_started_again(tmp_path, monkeypatch):
     workdir.mkdir()
     with sandbox.Sandbox(workdir, sandbox.SandboxConfig(uid=None, isolation="floor")) as box:
         run = box.run("print(6 * 7)")
+        # Red team rt10: the kernel flooded the never-read stdin socket into the grader's memory.
+        opened = {name: getattr(box.kc, f"_{name}_channel") for name in ("stdin", "hb")}
+        assert opened == {"stdin": None, "hb": None}, opened
     assert len(made) == 2, f"{len(made)} kernel starts"
     assert run.status == "ok", run
 
@@ -655,10 +658,10 @@ def test_only_what_otter_ignores_is_skipped():
     assert ([c.source for c in cells], skipped) == (["x2 = 2"], 2)
 
 
-def _write_nb(path: Path, name: str = corpus.ASSIGNMENT) -> None:
+def _write_nb(path: Path, name: str = corpus.ASSIGNMENT, code: str = "x = 1") -> None:
     nb = nbformat.v4.new_notebook()
     nb.metadata["otter"] = {"assignment_name": name}
-    nb.cells = [nbformat.v4.new_code_cell("x = 1")]
+    nb.cells = [nbformat.v4.new_code_cell(code)]
     nbformat.write(nb, path)
 
 
@@ -683,11 +686,30 @@ def test_notebook_beside_its_own_export_zip_is_graded(tmp_path):
     sub.mkdir()
     notebook = sub / f"{corpus.ASSIGNMENT}.ipynb"
     _write_nb(notebook)
+    # Red team rt10: the copy in the zip was saved before the export cell ran (its outputs and
+    # execution counts differ; its code does not).
+    exported = nbformat.read(notebook, as_version=4)
+    exported.cells[0].execution_count = 7
+    exported.cells[0].outputs = [nbformat.v4.new_output("stream", text="exported\n")]
     with zipfile.ZipFile(sub / f"{corpus.ASSIGNMENT}_2026_12_06.zip", "w") as zf:
-        zf.write(notebook, notebook.name)
+        zf.writestr(notebook.name, nbformat.writes(exported))
     found = submission.find_notebook(sub, notebook.name, corpus.ASSIGNMENT, tmp_path / "unpacked")
     assert found.path.name == notebook.name
-    assert any("identical" in note for note in found.notes), found.notes
+    assert any("same code" in note for note in found.notes), found.notes
+
+
+def test_upper_case_suffixes_are_found(tmp_path):
+    """Red team rt10: OFFLINE_RL.IPYNB (or a .ZIP) was "No notebook found", score 0."""
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    _write_nb(sub / "OFFLINE_RL.IPYNB")
+    with zipfile.ZipFile(sub / "EXPORT.ZIP", "w") as zf:
+        zf.write(sub / "OFFLINE_RL.IPYNB", "INNER.IPYNB")
+    found = submission.find_notebook(
+        sub, f"{corpus.ASSIGNMENT}.ipynb", corpus.ASSIGNMENT, tmp_path / "unpacked"
+    )
+    assert found.path.name.lower().endswith(".ipynb")
+    assert any("same code" in note for note in found.notes), found.notes
 
 
 def test_assignment_metadata_of_any_shape_costs_no_crash(tmp_path):
@@ -710,7 +732,7 @@ def test_candidate_notebooks_are_capped_in_number_and_time(tmp_path):
     sub = tmp_path / "sub"
     sub.mkdir()
     for i in range(submission.MAX_CANDIDATES + 20):
-        _write_nb(sub / f"decoy{i:02d}.ipynb", name="another")
+        _write_nb(sub / f"decoy{i:02d}.ipynb", name="another", code=f"decoy = {i}")
     _write_nb(sub / f"{corpus.ASSIGNMENT}.ipynb")  # sorts after every decoy
     found = submission.find_notebook(
         sub, f"{corpus.ASSIGNMENT}.ipynb", corpus.ASSIGNMENT, tmp_path / "unpacked"
