@@ -743,6 +743,7 @@ def build(spec: AssignmentSpec, out: Path, self_check: bool) -> dict[str, float]
         build_wheel(spec, student_out / notebook, student_out / WHEEL_DIR)
     ship_student_environment(spec, student_out)
     grader_out.mkdir(parents=True)
+    os.chmod(grader_out, 0o700)  # before the solution is written into it (red team rt10)
     for readme, target in (
         ("README.student.md", student_out),
         ("README.instructor.md", grader_out),
