@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import ipywidgets
@@ -295,6 +296,24 @@ def test_a_move_back_to_a_value_renders_nothing_again(monkeypatch):
     slider.value = 0.0
     assert caption.value == first
     assert calls == [0.0, 1.0] and len(renders) == 2, (calls, renders)
+
+
+def test_a_move_outside_a_kernel_draws_at_once_under_a_running_event_loop():
+    """The suite caught it: after the browser tests, Playwright's event loop ran in the test
+    process, the demos took it for a kernel's and deferred every move."""
+    calls = []
+
+    def student(*args, **kwargs):
+        calls.append(kwargs["alpha"])
+        return offline_q_learning(*args, **kwargs)
+
+    async def move() -> None:
+        box = widgets.cql_demo(offline_q_fn=student, coverage_fn=coverage_counts)
+        slider, _ = _control_and_caption(box)
+        slider.value = 1.0
+        assert calls == [0.0, 1.0], calls
+
+    asyncio.run(move())
 
 
 def test_a_demo_figure_is_drawn_once(monkeypatch):

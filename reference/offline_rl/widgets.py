@@ -304,11 +304,14 @@ def _interactive(
         Each key press on a slider is a move of its own, sent as soon as the kernel reports
         the previous one handled; drawing each (0.3-0.6 s) made a 3-press move cost 3 figures.
         The draw waits until no move came for ``MOVE_SETTLE_S`` and then draws the last value
-        only. Outside an event loop (plain Python, tests) it draws at once.
+        only. Outside a kernel (plain Python, tests; even where an event loop runs, as
+        Playwright's does in a test process) it draws at once.
         """
         try:
-            loop = asyncio.get_running_loop()
+            loop = asyncio.get_running_loop() if _in_notebook() else None
         except RuntimeError:
+            loop = None
+        if loop is None:
             redraw()
             return
         for handle in scheduled:
