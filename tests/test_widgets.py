@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import ipywidgets
 import numpy as np
@@ -11,6 +14,8 @@ import pytest
 from offline_rl import widgets
 from offline_rl.algorithms.coverage import coverage_counts
 from offline_rl.algorithms.tabular import offline_q_learning
+
+T = TypeVar("T")
 
 
 @pytest.mark.parametrize(
@@ -313,7 +318,14 @@ def test_a_move_outside_a_kernel_draws_at_once_under_a_running_event_loop():
         slider.value = 1.0
         assert calls == [0.0, 1.0], calls
 
-    asyncio.run(move())
+    _run_in_a_fresh_event_loop(move)
+
+
+def _run_in_a_fresh_event_loop(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """``asyncio.run(main())`` in a thread of its own: after the browser tests Playwright's loop
+    may run in this worker's main thread, where asyncio.run refuses to start."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(main())).result()
 
 
 def test_a_demo_figure_is_drawn_once(monkeypatch):
@@ -393,8 +405,7 @@ def test_a_move_while_a_draw_is_in_flight_ends_on_the_sliders_last_value(monkeyp
 def test_quick_moves_draw_only_the_last_value_in_a_kernel(monkeypatch):
     """In a kernel (an event loop runs) moves that arrive together are drawn once, for the last
     value: two key presses in a row cost one figure, not two."""
-    import asyncio
-
+    monkeypatch.setattr(widgets, "_in_notebook", lambda: True)  # as in a kernel
     renders: list[str] = []
     render = widgets._render
     monkeypatch.setattr(
@@ -413,7 +424,7 @@ def test_quick_moves_draw_only_the_last_value_in_a_kernel(monkeypatch):
         await asyncio.sleep(0.2)  # any further (stale) draw would come now
         return caption.value
 
-    caption = asyncio.run(presses())
+    caption = _run_in_a_fresh_event_loop(presses)
     assert caption.startswith("α = 1:"), caption
     assert [title.split(":")[0] for title in renders] == ["α = 0", "α = 1"], renders
 
