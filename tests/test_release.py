@@ -15,7 +15,7 @@ import nbformat
 import numpy as np
 import pytest
 
-from tools import build_release
+from tests.conftest import open_sandbox_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "offline_rl"
@@ -291,10 +291,11 @@ def test_graded_cells_never_draw(notebook: Path) -> None:
 
 def test_answer_sources_are_closed_to_other_users(fresh_build):
     """A kernel graded with ``--sandbox floor`` on this machine runs as another user and reads
-    every world-readable file: after a build, nothing holding answers is open to it (red team
-    rt9 read reference/ and the master from a blank notebook)."""
+    every world-readable file: after a build, and in a fresh clone that ran only `make test` (CI),
+    nothing holding answers is open to it (red team rt9 read reference/ and the master from a
+    blank notebook)."""
     solution = ROOT / "autograder" / NAME / f"{NAME}-solution.ipynb"
-    secrets = [ROOT / name for name in build_release.ANSWER_SOURCES] + [
+    secrets = [ROOT / name for name in open_sandbox_paths.ANSWER_SOURCES] + [
         ROOT / "build", ROOT / "autograder" / NAME, solution,
     ]  # fmt: skip
     open_to_others = [

@@ -47,6 +47,7 @@ from typing import Any
 
 import jupytext
 import nbformat
+import open_sandbox_paths
 import sync_environment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -694,25 +695,12 @@ def add_setup_cell(notebook: Path, spec: AssignmentSpec) -> None:
     nbformat.write(nb, notebook)
 
 
-#: Folders of the checkout that hold answers (the master, the reference, the corpus' edits, git's
-#: copies of all three): closed to other users, as build/ and autograder/ are, since a kernel
-#: graded with ``--sandbox floor`` on this machine reads every world-readable file (red team rt9).
-ANSWER_SOURCES = ("reference", "assignments", "tests", ".git")
-
-
-def close_answer_sources(root: Path = ROOT) -> None:
-    for name in ANSWER_SOURCES:
-        path = root / name
-        if path.exists() and not path.is_symlink():
-            os.chmod(path, os.stat(path).st_mode & ~0o077)
-
-
 def build(spec: AssignmentSpec, out: Path, self_check: bool) -> dict[str, float]:
     """Build one assignment into ``out/student_release/<name>`` and ``out/autograder/<name>``."""
     t0 = time.perf_counter()
     (ROOT / "build").mkdir(exist_ok=True)
     os.chmod(ROOT / "build", 0o700)  # fixtures with expected values are staged there
-    close_answer_sources()
+    open_sandbox_paths.close_answer_sources()
     staging = ROOT / "build" / spec.name
     nb_path = stage(spec, staging)
     dist = staging / "dist"
