@@ -400,21 +400,65 @@ def _wait_caption(caption: Any, before: str, expected: list[str], what: str) -> 
 class Demo:
     name: str
     moves: tuple[tuple[str, int], tuple[str, int]]  # (key, presses) per move, from the last value
-    expect: Callable[[float], list[str]]  # text the caption must contain at slider value v
+    label: Callable[[float], str]  # how the caption names slider value v (the timed wait)
+    state: Callable[[float], list[str]]  # what else it must say at v (reference code, untimed)
+
+    def expect(self, value: float) -> list[str]:
+        """Every part the caption must contain at ``value``, the value's label first."""
+        return [self.label(value), *self.state(value)]
 
 
-# In notebook order. Each caption must name the slider's value and the state it implies; the
-# first part names the value alone (the timed wait looks for it).
+# In notebook order. Each caption must name the slider's value and the state it implies. The
+# timed wait looks for the value's label only: the state is computed by reference code in this
+# process (0.1 CPU-s for Demos 2 and 3), after the clock stops, not while the kernel draws.
 DEMOS = (
     Demo("1-online-vs-offline", (("ArrowRight", 2), ("ArrowLeft", 3)),
-         lambda v: [f"seed 0, {v:g} episode{'' if v == 1 else 's'}:", "covered"]),
+         lambda v: f"seed 0, {v:g} episode{'' if v == 1 else 's'}:", lambda v: ["covered"]),
     Demo("2-distribution-shift", (("ArrowRight", 2), ("ArrowRight", 3)),
-         lambda v: [f"ε = {v:g}:", f"return {_cliff_greedy_return(v, 0.0):g}"]),
+         lambda v: f"ε = {v:g}:", lambda v: [f"return {_cliff_greedy_return(v, 0.0):g}"]),
     Demo("3-cql", (("ArrowRight", 3), ("ArrowRight", 2)),
-         lambda v: [f"α = {v:g}:", f"return {_cliff_greedy_return(0.0, v):g}"]),
+         lambda v: f"α = {v:g}:", lambda v: [f"return {_cliff_greedy_return(0.0, v):g}"]),
     Demo("4-quality", (("ArrowLeft", 2), ("ArrowRight", 4)),
-         lambda v: [f"quality {v:.2f}", f"the data visit {_quality_visited(v)} state"]),
+         lambda v: f"quality {v:.2f}", lambda v: [f"the data visit {_quality_visited(v)} state"]),
 )  # fmt: skip
+
+#: Installed in a demo's cell before a move: records, on the browser's clock, every change of
+#: the demo's caption and figure (a MutationObserver: no polling, so to the millisecond).
+WATCH_MOVE_JS = """(cell) => {
+  const caption = cell.querySelector('.offline-rl-demo-state');
+  const output = cell.querySelector('.widget-output');
+  const image = () => { const img = output.querySelector('img');
+                        return img ? img.src.length + ':' + img.src.slice(-40) : ''; };
+  const log = {start: performance.now(), pressed: null, changes: [], before: image()};
+  const note = () => log.changes.push([performance.now() - log.start, caption.innerText, image()]);
+  log.observer = new MutationObserver(note);
+  log.observer.observe(caption, {subtree: true, childList: true, characterData: true});
+  log.observer.observe(output, {subtree: true, childList: true, attributes: true});
+  window.offlineRlMoveLog = log;
+}"""
+
+#: After the move: the log (times in s from the first key press) and the observer stopped.
+READ_MOVE_JS = """() => {
+  const log = window.offlineRlMoveLog;
+  log.observer.disconnect();
+  return {pressed: log.pressed, changes: log.changes, before: log.before};
+}"""
+
+
+def _move_timings(log: dict[str, Any], label: str) -> dict[str, float]:
+    """From a move's browser log: the key presses' duration, the time until the caption named
+    the final value and until its figure was on the page (ms -> s), and the figures shown."""
+    changes = log["changes"]
+    out = {"presses_s": log["pressed"] / 1000}
+    caption_at = next((t for t, text, _ in changes if label in text), None)
+    if caption_at is None:  # the caption named the value (the test waited for it), unseen here
+        return out
+    out["caption_s"] = caption_at / 1000
+    final_image = changes[-1][2]
+    figure_at = next(t for t, _, image in changes if t >= caption_at and image == final_image)
+    out["figure_s"] = figure_at / 1000
+    out["figures_shown"] = len({im for _, _, im in changes if im and im != log["before"]})
+    return out
 
 
 def test_each_demo_redraws_once_per_move_with_the_state_its_value_implies(
@@ -443,22 +487,30 @@ def test_each_demo_redraws_once_per_move_with_the_state_its_value_implies(
         box.screenshot(path=str(ARTIFACTS / f"demo{demo.name}-0-before.png"))
         for step, (key, presses) in enumerate(demo.moves, start=1):
             before = captions.nth(index).inner_text()
-            start = time.monotonic()
             handle = cell.locator(".noUi-handle").first
             handle.focus()
+            cell.evaluate(WATCH_MOVE_JS)
+            start = time.monotonic()
             for _ in range(presses):
                 handle.press(key)
+            page.evaluate("() => { const log = window.offlineRlMoveLog;"
+                          " log.pressed = performance.now() - log.start; }")  # fmt: skip
             readout = cell.locator(".widget-readout").first
             value = float(readout.inner_text())
             # Timed: until the caption names the slider's final value (not merely changes: a
             # move of several presses may show a value on the way first) and the kernel is
-            # idle. What else it must say is computed here (reference code, in this process
-            # while the kernel draws) and checked after the timing.
-            expected = demo.expect(value)
-            _wait_caption(captions.nth(index), before, expected[:1], f"demo {demo.name}")
+            # idle, polled from here (the figure reported since session 9).
+            label = demo.label(value)
+            _wait_caption(captions.nth(index), before, [label], f"demo {demo.name}")
             _wait(lambda: _status_idle(page), 30, "the kernel to be idle after the move")
             seconds = time.monotonic() - start
             TIMINGS[f"demo{demo.name}_move{step}_s"] = round(seconds, 2)
+            # The same move on the browser's clock, from its log: when the caption named the
+            # value and when that value's figure was on the page (what a student sees).
+            timings = _move_timings(page.evaluate(READ_MOVE_JS), label)
+            for what, amount in timings.items():
+                TIMINGS[f"demo{demo.name}_move{step}_{what}"] = round(amount, 2)
+            expected = demo.expect(value)
             caption = _wait_caption(captions.nth(index), before, expected, f"demo {demo.name}")
             box.screenshot(path=str(ARTIFACTS / f"demo{demo.name}-{step}-after-{value:g}.png"))
             images = cell.locator(".widget-output img")
