@@ -12,7 +12,8 @@ built ``--repeat`` times and the median of each step printed: CPU seconds of thi
 compare) and wall seconds, then the CPU seconds by phase:
 
 * ``compute``: the student's functions and the data and rollouts a draw needs;
-* ``render``: matplotlib drawing the figure (``FigureCanvasAgg.draw``: artists to pixels);
+* ``render``: matplotlib drawing the figure (``FigureCanvasAgg.draw``: artists to pixels),
+  or only the axes a move changes (``Axes.draw``, for a figure redrawn in part);
 * ``encode``: PNG encoding of the pixels (PIL's PNG writer);
 * ``build``: the rest: creating or updating the figure's artists, the caption, the widgets.
 
@@ -48,6 +49,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import PIL.Image
 from IPython.core.pylabtools import print_figure
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from offline_rl import widgets
 from offline_rl.algorithms.coverage import coverage_counts
@@ -94,6 +96,8 @@ CLOCK = PhaseClock()
 def _install_clock() -> None:
     """Time matplotlib's drawing, PIL's PNG writer and the compute the demos call by name."""
     FigureCanvasAgg.draw = CLOCK.wrap("render", FigureCanvasAgg.draw)  # type: ignore[method-assign]
+    # A figure redrawn in part (widgets._Blit) draws its changed axes one by one.
+    Axes.draw = CLOCK.wrap("render", Axes.draw)  # type: ignore[method-assign]
     PIL.Image.init()
     PIL.Image.SAVE["PNG"] = CLOCK.wrap("encode", PIL.Image.SAVE["PNG"])
     # Module globals the demos call while drawing (data, rollouts): compute, not figure work.

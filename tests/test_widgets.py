@@ -529,3 +529,111 @@ def test_a_demo_laid_out_once_keeps_every_label_on_the_canvas(monkeypatch):
         for value in slider.options:
             slider.value = value
     assert not outside, outside
+
+
+# ----------------------------------------- moves that redraw in place (issue 24, session 10)
+def _png_pixels(png: bytes) -> np.ndarray:
+    import io
+
+    import PIL.Image
+
+    return np.asarray(PIL.Image.open(io.BytesIO(png)).convert("RGBA"))
+
+
+def _started_at(monkeypatch, value):
+    """Make the next demo's slider start at ``value`` (the demos fix their starting value)."""
+    for name in ("SelectionSlider", "FloatSlider"):
+        cls = getattr(ipywidgets, name)
+
+        def make(*args, cls=cls, **kwargs):
+            kwargs["value"] = value
+            return cls(*args, **kwargs)
+
+        monkeypatch.setattr(ipywidgets, name, make)
+
+
+def _demos():
+    from offline_rl.algorithms.experiments import quality_experiment
+
+    return {
+        "1": (lambda: widgets.online_vs_offline_demo(coverage_fn=coverage_counts), (2, 64)),
+        "2": (lambda: widgets.distribution_shift_demo(offline_q_learning, coverage_counts),
+              (0.3, 0.5)),
+        "3": (lambda: widgets.cql_demo(offline_q_learning, coverage_counts), (0.01, 100.0)),
+        "4": (lambda: widgets.quality_demo(quality_experiment, coverage_counts, seeds=(0,)),
+              (0.0, 1.0)),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("demo", ["1", "2", "3", "4"])
+def test_a_move_shows_the_picture_a_new_figure_of_that_value_shows(demo, monkeypatch):
+    """Each demo keeps one figure and changes its artists on a move (and redraws only the axes
+    that change, Demos 1 and 4). The frame a move ends on must be, pixel for pixel, the figure
+    the demo draws when it starts at that value (laid out alike): nothing of the old value
+    left (a title, a count, an arrow, a bar label, the axes' limits), nothing missing."""
+    make, values = _demos()[demo]
+    frames: list[tuple[object, object]] = []
+    render = widgets._render
+    monkeypatch.setattr(widgets, "_render",
+                        lambda fig: frames.append((fig, render(fig))) or frames[-1][1])  # fmt: skip
+    slider = _control_and_caption(make())[0]
+    for value in values:
+        slider.value = value
+        moved_fig, moved = frames[-1]
+        with monkeypatch.context() as patch:
+            _started_at(patch, value)
+            _control_and_caption(make())
+        fresh_fig, fresh = frames[-1]
+        assert fresh_fig is not moved_fig
+        assert fresh.caption == moved.caption
+        # The same margins as the moved figure (each demo lays out its first figure).
+        keys = ("left", "right", "bottom", "top", "wspace", "hspace")
+        fresh_fig.subplots_adjust(**{k: getattr(moved_fig.subplotpars, k) for k in keys})
+        fresh_fig.canvas.draw()
+        new = np.asarray(fresh_fig.canvas.buffer_rgba())
+        old = _png_pixels(moved.png)
+        differ = int((np.abs(new.astype(int) - old).max(axis=2) > 0).sum())
+        assert differ == 0, f"demo {demo} at {value}: {differ} pixels differ from a new figure"
+
+
+def test_a_demo1_move_redraws_only_the_panels_it_changes(monkeypatch):
+    """Demo 1's middle and right panels (their tick labels were most of a move's draw) are the
+    same at every slider value: a move draws seed 0's grid, its colour bar and the circle, and
+    copies the rest's pixels."""
+    from matplotlib.axes import Axes
+
+    box = widgets.online_vs_offline_demo(coverage_fn=coverage_counts)
+    slider = _control_and_caption(box)[0]
+    drawn: list[str] = []
+    draw = Axes.draw
+
+    def spy(self, renderer):
+        drawn.append(self.get_title() or self.get_ylabel() or "an axes without labels")
+        return draw(self, renderer)
+
+    monkeypatch.setattr(Axes, "draw", spy)
+    slider.value = 16
+    assert "more coverage, better offline agent" not in drawn, drawn
+    assert "the online agent collects its own data" not in drawn, drawn
+    assert drawn and drawn[0].startswith("seed 0, 16 episodes:"), drawn
+    assert len(drawn) == 3, drawn  # the grid, its colour bar, the circle's overlay
+
+
+def test_demo_captions_read_as_sentences():
+    """Session 9's nits: Demo 1 named purple twice (the online agent, in two panels), Demo 3
+    ended on a bare "mean learned Q" that said nothing about the state."""
+    from offline_rl.envs import get_layout
+
+    caption = _control_and_caption(widgets.online_vs_offline_demo(coverage_fn=coverage_counts))[1]
+    assert caption.value.count("purple") == 1, caption.value
+    box = widgets.cql_demo(offline_q_fn=offline_q_learning, coverage_fn=coverage_counts)
+    slider, caption = _control_and_caption(box)
+    lay = get_layout("cliff")
+    data = widgets._cliff_data(0.0)
+    counts = coverage_counts(data, lay.n_states, lay.n_actions)
+    seen, unseen = widgets._seen_unseen(counts)
+    for alpha in (0.0, 1.0):
+        slider.value = alpha
+        q = offline_q_learning(data, lay.n_states, lay.n_actions, lay.gamma, alpha=alpha)
+        state = f"mean learned Q: unseen {q[unseen].mean():.3g}, seen {q[seen].mean():.3g}"
+        assert caption.value.endswith(" · " + state), caption.value
