@@ -637,3 +637,38 @@ def test_demo_captions_read_as_sentences():
         q = offline_q_learning(data, lay.n_states, lay.n_actions, lay.gamma, alpha=alpha)
         state = f"mean learned Q: unseen {q[unseen].mean():.3g}, seen {q[seen].mean():.3g}"
         assert caption.value.endswith(" · " + state), caption.value
+
+
+def test_a_grid_updated_in_place_shows_the_new_heat_numbers_arrows_and_title():
+    """What plotting.GridPlot shows after an update, read back from its artists: the heatmap's
+    cells and colour range (the colour bar's too) are the new counts', each live cell's number
+    is its count, each arrow points the policy's way, and the title is the new one."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyArrow
+    from offline_rl import plotting
+    from offline_rl.envs import ACTION_DELTAS, get_layout
+
+    lay = get_layout("cliff")
+    rng = np.random.default_rng(0)
+    fig, axes = plt.subplots(1, 2)
+    heat = plotting.GridPlot(axes[0], lay, heat="counts")
+    arrows = plotting.GridPlot(axes[1], lay, policy=True)
+    for step in range(2):
+        counts = rng.integers(0, 9 + 10 * step, size=(lay.n_states, lay.n_actions))
+        policy = rng.integers(0, lay.n_actions, size=lay.n_states)
+        heat.update(counts, title=f"step {step}")
+        arrows.update(policy=policy)
+        per_state = counts.sum(axis=1)
+        np.testing.assert_array_equal(heat.image.get_array(), per_state.reshape(lay.rows, -1))
+        assert heat.image.get_clim() == (per_state.min(), per_state.max())
+        assert heat.colorbar.ax.get_ylim() == (per_state.min(), per_state.max())
+        assert axes[0].get_title() == f"step {step}"
+        assert heat.numbers and all(t.get_text() == str(per_state[s]) for s, t in heat.numbers)
+        assert len(arrows.arrows) == lay.n_states - len(lay.walls) - len(lay.goals) - len(lay.pits)
+        for s, arrow in arrows.arrows:  # each as a new arrow the policy's way would be
+            r, c = lay.coords(s)
+            dr, dc = ACTION_DELTAS[int(policy[s])]
+            new = FancyArrow(c - 0.25 * dc, r - 0.25 * dr, 0.4 * dc, 0.4 * dr, head_width=0.15,
+                             length_includes_head=True)  # fmt: skip
+            np.testing.assert_allclose(arrow.get_xy(), new.get_xy(), err_msg=f"state {s}")
+    plt.close(fig)
