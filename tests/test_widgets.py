@@ -672,3 +672,41 @@ def test_a_grid_updated_in_place_shows_the_new_heat_numbers_arrows_and_title():
                              length_includes_head=True)  # fmt: skip
             np.testing.assert_allclose(arrow.get_xy(), new.get_xy(), err_msg=f"state {s}")
     plt.close(fig)
+
+
+def test_bars_and_scatter_updated_in_place_show_the_new_values():
+    """plotting.BarPlot and SeenUnseenPlot after updates, read back from their artists: each bar
+    has the new height and a label with that value (below a negative bar), the scatter holds
+    the new seen and unseen points, counts the stacked ones and its limits contain them all."""
+    import matplotlib.pyplot as plt
+    from offline_rl import plotting
+
+    fig, axes = plt.subplots(1, 2)
+    bars = plotting.BarPlot(axes[0], ["seen (s, a)", "unseen (s, a)"])
+    scatter = plotting.SeenUnseenPlot(axes[1], with_truth=True)
+    rng = np.random.default_rng(1)
+    for values in ({"seen (s, a)": 3.6562, "unseen (s, a)": 0.0},
+                   {"seen (s, a)": 3.61, "unseen (s, a)": -4.6122}):  # fmt: skip
+        bars.update(values)
+        assert [b.get_height() for b in bars.bars] == list(values.values())
+        assert [t.get_text() for t in bars.labels] == [f"{v:.4g}" for v in values.values()]
+        for label, value in zip(bars.labels, values.values(), strict=True):
+            assert label.xy[1] == value, "a label sits at its bar's end"
+            assert label.get_va() == ("top" if value < 0 else "bottom"), "beyond the end"
+        low, high = axes[0].get_ylim()
+        assert low <= min(0, *values.values()) and high >= max(values.values())
+        counts = rng.integers(0, 2, size=(6, 4))
+        q, q_true = rng.normal(size=(6, 4)), rng.normal(size=(6, 4))
+        q[counts == 0], q_true[counts == 0] = 0.0, -100.0  # stacked unseen pairs
+        scatter.update(q, counts, q_true)
+        visited = (counts.sum(axis=1, keepdims=True) > 0) & np.ones(counts.shape, dtype=bool)
+        seen, unseen = visited & (counts > 0), visited & (counts == 0)
+        np.testing.assert_array_equal(scatter.seen.get_offsets(),
+                                      np.column_stack([q_true[seen], q[seen]]))  # fmt: skip
+        np.testing.assert_array_equal(scatter.unseen.get_offsets(),
+                                      np.column_stack([q_true[unseen], q[unseen]]))  # fmt: skip
+        assert [t.get_text() for t in axes[1].texts] == [f"{unseen.sum()} pairs"]
+        (x0, x1), (y0, y1) = axes[1].get_xlim(), axes[1].get_ylim()
+        assert x0 <= q_true[visited].min() and x1 >= q_true[visited].max()
+        assert y0 <= q[visited].min() and y1 >= q[visited].max()
+    plt.close(fig)

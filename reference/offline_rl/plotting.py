@@ -412,8 +412,11 @@ class BarPlot:
 
     def update(self, values: dict[str, float]) -> None:
         """Set each bar to ``values[name]`` and label it with that value."""
-        for bar, name in zip(self.bars, self.names, strict=True):
-            bar.set_height(float(values[name]))
+        heights = [float(values[name]) for name in self.names]
+        for bar, height in zip(self.bars, heights, strict=True):
+            bar.set_height(height)
+        # bar_label reads the values (and each label's side) from the container, not the bars.
+        self.bars.datavalues = np.asarray(heights)
         for label in self.labels:
             label.remove()
         # 500, 9.6, -17, 0.1235: no trailing zeros; below a negative bar, above a positive one.
