@@ -336,7 +336,10 @@ class SeenUnseenPlot:
             lo = float(min(x[visited].min(), q[visited].min()))
             hi = float(max(x[visited].max(), q[visited].max()))
             self.diagonal.set_data([lo, hi], [lo, hi])
-        self.ax.relim()  # the limits a new plot of these points gets
+        # The limits a new plot of these points gets: relim counts the line, and the points
+        # too from matplotlib 3.11 on (Colab's 3.10 skips collections: added here).
+        self.ax.relim()
+        self.ax.update_datalim(np.concatenate([self.seen.get_offsets(), self.unseen.get_offsets()]))
         self.ax.autoscale_view()
 
 
