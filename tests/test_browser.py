@@ -14,7 +14,11 @@ CI keeps the folder as an artifact when a test fails), with Demo 2 at ε = 0.5 a
 the learning curves. Timings (Run All, each demo's first render and each move; the goal is a
 first render within 3 s and a move within 1 s) go to ``timings.json`` there and are printed at
 the end of the session: they are reported, never asserted (the machine is shared). A demo's
-first render is its first figure on the page; ``_ready_s`` is the whole cell.
+first render is its first figure on the page; ``_ready_s`` is the whole cell. Each move is also
+timed on the browser's clock, from the first key press (a MutationObserver, no polling):
+``_caption_s`` and ``_figure_s`` until the caption names the final value and until that value's
+figure is on the page, ``_presses_s`` for Playwright's key presses themselves, and
+``_figures_shown``, how many figures the page showed on the way (1: no value on the way drawn).
 With ``CI`` set a missing chromium or Playwright fails the run; elsewhere it skips.
 """
 
