@@ -891,7 +891,10 @@ class _Demo4Figure:
             self.drawn = values
         # How far it is is said once, in the progress line above (fill's "n of 5 qualities
         # done"); a count here too was the same words twice, half a second apart.
-        self.curves_ax.set_title("your quality_experiment: the curves so far…" if partial else "")
+        heading = "your quality_experiment: the curves so far…" if partial else ""
+        if heading != self.curves_ax.get_title():
+            self.curves_ax.set_title(heading)
+            self.blit.changed()
         self.marker.set_xdata([quality, quality])
         self.grid.update(counts, title=title)
         return self.fig
