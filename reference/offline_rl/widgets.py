@@ -20,7 +20,6 @@ import functools
 import io
 import re
 import traceback
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,10 +154,17 @@ class _Frame:
     """The figure's titles and legend colours as text (``_describe``), for the caption."""
 
 
-def _figure(figsize: tuple[float, float]) -> Figure:
+class _DemoFigure(Figure):
     """A demo's figure: drawn by Agg, outside pyplot (so no cell shows it by itself, and it is
     kept for the demo's life instead of closed after each frame)."""
-    fig = Figure(figsize=figsize)
+
+    blit: _Blit | None = None
+    """Set by a demo whose moves change only some axes: :func:`_render` then redraws those."""
+
+
+def _figure(figsize: tuple[float, float]) -> _DemoFigure:
+    """A new :class:`_DemoFigure` on an Agg canvas."""
+    fig = _DemoFigure(figsize=figsize)
     FigureCanvasAgg(fig)
     return fig
 
@@ -215,21 +221,17 @@ class _Blit:
             ax.draw(renderer)
 
 
-#: The demos' figures that are redrawn in part (:class:`_Blit`); others are drawn in full.
-_BLITS: weakref.WeakKeyDictionary[Figure, _Blit] = weakref.WeakKeyDictionary()
-
-
 def _render(fig: Figure) -> _Frame:
     """Render ``fig`` to PNG once.
 
     One draw at the figure's size and dpi: the inline backend's ``display(fig)`` draws it twice
     (``bbox_inches="tight"`` first measures, then renders) and again on every display. The
     demos' figures are laid out by ``_interactive`` (``plotting.FixedLayout``), so nothing lies
-    outside the canvas; a figure registered in ``_BLITS`` redraws only the axes a move
-    changes. zlib level 1: a third of level 6's encoding time for ~8 % more bytes (80 kB, sent
+    outside the canvas; a figure with a ``blit`` (``_DemoFigure``) redraws only the axes a
+    move changes. zlib level 1: a third of level 6's encoding time for ~8 % more bytes (80 kB, sent
     once per value to a local browser).
     """
-    blit = _BLITS.get(fig)
+    blit = getattr(fig, "blit", None)
     canvas = fig.canvas
     assert isinstance(canvas, FigureCanvasAgg), "a demo's figure comes from _figure"
     if blit is None:
@@ -623,7 +625,7 @@ class _Demo1Figure:
         axes[2].get_legend().remove()
         axes[2].set_title("the online agent collects its own data")
         assert self.grid.colorbar is not None
-        _BLITS[self.fig] = _Blit([axes[0], self.grid.colorbar.ax, self.circle.axes])
+        self.fig.blit = _Blit([axes[0], self.grid.colorbar.ax, self.circle.axes])
 
     def show(self, i: int, n_episodes: int, counts: np.ndarray, policy: np.ndarray) -> Figure:
         """The figure at the slider's ``i``-th size: seed 0's ``counts`` (S,) and ``policy``."""
@@ -868,7 +870,7 @@ class _Demo4Figure:
                                       heat_label="visits (transitions from the state)")  # fmt: skip
         assert self.grid.colorbar is not None
         self.blit = _Blit([axes[1], self.grid.colorbar.ax, self.marker.axes])
-        _BLITS[self.fig] = self.blit
+        self.fig.blit = self.blit
         self.drawn: np.ndarray | None = None  # the curves on the figure, (3, n_qualities)
 
     def show(
