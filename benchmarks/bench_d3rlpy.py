@@ -72,7 +72,7 @@ def iqm(scores: np.ndarray) -> np.ndarray:
     """
     n = scores.shape[-1]
     cut = int(0.25 * n)
-    return np.sort(scores, axis=-1)[..., cut:n - cut].mean(axis=-1)
+    return np.sort(scores, axis=-1)[..., cut : n - cut].mean(axis=-1)
 
 
 def probability_of_improvement(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -87,9 +87,13 @@ def probability_of_improvement(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (diff > 0).mean(axis=(-1, -2)) + 0.5 * (diff == 0).mean(axis=(-1, -2))
 
 
-def bootstrap_ci(statistic: Callable[..., np.ndarray], *samples: np.ndarray,
-                 reps: int = BOOTSTRAP_REPS, seed: int = BOOTSTRAP_SEED,
-                 level: float = 0.95) -> tuple[float, float, float]:
+def bootstrap_ci(
+    statistic: Callable[..., np.ndarray],
+    *samples: np.ndarray,
+    reps: int = BOOTSTRAP_REPS,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
     """Point estimate and percentile-bootstrap interval of ``statistic(*samples)``.
 
     Each (n_i,) sample is resampled with replacement on its own (runs of different algorithms
@@ -201,18 +205,41 @@ def _worker(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------- orchestration
-def _run_worker(python: str, impl: str, minari_id: str, batch: int, steps: int, seed: int,
-                interval: int, evaluate: bool) -> dict[str, float]:
+def _run_worker(
+    python: str,
+    impl: str,
+    minari_id: str,
+    batch: int,
+    steps: int,
+    seed: int,
+    interval: int,
+    evaluate: bool,
+) -> dict[str, float]:
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
         # The d3rlpy venv does not have the course package installed: import it from source.
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "reference"),
-                                                    os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(ROOT / "reference"), os.environ.get("PYTHONPATH")])
+        ),
     }
-    cmd = [python, __file__, "--worker", impl, "--minari-id", minari_id, "--batch", str(batch),
-           "--steps", str(steps), "--seed", str(seed), "--interval", str(interval)]
+    cmd = [
+        python,
+        __file__,
+        "--worker",
+        impl,
+        "--minari-id",
+        minari_id,
+        "--batch",
+        str(batch),
+        "--steps",
+        str(steps),
+        "--seed",
+        str(seed),
+        "--interval",
+        str(interval),
+    ]
     if evaluate:
         cmd.append("--evaluate")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -244,14 +271,32 @@ def _target_schedule() -> tuple[int, str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--d3rlpy-python", default=str(ROOT / "build/bench-venv/bin/python"))
-    parser.add_argument("--timing-steps", type=int, default=1_000,
-                        help="gradient steps of each timing run (batch 32 and 256)")
-    parser.add_argument("--budget", type=int, default=10_000,
-                        help="gradient steps at batch 256 before the return is measured")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)),
-                        help="training seeds of the return runs (the IQM is over these)")
-    parser.add_argument("--timing-seeds", type=int, nargs="+", default=[0, 1, 2],
-                        help="seeds of the timing pairs (batch 32 and 256)")
+    parser.add_argument(
+        "--timing-steps",
+        type=int,
+        default=1_000,
+        help="gradient steps of each timing run (batch 32 and 256)",
+    )
+    parser.add_argument(
+        "--budget",
+        type=int,
+        default=10_000,
+        help="gradient steps at batch 256 before the return is measured",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=list(range(10)),
+        help="training seeds of the return runs (the IQM is over these)",
+    )
+    parser.add_argument(
+        "--timing-seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="seeds of the timing pairs (batch 32 and 256)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny budget, to test the script")
     parser.add_argument("--worker", choices=["reference", "d3rlpy"], help=argparse.SUPPRESS)
     parser.add_argument("--minari-id", help=argparse.SUPPRESS)
@@ -283,34 +328,47 @@ def main() -> None:
         data.to_minari(MINARI_ID, "CartPole-v1")
         back = OfflineDataset.from_minari(MINARI_ID)
         assert all(np.array_equal(a, getattr(back, k)) for k, a in data.as_dict().items())
-        print(f"data: make_cartpole_dataset({DATA_QUALITY!r}, {DATA_EPISODES}, seed={DATA_SEED})"
-              f", {len(data):,} transitions, behaviour return {data.episode_returns().mean():.1f}"
-              f"; exported as Minari dataset {MINARI_ID!r}")
+        print(
+            f"data: make_cartpole_dataset({DATA_QUALITY!r}, {DATA_EPISODES}, seed={DATA_SEED})"
+            f", {len(data):,} transitions, behaviour return {data.episode_returns().mean():.1f}"
+            f"; exported as Minari dataset {MINARI_ID!r}"
+        )
         # Interleaved: seed by seed, batch by batch, the two libraries back to back.
         # Timing: short runs, the two libraries back to back, so that a neighbour's load on
         # this shared machine hits both runs of a pair alike. Then the returns after the budget.
-        plan = [(seed, batch, args.timing_steps, False)
-                for seed in args.timing_seeds for batch in (32, 256)]
+        plan = [
+            (seed, batch, args.timing_steps, False)
+            for seed in args.timing_seeds
+            for batch in (32, 256)
+        ]
         plan += [(seed, 256, args.budget, True) for seed in args.seeds]
         for seed, batch, steps, evaluate in plan:
             for impl in ("reference", "d3rlpy"):
-                out = _run_worker(pythons[impl], impl, MINARI_ID, batch, steps, seed, interval,
-                                  evaluate)
+                out = _run_worker(
+                    pythons[impl], impl, MINARI_ID, batch, steps, seed, interval, evaluate
+                )
                 out["per_1k"] = out["seconds"] / steps * 1000
                 out["cpu_per_1k"] = out["cpu_seconds"] / steps * 1000
                 results.setdefault((impl, batch, evaluate), []).append(out)
                 extra = f", return {out['return']:.1f}" if evaluate else ""
-                print(f"  seed {seed} {impl:<9} b{batch:<3} {steps:>6} steps: "
-                      f"{out['cpu_per_1k']:.2f} CPU s/1k ({out['per_1k']:.2f} wall), "
-                      f"{out['peak_rss_mb']:.0f} MB{extra}",
-                      flush=True)
-    _print_table(results, args, DIFFERENCES[0].format(
-        reference_target=reference_target, interval=interval, same=same))
+                print(
+                    f"  seed {seed} {impl:<9} b{batch:<3} {steps:>6} steps: "
+                    f"{out['cpu_per_1k']:.2f} CPU s/1k ({out['per_1k']:.2f} wall), "
+                    f"{out['peak_rss_mb']:.0f} MB{extra}",
+                    flush=True,
+                )
+    _print_table(
+        results,
+        args,
+        DIFFERENCES[0].format(reference_target=reference_target, interval=interval, same=same),
+    )
     # What the whole run cost: this process and every worker (user + system CPU time).
     usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     cpu = sum(u.ru_utime + u.ru_stime for u in usage)
-    print(f"\nthis run: {cpu / 60:.1f} CPU-minutes ({len(args.seeds)} return seeds, "
-          f"{len(args.timing_seeds)} timing seeds).")
+    print(
+        f"\nthis run: {cpu / 60:.1f} CPU-minutes ({len(args.seeds)} return seeds, "
+        f"{len(args.timing_seeds)} timing seeds)."
+    )
 
 
 def _reference_loss() -> str:
@@ -322,14 +380,18 @@ def _reference_loss() -> str:
     return "reference 1/2 (Q - y)^2 (the same for |Q - y| <= 1, quadratic beyond)"
 
 
-def _print_table(results: dict[tuple[str, int, bool], list[dict[str, float]]],
-                 args: argparse.Namespace, target_difference: str) -> None:
+def _print_table(
+    results: dict[tuple[str, int, bool], list[dict[str, float]]],
+    args: argparse.Namespace,
+    target_difference: str,
+) -> None:
     def med(impl: str, batch: int, key: str, evaluated: bool = False) -> float:
         return statistics.median(r[key] for r in results[(impl, batch, evaluated)])
 
     def peak(impl: str) -> float:
-        return max(r["peak_rss_mb"] for key, runs in results.items() if key[0] == impl
-                   for r in runs)
+        return max(
+            r["peak_rss_mb"] for key, runs in results.items() if key[0] == impl for r in runs
+        )
 
     def speedup(batch: int) -> float:
         # Median over seeds of the ratio of two back-to-back runs' CPU times.
@@ -340,8 +402,9 @@ def _print_table(results: dict[tuple[str, int, bool], list[dict[str, float]]],
     # stretches wall time by whatever share of a core it takes, CPU time hardly at all.
     ref32, d32 = med("reference", 32, "cpu_per_1k"), med("d3rlpy", 32, "cpu_per_1k")
     ref256, d256 = med("reference", 256, "cpu_per_1k"), med("d3rlpy", 256, "cpu_per_1k")
-    wall = {(impl, b): med(impl, b, "per_1k")
-            for impl in ("reference", "d3rlpy") for b in (32, 256)}
+    wall = {
+        (impl, b): med(impl, b, "per_1k") for impl in ("reference", "d3rlpy") for b in (32, 256)
+    }
     x32, x256 = speedup(32), speedup(256)
     ref_mem, d_mem = peak("reference"), peak("d3rlpy")
     seeds = f"{len(args.seeds)} seeds ({args.seeds[0]}..{args.seeds[-1]})"
@@ -358,21 +421,46 @@ def _print_table(results: dict[tuple[str, int, bool], list[dict[str, float]]],
         return "met" if ok else "MISSED"
 
     rows = [
-        ("CPU s/1k steps, batch 32 (wall)", f"{d32:.2f} ({wall['d3rlpy', 32]:.2f})",
-         f"{ref32:.2f} ({wall['reference', 32]:.2f})", f"{x32:.1f}x faster",
-         ">= 3x", verdict(x32 >= 3)),
-        ("CPU s/1k steps, batch 256 (wall)", f"{d256:.2f} ({wall['d3rlpy', 256]:.2f})",
-         f"{ref256:.2f} ({wall['reference', 256]:.2f})", f"{x256:.1f}x faster",
-         ">= 3x", verdict(x256 >= 3)),
-        ("peak RSS (MB)", f"{d_mem:.0f}", f"{ref_mem:.0f}", f"{d_mem / ref_mem:.2f}x",
-         "<= d3rlpy", verdict(ref_mem <= d_mem)),
-        (f"return after {args.budget:,} steps at b256, IQM [95 % CI], {seeds}",
-         f"{d_iqm[0]:.1f} [{d_iqm[1]:.1f}, {d_iqm[2]:.1f}]",
-         f"{ref_iqm[0]:.1f} [{ref_iqm[1]:.1f}, {ref_iqm[2]:.1f}]",
-         f"{diff[0]:+.1f} [{diff[1]:+.1f}, {diff[2]:+.1f}]",
-         "CI of the difference reaches >= 0", verdict(diff[2] >= 0)),
-        ("P(reference beats d3rlpy on a random seed) [95 % CI]", "", "",
-         f"{p_better[0]:.2f} [{p_better[1]:.2f}, {p_better[2]:.2f}]", "(reported)", ""),
+        (
+            "CPU s/1k steps, batch 32 (wall)",
+            f"{d32:.2f} ({wall['d3rlpy', 32]:.2f})",
+            f"{ref32:.2f} ({wall['reference', 32]:.2f})",
+            f"{x32:.1f}x faster",
+            ">= 3x",
+            verdict(x32 >= 3),
+        ),
+        (
+            "CPU s/1k steps, batch 256 (wall)",
+            f"{d256:.2f} ({wall['d3rlpy', 256]:.2f})",
+            f"{ref256:.2f} ({wall['reference', 256]:.2f})",
+            f"{x256:.1f}x faster",
+            ">= 3x",
+            verdict(x256 >= 3),
+        ),
+        (
+            "peak RSS (MB)",
+            f"{d_mem:.0f}",
+            f"{ref_mem:.0f}",
+            f"{d_mem / ref_mem:.2f}x",
+            "<= d3rlpy",
+            verdict(ref_mem <= d_mem),
+        ),
+        (
+            f"return after {args.budget:,} steps at b256, IQM [95 % CI], {seeds}",
+            f"{d_iqm[0]:.1f} [{d_iqm[1]:.1f}, {d_iqm[2]:.1f}]",
+            f"{ref_iqm[0]:.1f} [{ref_iqm[1]:.1f}, {ref_iqm[2]:.1f}]",
+            f"{diff[0]:+.1f} [{diff[1]:+.1f}, {diff[2]:+.1f}]",
+            "CI of the difference reaches >= 0",
+            verdict(diff[2] >= 0),
+        ),
+        (
+            "P(reference beats d3rlpy on a random seed) [95 % CI]",
+            "",
+            "",
+            f"{p_better[0]:.2f} [{p_better[1]:.2f}, {p_better[2]:.2f}]",
+            "(reported)",
+            "",
+        ),
         ("returns per seed", returns("d3rlpy"), returns("reference"), "", "", ""),
     ]
     print()
@@ -381,11 +469,13 @@ def _print_table(results: dict[tuple[str, int, bool], list[dict[str, float]]],
     for row in rows:
         print("| " + " | ".join(row) + " |")
     timing_seeds = ", ".join(map(str, args.timing_seeds))
-    print(f"\nspeed: medians over timing seeds {timing_seeds} (speed-up: median over the "
-          f"back-to-back pairs of the ratio of CPU times); one torch thread per process; timing "
-          f"runs {args.timing_steps:,} steps, return runs {args.budget:,} steps at b256. Returns: "
-          f"interquartile mean over {seeds}, 95 % percentile bootstrap ({BOOTSTRAP_REPS:,} "
-          "resamples of each library's runs), as rliable reports them.")
+    print(
+        f"\nspeed: medians over timing seeds {timing_seeds} (speed-up: median over the "
+        f"back-to-back pairs of the ratio of CPU times); one torch thread per process; timing "
+        f"runs {args.timing_steps:,} steps, return runs {args.budget:,} steps at b256. Returns: "
+        f"interquartile mean over {seeds}, 95 % percentile bootstrap ({BOOTSTRAP_REPS:,} "
+        "resamples of each library's runs), as rliable reports them."
+    )
     print("Differences the designs impose:")
     for line in [target_difference, *DIFFERENCES[1:]]:
         print("  - " + line.format(reference_loss=_reference_loss()))

@@ -39,10 +39,7 @@ def _time(fn: Callable[[], object], repeats: int = REPEATS) -> list[float]:
 
 
 def _row(name: str, times: list[float]) -> str:
-    return (
-        f"{name:<44} {statistics.median(times):>8.2f} s"
-        f"   [{min(times):.2f}, {max(times):.2f}]"
-    )
+    return f"{name:<44} {statistics.median(times):>8.2f} s   [{min(times):.2f}, {max(times):.2f}]"
 
 
 def bench_neural() -> list[str]:
@@ -55,8 +52,9 @@ def bench_neural() -> list[str]:
 
             def run(batch_size: int = batch_size) -> None:
                 agent = CQL(OBS_DIM, N_ACTIONS, CQLConfig(seed=0))
-                train_offline(agent, data, STEPS, batch_size, seed=0, progress=False,
-                              n_threads=None)  # the loop above sets them
+                train_offline(
+                    agent, data, STEPS, batch_size, seed=0, progress=False, n_threads=None
+                )  # the loop above sets them
 
             label = f"CQL {STEPS} steps, batch {batch_size}, {threads} thread(s)"
             rows.append(_row(label, _time(run)))
@@ -73,14 +71,19 @@ def bench_tabular_cql() -> list[str]:
     from offline_rl.datasets import collect_dataset
     from offline_rl.envs import GridLayout, make_grid_env
 
-    grid = GridLayout(name="bench10", rows=10, cols=10, start=(9, 0), goals={(0, 9): 10.0},
-                      horizon=50)
+    grid = GridLayout(
+        name="bench10", rows=10, cols=10, start=(9, 0), goals={(0, 9): 10.0}, horizon=50
+    )
     rows = []
     for episodes in (20, 200):
-        data = collect_dataset(make_grid_env(grid), random_policy(), episodes, seed=0,
-                               progress=False)
-        times = _time(lambda data=data: tabular_cql(data, grid.n_states, grid.n_actions,
-                                                    grid.gamma, alpha=1.0, n_iters=1_000))
+        data = collect_dataset(
+            make_grid_env(grid), random_policy(), episodes, seed=0, progress=False
+        )
+        times = _time(
+            lambda data=data: tabular_cql(
+                data, grid.n_states, grid.n_actions, grid.gamma, alpha=1.0, n_iters=1_000
+            )
+        )
         verdict = "met" if statistics.median(times) <= 0.1 else "MISSED"
         label = f"tabular CQL 1,000 sweeps, 10x10, {len(data):,} transitions"
         rows.append(_row(label, times) + f"   goal <= 0.1 s: {verdict}")

@@ -18,7 +18,7 @@ import bench_d3rlpy as bench
 def test_iqm_is_the_mean_of_the_middle_half(seed, n):
     runs = np.random.default_rng(seed).normal(300, 100, size=n)
     cut = n // 4  # scipy.stats.trim_mean(x, 0.25) drops floor(n / 4) runs at each end
-    middle = sorted(runs)[cut:n - cut]
+    middle = sorted(runs)[cut : n - cut]
     assert bench.iqm(runs) == pytest.approx(sum(middle) / len(middle))
     # Batched over resamples: one IQM per row.
     table = np.stack([runs, runs[::-1], runs + 1])
@@ -38,7 +38,8 @@ def test_probability_of_improvement_counts_pairs_and_halves_ties(seed):
     expected = sum((a > b) + 0.5 * (a == b) for a, b in pairs) / len(pairs)
     assert bench.probability_of_improvement(x, y) == pytest.approx(expected)
     assert bench.probability_of_improvement(x, y) + bench.probability_of_improvement(
-        y, x) == pytest.approx(1.0)
+        y, x
+    ) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -93,8 +93,11 @@ def colab_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # The pip `python -m venv` gives (ensurepip's): the notebook's first cell runs it.
     python = venvs.create(venv, with_pip=True)
     torch = sync_environment.read_requirements(ROOT / "requirements.txt").runtime["torch"]
-    index = ["--extra-index-url", TORCH_CPU_INDEX] if sync_environment.host_resolves(
-        TORCH_CPU_INDEX) else []
+    index = (
+        ["--extra-index-url", TORCH_CPU_INDEX]
+        if sync_environment.host_resolves(TORCH_CPU_INDEX)
+        else []
+    )
     pins = [f"{name}=={version}" for name, version in COLAB.items()]
     # The venv must only HOLD Colab's versions: uv, from pip's sources and the cache the other
     # test venvs share, without bytecode (the modules the notebooks import compile when
@@ -119,8 +122,10 @@ def _outputs_text(cell: nbformat.NotebookNode) -> str:
 def _errors(nb: nbformat.NotebookNode) -> dict[int, str]:
     return {
         i: f"{o.ename}: {o.evalue}"
-        for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
-        for o in cell.get("outputs", []) if o.output_type == "error"
+        for i, cell in enumerate(nb.cells)
+        if cell.cell_type == "code"
+        for o in cell.get("outputs", [])
+        if o.output_type == "error"
     }
 
 
@@ -146,8 +151,9 @@ def _execute(python: Path, notebook: Path, cwd: Path) -> tuple[nbformat.Notebook
     # reads them. With PYTHONDONTWRITEBYTECODE (set on some machines) each kernel compiled torch,
     # pandas, otter... again: 12 CPU-s to import them, 6 with bytecode (2026-12-06).
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    proc = _run([str(python), "-c", EXECUTE, str(notebook), str(cwd), str(out)], timeout=1800,
-                env=env)
+    proc = _run(
+        [str(python), "-c", EXECUTE, str(notebook), str(cwd), str(out)], timeout=1800, env=env
+    )
     seconds = float(re.search(r"EXECUTED in ([\d.]+) s", proc.stdout).group(1))
     return nbformat.read(out, as_version=4), seconds
 
@@ -197,8 +203,12 @@ def test_the_hand_out_runs_on_colab_versions(colab_venv, fresh_release, tmp_path
 
     # 2. JupyterHub: the solution, pulled alone (its file beside the kernel, no support folder),
     # with the hand-out's checks: the solution notebook's metadata holds the hidden ones too.
-    solution = _prepare(fresh_release / "autograder" / NAME / f"{NAME}-solution.ipynb",
-                        wheels[0], tmp_path / "hub", checks_from=student / f"{NAME}.ipynb")
+    solution = _prepare(
+        fresh_release / "autograder" / NAME / f"{NAME}-solution.ipynb",
+        wheels[0],
+        tmp_path / "hub",
+        checks_from=student / f"{NAME}.ipynb",
+    )
     nb, timings["solution (JupyterHub-like)"] = _execute(colab_venv, solution, solution.parent)
     assert not _errors(nb), _errors(nb)
     checks = _check_cells(nb)
@@ -236,8 +246,9 @@ def test_wheel_is_reproducible_and_holds_the_package_and_only_public_checks(
         names = set(zf.namelist())
         for module in spec.support_modules:
             assert f"offline_rl/{module}" in names
-        checks = {n.rsplit("/", 1)[-1][:-3] for n in names
-                  if n.startswith("offline_rl/public_checks/q")}
+        checks = {
+            n.rsplit("/", 1)[-1][:-3] for n in names if n.startswith("offline_rl/public_checks/q")
+        }
         assert checks == set(public)
         for name in names:
             assert "algorithms" not in name and "hidden" not in name, name
@@ -275,8 +286,9 @@ def _run_setup_cell(monkeypatch, tmp_path, missing: set[str]) -> list[tuple[str,
             calls.append((name, line))
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name in missing else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in missing else real(name, *a)
+    )
     monkeypatch.chdir(tmp_path)
     (tmp_path / f"{NAME}.ipynb").write_text("{}")  # the laptop: the notebook beside the kernel
     code = TransformerManager().transform_cell(build_release.setup_cell_source(_spec()))

@@ -209,8 +209,12 @@ def _build_venv(folder: Path, pip_lines: list[str], dropped: list[str]) -> Image
     resolved.write_text("".join(f"{name}=={version}\n" for name, version in picked.items()))
     cpu["pip resolve"] = _cpu_seconds()
     # 2. The same requirements, held to pip's versions, unpacked and compiled as pip does.
-    venvs.install(python, ["-r", str(requirements), "-c", str(resolved)], sources=sources,
-                  compile_bytecode=True)
+    venvs.install(
+        python,
+        ["-r", str(requirements), "-c", str(resolved)],
+        sources=sources,
+        compile_bytecode=True,
+    )
     cpu["uv install + bytecode"] = _cpu_seconds()
     steps = list(cpu)
     spent = ", ".join(f"{b} {cpu[b] - cpu[a]:.0f}" for a, b in itertools.pairwise(steps))
@@ -228,16 +232,22 @@ def test_image_env_has_the_pins_and_cpu_torch(image_env, record_property):
     # The venv holds what pip would have installed, and nothing else.
     everything = _installed(python)
     expected = {**env.preinstalled, **env.pip_resolved}
-    differ = {n: (expected.get(n), everything.get(n)) for n in {*expected, *everything}
-              if expected.get(n) != everything.get(n)}
+    differ = {
+        n: (expected.get(n), everything.get(n))
+        for n in {*expected, *everything}
+        if expected.get(n) != everything.get(n)
+    }
     assert not differ, f"the venv is not pip's resolution (pip's, installed): {differ}"
     reqs = sync_environment.read_requirements(
         Path(__file__).resolve().parents[1] / "requirements.txt"
     )
     lock = sync_environment.read_requirements(sync_environment.LOCK)
     want = {**lock.runtime, **lock.image, **reqs.runtime}  # what the tests ran with, every one
-    wrong = {n: (v, everything.get(_canonical(n))) for n, v in want.items()
-             if everything.get(_canonical(n), "").split("+")[0] != v}
+    wrong = {
+        n: (v, everything.get(_canonical(n)))
+        for n, v in want.items()
+        if everything.get(_canonical(n), "").split("+")[0] != v
+    }
     assert not wrong, f"the image installs other versions (pinned or locked, installed): {wrong}"
     dev = [n for n in reqs.dev if _canonical(n) in everything]
     assert not dev, f"dev-only packages reached the image: {dev}"
@@ -250,8 +260,9 @@ def test_image_env_has_the_pins_and_cpu_torch(image_env, record_property):
         "importlib.util.cache_from_source(importlib.import_module(m).__file__))]))"
     )
     heavy = ["torch", "numpy", "pandas", "matplotlib", "gymnasium", "otter", "ipykernel"]
-    out = subprocess.run([str(python), "-B", "-c", code, *heavy],
-                         capture_output=True, text=True, check=True).stdout.splitlines()
+    out = subprocess.run(
+        [str(python), "-B", "-c", code, *heavy], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     assert out[0] == "None", f"the image got a CUDA torch (cuda {out[0]})"
     assert json.loads(out[1]) == [], f"modules without bytecode in the image: {out[1]}"
 

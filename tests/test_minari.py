@@ -139,8 +139,13 @@ def test_d3rlpy_venv_reads_the_export(tmp_path, monkeypatch):
     is written here and read in the benchmark's venv (``make bench-d3rlpy``'s, created if
     missing) without the GridWorld class: Minari keeps the env spec as text."""
     root = BENCH_PYTHON.parents[3]
-    made = subprocess.run(["make", "-s", "build/bench-venv/.installed"], cwd=root,
-                          capture_output=True, text=True, timeout=1800)
+    made = subprocess.run(
+        ["make", "-s", "build/bench-venv/.installed"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert made.returncode == 0, made.stdout + made.stderr
     home = tmp_path / "minari"
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(home))
@@ -151,21 +156,30 @@ def test_d3rlpy_venv_reads_the_export(tmp_path, monkeypatch):
 
     # Without PYTHONDONTWRITEBYTECODE: the venv has no bytecode (built like pip --no-compile), so
     # the first run writes it for what it imports and later runs of the kept venv read it.
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")
+    }
     env["MINARI_DATASETS_PATH"] = str(home)
     arrays = tmp_path / "read.npz"
     proc = subprocess.run(
         [str(BENCH_PYTHON), "-c", READ_IN_BENCH_VENV, str(root / "benchmarks"), str(arrays)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["gymnasium"].startswith("1.0"), out  # the drift this test is about is real
     assert gym.__version__ != out["gymnasium"]
     assert not out["offline_rl_importable"]
-    assert out["grid"] == ["OfflineGrid-Stitch-v0", "offline_rl.envs:GridWorldEnv",
-                           grid.n_episodes, "Discrete(25)"]
+    assert out["grid"] == [
+        "OfflineGrid-Stitch-v0",
+        "offline_rl.envs:GridWorldEnv",
+        grid.n_episodes,
+        "Discrete(25)",
+    ]
     assert out["cartpole"] == ["CartPole-v1", len(cart), 500]
     assert out["d3rlpy_episodes"] == cart.n_episodes
     # d3rlpy keeps no s' for a time-limit cut, so it drops each truncated episode's last step

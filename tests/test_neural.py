@@ -614,7 +614,7 @@ def test_the_claim_trains_as_the_notebooks_cartpole_cell():
     master = (Path(__file__).resolve().parents[1] / "assignments/offline_rl/master.py").read_text()
     for setting in (
         f'make_cartpole_dataset("expert", n_episodes={CLAIM_EPISODES},',
-        f"steps = {CLAIM_BC_STEPS} if label == \"BC\" else {CLAIM_STEPS}",
+        f'steps = {CLAIM_BC_STEPS} if label == "BC" else {CLAIM_STEPS}',
         f"n_steps=steps, batch_size={CLAIM_BATCH},",
         f"target_every={CLAIM_TARGET_EVERY},",
         f"hidden={CLAIM_HIDDEN}",

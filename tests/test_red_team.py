@@ -548,8 +548,11 @@ def _limited_group(mb: int) -> Iterator[Path]:
         if os.environ.get("CI"):
             pytest.fail("no cgroup v1 memory controller at /sys/fs/cgroup/memory")
         pytest.skip("no cgroup v1 memory controller")
-    line = next(ln for ln in Path("/proc/self/cgroup").read_text().splitlines()
-                if "memory" in ln.split(":")[1].split(","))
+    line = next(
+        ln
+        for ln in Path("/proc/self/cgroup").read_text().splitlines()
+        if "memory" in ln.split(":")[1].split(",")
+    )
     group = root / line.split(":", 2)[2].lstrip("/") / f"rt7-{os.getpid()}-{mb}"
     group.mkdir()
     try:
@@ -574,7 +577,9 @@ def _limited_group(mb: int) -> Iterator[Path]:
 def _limited_grader(group: Path, mode: str, arg: int) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", LIMITED_GRADER, str(group), mode, str(GRADING.parent), str(arg)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 

@@ -400,8 +400,11 @@ def probed() -> Iterator[list[_Graded]]:
         assert segment >= 0 and shm_file.name
         try:
             files = {f"files/{attacks.PROBE_PORT_FILE}": port}
-            graded = grade(attacks.PROBES + attacks.HOST_PROBES + attacks.ONE_HUGE_MESSAGE,
-                           files=files, companion=True)
+            graded = grade(
+                attacks.PROBES + attacks.HOST_PROBES + attacks.ONE_HUGE_MESSAGE,
+                files=files,
+                companion=True,
+            )
         finally:
             libc.shmctl(segment, 0, None)  # IPC_RMID
     yield [graded]
@@ -626,8 +629,12 @@ def test_scaffolding_cells_are_still_recognised():
         "# Save your notebook first, then run this cell to export your submission.\n"
         "grader.export(pdf=False, run_tests=True)",
     ]
-    kept = ['grader.check("q1")\nx = 1', "import otter\nx = 1", "# just a comment\nx = 2",
-            "# IGNORE THE GRADIENT here\ndef td_target(): ..."]  # red team rt9: was skipped
+    kept = [
+        'grader.check("q1")\nx = 1',
+        "import otter\nx = 1",
+        "# just a comment\nx = 2",
+        "# IGNORE THE GRADIENT here\ndef td_target(): ...",
+    ]  # red team rt9: was skipped
     nb.cells = [nbformat.v4.new_code_cell(src) for src in scaffolding + kept]
     cells, _ = runner.code_cells(nb)
     assert [c.source for c in cells] == kept

@@ -58,8 +58,12 @@ def fresh_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_created_venv_has_the_pip_python_m_venv_gives(fresh_python):
     python = fresh_python
-    out = subprocess.run([str(python), "-m", "pip", "list", "--format", "json"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [str(python), "-m", "pip", "list", "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     got = {p["name"]: p["version"] for p in json.loads(out)}
     assert got == dict(pin.split("==") for pin in venvs.ensurepip_pins())
 

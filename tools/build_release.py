@@ -98,6 +98,8 @@ def grader_entries(otter_entries: dict[str, bytes]) -> dict[str, bytes]:
     for path in sorted(GRADING_PKG.glob("*.py")):
         entries[f"grading/{path.name}"] = path.read_bytes()
     return entries
+
+
 # Notebook metadata that editors add and that would make the release differ between machines.
 VOLATILE_CELL_METADATA = ("lines_to_next_cell", "execution", "collapsed", "scrolled")
 

@@ -169,8 +169,9 @@ def create(venv: Path, *, with_pip: bool, sources: PipSources | None = None) -> 
         base = getattr(sys, "_base_executable", sys.executable)
         _uv(["venv", "--quiet", "--python", base, str(venv)], sources, timeout=300)
     if with_pip:
-        install(python, ensurepip_pins(), sources=sources,
-                extra=["--find-links", str(ENSUREPIP_WHEELS)])
+        install(
+            python, ensurepip_pins(), sources=sources, extra=["--find-links", str(ENSUREPIP_WHEELS)]
+        )
     return python
 
 

@@ -37,7 +37,6 @@ def _settings(args: argparse.Namespace, zip_path: Path) -> dict[str, Any]:
     }
 
 
-
 def write_outputs(out: Path, settings: dict[str, Any], ids: set[str] | None = None) -> list[str]:
     """grades.csv, grades-canvas.csv, report.html, manual.html from ``out/submissions``; returns
     what was written. ``ids`` limits the rows to this run's submissions."""

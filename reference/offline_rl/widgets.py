@@ -273,7 +273,7 @@ def _describe(fig: Figure) -> str:
 
 
 def _plural(n: int, word: str) -> str:
-    """"1 episode", "4 episodes"."""
+    """ "1 episode", "4 episodes"."""
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
@@ -1048,8 +1048,12 @@ def quality_learning_curves(
         ax, out["n_iters"], {"naive Q": out["naive"], f"CQL (α={alpha:g})": out["cql"]},
         xlabel="training iterations", ylabel=f"return (mean of {len(seeds)} seeds)",
     )  # fmt: skip
-    ax.axhline(float(out["bc"]), color=plotting.METHOD_COLOURS["bc"], ls="--",
-               label="BC (no training loop)")
+    ax.axhline(
+        float(out["bc"]),
+        color=plotting.METHOD_COLOURS["bc"],
+        ls="--",
+        label="BC (no training loop)",
+    )
     ax.set_xscale("log")
     ax.legend(loc="center right", fontsize=8)
     ax.set_title(f"learning curves at quality {quality:g}")

@@ -289,9 +289,7 @@ NPZ_LOST = {"coverage", "bcq", "alpha"}
 #: crash is reached within seconds however loaded the machine is, and only the replay meets the
 #: budget. The test sets ``seconds`` and the number of cells.
 REPLAY_MARKER = ".crashed-once"
-SLOW_ON_REPLAY_CELL = (
-    "import os, time\nif os.path.exists({marker!r}):\n    time.sleep({seconds})"
-)
+SLOW_ON_REPLAY_CELL = "import os, time\nif os.path.exists({marker!r}):\n    time.sleep({seconds})"
 CRASH_AFTER_MARKING = f"open({REPLAY_MARKER!r}, 'w').close()\nimport os; os._exit(1)"
 
 #: Finding 8 and the scratch tree: what the kernel can see of the machine. Each probe raises with

@@ -291,9 +291,7 @@ def stitching(
         "best_trajectory_return": float(ds.episode_returns().max()),
         "bc_return": rollout_return(lay, bc_fn(counts_fn(ds, S, A))),
         "naive_q_return": rollout_return(lay, greedy_policy(naive_fn(ds, S, A, lay.gamma))),
-        "cql_return": rollout_return(
-            lay, greedy_policy(cql_fn(ds, S, A, lay.gamma, alpha=alpha))
-        ),
+        "cql_return": rollout_return(lay, greedy_policy(cql_fn(ds, S, A, lay.gamma, alpha=alpha))),
         "optimal_return": rollout_return(lay, greedy_policy(value_iteration(lay)[1])),
     }
 

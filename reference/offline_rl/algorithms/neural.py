@@ -352,7 +352,11 @@ class CQL:
         0-d tensors (``train_offline`` turns them into floats only on the steps it logs)."""
         config = self.config
         loss, terms = _cql_objective(
-            self.q_net, self.target_net, batch, config.alpha, config.gamma,
+            self.q_net,
+            self.target_net,
+            batch,
+            config.alpha,
+            config.gamma,
             huber=config.huber,
         )
         self.optimizer.zero_grad()

@@ -51,9 +51,7 @@ def softmax(q: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _transitions(
-    dataset: OfflineDataset, n_states: int, n_actions: int
-) -> tuple[np.ndarray, ...]:
+def _transitions(dataset: OfflineDataset, n_states: int, n_actions: int) -> tuple[np.ndarray, ...]:
     """(s, a, r, s', done) as arrays, checking that states are integer indices in range."""
     s, s2 = dataset.observations, dataset.next_observations
     if s.ndim != 1 or not np.issubdtype(s.dtype, np.integer):
@@ -71,7 +69,11 @@ def _transitions(
 
 
 def _pooled_model(
-    sa: np.ndarray, r: np.ndarray, s2: np.ndarray, done: np.ndarray, counts: np.ndarray,
+    sa: np.ndarray,
+    r: np.ndarray,
+    s2: np.ndarray,
+    done: np.ndarray,
+    counts: np.ndarray,
     n_states: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The data pooled by (s, a, s'), once, so that a sweep costs O(S·A·S'), not O(N).
