@@ -1,8 +1,9 @@
 """Colab without Colab: the hand-out in a fresh venv holding Colab's package versions, not ours.
 
 A fresh venv gets the versions Google Colab's CPU runtime ships (``COLAB`` below), then the
-notebook's own first cell installs the support wheel from a local ``file://`` URL (the
-release.toml URL swapped for it, nothing else changed), and nbclient runs, top to bottom:
+notebook's own first cell, unchanged, installs the support wheel uploaded beside it (what a
+student on Colab does with the Files pane when the course published no link), and nbclient
+runs, top to bottom:
 
 * the untouched hand-out the way Colab runs it, without the notebook file beside the kernel:
   the public checks come from the wheel, the demos render, the checks report (and fail);
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -129,18 +131,20 @@ def _errors(nb: nbformat.NotebookNode) -> dict[int, str]:
     }
 
 
-def _prepare(notebook: Path, wheel: Path, folder: Path, checks_from: Path | None = None) -> Path:
-    """The notebook with the release URL in its first cell swapped for the local wheel (and,
-    with ``checks_from``, that notebook's checks in its metadata)."""
-    spec = build_release.AssignmentSpec.load(ROOT / "assignments" / NAME)
+def _prepare(
+    notebook: Path, wheel: Path, folder: Path, cwd: Path, checks_from: Path | None = None
+) -> Path:
+    """The notebook unchanged (with ``checks_from``, that notebook's checks in its metadata) in
+    ``folder``, and the wheel uploaded into the kernel's ``cwd``, as a student on Colab does."""
     nb = nbformat.read(notebook, as_version=4)
     if checks_from is not None:
         nb.metadata["otter"] = nbformat.read(checks_from, as_version=4).metadata["otter"]
-    assert nb.cells[0].source.count(spec.wheel_url) == 1, "the first cell must install the wheel"
-    nb.cells[0].source = nb.cells[0].source.replace(spec.wheel_url, wheel.as_uri())
-    folder.mkdir(parents=True)
+    assert wheel.name in nb.cells[0].source, "the first cell must install the wheel"
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{NAME}.ipynb"
     nbformat.write(nb, path)
+    cwd.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(wheel, cwd / wheel.name)
     return path
 
 
@@ -180,9 +184,8 @@ def test_the_hand_out_runs_on_colab_versions(colab_venv, fresh_release, tmp_path
     timings = {}
 
     # 1. Colab: the untouched hand-out, no notebook file and no support folder beside the kernel.
-    untouched = _prepare(student / f"{NAME}.ipynb", wheels[0], tmp_path / "handout")
     colab_cwd = tmp_path / "colab-content"
-    colab_cwd.mkdir()
+    untouched = _prepare(student / f"{NAME}.ipynb", wheels[0], tmp_path / "handout", colab_cwd)
     start = time.perf_counter()
     nb, timings["untouched (Colab-like)"] = _execute(colab_venv, untouched, colab_cwd)
     after = _versions(colab_venv)
@@ -206,6 +209,7 @@ def test_the_hand_out_runs_on_colab_versions(colab_venv, fresh_release, tmp_path
     solution = _prepare(
         fresh_release / "autograder" / NAME / f"{NAME}-solution.ipynb",
         wheels[0],
+        tmp_path / "hub",
         tmp_path / "hub",
         checks_from=student / f"{NAME}.ipynb",
     )
@@ -240,7 +244,7 @@ def test_wheel_is_reproducible_and_holds_the_package_and_only_public_checks(
     first = build_release.build_wheel(spec, notebook, tmp_path / "a")
     second = build_release.build_wheel(spec, notebook, tmp_path / "b")
     assert first.read_bytes() == second.read_bytes()
-    assert first.name == spec.wheel_name() == spec.wheel_url.rsplit("/", 1)[-1]
+    assert first.name == spec.wheel_name()
     public = nbformat.read(notebook, as_version=4).metadata["otter"]["tests"]
     with zipfile.ZipFile(first) as zf:
         names = set(zf.namelist())
@@ -266,7 +270,7 @@ def test_wheel_is_reproducible_and_holds_the_package_and_only_public_checks(
 
 def test_a_wheel_url_that_names_another_file_is_refused(monkeypatch):
     spec = _spec()
-    wrong = spec.wheel_url.replace(spec.wheel_version, "9.9.9")
+    wrong = f"https://course.invalid/files/{spec.wheel_name()}".replace(spec.wheel_version, "9.9.9")
     bad = build_release.AssignmentSpec(**{**spec.__dict__, "wheel_url": wrong})
     with pytest.raises(build_release.BuildError, match="must end with the wheel's file name"):
         build_release.setup_cell_source(bad)
@@ -274,7 +278,7 @@ def test_a_wheel_url_that_names_another_file_is_refused(monkeypatch):
 
 def _run_setup_cell(monkeypatch, tmp_path, missing: set[str]) -> list[tuple[str, str]]:
     """Run the notebook's set-up cell (IPython's transform of ``%pip``) with ``missing`` not
-    importable; return the magics it called."""
+    importable until pip runs; return the magics it called."""
     import importlib.util
 
     from IPython.core.inputtransformer2 import TransformerManager
@@ -283,7 +287,9 @@ def _run_setup_cell(monkeypatch, tmp_path, missing: set[str]) -> list[tuple[str,
 
     class Shell:
         def run_line_magic(self, name: str, line: str) -> None:
-            calls.append((name, line))
+            # IPython expands {name} from the cell's namespace; the install then succeeds.
+            calls.append((name, line.format(**sys._getframe(1).f_globals)))
+            missing.clear()
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
@@ -291,9 +297,17 @@ def _run_setup_cell(monkeypatch, tmp_path, missing: set[str]) -> list[tuple[str,
     )
     monkeypatch.chdir(tmp_path)
     (tmp_path / f"{NAME}.ipynb").write_text("{}")  # the laptop: the notebook beside the kernel
-    code = TransformerManager().transform_cell(build_release.setup_cell_source(_spec()))
+    code = TransformerManager().transform_cell(build_release.setup_cell_source(_published()))
     exec(code, {"get_ipython": Shell})
     return calls
+
+
+def _published() -> build_release.AssignmentSpec:
+    """The spec as a course that published the wheel at its own address has it."""
+    spec = _spec()
+    return build_release.AssignmentSpec(
+        **{**spec.__dict__, "wheel_url": f"https://course.invalid/files/{spec.wheel_name()}"}
+    )
 
 
 def test_set_up_cell_installs_nothing_where_the_package_imports(monkeypatch, tmp_path):
@@ -306,4 +320,4 @@ def test_set_up_cell_pip_installs_the_wheel_url_when_a_package_is_missing(
     monkeypatch, tmp_path, missing
 ):
     calls = _run_setup_cell(monkeypatch, tmp_path, missing={missing})
-    assert calls == [("pip", f"install --quiet {_spec().wheel_url}")]
+    assert calls == [("pip", f"install --quiet {_published().wheel_url}")]

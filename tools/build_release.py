@@ -128,8 +128,9 @@ class AssignmentSpec:
     """Ship the runtime pins of requirements.txt to students as ``requirements.txt``, with the
     runtime part of requirements.lock as its ``constraints.txt``."""
     wheel_url: str | None = None
-    """``[colab] wheel_url``: where the notebook's set-up cell installs the support wheel from
-    on Colab or a bare JupyterHub (its file name must be the wheel's, ``wheel_name()``)."""
+    """``[colab] wheel_url``: where the course published the support wheel, which the set-up cell
+    installs on Colab or a bare JupyterHub (its file name must be the wheel's, ``wheel_name()``).
+    None: not published; students there upload the wheel beside the notebook instead."""
     wheel_version: str = "0.0.0"
     """``[colab] version``: the wheel's version (raise it with every published release, so that
     pip does not keep a cached older wheel of the same name)."""
@@ -587,15 +588,46 @@ import sys
 # otter imports nbformat, nbformat imports jsonschema, and jsonschema compiles a grammar (~2 s)
 # for an optional IRI format check that no notebook uses; without its module it skips that one.
 sys.modules.setdefault("rfc3987_syntax", None)
-if not all(importlib.util.find_spec(m) for m in ("offline_rl", "otter", "gymnasium")):
-    %pip install --quiet {url}
-    importlib.invalidate_caches()
+_NEEDED = ("offline_rl", "otter", "gymnasium")
+if not all(importlib.util.find_spec(m) for m in _NEEDED):
+    # The wheel beside this notebook (on Colab: uploaded with the Files pane) or in the
+    # hand-out's dist/ folder; else the course's link, if it published one.
+    _WHEEL = "{wheel}"
+    _WHEEL = next((p for p in (_WHEEL, "dist/" + _WHEEL) if os.path.exists(p)), {url!r})
+    if _WHEEL:
+        %pip install --quiet {{_WHEEL}}
+        importlib.invalidate_caches()
+    if not all(importlib.util.find_spec(m) for m in _NEEDED):
+        raise ModuleNotFoundError(
+{missing}
+        )
 # Colab runs the notebook without its file beside the kernel: the public checks come from the wheel.
 NOTEBOOK_FILE = "{notebook}" if os.path.exists("{notebook}") else None
 if NOTEBOOK_FILE is None and importlib.util.find_spec("offline_rl.public_checks"):
     from offline_rl import public_checks
 
     public_checks.install("tests")"""
+#: What the set-up cell says when the support package is still missing, one string literal a
+#: line (after a line naming the link that failed, if the course has one). A student must learn
+#: what to do there, not meet a pip error about a placeholder address.
+SETUP_MISSING = (
+    "The course's support package (offline_rl, with otter-grader and gymnasium) is not ",
+    "installed. On your own computer: open this notebook in the folder you were given, beside ",
+    "its offline_rl/ folder, with the environment README.md sets up (`python check_setup.py` ",
+    "says READY). On Colab: upload the file ",
+    "{wheel} (in the hand-out's dist/ folder; ask your instructor ",
+    "for it) with the Files pane on the left, then run this cell again.",
+)
+#: Parts of the template's example URLs: a wheel_url holding one was never filled in.
+PLACEHOLDER_MARKERS = (
+    "YOUR-ORG",
+    "YOUR-COURSE",
+    "ORG/REPO",
+    "<",
+    ">",
+    "example.com",
+    "example.org",
+)
 #: Otter's init cell as otter writes it, and as the build rewrites it (the grader skips both).
 OTTER_INIT = 'grader = otter.Notebook("{notebook}")'
 OTTER_INIT_COLAB = "grader = otter.Notebook(NOTEBOOK_FILE)"
@@ -670,16 +702,31 @@ def build_wheel(spec: AssignmentSpec, notebook: Path, out_dir: Path) -> Path:
 
 
 def setup_cell_source(spec: AssignmentSpec) -> str:
-    """The notebook's first cell: install the wheel from ``[colab] wheel_url`` when needed."""
-    if not spec.wheel_url:
-        raise BuildError(f"{spec.name}: release.toml has no [colab] wheel_url")
-    if spec.wheel_url.rsplit("/", 1)[-1] != spec.wheel_name():
-        raise BuildError(
-            f"{spec.name}: [colab] wheel_url must end with the wheel's file name "
-            f"{spec.wheel_name()!r} (pip reads name and version from it), got {spec.wheel_url!r}; "
-            "change the URL or [colab] version in release.toml."
-        )
-    return SETUP_CELL.format(url=spec.wheel_url, notebook=f"{spec.name}.ipynb")
+    """The notebook's first cell: install the wheel when a package is missing, from a copy beside
+    the notebook or in ``dist/``, else from ``[colab] wheel_url`` if the course published one;
+    else (or if that fails) stop with what to do."""
+    url = spec.wheel_url or ""
+    if url:
+        placeholder = [m for m in PLACEHOLDER_MARKERS if m.lower() in url.lower()]
+        if placeholder or not url.startswith("https://"):
+            raise BuildError(
+                f"{spec.name}: [colab] wheel_url {url!r} is not a published https:// address"
+                + (f" (it still holds the example's {placeholder[0]!r})" if placeholder else "")
+                + ". Publish the wheel and put its address there, or delete wheel_url: Colab "
+                "students then upload the wheel themselves (README.instructor.md, 'Colab')."
+            )
+        if url.rsplit("/", 1)[-1] != spec.wheel_name():
+            raise BuildError(
+                f"{spec.name}: [colab] wheel_url must end with the wheel's file name "
+                f"{spec.wheel_name()!r} (pip reads name and version from it), got {url!r}; "
+                "change the URL or [colab] version in release.toml."
+            )
+    lines = [f"Installing it from {url} failed (pip's message is above). "] if url else []
+    lines += [line.format(wheel=spec.wheel_name()) for line in SETUP_MISSING]
+    missing = "\n".join(f"            {line!r}" for line in lines)
+    return SETUP_CELL.format(
+        url=url, wheel=spec.wheel_name(), missing=missing, notebook=f"{spec.name}.ipynb"
+    )
 
 
 def add_setup_cell(notebook: Path, spec: AssignmentSpec) -> None:
@@ -728,9 +775,8 @@ def build(spec: AssignmentSpec, out: Path, self_check: bool) -> dict[str, float]
     notebook = f"{spec.name}.ipynb"
     copy_tree(dist / "student", student_out, skip={notebook})
     normalise_notebook(dist / "student" / notebook, student_out / notebook, spec.name)
-    if spec.wheel_url:
-        add_setup_cell(student_out / notebook, spec)
-        build_wheel(spec, student_out / notebook, student_out / WHEEL_DIR)
+    add_setup_cell(student_out / notebook, spec)
+    build_wheel(spec, student_out / notebook, student_out / WHEEL_DIR)
     ship_student_environment(spec, student_out)
     grader_out.mkdir(parents=True)
     os.chmod(grader_out, 0o700)  # before the solution is written into it (red team rt10)
@@ -745,8 +791,7 @@ def build(spec: AssignmentSpec, out: Path, self_check: bool) -> dict[str, float]
     normalise_zip(zips[0], grader_out / "autograder.zip")
     solution = grader_out / f"{spec.name}-solution.ipynb"
     normalise_notebook(dist / "autograder" / notebook, solution, spec.name)
-    if spec.wheel_url:
-        add_setup_cell(solution, spec)
+    add_setup_cell(solution, spec)
     # The solution and the zip (expected values) are for the builder only: a floor kernel on
     # this machine reads every world-readable file (grading/README.md, item 16).
     os.chmod(solution, 0o600)
@@ -755,6 +800,12 @@ def build(spec: AssignmentSpec, out: Path, self_check: bool) -> dict[str, float]
     total = total_points_line(POINTS[spec.name])
     print(f"built {spec.name}{env_note} in {seconds:.1f} s; {total}")
     print(f"On Gradescope: {gradescope_points(POINTS[spec.name])}")
+    if not spec.wheel_url:
+        print(
+            f"note: release.toml has no [colab] wheel_url: on Colab, students upload "
+            f"{WHEEL_DIR}/{spec.wheel_name()} themselves (the set-up cell says so); publish it "
+            "and set wheel_url for a one-cell set-up (README.instructor.md)."
+        )
     print("files:")
     for path in sorted(p for p in (*student_out.rglob("*"), *grader_out.rglob("*")) if p.is_file()):
         print(f"  {path.relative_to(out)}  ({path.stat().st_size:,} bytes)")
