@@ -209,7 +209,9 @@ class GridPlot:
         for cell in lay.pits:
             cell_patch(cell, "tab:red", "X")
         r0, c0 = lay.start
-        ax.text(c0, r0 + 0.35, "S", ha="center", va="center", fontsize=8, color="tab:blue")
+        # In the start cell's lower-left corner: its centre holds a visit count or an arrow.
+        ax.text(c0 - 0.47, r0 + 0.45, "S", ha="left", va="bottom", fontsize=9, weight="bold",
+                color="tab:blue")  # fmt: skip
 
         special = set(lay.walls) | set(lay.goals) | set(lay.pits)
         #: (state, its arrow) and (state, its number) of the cells an agent acts in: made here
@@ -327,11 +329,18 @@ class SeenUnseenPlot:
         self.notes = []
         points, n_at = np.unique(np.round(np.stack([x[unseen], q[unseen]], axis=1), 6), axis=0,
                                  return_counts=True)  # fmt: skip
+        # Below its point, on a white box (the crosses of nearby points must not hide it), and
+        # towards the middle of the plot (a count at the right edge would leave the axes).
+        middle = float(np.mean([x[visited].min(), x[visited].max()])) if visited.any() else 0.0
         for (px, py), n in zip(points, n_at, strict=True):
             if n > 1:
-                self.notes.append(self.ax.annotate(f"{n} pairs", (px, py),
-                                                   textcoords="offset points", xytext=(6, 6),
-                                                   fontsize=8, color="tab:red"))  # fmt: skip
+                right = px > middle
+                self.notes.append(self.ax.annotate(
+                    f"{n} pairs", (px, py), textcoords="offset points",
+                    xytext=(-4 if right else 4, -8), ha="right" if right else "left", va="top",
+                    fontsize=9, color="tab:red",
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85},
+                ))  # fmt: skip
         if self.diagonal is not None:
             lo = float(min(x[visited].min(), q[visited].min()))
             hi = float(max(x[visited].max(), q[visited].max()))
