@@ -307,6 +307,34 @@ def total_points_line(points: dict[str, QuestionPoints]) -> str:
     )
 
 
+def student_points_section(points: dict[str, QuestionPoints]) -> str:
+    """The students' README's points section, from the master's declarations (its single source):
+    each question's points, which are graded by hand, and that the score Gradescope shows at once
+    is the autograded part only (so "35 / 35" is not the whole grade)."""
+    auto = sum(q.points for q in points.values() if not q.manual)
+    manual = [q for q in points.values() if q.manual]
+    by_hand = sum(q.points for q in manual)
+    rows = ["\n## Points (generated from the notebook)\n"]
+    if manual:
+        labels = [q.name.split("_")[0].upper() for q in manual]
+        names = labels[0] if len(labels) == 1 else f"{', '.join(labels[:-1])} and {labels[-1]}"
+        rows += [
+            f"The notebook is worth {auto + by_hand:g} points: {auto:g} autograded and "
+            f"{by_hand:g} for the written answers of {names}, which your instructor grades by "
+            f"hand after the deadline. The score you see right after you submit counts the "
+            f"autograded questions only (at most {auto:g}); the hand-graded points are added "
+            "when your instructor grades the written answers.",
+            "",
+        ]
+    else:
+        rows += [f"The notebook is worth {auto:g} points, all autograded.", ""]
+    rows += ["| question | points | graded |", "|---|---|---|"]
+    for q in points.values():
+        how = "by hand, after the deadline" if q.manual else "by the autograder"
+        rows.append(f"| {q.name.split('_')[0].upper()} | {q.points:g} | {how} |")
+    return "\n".join(rows) + "\n"
+
+
 def _question_name(source: str) -> str | None:
     match = re.search(r"^#?\s*BEGIN QUESTION\s*\n(?:.*\n)*?name:\s*(\S+)", source, re.M)
     return match.group(1) if match else None
@@ -788,6 +816,9 @@ def build(spec: AssignmentSpec, out: Path, self_check: bool) -> dict[str, float]
             shutil.copyfile(spec.source / readme, target / "README.md")
     with open(grader_out / "README.md", "a") as readme:
         readme.write(checks_table(DECLARED.get(spec.name, {}), POINTS.get(spec.name)))
+    if (student_out / "README.md").exists() and spec.name in POINTS:
+        with open(student_out / "README.md", "a") as readme:
+            readme.write(student_points_section(POINTS[spec.name]))
     normalise_zip(zips[0], grader_out / "autograder.zip")
     solution = grader_out / f"{spec.name}-solution.ipynb"
     normalise_notebook(dist / "autograder" / notebook, solution, spec.name)
