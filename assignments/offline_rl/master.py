@@ -357,8 +357,8 @@ widgets.online_vs_offline_demo(coverage_fn=coverage_counts)
 # $\pi_\beta(a|s) = 0 < \pi(a|s)$ the needed trajectories never occur, so the estimate is
 # **biased** (it silently leaves out what $\pi$ would do there). Where $\pi_\beta$ is small but
 # positive, the estimate is unbiased but its variance explodes: $\mathbb{E}_{\pi_\beta}[w^2]
-# = 1 + \chi^2(\pi\,\|\,\pi_\beta)$ for the trajectory distributions, a $\chi^2$ (Rényi-2)
-# divergence. It multiplies over time steps: with the same per-step divergence $\chi^2_1$ in every
+# = 1 + \chi^2(\pi\,\|\,\pi_\beta)$ for the trajectory distributions, with $\chi^2$ the chi-squared
+# divergence ($\log(1 + \chi^2)$ is the Rényi divergence of order 2). It multiplies over time steps: with the same per-step divergence $\chi^2_1$ in every
 # state, $1 + \chi^2 = (1 + \chi^2_1)^H$ over a horizon $H$, exponential in $H$. (The KL divergence
 # only bounds it from below: $1 + \chi^2 \ge e^{D_{\mathrm{KL}}}$.) A common summary is
 # the **effective sample size** $n_{\text{eff}} \approx n / (1 + \chi^2)$: $n$ logged trajectories
@@ -2051,8 +2051,8 @@ learning_curves = widgets.wait_for("q1, q3", widgets.quality_learning_curves, of
 #
 # In the `stitch` grid (section 1) the dataset has two families of trajectories. Family A
 # (6 copies) starts well, up, up, right, right to the middle cell M, then goes up, up, left,
-# left into the pit: return −17. Family B (4 copies) dawdles to M (right three times, then a detour), then
-# goes right, right, up, up to the goal: return +1. The two families share only the start S and
+# left into the pit: return −17. Family B (4 copies) dawdles to M (right three times, then a
+# detour), then goes right, right, up, up to the goal: return +1. The two families share only the start S and
 # M. The optimal path is A's first half followed by B's second half, return +3, and **no
 # trajectory in the dataset follows it**. Dynamic programming finds it anyway: the Bellman
 # backup at M sees that B's continuation is worth more and propagates that value backward along
@@ -2181,9 +2181,9 @@ if stitch is not None:
 # Every offline method has knobs (α, τ, training length), and in a real application you cannot
 # deploy each candidate to see which is best. **Offline policy selection** ranks candidates with
 # the data alone. A standard tool is **fitted Q evaluation** (FQE): run the Bellman backup for a
-# *fixed* policy $\pi$, that is $Q(s,a) \leftarrow r + \gamma(1-d)\,Q(s', \pi(s'))$ for every
-# transition $(s, a, r, s', d)$ of the dataset, until it converges; then
-# read off $\hat V^\pi(s_0) = Q(s_0, \pi(s_0))$, the discounted value from the start.
+# *fixed* policy $\pi$ on the dataset, fitting $Q(s,a)$ to the targets
+# $r + \gamma(1-d)\,Q(s', \pi(s'))$ of its transitions $(s, a, r, s', d)$ until it converges;
+# then read off $\hat V^\pi(s_0) = Q(s_0, \pi(s_0))$, the discounted value from the start.
 #
 # The cell below (support code, nothing to write) ranks four candidates trained on the stitching
 # data of section 1: CQL with α = 1, a policy that follows family B's route (the best trajectory
