@@ -32,7 +32,7 @@ def _demo2_figure(noise: float):
 
 
 def test_demo2_pair_counts_are_not_covered_by_the_markers():
-    for noise in (0.0, 0.1, 0.3):
+    for noise in (0.0, 0.3):  # the pairs stacked at ε = 0, fewer and spread out at 0.3
         fig = _demo2_figure(noise)
         fig.canvas.draw()
         renderer = fig.canvas.get_renderer()
