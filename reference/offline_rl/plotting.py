@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.layout_engine import TightLayoutEngine
 from matplotlib.patches import FancyArrow, Rectangle
+from matplotlib.patheffects import withStroke
 from matplotlib.text import Text
 
 from offline_rl.envs import ACTION_DELTAS, GridLayout, get_layout
@@ -209,9 +210,11 @@ class GridPlot:
         for cell in lay.pits:
             cell_patch(cell, "tab:red", "X")
         r0, c0 = lay.start
-        # In the start cell's lower-left corner: its centre holds a visit count or an arrow.
+        # In the start cell's lower-left corner: its centre holds a visit count or an arrow. A
+        # white outline keeps it legible on a dark heat-map cell.
+        outline = [withStroke(linewidth=2, foreground="white")]
         ax.text(c0 - 0.47, r0 + 0.45, "S", ha="left", va="bottom", fontsize=9, weight="bold",
-                color="tab:blue")  # fmt: skip
+                color="tab:blue", path_effects=outline)  # fmt: skip
 
         special = set(lay.walls) | set(lay.goals) | set(lay.pits)
         #: (state, its arrow) and (state, its number) of the cells an agent acts in: made here
