@@ -264,11 +264,14 @@ MISLEADING = [
        "    return (rewards + gamma * not_done * max_next_q).detach().numpy()")],
      "must return a torch tensor"),
     ("q4_update_returns_tensor", "q4_behavior_cloning",
-     [("    optimizer.step()\n    return float(loss.item())", "    optimizer.step()\n    return loss")],
+     [("    optimizer.step()\n    return float(loss.item())",
+       "    optimizer.step()\n    return loss")],
      "as a float"),
     ("q5_alpha_inside_info_penalty", "q5_cql",
-     [('    penalty = cql_penalty(q_values, batch["actions"])\n    total = bellman + alpha * penalty',
-       '    penalty = alpha * cql_penalty(q_values, batch["actions"])\n    total = bellman + penalty')],
+     [('    penalty = cql_penalty(q_values, batch["actions"])\n'
+       '    total = bellman + alpha * penalty',
+       '    penalty = alpha * cql_penalty(q_values, batch["actions"])\n'
+       '    total = bellman + penalty')],
      "it must be the penalty itself, without alpha"),
     ("q5_penalty_on_next_observations", "q5_cql",
      [('    penalty = cql_penalty(q_values, batch["actions"])',
@@ -278,8 +281,8 @@ MISLEADING = [
      [("np.where(ratio >= threshold, q, -np.inf)", "np.where(ratio > threshold, q, -np.inf)")],
      "is your comparison >="),
     ("q7_gamma_typed_in", "q7_alpha",
-     [("        Q = offline_q_learning(dataset, lay.n_states, lay.n_actions, lay.gamma, alpha=alpha)",
-       "        Q = offline_q_learning(dataset, lay.n_states, lay.n_actions, 0.99, alpha=alpha)")],
+     [("lay.n_states, lay.n_actions, lay.gamma, alpha=alpha)\n        returns",
+       "lay.n_states, lay.n_actions, 0.99, alpha=alpha)\n        returns")],
      "the layout's own gamma"),
 ]  # fmt: skip
 
@@ -307,5 +310,7 @@ def test_public_message_names_the_mistake(student_notebook, what, question, edit
         torch.set_warn_always(warn_always)
     last_lines = [m.splitlines()[-1] for m in failures]
     assert failures, f"{what}: grader.check('{question}') passes this wrong answer"
-    assert all(phrase in m for m in failures), f"{what}: expected {phrase!r} in every failure, got {last_lines}"
+    assert all(phrase in m for m in failures), (
+        f"{what}: expected {phrase!r} in every failure, got {last_lines}"
+    )
     assert [str(w.message) for w in caught] == [], f"{what}: the check warned"
