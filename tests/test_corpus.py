@@ -258,7 +258,8 @@ def test_a_wrong_format_is_quoted_whole_in_the_message(student_notebook, name, v
 #: must show). Each is a wrong answer the grader also penalises; here only the message is pinned.
 MISLEADING = [
     ("q2_max_over_the_batch", "q2_td_target",
-     [("next_q_values.max(dim=1)", "next_q_values.max(dim=0)")], "which dimension of next_q_values"),
+     [("next_q_values.max(dim=1)", "next_q_values.max(dim=0)")],
+     "which dimension of next_q_values"),
     ("q2_returns_numpy", "q2_td_target",
      [("    return (rewards + gamma * not_done * max_next_q).detach()",
        "    return (rewards + gamma * not_done * max_next_q).detach().numpy()")],
