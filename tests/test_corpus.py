@@ -7,7 +7,7 @@ submission on its own and prints the matrix.
 
 Here the corpus is graded in packs (``corpus.packs``): mutants that touch different questions
 share one notebook and one grading, and each mutant's test reads its questions from its pack's
-results (25 gradings instead of 55: a grading is ~6 CPU-s, most of it the kernel's start).
+results (29 gradings instead of 62: a grading is ~6 CPU-s, most of it the kernel's start).
 Each pack is graded once per test run (``grade_once``), by whichever pytest-xdist worker gets
 one of its tests first; the tests that need them all reuse those gradings.
 """
