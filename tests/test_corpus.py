@@ -7,7 +7,7 @@ submission on its own and prints the matrix.
 
 Here the corpus is graded in packs (``corpus.packs``): mutants that touch different questions
 share one notebook and one grading, and each mutant's test reads its questions from its pack's
-results (25 gradings instead of 55: a grading is ~6 CPU-s, most of it the kernel's start).
+results (29 gradings instead of 62: a grading is ~6 CPU-s, most of it the kernel's start).
 Each pack is graded once per test run (``grade_once``), by whichever pytest-xdist worker gets
 one of its tests first; the tests that need them all reuse those gradings.
 """
@@ -251,3 +251,67 @@ def test_a_wrong_format_is_quoted_whole_in_the_message(student_notebook, name, v
     failures = public.public_failures(nb, student_notebook, [question])[question]
     assert failures, f"{name} = {value} passed the format check"
     assert all(value in message for message in failures), failures
+
+
+#: The student's mistakes whose public-check message once misled (student report, session 10,
+#: section 2): (what, question, edits of the solution, a phrase every failure of the question
+#: must show). Each is a wrong answer the grader also penalises; here only the message is pinned.
+MISLEADING = [
+    ("q2_max_over_the_batch", "q2_td_target",
+     [("next_q_values.max(dim=1)", "next_q_values.max(dim=0)")],
+     "which dimension of next_q_values"),
+    ("q2_returns_numpy", "q2_td_target",
+     [("    return (rewards + gamma * not_done * max_next_q).detach()",
+       "    return (rewards + gamma * not_done * max_next_q).detach().numpy()")],
+     "must return a torch tensor"),
+    ("q4_update_returns_tensor", "q4_behavior_cloning",
+     [("    optimizer.step()\n    return float(loss.item())",
+       "    optimizer.step()\n    return loss")],
+     "as a float"),
+    ("q5_alpha_inside_info_penalty", "q5_cql",
+     [('    penalty = cql_penalty(q_values, batch["actions"])\n'
+       '    total = bellman + alpha * penalty',
+       '    penalty = alpha * cql_penalty(q_values, batch["actions"])\n'
+       '    total = bellman + penalty')],
+     "it must be the penalty itself, without alpha"),
+    ("q5_penalty_on_next_observations", "q5_cql",
+     [('    penalty = cql_penalty(q_values, batch["actions"])',
+       '    penalty = cql_penalty(q_net(batch["next_observations"]), batch["actions"])')],
+     "NEXT observations"),
+    ("q6_strict_threshold", "q6_bcq",
+     [("np.where(ratio >= threshold, q, -np.inf)", "np.where(ratio > threshold, q, -np.inf)")],
+     "is your comparison >="),
+    ("q7_gamma_typed_in", "q7_alpha",
+     [("lay.n_states, lay.n_actions, lay.gamma, alpha=alpha)\n        returns",
+       "lay.n_states, lay.n_actions, 0.99, alpha=alpha)\n        returns")],
+     "the layout's own gamma"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("what", "question", "edits", "phrase"), MISLEADING,
+                         ids=[m[0] for m in MISLEADING])  # fmt: skip
+def test_public_message_names_the_mistake(student_notebook, what, question, edits, phrase):
+    """Each failure the student's grader.check shows for the mistake says what is wrong (not a
+    raw torch error, not another mistake's blame), and the check itself raises no warning (a
+    stray UserWarning showed up above the message, attributed to an unrelated notebook line)."""
+    import warnings
+
+    import torch
+
+    mutant = corpus.Mutant(name=what, kind="wrong", why=what, replace=edits)
+    warn_always = torch.is_warn_always_enabled()
+    # torch warns once per process (float() of a tensor that requires grad): every time, here.
+    torch.set_warn_always(True)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            failures = public.public_failures(corpus.apply(corpus.solution(), mutant),
+                                              student_notebook, [question])[question]  # fmt: skip
+    finally:
+        torch.set_warn_always(warn_always)
+    last_lines = [m.splitlines()[-1] for m in failures]
+    assert failures, f"{what}: grader.check('{question}') passes this wrong answer"
+    assert all(phrase in m for m in failures), (
+        f"{what}: expected {phrase!r} in every failure, got {last_lines}"
+    )
+    assert [str(w.message) for w in caught] == [], f"{what}: the check warned"

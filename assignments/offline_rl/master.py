@@ -411,9 +411,26 @@ def test_td_target_small(td_target, torch):
     rewards = torch.tensor([1.0, 1.0])
     next_q = torch.tensor([[0.0, 2.0, 1.0], [5.0, 3.0, 4.0]], requires_grad=True)
     terminals = torch.tensor([0.0, 1.0])
-    y = td_target(rewards, next_q, terminals, 0.5)
+    try:
+        y = td_target(rewards, next_q, terminals, 0.5)
+    except RuntimeError as err:
+        if "size of tensor" not in str(err):
+            raise
+        # Typically a (n_actions,) max added to (B,) rewards: say which shapes, not torch's words.
+        raise AssertionError(
+            f"td_target raised RuntimeError on rewards (2,), next_q_values (2, 3) = (B, n_actions), "
+            f"terminals (2,) ({str(err).splitlines()[0]}). Every term must have shape (B,) = (2,): "
+            "one max per transition. Over which dimension of next_q_values do you take it?"
+        ) from None
     assert y is not None, "td_target returned None: replace the ... with your code."
-    assert tuple(y.shape) == (2,), f"y must have shape (B,) = (2,), got {tuple(y.shape)}"
+    assert isinstance(y, torch.Tensor), (
+        f"td_target must return a torch tensor, got a {type(y).__module__}.{type(y).__name__}: compute y with torch "
+        "operations on the given tensors (no numpy), so that it can be a regression label in torch."
+    )
+    assert tuple(y.shape) == (2,), (
+        f"y must have shape (B,) = (2,), got {tuple(y.shape)}: one target per transition. "
+        "Is the max taken over the actions of each next state?"
+    )
     values = y.detach().double()  # float64 arithmetic is as right as float32
     assert torch.allclose(values[0], torch.tensor(2.0, dtype=torch.float64)), (
         f"y[0] = r + gamma * max_a' Q(s', a') = 1 + 0.5 * 2 = 2, got {y[0].item():.4f}"
@@ -429,8 +446,20 @@ def test_td_target_bool_terminals(td_target, torch):
     try:
         y = td_target(torch.zeros(2), torch.ones(2, 4), torch.tensor([True, False]), 0.9)
     except (TypeError, RuntimeError) as err:
+        try:  # the same call with float terminals: is it the booleans that fail?
+            td_target(torch.zeros(2), torch.ones(2, 4), torch.tensor([1.0, 0.0]), 0.9)
+        except (TypeError, RuntimeError) as again:
+            shapes = (
+                " Every term must have shape (B,) = (2,): over which dimension of next_q_values "
+                "do you take the max?" if "size of tensor" in str(again) else ""
+            )
+            raise AssertionError(
+                f"td_target fails on rewards (2,), next_q_values (2, 4), terminals (2,), with float "
+                f"terminals too, so not because of the booleans ({str(again).splitlines()[0]}).{shapes}"
+            ) from None
         raise AssertionError(f"td_target fails on boolean terminals ({err}): convert terminals to float first") from None
     assert y is not None, "td_target returned None: replace the ... with your code."
+    assert isinstance(y, torch.Tensor), f"td_target must return a torch tensor, got a {type(y).__module__}.{type(y).__name__}"
     values = y.detach().double()  # float64 arithmetic is as right as float32
     assert torch.allclose(values[0], torch.tensor(0.0, dtype=torch.float64)), (
         f"terminals[0] is True, so y[0] must be r = 0 with no bootstrap; got {y[0].item():.4f}: "
@@ -596,6 +625,11 @@ def test_offline_q_penalty_lowers_unseen(offline_q_learning, datasets, np):
         )
     assert Q[0, 0] < -1.0, f"with alpha = 1 the unseen action's Q(0, 0) must be pushed well below 0, got {Q[0, 0]:.3f}"
     assert Q[0, 1] > Q[0, 0] + 1.0, "the dataset action must end up clearly preferred to the unseen one"
+    assert np.all(Q[1] == 0.0), (
+        f"state 1 is never visited by the data (it is only a next state), so its Q-values must stay "
+        f"at their initial 0, with alpha > 0 too; got Q(1, .) = {Q[1]}. Which states does the "
+        "prompt say the update leaves alone?"
+    )
 
 # %%
 def test_offline_q_uses_lr(offline_q_learning, datasets, np):
@@ -651,6 +685,26 @@ def test_offline_q_terminal_mask(offline_q_learning, datasets, np):
         f"the transition 0 -> 1 is terminal, so Q(0, 1) must be r = 1, got {Q[0, 1]:.4f}; "
         f"1 + gamma * max Q(1, .) = {1 + 0.9 * Q[1].max():.4f} means the target bootstrapped from a "
         "terminal next state: multiply the bootstrap by (1 - d)."
+    )
+
+# %%
+def test_offline_q_bootstraps_from_the_next_state(offline_q_learning, datasets, np):
+    # 0 --a=0, r=0--> 1 (not terminal), then 1 --a=0, r=1--> 2 (terminal): Q(1, 0) = 1 and
+    # Q(0, 0) = 0 + gamma * max_a' Q(1, a') = 0.9. State 0's own values would give 0 instead.
+    toy = datasets.OfflineDataset(
+        observations=np.array([0, 1]), actions=np.array([0, 0]),
+        rewards=np.array([0.0, 1.0], dtype=np.float32), next_observations=np.array([1, 2]),
+        terminals=np.array([False, True]), truncations=np.array([False, False]),
+        episode_starts=np.array([0]),
+    )
+    Q = offline_q_learning(toy, 3, 2, gamma=0.9, alpha=0.0, n_iters=500)
+    assert Q is not None, "offline_q_learning returned None: replace the ... with your code."
+    Q = np.asarray(Q)
+    assert np.isclose(Q[1, 0], 1.0, atol=1e-3), f"Q(1, 0) must converge to r = 1 (terminal), got {Q[1, 0]:.4f}"
+    assert np.isclose(Q[0, 0], 0.9 * Q[1].max(), atol=1e-3), (
+        f"the transition 0 -> 1 has r = 0 and is not terminal, so Q(0, 0) must converge to "
+        f"0 + gamma * max_a' Q(1, a') = {0.9 * Q[1].max():.4f}; got {Q[0, 0]:.4f}. Which state's "
+        "Q-values does your target bootstrap from? It must be the transition's next state s'."
     )
 
 # %%
@@ -776,7 +830,7 @@ def _tabular_q_cases(rng):
     cases=_tabular_q_cases,
     tolerance=(1e-3, 1e-3),
     reference={"offline_q_learning": "offline_rl.algorithms.tabular:offline_q_learning"},
-    hint="Check the (1 - done) mask, the per-pair mean target, the CQL gradient alpha * (softmax(Q) - pi_data), and that lr and n_iters are used.",
+    hint="Check the bootstrap from the next state s' with the (1 - done) mask, the per-pair mean target, the CQL gradient alpha * (softmax(Q) - pi_data), grad = 0 on states the data never visit, and that lr and n_iters are used.",
 )
 def _tabular_q_run(case, offline_q_learning):
     n_states, n_actions, n_iters = (int(v) for v in case["sizes"])
@@ -951,9 +1005,12 @@ def test_bc_update_is_one_clean_step(bc_update, bc_loss, torch, nn):
         "optimizer.zero_grad() before loss.backward()"
     )
     assert same(after, one_step), "the step differs from one optimizer step on bc_loss(policy(observations), actions)"
-    assert abs(float(loss) - before.item()) < 1e-5, (
+    # A tensor (rather than the float asked for) is reported by the check above; .item() here
+    # reads its value without the UserWarning float() gives on a tensor that requires grad.
+    value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
+    assert abs(value - before.item()) < 1e-5, (
         "bc_update must return the loss before the step (the one it backpropagated), "
-        f"{before.item():.4f} here; got {float(loss):.4f}"
+        f"{before.item():.4f} here; got {value:.4f}"
     )
 
 # %% tags=["hidden_check"]
@@ -1266,16 +1323,31 @@ def test_cql_loss_small(cql_loss, cql_penalty, torch, nn, np):
         f"info values must be Python floats (use .item()), got types {not_floats}"
     )
     assert total.dim() == 0, f"the loss must be a scalar, got shape {tuple(total.shape)}"
+    with torch.no_grad():
+        own_penalty = cql_penalty(q_net(batch["observations"]), batch["actions"])
+        on_next = cql_penalty(q_net(batch["next_observations"]), batch["actions"])
+    if own_penalty is not None:
+        own, got = own_penalty.item(), info["cql_penalty"]
+        if np.isclose(got, 0.5 * own, atol=1e-5):
+            twice = not np.isclose(info["total_loss"], info["bellman_loss"] + got, atol=1e-5)
+            raise AssertionError(
+                f"info['cql_penalty'] is alpha * cql_penalty ({got:.4f}); it must be the penalty "
+                f"itself, without alpha ({own:.4f}): alpha weighs it only in the total."
+                + (" Your total then applies alpha a second time." if twice else "")
+            )
+        if on_next is not None and np.isclose(got, on_next.item(), atol=1e-5):
+            raise AssertionError(
+                f"info['cql_penalty'] ({got:.4f}) is the penalty of Q at the NEXT observations; CQL "
+                "penalises the Q-values of the states in the batch, whose data actions are "
+                f"batch['actions'] ({own:.4f} here)."
+            )
+        assert np.isclose(got, own, atol=1e-5), (
+            "info['cql_penalty'] must be your cql_penalty of q_net(observations) and the batch's "
+            f"actions, without alpha ({own:.4f}); got {got:.4f}"
+        )
     assert np.isclose(info["total_loss"], info["bellman_loss"] + 0.5 * info["cql_penalty"], atol=1e-5), (
         "total_loss must be bellman_loss + alpha * cql_penalty"
     )
-    with torch.no_grad():
-        own_penalty = cql_penalty(q_net(batch["observations"]), batch["actions"])
-    if own_penalty is not None:
-        assert np.isclose(info["cql_penalty"], own_penalty.item(), atol=1e-5), (
-            "info['cql_penalty'] must be your cql_penalty of this batch, without alpha "
-            f"({own_penalty.item():.4f}); got {info['cql_penalty']:.4f}. Is alpha applied twice?"
-        )
     with torch.no_grad():
         q = q_net(batch["observations"])
         q_sa = q[[0, 1], [0, 1]]
@@ -1650,7 +1722,26 @@ def test_bcq_policy_small(bcq_policy, np):
         "Does counts / max counts divide by 0 there (nan), or filter out every action?"
     )
     assert policy[2] == 0, f"state 2: action 2 is unseen and filtered; actions 0 and 1 tie, lowest index wins; got {policy[2]}"
-    assert np.array_equal(np.asarray(bcq_policy(q, counts, 0.0)), q.argmax(axis=1)), "threshold 0 must be plain greedy"
+    assert np.array_equal(np.asarray(bcq_policy(q, counts, 0.0)), q.argmax(axis=1)), (
+        "with threshold 0 every action passes the filter (its ratio 0 >= 0, unseen actions too), so "
+        f"the policy must be plain greedy, {q.argmax(axis=1)}; got {np.asarray(bcq_policy(q, counts, 0.0))}. "
+        "An action whose ratio EQUALS the threshold is allowed: is your comparison >= ?"
+    )
+
+
+# %%
+def test_bcq_policy_negative_q_values(bcq_policy, np):
+    # Every Q-value negative (rewards of -1 per step make them so): the filtered action 1 must
+    # still lose to the allowed ones, however its Q compares with theirs.
+    q = np.array([[-5.0, -1.0, -3.0]])
+    counts = np.array([[10, 0, 4]])
+    policy = bcq_policy(q, counts, 0.3)
+    assert policy is not None, "bcq_policy returned None: replace the ... with your code."
+    assert np.asarray(policy)[0] == 2, (
+        f"q = {q[0]} and counts = {counts[0]}: action 1 is never taken in the data, so it is filtered "
+        f"out and the best allowed action is 2; got {np.asarray(policy)[0]}. A filtered action must "
+        "never win the argmax, even when every Q-value is negative: a 0 put in its place beats them."
+    )
 
 # %% tags=["hidden_check"]
 def _bcq_cases(rng):
@@ -1823,7 +1914,8 @@ def test_alpha_experiment_shapes_and_unseen_pairs_of_visited_states(alpha_experi
         )
     assert np.isclose(result["ood_q"][1], Q[(counts == 0) & visited].mean(), rtol=1e-6), (
         "ood_q must be the mean of Q over the unseen pairs (counts[s, a] == 0) of the visited "
-        "states, from offline_q_learning(dataset, ..., alpha=alpha) with the default n_iters"
+        "states, from offline_q_learning(dataset, ..., alpha=alpha) with the layout's own gamma "
+        "(envs.get_layout(layout_name).gamma, not a number typed in) and the default n_iters and lr"
     )
 
 
@@ -1955,6 +2047,13 @@ def test_quality_experiment_uses_its_arguments(quality_experiment, coverage_coun
     same = quality_experiment([0.5], seeds=[1], n_episodes=3, alpha=0.0)
     assert same is not None, "quality_experiment returned None: replace the ... with your code."
     assert np.allclose(same["cql"], same["naive"]), "with alpha = 0, CQL must be naive Q-learning: is alpha passed on?"
+    # On these data naive Q-learning and CQL (alpha = 1) end with different returns.
+    with_cql = quality_experiment([0.5], seeds=[1], n_episodes=3, alpha=1.0)
+    assert np.allclose(with_cql["naive"], same["naive"]), (
+        f"result['naive'] changed with alpha ({same['naive'][0]:g} with alpha = 0, {with_cql['naive'][0]:g} "
+        "with alpha = 1): alpha is CQL's weight only. Naive offline Q-learning has no penalty, "
+        "whatever alpha the experiment is given."
+    )
     # BC's return, from your coverage_counts, for each of the given seeds, then their mean.
     lay = envs.get_layout("open")
     seeds, n_episodes = [1, 3], 3  # BC returns differ between these seeds (and with 4 episodes)
@@ -2104,7 +2203,7 @@ def stitching_experiment(dataset, layout_name="stitch", alpha=1.0):
 # # BEGIN TESTS
 
 # %%
-def test_stitching_keys(stitching_experiment, behavior):
+def test_stitching_keys(stitching_experiment, offline_q_learning, behavior, envs, planning):
     result = stitching_experiment(behavior.stitching_dataset())
     assert result is not None, "stitching_experiment returned None: replace the ... with your code."
     keys = {"best_trajectory_return", "bc_return", "naive_q_return", "cql_return"}
@@ -2118,6 +2217,21 @@ def test_stitching_keys(stitching_experiment, behavior):
         "planning.rollout_return(layout_name, ...), not a trajectory of the data"
     )
     data = behavior.stitching_dataset()
+    # Naive Q-learning (alpha = 0, a few hundred steps here) from your own offline_q_learning.
+    lay = envs.get_layout("stitch")
+    naive = planning.rollout_return("stitch", planning.greedy_policy(
+        offline_q_learning(data, lay.n_states, lay.n_actions, lay.gamma, alpha=0.0)))
+    assert result["naive_q_return"] == naive, (
+        f"naive_q_return must be the return of naive Q-learning's greedy policy (alpha = 0), {naive:g} "
+        f"with your offline_q_learning; got {result['naive_q_return']:g}"
+        + ("; cql_return holds naive Q-learning's return: are the two swapped?" if result["cql_return"] == naive else "")
+    )
+    same = stitching_experiment(data, alpha=0.0)
+    assert same["cql_return"] == same["naive_q_return"], (
+        f"with alpha = 0 CQL is naive Q-learning, so cql_return must equal naive_q_return ({same['naive_q_return']:g}); "
+        f"got {same['cql_return']:g}. Does the alpha argument reach the CQL run, and are both greedy "
+        "policies rolled out alike (planning.rollout_return(layout_name, policy))?"
+    )
     one = data.episode(int(data.episode_returns().argmin()))  # its worst episode alone
     # alpha = 0: only the best trajectory is checked here (naive Q-learning converges quickly).
     assert stitching_experiment(one, alpha=0.0)["best_trajectory_return"] == float(one.episode_returns().max()), (
