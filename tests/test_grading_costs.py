@@ -6,6 +6,8 @@
 * the sandboxed kernel starts without debugpy (~0.15 CPU-s), on the same ``sys.path``;
 * the master's ``offline_q_learning`` stops at an exact fixed point (α = 0 reaches one in a few
   hundred of its 5,000 iterations), and returns the very table the full loop returns.
+* the set-up cell's modules and the data graded code collects never import tqdm.auto (in a
+  kernel: ipywidgets, ~0.07 CPU-s); a bar that is asked for still comes from it.
 
 Timings are in ``benchmarks/grading_resources.py`` (``make resources``), not here.
 """
@@ -181,3 +183,28 @@ def test_the_references_early_exit_returns_the_full_loops_table(
     full = tabular.offline_q_learning(*args, alpha=0.0)
     assert fake.calls["array_equal"] == 5_000  # the full loop ran
     np.testing.assert_array_equal(fast, full)
+
+
+# --------------------------------------------------------------------------- tqdm.auto
+def test_the_graded_set_up_imports_no_tqdm_auto_and_a_bar_still_shows(tmp_path: Path) -> None:
+    """The set-up cell's modules and the data the graded code collects (progress off) never
+    import tqdm.auto: in a kernel it imports ipywidgets (~0.07 CPU-s of every grading). A bar
+    that is asked for still comes from tqdm.auto."""
+    code = (
+        "import sys\n"
+        "from offline_rl import behavior, cartpole, datasets, envs, planning, training\n"
+        "behavior.stitching_dataset()\n"
+        "behavior.quality_dataset('cliff', 0.5, 3, seed=5)\n"
+        "print(sorted(m for m in ('tqdm.auto', 'ipywidgets') if m in sys.modules))\n"
+        "lay = envs.get_layout('open')\n"
+        "datasets.collect_dataset(envs.make_grid_env(lay), behavior.random_policy(), 2, 0,"
+        " progress=True, desc='BAR-SHOWN')\n"
+        "print('tqdm.auto' in sys.modules)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before, after = proc.stdout.strip().splitlines()
+    assert before == "[]", f"imported while grading: {before}"
+    assert after == "True" and "BAR-SHOWN" in proc.stderr, proc.stderr[-500:]
