@@ -8,6 +8,8 @@
   hundred of its 5,000 iterations), and returns the very table the full loop returns.
 * the set-up cell's modules and the data graded code collects never import tqdm.auto (in a
   kernel: ipywidgets, ~0.07 CPU-s); a bar that is asked for still comes from it.
+* a fresh uid's POSIX queues are listed once when it is taken and once when it ends (a child
+  process each, ~0.02 CPU-s): the child that removes them lists what is left.
 
 Timings are in ``benchmarks/grading_resources.py`` (``make resources``), not here.
 """
@@ -29,6 +31,7 @@ from offline_rl import behavior, envs
 
 from grading import sandbox, submission
 from grading.runner import code_cells
+from tests.conftest import require_root
 
 ROOT = Path(__file__).resolve().parents[1]
 MASTER = ROOT / "assignments" / "offline_rl" / "master.py"
@@ -208,3 +211,28 @@ def test_the_graded_set_up_imports_no_tqdm_auto_and_a_bar_still_shows(tmp_path: 
     before, after = proc.stdout.strip().splitlines()
     assert before == "[]", f"imported while grading: {before}"
     assert after == "True" and "BAR-SHOWN" in proc.stderr, proc.stderr[-500:]
+
+
+# --------------------------------------------------------------------------- the uid's POSIX queues
+def test_a_reservation_and_its_end_list_the_uids_queues_once_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Listing a uid's POSIX message queues takes a child process (~0.02 CPU-s each). Taking a
+    fresh uid lists them once (after claiming it), and ending it once: the child that removes
+    them lists what is left. Counted, not timed; that they go is tests/test_red_team.py's."""
+    from grading import uids
+
+    require_root()
+    calls: list[str] = []
+    real = subprocess.run
+
+    def counting(args: Any, *rest: Any, **kwargs: Any) -> Any:
+        if uids._MQUEUE_SCRIPT in args:
+            calls.append("remove" if args[-1] == "1" else "list")
+        return real(args, *rest, **kwargs)
+
+    monkeypatch.setattr(uids.subprocess, "run", counting)
+    monkeypatch.setattr(uids, "sweep", lambda *a: [])  # orphans of other runs: not this test's
+    with uids.reserve() as uid:
+        assert uids.processes(uid) == []
+    assert calls == ["list", "remove"], calls
