@@ -10,6 +10,8 @@
   kernel: ipywidgets, ~0.07 CPU-s); a bar that is asked for still comes from it.
 * a fresh uid's POSIX queues are listed once when it is taken and once when it ends (a child
   process each, ~0.02 CPU-s): the child that removes them lists what is left.
+* a kernel starts without jupyter_client's scan of every distribution's entry points for its
+  provisioner (~0.04 CPU-s): the grader names the LocalProvisioner.
 
 Timings are in ``benchmarks/grading_resources.py`` (``make resources``), not here.
 """
@@ -236,3 +238,32 @@ def test_a_reservation_and_its_end_list_the_uids_queues_once_each(
     with uids.reserve() as uid:
         assert uids.processes(uid) == []
     assert calls == ["list", "remove"], calls
+
+
+# --------------------------------------------------------------------------- the provisioner
+def test_a_kernel_starts_without_scanning_entry_points(tmp_path: Path) -> None:
+    """jupyter_client finds its provisioner by reading every installed distribution's entry
+    points (~0.04 CPU-s of every grading); the grader names its LocalProvisioner instead. A fresh
+    process (the factory is a per-process singleton) starts a kernel and runs a cell with none."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    code = (
+        "import jupyter_client.provisioning.factory as factory\n"
+        "groups = []\n"
+        "real = factory.entry_points\n"
+        "def counting(**kw):\n"
+        "    groups.append(kw.get('group'))\n"
+        "    return real(**kw)\n"
+        "factory.entry_points = counting\n"
+        "from grading import sandbox\n"
+        "config = sandbox.SandboxConfig(uid=None, isolation='floor')\n"
+        f"with sandbox.Sandbox(__import__('pathlib').Path({str(workdir)!r}), config) as box:\n"
+        "    run = box.run('print(6 * 7)')\n"
+        "    kind = type(box.km.provisioner).__name__\n"
+        "print(run.status, run.stdout.strip(), kind, groups)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["ok", "42", "LocalProvisioner", "[]"], proc.stdout
