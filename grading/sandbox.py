@@ -175,6 +175,9 @@ def kernel_env(workdir: Path, python: str) -> dict[str, str]:
         "MKL_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
         "TQDM_DISABLE": "1",
+        # torch scans every distribution's entry points for device backends at import (~0.04
+        # CPU-s, with importlib.metadata); a graded kernel runs on the CPU backend only.
+        "TORCH_DEVICE_BACKEND_AUTOLOAD": "0",
     }
 
 

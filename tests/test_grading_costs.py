@@ -12,6 +12,7 @@
   process each, ~0.02 CPU-s): the child that removes them lists what is left.
 * a kernel starts without jupyter_client's scan of every distribution's entry points for its
   provisioner (~0.04 CPU-s): the grader names the LocalProvisioner.
+* ``import torch`` in the kernel's environment skips its scan for device backends (~0.04 CPU-s).
 
 Timings are in ``benchmarks/grading_resources.py`` (``make resources``), not here.
 """
@@ -267,3 +268,28 @@ def test_a_kernel_starts_without_scanning_entry_points(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["ok", "42", "LocalProvisioner", "[]"], proc.stdout
+
+
+def test_torch_imports_in_the_kernels_environment_without_scanning_entry_points(
+    tmp_path: Path,
+) -> None:
+    """``import torch`` reads every distribution's entry points for device backends (~0.04
+    CPU-s); the kernel's environment turns that off, and torch still computes."""
+    code = (
+        "import importlib.metadata as md\n"
+        "groups = []\n"
+        "real = md.entry_points\n"
+        "def counting(**kw):\n"
+        "    groups.append(kw.get('group'))\n"
+        "    return real(**kw)\n"
+        "md.entry_points = counting\n"
+        "import torch\n"
+        "print(float(torch.ones(3).sum()), groups)\n"
+    )
+    env = sandbox.kernel_env(tmp_path, sys.executable)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["3.0", "[]"], proc.stdout
