@@ -13,6 +13,7 @@
 * a kernel starts without jupyter_client's scan of every distribution's entry points for its
   provisioner (~0.04 CPU-s): the grader names the LocalProvisioner.
 * ``import torch`` in the kernel's environment skips its scan for device backends (~0.04 CPU-s).
+* the report reads hidden_expected.npz once for all checks, not once per check (~0.02 CPU-s).
 
 Timings are in ``benchmarks/grading_resources.py`` (``make resources``), not here.
 """
@@ -293,3 +294,33 @@ def test_torch_imports_in_the_kernels_environment_without_scanning_entry_points(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["3.0", "[]"], proc.stdout
+
+
+# --------------------------------------------------------------------------- expected values
+def test_a_grading_reads_the_expected_values_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scoring every check of the release reads hidden_expected.npz once, not once per check
+    (~0.02 CPU-s per grading), and a right answer still passes every check."""
+    import zipfile
+
+    from grading import runner
+
+    with zipfile.ZipFile(ROOT / "autograder" / "offline_rl" / "autograder.zip") as zf:
+        zf.extractall(tmp_path)
+    grader = runner.Grader(tmp_path)
+    engine = grader.checks
+    expected = engine._load(engine.EXPECTED)
+    outputs: dict[str, Any] = {}
+    for key, want in expected.items():  # the right answer: each expected value as the output
+        path = key.replace("/expected_", "/")
+        value = np.asarray(want, dtype=np.float64)
+        outputs.setdefault(key.split("/")[0], {})[f"{path}/value"] = value
+        outputs[key.split("/")[0]][f"{path}/shape"] = np.array(value.shape, dtype=np.int64)
+    reads: list[str] = []
+    real = engine._load
+    monkeypatch.setattr(engine, "_load", lambda *a, **k: reads.append(str(a)) or real(*a, **k))
+    checks = [c for q in grader.questions for c in q.checks]
+    scored = {c: grader._score_check(c, outputs[c], outputs) for c in checks}
+    assert len(checks) > 10 and all(ok for ok, _ in scored.values()), scored
+    assert len(reads) == 1, f"{len(reads)} reads of the expected values for {len(checks)} checks"
