@@ -14,6 +14,7 @@
   provisioner (~0.04 CPU-s): the grader names the LocalProvisioner.
 * ``import torch`` in the kernel's environment skips its scan for device backends (~0.04 CPU-s).
 * the report reads hidden_expected.npz once for all checks, not once per check (~0.02 CPU-s).
+* the kernel's checks open hidden_inputs.npz once per kernel, not once per check (~0.05 CPU-s).
 
 Timings are in ``benchmarks/grading_resources.py`` (``make resources``), not here.
 """
@@ -324,3 +325,38 @@ def test_a_grading_reads_the_expected_values_once(
     scored = {c: grader._score_check(c, outputs[c], outputs) for c in checks}
     assert len(checks) > 10 and all(ok for ok, _ in scored.values()), scored
     assert len(reads) == 1, f"{len(reads)} reads of the expected values for {len(checks)} checks"
+
+
+def test_the_kernels_checks_parse_the_inputs_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Step 1 of every hidden check, as the kernel runs them one after the other, opens
+    hidden_inputs.npz once (each parse of its ~300-entry directory cost ~4 ms), each check still
+    reading its own inputs; a rewritten file is read afresh."""
+    import os
+    import shutil
+    import zipfile
+
+    sys.path.insert(0, str(ROOT / "assignments" / "offline_rl"))
+    try:
+        import make_fixtures
+    finally:
+        sys.path.pop(0)
+    with zipfile.ZipFile(ROOT / "autograder" / "offline_rl" / "autograder.zip") as zf:
+        zf.extractall(tmp_path)
+    files = tmp_path / "files"
+    engine_source = ROOT / "assignments" / "offline_rl" / "hidden_checks.py"
+    shutil.copyfile(engine_source, files / "hidden_checks.py")  # this checkout's engine
+    engine = make_fixtures.load_engine(files)
+    opened: list[str] = []
+    real = np.load
+    monkeypatch.setattr(np, "load", lambda p, *a, **k: opened.append(str(p)) or real(p, *a, **k))
+    seen = {}
+    for name, decl in engine.REGISTRY.items():  # no function given: each case records an error
+        out = engine.CHECKS[name](*[None] * len(engine.parameters(decl)), uses=False)
+        seen[name] = {k.split("/")[1] for k in out}
+        assert seen[name] and all(k.startswith(f"{name}/") for k in out), out
+    assert len(seen) > 10 and opened == [str(files / "hidden_inputs.npz")], opened
+    os.utime(files / "hidden_inputs.npz", ns=(0, 0))  # as if rewritten
+    engine.CHECKS["q10"](None, uses=False)
+    assert len(opened) == 2, "a rewritten inputs file must be opened again"
