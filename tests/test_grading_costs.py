@@ -15,6 +15,7 @@
 * ``import torch`` in the kernel's environment skips its scan for device backends (~0.04 CPU-s).
 * the report reads hidden_expected.npz once for all checks, not once per check (~0.02 CPU-s).
 * the kernel's checks open hidden_inputs.npz once per kernel, not once per check (~0.05 CPU-s).
+* stopping a kernel kills and reaps it without jupyter_client's 0.1 s poll (wall time).
 
 Timings are in ``benchmarks/grading_resources.py`` (``make resources``), not here.
 """
@@ -360,3 +361,35 @@ def test_the_kernels_checks_parse_the_inputs_file_once(
     os.utime(files / "hidden_inputs.npz", ns=(0, 0))  # as if rewritten
     engine.CHECKS["q10"](None, uses=False)
     assert len(opened) == 2, "a rewritten inputs file must be opened again"
+
+
+# --------------------------------------------------------------------------- stopping a kernel
+def test_stopping_a_kernel_does_not_poll_for_its_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """jupyter_client's ``shutdown_kernel(now=True)`` polls every 0.1 s until the killed
+    process is gone (a tenth of a second of wall time per grading at 0.5 CPU). The sandbox kills
+    and reaps the kernel itself: no poll interval is slept (jupyter_client's own 0.01 s after
+    every start and shutdown stays), and the process is gone."""
+    import asyncio
+    import os
+
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    box = sandbox.Sandbox(workdir, sandbox.SandboxConfig(uid=None, isolation="floor"))
+    box.start()
+    assert box.run("x = 1").status == "ok"
+    assert box.km is not None
+    pid = box.km.provisioner.process.pid
+    sleeps: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def counting_sleep(delay: float, *args: Any) -> Any:
+        sleeps.append(delay)
+        return await real_sleep(delay, *args)
+
+    monkeypatch.setattr(asyncio, "sleep", counting_sleep)
+    box.stop()
+    monkeypatch.undo()
+    assert not os.path.exists(f"/proc/{pid}"), "the kernel process is still there"
+    assert [d for d in sleeps if d >= 0.1] == [], sleeps
