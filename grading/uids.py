@@ -97,6 +97,11 @@ def kill_uid(uid: int, timeout: float = 10.0) -> None:
     quiet = 0
     while quiet < 2 and time.monotonic() < deadline:
         left = processes(uid)
+        if not left and quiet == 0:
+            # None at all on the first look: with no process of the uid nothing can fork one (only
+            # root could start one as the uid, and no kernel starts while it is ended). Each more
+            # look reads every /proc/PID/status (~10 ms here; twice per grading).
+            return
         running = [pid for pid in left if _running(pid)]
         for pid in running:
             with contextlib.suppress(OSError):

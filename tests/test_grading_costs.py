@@ -16,6 +16,7 @@
 * the report reads hidden_expected.npz once for all checks, not once per check (~0.02 CPU-s).
 * the kernel's checks open hidden_inputs.npz once per kernel, not once per check (~0.05 CPU-s).
 * stopping a kernel kills and reaps it without jupyter_client's 0.1 s poll (wall time).
+* ending a uid that has no process reads /proc once, not three times (twice per grading).
 
 Timings are in ``benchmarks/grading_resources.py`` (``make resources``), not here.
 """
@@ -393,3 +394,23 @@ def test_stopping_a_kernel_does_not_poll_for_its_end(
     monkeypatch.undo()
     assert not os.path.exists(f"/proc/{pid}"), "the kernel process is still there"
     assert [d for d in sleeps if d >= 0.1] == [], sleeps
+
+
+def test_ending_a_uid_without_processes_looks_at_proc_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kill_uid of a uid with no process reads /proc once (each look reads every process's
+    status); with processes it still stops, kills and waits until none is left."""
+    from grading import uids
+
+    require_root()
+    looks: list[int] = []
+    real = uids.processes
+    monkeypatch.setattr(uids, "processes", lambda uid: looks.append(uid) or real(uid))
+    uid = 1_999_321  # above FRESH_UIDS (never drawn, never swept): nothing runs as it
+    uids.kill_uid(uid)
+    assert looks == [uid], looks
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], user=uid, group=uid
+    )
+    looks.clear()
+    uids.kill_uid(uid)
+    assert child.wait(timeout=10) == -9 and real(uid) == [] and len(looks) > 1, looks
