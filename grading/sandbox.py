@@ -667,8 +667,39 @@ class Sandbox:
         # A message over MAX_MESSAGE_BYTES makes libzmq drop the iopub connection, after which no
         # output, error or idle status can arrive: watch for that instead of waiting a timeout.
         self._iopub_events = self.kc.iopub_channel.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        wait = max(0.1, min(cfg.startup_timeout, self.remaining()))
-        self.kc.wait_for_ready(timeout=wait)
+        self._wait_for_ready(max(0.1, min(cfg.startup_timeout, self.remaining())))
+
+    def _wait_for_ready(self, timeout: float) -> None:
+        """jupyter_client's ``wait_for_ready`` without its last step, which drains iopub until
+        nothing arrives for 0.2 s (0.2 s of wall time per kernel start, the kernel idle): a
+        kernel_info reply on shell, then any message on iopub (so the subscription is live and
+        no output of the first cell is lost), else ask again. Messages left on iopub do not
+        matter: ``run`` reads only those of its own request.
+
+        Raises:
+            RuntimeError: the kernel died, or did not answer within ``timeout`` seconds.
+        """
+        assert self.kc is not None and self.km is not None
+        end = time.monotonic() + timeout
+        while True:
+            self.kc.kernel_info()
+            try:
+                msg = self.kc.get_shell_msg(timeout=1)
+            except queue.Empty:
+                msg = None
+            if isinstance(msg, dict) and msg.get("msg_type") == "kernel_info_reply":
+                try:
+                    self.kc.get_iopub_msg(timeout=0.2)
+                except queue.Empty:
+                    pass  # iopub not connected yet: ask again
+                else:
+                    with contextlib.suppress(Exception):  # its protocol version, as jupyter_client
+                        self.kc._handle_kernel_info_reply(msg)
+                    return
+            if not self.km.is_alive():
+                raise RuntimeError("the kernel died before replying to kernel_info")
+            if time.monotonic() > end:
+                raise RuntimeError(f"the kernel did not reply within {timeout:.0f} s")
 
     def _wait_for_sockets(self, timeout: float) -> None:
         """Wait until the kernel has bound its five sockets: each a socket (not a link) of the

@@ -17,6 +17,7 @@
 * the kernel's checks open hidden_inputs.npz once per kernel, not once per check (~0.05 CPU-s).
 * stopping a kernel kills and reaps it without jupyter_client's 0.1 s poll (wall time).
 * ending a uid that has no process reads /proc once, not three times (twice per grading).
+* a kernel start waits for the kernel's reply and one iopub message, not for 0.2 s of silence.
 
 Timings are in ``benchmarks/grading_resources.py`` (``make resources``), not here.
 """
@@ -414,3 +415,27 @@ def test_ending_a_uid_without_processes_looks_at_proc_once(monkeypatch: pytest.M
     looks.clear()
     uids.kill_uid(uid)
     assert child.wait(timeout=10) == -9 and real(uid) == [] and len(looks) > 1, looks
+
+
+def test_a_kernel_start_does_not_drain_iopub_and_loses_no_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """jupyter_client's ``wait_for_ready`` ends by draining iopub until nothing comes for 0.2 s
+    (0.2 s of wall time per kernel start, the kernel idle). The sandbox waits for the kernel_info
+    reply and one iopub message itself; the first cell's output still arrives."""
+    from jupyter_client.blocking.client import BlockingKernelClient
+
+    used: list[str] = []
+    real = BlockingKernelClient.wait_for_ready
+
+    def recording(self: Any, *args: Any, **kwargs: Any) -> Any:
+        used.append("wait_for_ready")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(BlockingKernelClient, "wait_for_ready", recording)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    with sandbox.Sandbox(workdir, sandbox.SandboxConfig(uid=None, isolation="floor")) as box:
+        first = box.run("print('first output')")
+    assert used == [], "the start drained iopub through jupyter_client's wait_for_ready"
+    assert (first.status, first.stdout) == ("ok", "first output\n"), first
