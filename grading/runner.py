@@ -737,6 +737,7 @@ class Grader:
         uid = sandbox_config.uid if isinstance(sandbox_config.uid, int) else None
         out_dir = workdir / ".outputs"
         setup = f"import _grading_kernel as __grading__\n__grading__.install({self.seed})"
+        first_setup = setup.removesuffix(")") + ", pause_gc=True)"  # the first start's
         restarts = 0
         done: list[NotebookCell] = []  # cells that ran and left the kernel alive: replayed
         outputs: dict[str, dict[str, np.ndarray] | str] = {}
@@ -771,17 +772,20 @@ class Grader:
                     else:
                         return
 
-            sandbox.run(setup)
-            _phase("kernel")
-            # The notebook's set-up (its imports): every cell before the first answer cell.
+            # The notebook's set-up (its imports): every cell before the first answer cell. It
+            # runs with the cyclic garbage collector paused (kernel_side.install), answers never.
             first_answer = next((i for i, c in enumerate(cells) if c.answer), 0)
             setup_end = max(first_answer - 1, 0)
+            sandbox.run(first_setup if first_answer else setup)
+            _phase("kernel")
             for index, cell in enumerate(cells):
                 if left() <= 0:
                     break
                 cell.run = sandbox.run(cell.source, timeout=min(cell_timeout, left()))
                 if index == setup_end:
                     _phase("imports")
+                    if first_answer and sandbox.alive() and left() > 0:
+                        sandbox.run("__grading__.resume_gc()", timeout=min(cell_timeout, left()))
                 if sandbox.alive():
                     if cell.run.status != "timeout":  # an interrupted cell would only time out
                         done.append(cell)

@@ -18,6 +18,8 @@
 * stopping a kernel kills and reaps it without jupyter_client's 0.1 s poll (wall time).
 * ending a uid that has no process reads /proc once, not three times (twice per grading).
 * a kernel start waits for the kernel's reply and one iopub message, not for 0.2 s of silence.
+* the notebook's set-up cells (torch's import) run with the cyclic GC paused (~0.3 CPU-s), then
+  what they built is frozen and the answers run with collection on.
 
 Timings are in ``benchmarks/grading_resources.py`` (``make resources``), not here.
 """
@@ -439,3 +441,36 @@ def test_a_kernel_start_does_not_drain_iopub_and_loses_no_output(
         first = box.run("print('first output')")
     assert used == [], "the start drained iopub through jupyter_client's wait_for_ready"
     assert (first.status, first.stdout) == ("ok", "first output\n"), first
+
+
+# --------------------------------------------------------------------------- the set-up's GC
+def test_the_set_up_cells_run_with_the_gc_paused_and_the_answers_with_it_on(
+    tmp_path: Path,
+) -> None:
+    """The notebook's set-up cells (before its first answer cell: torch's import) run with the
+    cyclic garbage collector paused (~0.3 CPU-s of every grading); then what they built is
+    frozen and every answer cell runs with collection on, as in the student's own kernel."""
+    import zipfile
+
+    from grading import runner
+
+    source = tmp_path / "source"
+    with zipfile.ZipFile(ROOT / "autograder" / "offline_rl" / "autograder.zip") as zf:
+        zf.extractall(source)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("import gc\nSET_UP = (gc.isenabled(), gc.get_freeze_count())"),
+        nbformat.v4.new_code_cell(
+            "import gc\nassert SET_UP == (False, 0), SET_UP\n"
+            "assert gc.isenabled() and gc.get_freeze_count() > 0, 'answers: GC off'",
+            metadata={"tags": ["otter_answer_cell"]},
+        ),
+        nbformat.v4.new_code_cell("import gc\nassert gc.isenabled(), 'a later cell: GC off'"),
+    ]
+    submission = tmp_path / "submission"
+    submission.mkdir()
+    nbformat.write(nb, submission / "offline_rl.ipynb")
+    config = runner.GradingConfig(sandbox=sandbox.SandboxConfig(uid=None, isolation="floor"))
+    result = runner.Grader(source, config).grade(submission, tmp_path / "results")
+    report = next(t["output"] for t in result["tests"] if t["name"] == "Notebook report")
+    assert "All 3 graded code cells ran without errors." in report, report
