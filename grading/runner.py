@@ -543,6 +543,8 @@ class Grader:
         grading); ``_score_check`` blames with the outputs of their own harvests instead."""
         self.sandbox_uid: int | None = None
         """The uid the last run's kernel had (for the record: it is free again afterwards)."""
+        self._expected: dict[str, np.ndarray] | None = None
+        """Every expected array, read at the first comparison (see ``_expected_values``)."""
 
     # ------------------------------------------------------------------ sandbox set-up
     def _prepare_workdir(
@@ -735,6 +737,7 @@ class Grader:
         uid = sandbox_config.uid if isinstance(sandbox_config.uid, int) else None
         out_dir = workdir / ".outputs"
         setup = f"import _grading_kernel as __grading__\n__grading__.install({self.seed})"
+        first_setup = setup.removesuffix(")") + ", pause_gc=True)"  # the first start's
         restarts = 0
         done: list[NotebookCell] = []  # cells that ran and left the kernel alive: replayed
         outputs: dict[str, dict[str, np.ndarray] | str] = {}
@@ -769,17 +772,20 @@ class Grader:
                     else:
                         return
 
-            sandbox.run(setup)
-            _phase("kernel")
-            # The notebook's set-up (its imports): every cell before the first answer cell.
+            # The notebook's set-up (its imports): every cell before the first answer cell. It
+            # runs with the cyclic garbage collector paused (kernel_side.install), answers never.
             first_answer = next((i for i, c in enumerate(cells) if c.answer), 0)
             setup_end = max(first_answer - 1, 0)
+            sandbox.run(first_setup if first_answer else setup)
+            _phase("kernel")
             for index, cell in enumerate(cells):
                 if left() <= 0:
                     break
                 cell.run = sandbox.run(cell.source, timeout=min(cell_timeout, left()))
                 if index == setup_end:
                     _phase("imports")
+                    if first_answer and sandbox.alive() and left() > 0:
+                        sandbox.run("__grading__.resume_gc()", timeout=min(cell_timeout, left()))
                 if sandbox.alive():
                     if cell.run.status != "timeout":  # an interrupted cell would only time out
                         done.append(cell)
@@ -842,6 +848,14 @@ class Grader:
                 merged.update((k, v) for k, v in theirs.items() if k.startswith(f"{used}/"))
         return merged
 
+    def _expected_values(self) -> dict[str, np.ndarray] | None:
+        """Every expected array, read once for all the comparisons (each comparison reading the
+        file again cost ~0.02 CPU-s per grading); None for a check engine without ``_load``,
+        whose ``compare`` then reads its own."""
+        if self._expected is None and hasattr(self.checks, "_load"):
+            self._expected = self.checks._load(self.checks.EXPECTED)
+        return self._expected
+
     def _score_check(
         self,
         check: str,
@@ -853,7 +867,8 @@ class Grader:
         try:
             if "__error__" in got:
                 return False, clean(got["__error__"], 1_000)
-            self.checks.compare(check, self._with_uses(check, got, outputs or {}))
+            merged = self._with_uses(check, got, outputs or {})
+            self.checks.compare(check, merged, fixtures=self._expected_values())
         except AssertionError as err:
             return False, clean(err, 1_000)
         except Exception as err:  # malformed arrays from the kernel: a failed check, not a crash

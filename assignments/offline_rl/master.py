@@ -1923,10 +1923,13 @@ def test_alpha_experiment_shapes_and_unseen_pairs_of_visited_states(alpha_experi
 def _alpha_cases(rng):
     from offline_rl import behavior
 
+    # One alpha > 0 (each costs the default 5,000 iterations, the bulk of a grading's hidden
+    # checks) separates every mistake of the corpus as well as three did; alpha = 0 stops early.
+    # Not in increasing order: the results must follow the order of `alphas`.
     return [{
         **dataset_fields("data", behavior.stitching_dataset()),
         "layout": np.array("stitch"),
-        "alphas": np.array([0.0, 0.3, 3.0, 100.0]),
+        "alphas": np.array([3.0, 0.0]),
     }]
 
 
