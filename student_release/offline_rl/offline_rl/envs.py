@@ -264,9 +264,7 @@ class GridWorldEnv(gym.Env):
         if obs_mode not in OBS_MODES:
             raise ValueError(f"Unknown obs_mode {obs_mode!r}; choose one of {list(OBS_MODES)}.")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(
-                f"Unsupported render_mode {render_mode!r}; use None or 'rgb_array'."
-            )
+            raise ValueError(f"Unsupported render_mode {render_mode!r}; use None or 'rgb_array'.")
         self.obs_mode = obs_mode
         self.render_mode = render_mode
         self.cell_pixels = int(cell_pixels)
