@@ -47,6 +47,16 @@ ROOT = Path(__file__).resolve().parents[1]
 MASTER = ROOT / "assignments" / "offline_rl" / "master.py"
 
 
+def _python(code: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (what it imports is what a grading would); it must
+    succeed."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
 def _v4_notebook(path: Path) -> None:
     nb = nbformat.v4.new_notebook()
     nb.metadata["otter"] = {"assignment_name": "offline_rl"}
@@ -70,10 +80,7 @@ def test_the_grader_reads_a_v4_notebook_without_nbformat(tmp_path: Path) -> None
         "print([c.source for c in cells], [c.section for c in cells], found.notes)\n"
         "print('nbformat' in sys.modules, 'jsonschema' in sys.modules)\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _python(code, ROOT)
     cells, imported = proc.stdout.strip().splitlines()
     assert cells == "['x = 1', 'y = 2'] ['the top of the notebook', 'Part 2'] []", cells
     assert imported == "False False", f"nbformat, jsonschema imported: {imported}"
@@ -214,10 +221,7 @@ def test_the_graded_set_up_imports_no_tqdm_auto_and_a_bar_still_shows(tmp_path: 
         " progress=True, desc='BAR-SHOWN')\n"
         "print('tqdm.auto' in sys.modules)\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _python(code, tmp_path)
     before, after = proc.stdout.strip().splitlines()
     assert before == "[]", f"imported while grading: {before}"
     assert after == "True" and "BAR-SHOWN" in proc.stderr, proc.stderr[-500:]
@@ -270,10 +274,7 @@ def test_a_kernel_starts_without_scanning_entry_points(tmp_path: Path) -> None:
         "    kind = type(box.km.provisioner).__name__\n"
         "print(run.status, run.stdout.strip(), kind, groups)\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _python(code, ROOT)
     assert proc.stdout.split() == ["ok", "42", "LocalProvisioner", "[]"], proc.stdout
 
 
@@ -294,11 +295,7 @@ def test_torch_imports_in_the_kernels_environment_without_scanning_entry_points(
         "print(float(torch.ones(3).sum()), groups)\n"
     )
     env = sandbox.kernel_env(tmp_path, sys.executable)
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
-        timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _python(code, tmp_path, env)
     assert proc.stdout.split() == ["3.0", "[]"], proc.stdout
 
 
