@@ -15,6 +15,7 @@ The set-up cell blocks that one optional import (as ``grading/__init__.py`` does
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -159,3 +160,12 @@ def test_a_failed_install_from_the_link_names_it_and_what_to_do(tmp_path):
     assert calls == [f"pip install --quiet {spec.wheel_url}"]
     assert f"Installing it from {spec.wheel_url} failed" in error, error
     assert "Files pane" in error, error
+
+
+def test_the_shipped_set_up_cell_is_shown_collapsed_and_first():
+    """A student's first sight is the notebook's title, not ~30 lines of install logic (student
+    review, session 10): the set-up cell comes first with its source collapsed, one click away."""
+    nb = json.loads((ROOT / "student_release" / "offline_rl" / "offline_rl.ipynb").read_text())
+    first = nb["cells"][0]
+    assert first["cell_type"] == "code" and "importlib.util" in "".join(first["source"])
+    assert first["metadata"].get("jupyter", {}).get("source_hidden") is True, first["metadata"]

@@ -765,7 +765,11 @@ def add_setup_cell(notebook: Path, spec: AssignmentSpec) -> None:
     if not (nb.cells and init in nb.cells[0].source):
         raise BuildError(f"{spec.name}: otter's init cell ({init}) is not the notebook's first")
     nb.cells[0].source = nb.cells[0].source.replace(init, OTTER_INIT_COLAB)
-    nb.cells.insert(0, nbformat.v4.new_code_cell(setup_cell_source(spec)))
+    setup = nbformat.v4.new_code_cell(setup_cell_source(spec))
+    # Shown collapsed (JupyterLab, Notebook 7): ~30 lines of install logic are not the first
+    # thing a student should read; one click shows them (student review, session 10).
+    setup.metadata["jupyter"] = {"source_hidden": True}
+    nb.cells.insert(0, setup)
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"cell-{i:03d}"
     nbformat.validate(nb)
