@@ -217,6 +217,15 @@ def test_ood_fraction_small(ood_fraction, np):
     value = ood_fraction(counts, np.array([0, 0, 1]))
     assert value is not None, "ood_fraction returned None: replace the ... with your code."
     assert np.isclose(value, 0.5), f"expected 0.5 (1 of 2 visited states is out of distribution), got {value}"
+    # Every state's policy action is in the data here, so the fraction is 0; a lookup that is not
+    # one entry per state (counts[:, policy] is an (S, S) table) counts other states' zeros.
+    counts = np.array([[3, 0, 1], [0, 2, 0], [1, 1, 1]])
+    value = ood_fraction(counts, np.array([0, 1, 2]))
+    assert np.isclose(value, 0.0), (
+        f"every state's policy action is in the data (counts[s, policy[s]] > 0 for s = 0, 1, 2), so "
+        f"expected 0.0, got {value}. Look up one entry per state, counts[s, policy[s]] "
+        "(counts[:, policy] is an (S, S) table, not that)."
+    )
 
 # %% tags=["hidden_check"]
 def _coverage_cases(rng):
@@ -705,6 +714,26 @@ def test_offline_q_bootstraps_from_the_next_state(offline_q_learning, datasets, 
         f"the transition 0 -> 1 has r = 0 and is not terminal, so Q(0, 0) must converge to "
         f"0 + gamma * max_a' Q(1, a') = {0.9 * Q[1].max():.4f}; got {Q[0, 0]:.4f}. Which state's "
         "Q-values does your target bootstrap from? It must be the transition's next state s'."
+    )
+
+# %%
+def test_offline_q_bootstraps_after_a_truncation(offline_q_learning, datasets, np):
+    # 0 --a=0, r=0--> 1 is cut by the time limit (truncated, not terminal), then an episode
+    # starts in 1 (1 --a=0, r=1--> 2, terminal). A truncated transition still bootstraps:
+    # Q(0, 0) = 0 + gamma * Q(1, 0) = 0.9; treating it as terminal gives 0.
+    toy = datasets.OfflineDataset(
+        observations=np.array([0, 1]), actions=np.array([0, 0]),
+        rewards=np.array([0.0, 1.0], dtype=np.float32), next_observations=np.array([1, 2]),
+        terminals=np.array([False, True]), truncations=np.array([True, False]),
+        episode_starts=np.array([0, 1]),
+    )
+    Q = offline_q_learning(toy, 3, 2, gamma=0.9, alpha=0.0, n_iters=500)
+    assert Q is not None, "offline_q_learning returned None: replace the ... with your code."
+    Q = np.asarray(Q)
+    assert np.isclose(Q[0, 0], 0.9 * Q[1].max(), atol=1e-3), (
+        f"the transition 0 -> 1 is truncated (the time limit cut the episode) but not terminal, so it "
+        f"must bootstrap: Q(0, 0) = 0 + gamma * max_a' Q(1, a') = {0.9 * Q[1].max():.4f}; got {Q[0, 0]:.4f}. "
+        "Only dataset.terminals stops the bootstrap, not truncations."
     )
 
 # %%
