@@ -1920,7 +1920,7 @@ def alpha_experiment(dataset, layout_name, alphas):
 # # BEGIN TESTS
 
 # %%
-def test_alpha_experiment_shapes_and_unseen_pairs_of_visited_states(alpha_experiment, offline_q_learning, coverage_counts, behavior, envs, np):
+def test_alpha_experiment_shapes_and_unseen_pairs_of_visited_states(alpha_experiment, offline_q_learning, coverage_counts, behavior, envs, planning, np):
     # One run of the experiment serves both checks (each alpha > 0 costs 5,000 iterations).
     data = behavior.stitching_dataset()
     result = alpha_experiment(data, "stitch", [0.0, 1.0])
@@ -1945,6 +1945,13 @@ def test_alpha_experiment_shapes_and_unseen_pairs_of_visited_states(alpha_experi
         "ood_q must be the mean of Q over the unseen pairs (counts[s, a] == 0) of the visited "
         "states, from offline_q_learning(dataset, ..., alpha=alpha) with the layout's own gamma "
         "(envs.get_layout(layout_name).gamma, not a number typed in) and the default n_iters and lr"
+    )
+    want = planning.rollout_return("stitch", planning.greedy_policy(Q))
+    assert np.isclose(float(result["returns"][1]), want), (
+        f"returns must hold the undiscounted return of each greedy policy from the layout's start, "
+        f"planning.rollout_return(layout_name, planning.greedy_policy(Q)): {want:g} for alpha = 1 with "
+        f"your offline_q_learning; got {float(result['returns'][1]):g} (a discounted value such as "
+        "planning.policy_evaluation's is not a return)"
     )
 
 
@@ -2235,7 +2242,7 @@ def stitching_experiment(dataset, layout_name="stitch", alpha=1.0):
 # # BEGIN TESTS
 
 # %%
-def test_stitching_keys(stitching_experiment, offline_q_learning, behavior, envs, planning):
+def test_stitching_keys(stitching_experiment, offline_q_learning, coverage_counts, behavior, envs, planning, np):
     result = stitching_experiment(behavior.stitching_dataset())
     assert result is not None, "stitching_experiment returned None: replace the ... with your code."
     keys = {"best_trajectory_return", "bc_return", "naive_q_return", "cql_return"}
@@ -2257,6 +2264,12 @@ def test_stitching_keys(stitching_experiment, offline_q_learning, behavior, envs
         f"naive_q_return must be the return of naive Q-learning's greedy policy (alpha = 0), {naive:g} "
         f"with your offline_q_learning; got {result['naive_q_return']:g}"
         + ("; cql_return holds naive Q-learning's return: are the two swapped?" if result["cql_return"] == naive else "")
+    )
+    bc = planning.rollout_return("stitch", np.argmax(np.asarray(coverage_counts(data, lay.n_states, lay.n_actions)), axis=1))
+    assert result["bc_return"] == bc, (
+        f"bc_return must be the return of count-based BC's policy (per state, the action with the "
+        f"most counts) from the start, planning.rollout_return(layout_name, policy): {bc:g} with your "
+        f"coverage_counts; got {result['bc_return']:g} (BC's return, not the data's average return)"
     )
     same = stitching_experiment(data, alpha=0.0)
     assert same["cql_return"] == same["naive_q_return"], (
