@@ -422,6 +422,14 @@ def test_td_target_small(td_target, torch):
     terminals = torch.tensor([0.0, 1.0])
     try:
         y = td_target(rewards, next_q, terminals, 0.5)
+    except TypeError as err:
+        if "invert" not in str(err) and "bitwise_not" not in str(err):
+            raise
+        raise AssertionError(
+            f"td_target raised TypeError on float terminals [0., 1.] ({str(err).splitlines()[0]}): terminals may "
+            "be 0/1 floats as well as booleans, and ~ works on booleans only. Use 1 - terminals "
+            "(converted to float) instead."
+        ) from None
     except RuntimeError as err:
         if "size of tensor" not in str(err):
             raise
@@ -650,6 +658,10 @@ def test_offline_q_uses_lr(offline_q_learning, datasets, np):
     # One step from Q = 0: grad(0, 1) = pi_data * (0 - y) = -1, so Q(0, 1) = lr.
     Q = offline_q_learning(toy, 2, 2, gamma=0.9, alpha=0.0, n_iters=1, lr=0.25)
     assert Q is not None, "offline_q_learning returned None: replace the ... with your code."
+    assert np.any(np.asarray(Q, dtype=float) != 0), (
+        "Q is still all 0 after n_iters = 1: no update happened. Does your loop run n_iters times "
+        "(for _ in range(n_iters))?"
+    )
     assert np.isclose(np.asarray(Q)[0, 1], 0.25), (
         f"after one step of size lr = 0.25 from Q = 0, Q(0, 1) must be 0.25; got {np.asarray(Q)[0, 1]:.4f}. "
         "Is lr used when it is given (lr = 1 / (1 + alpha) only when lr is None)?"
@@ -749,6 +761,10 @@ def test_offline_q_first_step_weights_and_averages(offline_q_learning, datasets,
     )
     Q = offline_q_learning(toy, 2, 2, gamma=0.9, alpha=0.0, n_iters=1, lr=1.0)
     assert Q is not None, "offline_q_learning returned None: replace the ... with your code."
+    assert np.any(np.asarray(Q, dtype=float) != 0), (
+        "Q is still all 0 after n_iters = 1: no update happened. Does your loop run n_iters times "
+        "(for _ in range(n_iters))?"
+    )
     got = np.asarray(Q, dtype=float)[0]
     pi = np.array([3, 1]) / 4
     y_mean = np.array([rewards[actions == a].mean() for a in (0, 1)])
@@ -783,6 +799,10 @@ def test_offline_q_first_step_with_penalty(offline_q_learning, datasets, np):
     alpha, n_states, n_actions = 1.0, 3, 2
     Q = offline_q_learning(toy, n_states, n_actions, gamma=0.9, alpha=alpha, n_iters=1)
     assert Q is not None, "offline_q_learning returned None: replace the ... with your code."
+    assert np.any(np.asarray(Q, dtype=float) != 0), (
+        "Q is still all 0 after n_iters = 1: no update happened. Does your loop run n_iters times "
+        "(for _ in range(n_iters))?"
+    )
     got = np.asarray(Q, dtype=float)[0]
     pi = np.array([3, 1]) / 4
     y = np.array([rewards[actions == a].mean() for a in (0, 1)])
@@ -985,6 +1005,11 @@ def test_bc_loss_confident(bc_loss, torch, np):
     loss = bc_loss(logits, torch.tensor([0, 1]))
     expected = 0.5 * (np.log(1 + np.exp(-2.0)) + np.log(2.0))
     assert loss is not None, "bc_loss returned None: replace the ... with your code."
+    twice = torch.nn.functional.cross_entropy(torch.softmax(logits, dim=1), torch.tensor([0, 1])).item()
+    assert not (np.isclose(loss.item(), twice, atol=1e-5) and not np.isclose(twice, expected, atol=1e-5)), (
+        f"expected -mean log softmax = {expected:.4f}, got {loss.item():.4f}, the softmax applied twice: "
+        "F.cross_entropy takes the logits and applies log_softmax itself, so pass it the logits, not probabilities."
+    )
     assert np.isclose(loss.item(), expected, atol=1e-5), (
         f"expected -mean log softmax = {expected:.4f}, got {loss.item():.4f}. "
         "Using probabilities instead of log-probabilities, a sum instead of a mean, or a softmax "
@@ -1030,8 +1055,9 @@ def test_bc_update_is_one_clean_step(bc_update, bc_loss, torch, nn):
 
     assert not same(after, start), "the policy did not change: call optimizer.step() after loss.backward()"
     assert not same(after, stale), (
-        "gradients from an earlier backward pass were added to this step: call "
-        "optimizer.zero_grad() before loss.backward()"
+        "gradients from an earlier backward pass were added to this step. The optimizer may arrive "
+        "holding gradients from elsewhere (here every parameter's .grad starts at 1), so clear them "
+        "before this step's backward: optimizer.zero_grad() before loss.backward(), not only after step()"
     )
     assert same(after, one_step), "the step differs from one optimizer step on bc_loss(policy(observations), actions)"
     # A tensor (rather than the float asked for) is reported by the check above; .item() here
