@@ -749,6 +749,25 @@ def test_offline_q_bootstraps_after_a_truncation(offline_q_learning, datasets, n
     )
 
 # %%
+def test_offline_q_pi_data_is_per_state(offline_q_learning, datasets, np):
+    # State 0: action 0 three times, action 1 once; state 1: action 0 once. All rewards 1,
+    # terminal. One step from Q = 0 (lr = 1) gives Q(0, 0) = pi_data(0|0) * 1 = 3/4; a
+    # pi_data over the whole dataset (n(s, a) / N) gives 3/5.
+    toy = datasets.OfflineDataset(
+        observations=np.array([0, 0, 0, 0, 1]), actions=np.array([0, 0, 0, 1, 0]),
+        rewards=np.ones(5, dtype=np.float32), next_observations=np.full(5, 2),
+        terminals=np.ones(5, dtype=bool), truncations=np.zeros(5, dtype=bool), episode_starts=np.arange(5),
+    )
+    Q = offline_q_learning(toy, 3, 2, gamma=0.9, alpha=0.0, n_iters=1, lr=1.0)
+    assert Q is not None, "offline_q_learning returned None: replace the ... with your code."
+    got = float(np.asarray(Q, dtype=float)[0, 0])
+    assert np.isclose(got, 0.75), (
+        f"after one step from Q = 0 (alpha = 0, lr = 1) Q(0, 0) must be pi_data(0|0) * y = 3/4 * 1 = 0.75, "
+        f"got {got:.4f}. pi_data(a|s) = n(s, a) / n(s) is per state: divide by the visits of s, "
+        "not by the size of the whole dataset."
+    )
+
+# %%
 def test_offline_q_first_step_weights_and_averages(offline_q_learning, datasets, np):
     # State 0: action 0 three times (rewards 0, 1, 2: mean 1), action 1 once (reward 2); all
     # terminal. From Q = 0 with alpha = 0 one step gives Q(s, a) = lr * pi_data(a|s) * y(s, a).
