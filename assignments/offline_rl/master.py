@@ -760,6 +760,10 @@ def test_offline_q_pi_data_is_per_state(offline_q_learning, datasets, np):
     )
     Q = offline_q_learning(toy, 3, 2, gamma=0.9, alpha=0.0, n_iters=1, lr=1.0)
     assert Q is not None, "offline_q_learning returned None: replace the ... with your code."
+    assert np.any(np.asarray(Q, dtype=float) != 0), (
+        "Q is still all 0 after n_iters = 1: no update happened. Does your loop run n_iters times "
+        "(for _ in range(n_iters))?"
+    )
     got = float(np.asarray(Q, dtype=float)[0, 0])
     assert np.isclose(got, 0.75), (
         f"after one step from Q = 0 (alpha = 0, lr = 1) Q(0, 0) must be pi_data(0|0) * y = 3/4 * 1 = 0.75, "
