@@ -285,6 +285,23 @@ MISLEADING = [
      [("lay.n_states, lay.n_actions, lay.gamma, alpha=alpha)\n        returns",
        "lay.n_states, lay.n_actions, 0.99, alpha=alpha)\n        returns")],
      "the layout's own gamma"),
+    # Student11 (session 10): n25, n27, n12 and the borderline variant q4_v4.
+    ("q3_loop_one_short", "q3_offline_q",
+     [("    for _ in range(n_iters):", "    for _ in range(1, n_iters):")],
+     "no update happened"),
+    ("q2_tilde_on_float_terminals", "q2_td_target",
+     [("not_done = 1.0 - terminals.to(rewards.dtype)",
+       "not_done = (~terminals).to(rewards.dtype)")],
+     "terminals may be 0/1 floats"),
+    ("q4_softmax_twice", "q4_behavior_cloning",
+     [("    log_probs = F.log_softmax(logits, dim=1)\n"
+       "    return -log_probs.gather(1, actions.unsqueeze(1)).squeeze(1).mean()",
+       "    return F.cross_entropy(F.softmax(logits, dim=1), actions)")],
+     "applies log_softmax itself"),
+    ("q4_zero_grad_after_step_only", "q4_behavior_cloning",
+     [("    optimizer.zero_grad()\n    loss.backward()\n    optimizer.step()\n",
+       "    loss.backward()\n    optimizer.step()\n    optimizer.zero_grad()\n")],
+     "may arrive holding gradients from elsewhere"),
 ]  # fmt: skip
 
 

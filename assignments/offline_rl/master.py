@@ -217,6 +217,15 @@ def test_ood_fraction_small(ood_fraction, np):
     value = ood_fraction(counts, np.array([0, 0, 1]))
     assert value is not None, "ood_fraction returned None: replace the ... with your code."
     assert np.isclose(value, 0.5), f"expected 0.5 (1 of 2 visited states is out of distribution), got {value}"
+    # Every state's policy action is in the data here, so the fraction is 0; a lookup that is not
+    # one entry per state (counts[:, policy] is an (S, S) table) counts other states' zeros.
+    counts = np.array([[3, 0, 1], [0, 2, 0], [1, 1, 1]])
+    value = ood_fraction(counts, np.array([0, 1, 2]))
+    assert np.isclose(value, 0.0), (
+        f"every state's policy action is in the data (counts[s, policy[s]] > 0 for s = 0, 1, 2), so "
+        f"expected 0.0, got {value}. Look up one entry per state, counts[s, policy[s]] "
+        "(counts[:, policy] is an (S, S) table, not that)."
+    )
 
 # %% tags=["hidden_check"]
 def _coverage_cases(rng):
@@ -413,6 +422,14 @@ def test_td_target_small(td_target, torch):
     terminals = torch.tensor([0.0, 1.0])
     try:
         y = td_target(rewards, next_q, terminals, 0.5)
+    except TypeError as err:
+        if "invert" not in str(err) and "bitwise_not" not in str(err):
+            raise
+        raise AssertionError(
+            f"td_target raised TypeError on float terminals [0., 1.] ({str(err).splitlines()[0]}): terminals may "
+            "be 0/1 floats as well as booleans, and ~ works on booleans only. Use 1 - terminals "
+            "(converted to float) instead."
+        ) from None
     except RuntimeError as err:
         if "size of tensor" not in str(err):
             raise
@@ -641,6 +658,10 @@ def test_offline_q_uses_lr(offline_q_learning, datasets, np):
     # One step from Q = 0: grad(0, 1) = pi_data * (0 - y) = -1, so Q(0, 1) = lr.
     Q = offline_q_learning(toy, 2, 2, gamma=0.9, alpha=0.0, n_iters=1, lr=0.25)
     assert Q is not None, "offline_q_learning returned None: replace the ... with your code."
+    assert np.any(np.asarray(Q, dtype=float) != 0), (
+        "Q is still all 0 after n_iters = 1: no update happened. Does your loop run n_iters times "
+        "(for _ in range(n_iters))?"
+    )
     assert np.isclose(np.asarray(Q)[0, 1], 0.25), (
         f"after one step of size lr = 0.25 from Q = 0, Q(0, 1) must be 0.25; got {np.asarray(Q)[0, 1]:.4f}. "
         "Is lr used when it is given (lr = 1 / (1 + alpha) only when lr is None)?"
@@ -708,6 +729,49 @@ def test_offline_q_bootstraps_from_the_next_state(offline_q_learning, datasets, 
     )
 
 # %%
+def test_offline_q_bootstraps_after_a_truncation(offline_q_learning, datasets, np):
+    # 0 --a=0, r=0--> 1 is cut by the time limit (truncated, not terminal), then an episode
+    # starts in 1 (1 --a=0, r=1--> 2, terminal). A truncated transition still bootstraps:
+    # Q(0, 0) = 0 + gamma * Q(1, 0) = 0.9; treating it as terminal gives 0.
+    toy = datasets.OfflineDataset(
+        observations=np.array([0, 1]), actions=np.array([0, 0]),
+        rewards=np.array([0.0, 1.0], dtype=np.float32), next_observations=np.array([1, 2]),
+        terminals=np.array([False, True]), truncations=np.array([True, False]),
+        episode_starts=np.array([0, 1]),
+    )
+    Q = offline_q_learning(toy, 3, 2, gamma=0.9, alpha=0.0, n_iters=500)
+    assert Q is not None, "offline_q_learning returned None: replace the ... with your code."
+    Q = np.asarray(Q)
+    assert np.isclose(Q[0, 0], 0.9 * Q[1].max(), atol=1e-3), (
+        f"the transition 0 -> 1 is truncated (the time limit cut the episode) but not terminal, so it "
+        f"must bootstrap: Q(0, 0) = 0 + gamma * max_a' Q(1, a') = {0.9 * Q[1].max():.4f}; got {Q[0, 0]:.4f}. "
+        "Only dataset.terminals stops the bootstrap, not truncations."
+    )
+
+# %%
+def test_offline_q_pi_data_is_per_state(offline_q_learning, datasets, np):
+    # State 0: action 0 three times, action 1 once; state 1: action 0 once. All rewards 1,
+    # terminal. One step from Q = 0 (lr = 1) gives Q(0, 0) = pi_data(0|0) * 1 = 3/4; a
+    # pi_data over the whole dataset (n(s, a) / N) gives 3/5.
+    toy = datasets.OfflineDataset(
+        observations=np.array([0, 0, 0, 0, 1]), actions=np.array([0, 0, 0, 1, 0]),
+        rewards=np.ones(5, dtype=np.float32), next_observations=np.full(5, 2),
+        terminals=np.ones(5, dtype=bool), truncations=np.zeros(5, dtype=bool), episode_starts=np.arange(5),
+    )
+    Q = offline_q_learning(toy, 3, 2, gamma=0.9, alpha=0.0, n_iters=1, lr=1.0)
+    assert Q is not None, "offline_q_learning returned None: replace the ... with your code."
+    assert np.any(np.asarray(Q, dtype=float) != 0), (
+        "Q is still all 0 after n_iters = 1: no update happened. Does your loop run n_iters times "
+        "(for _ in range(n_iters))?"
+    )
+    got = float(np.asarray(Q, dtype=float)[0, 0])
+    assert np.isclose(got, 0.75), (
+        f"after one step from Q = 0 (alpha = 0, lr = 1) Q(0, 0) must be pi_data(0|0) * y = 3/4 * 1 = 0.75, "
+        f"got {got:.4f}. pi_data(a|s) = n(s, a) / n(s) is per state: divide by the visits of s, "
+        "not by the size of the whole dataset."
+    )
+
+# %%
 def test_offline_q_first_step_weights_and_averages(offline_q_learning, datasets, np):
     # State 0: action 0 three times (rewards 0, 1, 2: mean 1), action 1 once (reward 2); all
     # terminal. From Q = 0 with alpha = 0 one step gives Q(s, a) = lr * pi_data(a|s) * y(s, a).
@@ -720,6 +784,10 @@ def test_offline_q_first_step_weights_and_averages(offline_q_learning, datasets,
     )
     Q = offline_q_learning(toy, 2, 2, gamma=0.9, alpha=0.0, n_iters=1, lr=1.0)
     assert Q is not None, "offline_q_learning returned None: replace the ... with your code."
+    assert np.any(np.asarray(Q, dtype=float) != 0), (
+        "Q is still all 0 after n_iters = 1: no update happened. Does your loop run n_iters times "
+        "(for _ in range(n_iters))?"
+    )
     got = np.asarray(Q, dtype=float)[0]
     pi = np.array([3, 1]) / 4
     y_mean = np.array([rewards[actions == a].mean() for a in (0, 1)])
@@ -754,6 +822,10 @@ def test_offline_q_first_step_with_penalty(offline_q_learning, datasets, np):
     alpha, n_states, n_actions = 1.0, 3, 2
     Q = offline_q_learning(toy, n_states, n_actions, gamma=0.9, alpha=alpha, n_iters=1)
     assert Q is not None, "offline_q_learning returned None: replace the ... with your code."
+    assert np.any(np.asarray(Q, dtype=float) != 0), (
+        "Q is still all 0 after n_iters = 1: no update happened. Does your loop run n_iters times "
+        "(for _ in range(n_iters))?"
+    )
     got = np.asarray(Q, dtype=float)[0]
     pi = np.array([3, 1]) / 4
     y = np.array([rewards[actions == a].mean() for a in (0, 1)])
@@ -956,6 +1028,11 @@ def test_bc_loss_confident(bc_loss, torch, np):
     loss = bc_loss(logits, torch.tensor([0, 1]))
     expected = 0.5 * (np.log(1 + np.exp(-2.0)) + np.log(2.0))
     assert loss is not None, "bc_loss returned None: replace the ... with your code."
+    twice = torch.nn.functional.cross_entropy(torch.softmax(logits, dim=1), torch.tensor([0, 1])).item()
+    assert not (np.isclose(loss.item(), twice, atol=1e-5) and not np.isclose(twice, expected, atol=1e-5)), (
+        f"expected -mean log softmax = {expected:.4f}, got {loss.item():.4f}, the softmax applied twice: "
+        "F.cross_entropy takes the logits and applies log_softmax itself, so pass it the logits, not probabilities."
+    )
     assert np.isclose(loss.item(), expected, atol=1e-5), (
         f"expected -mean log softmax = {expected:.4f}, got {loss.item():.4f}. "
         "Using probabilities instead of log-probabilities, a sum instead of a mean, or a softmax "
@@ -1001,8 +1078,9 @@ def test_bc_update_is_one_clean_step(bc_update, bc_loss, torch, nn):
 
     assert not same(after, start), "the policy did not change: call optimizer.step() after loss.backward()"
     assert not same(after, stale), (
-        "gradients from an earlier backward pass were added to this step: call "
-        "optimizer.zero_grad() before loss.backward()"
+        "gradients from an earlier backward pass were added to this step. The optimizer may arrive "
+        "holding gradients from elsewhere (here every parameter's .grad starts at 1), so clear them "
+        "before this step's backward: optimizer.zero_grad() before loss.backward(), not only after step()"
     )
     assert same(after, one_step), "the step differs from one optimizer step on bc_loss(policy(observations), actions)"
     # A tensor (rather than the float asked for) is reported by the check above; .item() here
@@ -1891,7 +1969,7 @@ def alpha_experiment(dataset, layout_name, alphas):
 # # BEGIN TESTS
 
 # %%
-def test_alpha_experiment_shapes_and_unseen_pairs_of_visited_states(alpha_experiment, offline_q_learning, coverage_counts, behavior, envs, np):
+def test_alpha_experiment_shapes_and_unseen_pairs_of_visited_states(alpha_experiment, offline_q_learning, coverage_counts, behavior, envs, planning, np):
     # One run of the experiment serves both checks (each alpha > 0 costs 5,000 iterations).
     data = behavior.stitching_dataset()
     result = alpha_experiment(data, "stitch", [0.0, 1.0])
@@ -1916,6 +1994,13 @@ def test_alpha_experiment_shapes_and_unseen_pairs_of_visited_states(alpha_experi
         "ood_q must be the mean of Q over the unseen pairs (counts[s, a] == 0) of the visited "
         "states, from offline_q_learning(dataset, ..., alpha=alpha) with the layout's own gamma "
         "(envs.get_layout(layout_name).gamma, not a number typed in) and the default n_iters and lr"
+    )
+    want = planning.rollout_return("stitch", planning.greedy_policy(Q))
+    assert np.isclose(float(result["returns"][1]), want), (
+        f"returns must hold the undiscounted return of each greedy policy from the layout's start, "
+        f"planning.rollout_return(layout_name, planning.greedy_policy(Q)): {want:g} for alpha = 1 with "
+        f"your offline_q_learning; got {float(result['returns'][1]):g} (a discounted value such as "
+        "planning.policy_evaluation's is not a return)"
     )
 
 
@@ -2206,7 +2291,7 @@ def stitching_experiment(dataset, layout_name="stitch", alpha=1.0):
 # # BEGIN TESTS
 
 # %%
-def test_stitching_keys(stitching_experiment, offline_q_learning, behavior, envs, planning):
+def test_stitching_keys(stitching_experiment, offline_q_learning, coverage_counts, behavior, envs, planning, np):
     result = stitching_experiment(behavior.stitching_dataset())
     assert result is not None, "stitching_experiment returned None: replace the ... with your code."
     keys = {"best_trajectory_return", "bc_return", "naive_q_return", "cql_return"}
@@ -2229,6 +2314,12 @@ def test_stitching_keys(stitching_experiment, offline_q_learning, behavior, envs
         f"with your offline_q_learning; got {result['naive_q_return']:g}"
         + ("; cql_return holds naive Q-learning's return: are the two swapped?" if result["cql_return"] == naive else "")
     )
+    bc = planning.rollout_return("stitch", np.argmax(np.asarray(coverage_counts(data, lay.n_states, lay.n_actions)), axis=1))
+    assert result["bc_return"] == bc, (
+        f"bc_return must be the return of count-based BC's policy (per state, the action with the "
+        f"most counts) from the start, planning.rollout_return(layout_name, policy): {bc:g} with your "
+        f"coverage_counts; got {result['bc_return']:g} (BC's return, not the data's average return)"
+    )
     same = stitching_experiment(data, alpha=0.0)
     assert same["cql_return"] == same["naive_q_return"], (
         f"with alpha = 0 CQL is naive Q-learning, so cql_return must equal naive_q_return ({same['naive_q_return']:g}); "
@@ -2247,14 +2338,16 @@ def _stitching_cases(rng):
 
     # case0 is the chapter's dataset; case1 changes the family mix and alpha (BC and CQL both
     # differ from case0, and ignoring alpha changes CQL), case2 the layout, so numbers copied from
-    # case0 (or from the dataset's best episode) fail them.
+    # case0 (or from the dataset's best episode) fail them. case2's cliff also gets gamma 0.99
+    # (every shipped layout has 0.9; at 0.99 naive Q reaches the goal): a typed-in 0.9 instead of
+    # lay.gamma fails it, at no extra case.
     cases = [
         {**dataset_fields("data", behavior.stitching_dataset(n_a, n_b)), "layout": np.array("stitch"), "alpha": np.array(alpha)}
         for n_a, n_b, alpha in [(6, 4, 1.0), (3, 5, 100.0)]
     ]
     cases[0]["claim"] = np.array(True)
     cliff = behavior.narrow_expert_dataset("cliff", n_episodes=5, epsilon=0.2, seed=5)
-    cases.append({**dataset_fields("data", cliff), "layout": np.array("cliff"), "alpha": np.array(0.5)})
+    cases.append({**dataset_fields("data", cliff), "layout": np.array("cliff"), "alpha": np.array(0.5), "gamma": np.array(0.99)})
     return cases
 
 
@@ -2265,12 +2358,23 @@ def _stitching_cases(rng):
     reference={"stitching_experiment": "offline_rl.algorithms.experiments:stitching_experiment"},
     uses=("coverage", "tabular_q"),
     flags={"claim_holds": "on the stitching dataset CQL must beat the best trajectory, which must beat BC"},
-    hint="run BC (argmax of the counts), naive Q (alpha=0) and CQL (the given alpha) on the given dataset and layout; the best trajectory return comes from the dataset's episodes.",
+    hint="run BC (argmax of the counts), naive Q (alpha=0) and CQL (the given alpha) on the given dataset and layout, with that layout's gamma (lay.gamma); the best trajectory return comes from the dataset's episodes.",
 )
 def _stitching_run(case, stitching_experiment):
-    result = stitching_experiment(
-        dataset_from(case, "data"), layout_name=str(case["layout"]), alpha=float(case["alpha"])
-    )
+    import dataclasses
+
+    from offline_rl import envs
+
+    layout_name = str(case["layout"])
+    if "gamma" in case:  # a copy of the layout with another gamma, registered while this case runs
+        base = envs.get_layout(layout_name)
+        layout_name = f"{base.name}_gamma{float(case['gamma']):g}"
+        envs.LAYOUTS[layout_name] = dataclasses.replace(base, name=layout_name, gamma=float(case["gamma"]))
+    try:
+        result = stitching_experiment(dataset_from(case, "data"), layout_name=layout_name, alpha=float(case["alpha"]))
+    finally:
+        if "gamma" in case:
+            del envs.LAYOUTS[layout_name]
     keys = ("best_trajectory_return", "bc_return", "naive_q_return", "cql_return")
     out = {key: result[key] for key in keys}
     if "claim" in case:
