@@ -587,7 +587,10 @@ def test_a_move_shows_the_picture_a_new_figure_of_that_value_shows(demo, monkeyp
                         lambda fig: frames.append((fig, render(fig))) or frames[-1][1])  # fmt: skip
     slider = _control_and_caption(make())[0]
     for value in values:
-        slider.value = value
+        # In a thread of its own: after the browser tests Playwright's loop may run in this
+        # worker's main thread, and a kernel's demo would defer the draw to it (MOVE_SETTLE_S).
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pool.submit(setattr, slider, "value", value).result()
         moved_fig, moved = frames[-1]
         with monkeypatch.context() as patch:
             _started_at(patch, value)

@@ -2338,16 +2338,14 @@ def _stitching_cases(rng):
 
     # case0 is the chapter's dataset; case1 changes the family mix and alpha (BC and CQL both
     # differ from case0, and ignoring alpha changes CQL), case2 the layout, so numbers copied from
-    # case0 (or from the dataset's best episode) fail them. case2's cliff also gets gamma 0.99
-    # (every shipped layout has 0.9; at 0.99 naive Q reaches the goal): a typed-in 0.9 instead of
-    # lay.gamma fails it, at no extra case.
+    # case0 (or from the dataset's best episode) fail them.
     cases = [
         {**dataset_fields("data", behavior.stitching_dataset(n_a, n_b)), "layout": np.array("stitch"), "alpha": np.array(alpha)}
         for n_a, n_b, alpha in [(6, 4, 1.0), (3, 5, 100.0)]
     ]
     cases[0]["claim"] = np.array(True)
     cliff = behavior.narrow_expert_dataset("cliff", n_episodes=5, epsilon=0.2, seed=5)
-    cases.append({**dataset_fields("data", cliff), "layout": np.array("cliff"), "alpha": np.array(0.5), "gamma": np.array(0.99)})
+    cases.append({**dataset_fields("data", cliff), "layout": np.array("cliff"), "alpha": np.array(0.5)})
     return cases
 
 
@@ -2358,23 +2356,12 @@ def _stitching_cases(rng):
     reference={"stitching_experiment": "offline_rl.algorithms.experiments:stitching_experiment"},
     uses=("coverage", "tabular_q"),
     flags={"claim_holds": "on the stitching dataset CQL must beat the best trajectory, which must beat BC"},
-    hint="run BC (argmax of the counts), naive Q (alpha=0) and CQL (the given alpha) on the given dataset and layout, with that layout's gamma (lay.gamma); the best trajectory return comes from the dataset's episodes.",
+    hint="run BC (argmax of the counts), naive Q (alpha=0) and CQL (the given alpha) on the given dataset and layout; the best trajectory return comes from the dataset's episodes.",
 )
 def _stitching_run(case, stitching_experiment):
-    import dataclasses
-
-    from offline_rl import envs
-
-    layout_name = str(case["layout"])
-    if "gamma" in case:  # a copy of the layout with another gamma, registered while this case runs
-        base = envs.get_layout(layout_name)
-        layout_name = f"{base.name}_gamma{float(case['gamma']):g}"
-        envs.LAYOUTS[layout_name] = dataclasses.replace(base, name=layout_name, gamma=float(case["gamma"]))
-    try:
-        result = stitching_experiment(dataset_from(case, "data"), layout_name=layout_name, alpha=float(case["alpha"]))
-    finally:
-        if "gamma" in case:
-            del envs.LAYOUTS[layout_name]
+    result = stitching_experiment(
+        dataset_from(case, "data"), layout_name=str(case["layout"]), alpha=float(case["alpha"])
+    )
     keys = ("best_trajectory_return", "bc_return", "naive_q_return", "cql_return")
     out = {key: result[key] for key in keys}
     if "claim" in case:
