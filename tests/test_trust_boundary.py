@@ -314,65 +314,6 @@ def test_crashing_cell_is_not_replayed_and_costs_nothing_else():
     assert not graded.owed, graded.owed
 
 
-# ------------------------------------------------------------------------------- finding 6
-#: Cells that are instant on their first run and sleep REPLAY_CELL_SECONDS each when replayed,
-#: then a crash: 240 s of replay inside a 120 s budget. A grader whose replays ignore the budget
-#: replays them all (240 s at least); this one must end once the budget is used up, plus
-#: REPLAY_TEARDOWN for the last interrupt, the report and the cleanup: 150 s. The hard deadline
-#: (the grader's backstop, which would hide the bug) is put past the whole replay.
-#: Load cannot make it fail: the first pass sleeps nowhere, so the crash cell is reached as soon
-#: as the kernel has started and the setup cell's imports are done (the old design slept 120 s
-#: on the first pass, and under load the crash cell was not reached in time: issue 24); the
-#: sleeps on replay take their wall time whatever the load. Why not a smaller budget: the grader
-#: gives reading the upload a quarter of it, and at 60 s that (15 s) ran out with one core held
-#: by a CPU hog. The cells keep the default 60 s timeout (10 s timed the setup cell out).
-#: 072e724 counts replays already; to see this fail, give GRADING_UNDER_TEST a copy of grading/
-#: whose restart() replays every cell with ``timeout=cell_timeout`` and no ``left()`` check (the
-#: run then took 288 s against the 150 s limit; the test fails).
-REPLAY_BUDGET, REPLAY_CELL_SECONDS, REPLAY_CELLS = 120.0, 10.0, 24
-REPLAY_DEADLINE = REPLAY_BUDGET + REPLAY_CELLS * REPLAY_CELL_SECONDS
-REPLAY_TEARDOWN = 30.0
-REPLAY_TEST = "test_replays_count_against_the_time_budget"
-
-
-def _grade_replay() -> _Graded:
-    slow = attacks.SLOW_ON_REPLAY_CELL.format(
-        marker=attacks.REPLAY_MARKER, seconds=REPLAY_CELL_SECONDS
-    )
-    cells = [slow] * REPLAY_CELLS + [attacks.CRASH_AFTER_MARKING]
-    scale = {"budget": REPLAY_BUDGET, "deadline": REPLAY_DEADLINE}
-    return grade(cells, scale=scale, companion=True)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def replay_run(request: pytest.FixtureRequest, _root: None) -> Iterator[Future[_Graded] | None]:
-    """The replay-budget grading, started when the module starts and run in the background:
-    its cells sleep, so the module's other gradings use the time (the test collects it)."""
-    if not any(item.name == REPLAY_TEST for item in request.session.items):
-        yield None
-        return
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        yield pool.submit(_grade_replay)
-
-
-def test_replays_count_against_the_time_budget(
-    replay_run: Future[_Graded] | None, record_property: Callable[[str, object], None]
-) -> None:
-    assert replay_run is not None
-    graded = replay_run.result()
-    record_property("measured", f"{graded.seconds:.0f} s with a {REPLAY_BUDGET:.0f} s budget")
-    report = graded.question("Notebook report")
-    assert "crashed the Python kernel" in report, report
-    limit = REPLAY_BUDGET + REPLAY_TEARDOWN
-    assert limit < REPLAY_CELLS * REPLAY_CELL_SECONDS  # what replaying everything costs
-    assert graded.seconds < limit, (
-        f"replays did not count against the time budget: the grading took "
-        f"{graded.seconds:.0f} s with a {REPLAY_BUDGET:.0f} s budget (limit {limit:.0f} s)"
-    )
-    assert graded.results["score"] == 0
-    assert not graded.owed, graded.owed
-
-
 # ------------------------------------------------------------------------------- finding 7
 def test_hostile_npz_files_cost_only_their_checks_and_bounded_memory():
     graded = grade(attacks.NPZ_ATTACKS, base="solution", companion=True)
@@ -927,3 +868,63 @@ def test_jail_and_sandbox_together_are_refused(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=GRADING.parent, timeout=60)
     assert proc.returncode == 2 and "--sandbox only" in proc.stderr, proc.stderr[-500:]
     assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------------------- finding 6
+#: Cells that are instant on their first run and sleep REPLAY_CELL_SECONDS each when replayed,
+#: then a crash: 240 s of replay inside a 120 s budget. A grader whose replays ignore the budget
+#: replays them all (240 s at least); this one must end once the budget is used up, plus
+#: REPLAY_TEARDOWN for the last interrupt, the report and the cleanup: 150 s. The hard deadline
+#: (the grader's backstop, which would hide the bug) is put past the whole replay.
+#: Load cannot make it fail: the first pass sleeps nowhere, so the crash cell is reached as soon
+#: as the kernel has started and the setup cell's imports are done (the old design slept 120 s
+#: on the first pass, and under load the crash cell was not reached in time: issue 24); the
+#: sleeps on replay take their wall time whatever the load. Why not a smaller budget: the grader
+#: gives reading the upload a quarter of it, and at 60 s that (15 s) ran out with one core held
+#: by a CPU hog. The cells keep the default 60 s timeout (10 s timed the setup cell out).
+#: 072e724 counts replays already; to see this fail, give GRADING_UNDER_TEST a copy of grading/
+#: whose restart() replays every cell with ``timeout=cell_timeout`` and no ``left()`` check (the
+#: run then took 288 s against the 150 s limit; the test fails).
+REPLAY_BUDGET, REPLAY_CELL_SECONDS, REPLAY_CELLS = 120.0, 10.0, 24
+REPLAY_DEADLINE = REPLAY_BUDGET + REPLAY_CELLS * REPLAY_CELL_SECONDS
+REPLAY_TEARDOWN = 30.0
+REPLAY_TEST = "test_replays_count_against_the_time_budget"
+
+
+def _grade_replay() -> _Graded:
+    slow = attacks.SLOW_ON_REPLAY_CELL.format(
+        marker=attacks.REPLAY_MARKER, seconds=REPLAY_CELL_SECONDS
+    )
+    cells = [slow] * REPLAY_CELLS + [attacks.CRASH_AFTER_MARKING]
+    scale = {"budget": REPLAY_BUDGET, "deadline": REPLAY_DEADLINE}
+    return grade(cells, scale=scale, companion=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def replay_run(request: pytest.FixtureRequest, _root: None) -> Iterator[Future[_Graded] | None]:
+    """The replay-budget grading, started when the module starts and run in the background:
+    its cells sleep, so the module's other gradings use the time. The test that collects it is
+    the module's last (in the middle it left its worker idle for 79 s of CI's 633)."""
+    if not any(item.name == REPLAY_TEST for item in request.session.items):
+        yield None
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool.submit(_grade_replay)
+
+
+def test_replays_count_against_the_time_budget(
+    replay_run: Future[_Graded] | None, record_property: Callable[[str, object], None]
+) -> None:
+    assert replay_run is not None
+    graded = replay_run.result()
+    record_property("measured", f"{graded.seconds:.0f} s with a {REPLAY_BUDGET:.0f} s budget")
+    report = graded.question("Notebook report")
+    assert "crashed the Python kernel" in report, report
+    limit = REPLAY_BUDGET + REPLAY_TEARDOWN
+    assert limit < REPLAY_CELLS * REPLAY_CELL_SECONDS  # what replaying everything costs
+    assert graded.seconds < limit, (
+        f"replays did not count against the time budget: the grading took "
+        f"{graded.seconds:.0f} s with a {REPLAY_BUDGET:.0f} s budget (limit {limit:.0f} s)"
+    )
+    assert graded.results["score"] == 0
+    assert not graded.owed, graded.owed
