@@ -158,7 +158,7 @@ def _marks(stderr: str) -> dict[str, float]:
     marks: dict[str, float] = {}
     for line in stderr.splitlines():
         if line.startswith("grading phase "):
-            name, stamp = line[len("grading phase "):].rsplit(" ", 1)
+            name, stamp = line[len("grading phase ") :].rsplit(" ", 1)
             marks[name] = float(stamp)
     return marks
 
@@ -308,8 +308,10 @@ def main() -> int:
               f"{cpu_total / args.cpu:.1f} s)")  # fmt: skip
     print(f"median wall {wall:.1f} s: {wall / GOAL_S:.2f} x the goal ({GOAL_S:g} s at 0.5 CPU)")
     source = "tree RSS" if problem else "cgroup peak, page cache included"
-    print(f"median peak {peak:.0f} MB ({source}): {peak / GOAL_MB:.2f} x the goal "
-          f"({GOAL_MB:g} MB); tree RSS median {statistics.median(r.tree_mb for r in runs):.0f} MB")
+    print(
+        f"median peak {peak:.0f} MB ({source}): {peak / GOAL_MB:.2f} x the goal "
+        f"({GOAL_MB:g} MB); tree RSS median {statistics.median(r.tree_mb for r in runs):.0f} MB"
+    )
     if any(r.score != runs[0].score for r in runs):
         print(f"scores differ between runs: {[r.score for r in runs]}")
     return 0 if wall <= GOAL_S and peak <= GOAL_MB else 1

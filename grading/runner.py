@@ -188,13 +188,16 @@ def _parse_test_file(source: str) -> tuple[str, float, list[_Case]]:
                 total = _literal(node.value)
         elif isinstance(node, ast.FunctionDef) and node.decorator_list:
             (decorator,) = node.decorator_list  # one decorator: @test_case(...)
-            if not (
-                isinstance(decorator, ast.Call)
-                and isinstance(decorator.func, ast.Name)
-                and decorator.func.id == "test_case"
-                and not decorator.args
-                and all(k.arg for k in decorator.keywords)
-            ) or node.name in seen:
+            if (
+                not (
+                    isinstance(decorator, ast.Call)
+                    and isinstance(decorator.func, ast.Name)
+                    and decorator.func.id == "test_case"
+                    and not decorator.args
+                    and all(k.arg for k in decorator.keywords)
+                )
+                or node.name in seen
+            ):
                 raise _NotPlainError(f"test function {node.name}")
             seen.add(node.name)
             kw = {k.arg: _literal(k.value) for k in decorator.keywords}

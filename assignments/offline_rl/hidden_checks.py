@@ -264,7 +264,9 @@ def _step_one(decl: Declaration) -> Callable[..., dict[str, np.ndarray]]:
 
     # The grader passes notebook globals by these parameter names (grading/kernel_side.py);
     # ``uses`` is the grader's keyword, not a notebook name, so it stays out of the signature.
-    params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in parameters(decl)]
+    params = [
+        inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in parameters(decl)
+    ]
     step.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     step.__name__ = f"outputs_{decl.name}"
     return step
@@ -329,7 +331,9 @@ def _compare_one(
     for label, fld, out_key, want in items:
         case_path = out_key.rsplit("/", 1)[0]
         if f"{case_path}/error" in got:
-            raise AssertionError(f"hidden case {label}: your code raised {got[f'{case_path}/error']}")
+            raise AssertionError(
+                f"hidden case {label}: your code raised {got[f'{case_path}/error']}"
+            )
         if f"{out_key}/error" in got:  # e.g. "counts: your function returned None (...)"
             raise AssertionError(f"hidden case {label}: {got[f'{out_key}/error']}")
         if f"{out_key}/value" not in got:
@@ -414,15 +418,15 @@ def dataset_from(case: dict[str, Any], prefix: str) -> Any:
     """The OfflineDataset stored by :func:`dataset_fields` (for a ``run``)."""
     from offline_rl.datasets import OfflineDataset
 
-    fields = {k.removeprefix(f"{prefix}/"): v for k, v in case.items() if k.startswith(f"{prefix}/")}
+    fields = {
+        k.removeprefix(f"{prefix}/"): v for k, v in case.items() if k.startswith(f"{prefix}/")
+    }
     return OfflineDataset(**{f: np.array(v) for f, v in fields.items()})
 
 
 def mlp_fields(prefix: str, net: Any) -> dict[str, np.ndarray]:
     """The parameters of a Linear-ReLU-Linear network as case fields ``prefix/p<i>``."""
-    return {
-        f"{prefix}/p{i}": p.detach().numpy().copy() for i, p in enumerate(net.parameters())
-    }
+    return {f"{prefix}/p{i}": p.detach().numpy().copy() for i, p in enumerate(net.parameters())}
 
 
 def mlp_from(case: dict[str, Any], prefix: str) -> Any:
