@@ -302,6 +302,11 @@ MISLEADING = [
      [("    optimizer.zero_grad()\n    loss.backward()\n    optimizer.step()\n",
        "    loss.backward()\n    optimizer.step()\n    optimizer.zero_grad()\n")],
      "may arrive holding gradients from elsewhere"),
+    # Student11 n09 (scored full marks in session 10: every shipped layout has gamma 0.9).
+    ("q9_gamma_typed_in", "q9_stitching",
+     [("lay.n_states, lay.n_actions, lay.gamma, alpha=0.0)\n    cql_q",
+       "lay.n_states, lay.n_actions, 0.9, alpha=0.0)\n    cql_q")],
+     "the discount of the layout it is given"),
 ]  # fmt: skip
 
 

@@ -1139,7 +1139,7 @@ def _bc_update_cases(rng):
     reference={"bc_update": "offline_rl.algorithms.neural:bc_update"},
     uses=("bc_loss",),
     flags={"returns_float": "bc_update must return the loss as a Python float (loss.item()), not a tensor"},
-    hint="bc_update must zero the gradients, backpropagate bc_loss, take one optimizer step, and return the loss before the step as a float.",
+    hint="bc_update must zero the gradients (the optimizer may arrive holding some) before it backpropagates bc_loss, take one optimizer step, and return the loss before the step as a float.",
 )
 def _bc_update_run(case, bc_update):
     import torch
@@ -1170,6 +1170,10 @@ def _bc_update_run(case, bc_update):
                     p.add_(v, alpha=-self.lr)
 
     policy = mlp_from(case, "policy")
+    # Gradients left over from an earlier backward pass, as in the public check: zeroing them only
+    # after step() adds them to the first step.
+    for p in policy.parameters():
+        p.grad = torch.ones_like(p)
     # Momentum makes gradients that were never zeroed, or a missing step, change later steps.
     optimizer = MomentumSGD(policy.parameters(), lr=float(case["lr"]), momentum=0.5)
     observations, actions = torch.tensor(case["observations"]), torch.tensor(case["actions"])
@@ -2326,6 +2330,24 @@ def test_stitching_keys(stitching_experiment, offline_q_learning, coverage_count
         f"got {same['cql_return']:g}. Does the alpha argument reach the CQL run, and are both greedy "
         "policies rolled out alike (planning.rollout_return(layout_name, policy))?"
     )
+    # Every shipped layout has gamma 0.9, so a 0.9 typed in for lay.gamma passes all of the above:
+    # on a copy of the cliff with gamma 0.99 (where naive Q-learning reaches the goal) it does not.
+    import dataclasses
+    cliff = behavior.narrow_expert_dataset("cliff", n_episodes=5, epsilon=0.2, seed=5)
+    far = dataclasses.replace(envs.get_layout("cliff"), name="cliff_gamma0.99", gamma=0.99)
+    envs.LAYOUTS[far.name] = far
+    try:
+        got = stitching_experiment(cliff, layout_name=far.name, alpha=0.0)
+        want = planning.rollout_return(far.name, planning.greedy_policy(
+            offline_q_learning(cliff, far.n_states, far.n_actions, far.gamma, alpha=0.0)))
+    finally:
+        del envs.LAYOUTS[far.name]
+    for key in ("naive_q_return", "cql_return"):  # alpha = 0: both are naive Q-learning
+        assert got[key] == want, (
+            f"on a copy of the cliff with gamma 0.99 and alpha = 0, {key} should be {want:g} with "
+            f"your offline_q_learning; got {got[key]:g}. Every run must use the discount of the "
+            "layout it is given (lay.gamma), not a number typed in"
+        )
     one = data.episode(int(data.episode_returns().argmin()))  # its worst episode alone
     # alpha = 0: only the best trajectory is checked here (naive Q-learning converges quickly).
     assert stitching_experiment(one, alpha=0.0)["best_trajectory_return"] == float(one.episode_returns().max()), (
@@ -2338,7 +2360,9 @@ def _stitching_cases(rng):
 
     # case0 is the chapter's dataset; case1 changes the family mix and alpha (BC and CQL both
     # differ from case0, and ignoring alpha changes CQL), case2 the layout, so numbers copied from
-    # case0 (or from the dataset's best episode) fail them.
+    # case0 (or from the dataset's best episode) fail them. case3 is case2 on a copy of the cliff
+    # with gamma 0.99 (every shipped layout has 0.9; at 0.99 naive Q reaches the goal), so a
+    # typed-in 0.9 instead of lay.gamma fails it.
     cases = [
         {**dataset_fields("data", behavior.stitching_dataset(n_a, n_b)), "layout": np.array("stitch"), "alpha": np.array(alpha)}
         for n_a, n_b, alpha in [(6, 4, 1.0), (3, 5, 100.0)]
@@ -2346,6 +2370,7 @@ def _stitching_cases(rng):
     cases[0]["claim"] = np.array(True)
     cliff = behavior.narrow_expert_dataset("cliff", n_episodes=5, epsilon=0.2, seed=5)
     cases.append({**dataset_fields("data", cliff), "layout": np.array("cliff"), "alpha": np.array(0.5)})
+    cases.append({**cases[-1], "gamma": np.array(0.99)})
     return cases
 
 
@@ -2356,12 +2381,23 @@ def _stitching_cases(rng):
     reference={"stitching_experiment": "offline_rl.algorithms.experiments:stitching_experiment"},
     uses=("coverage", "tabular_q"),
     flags={"claim_holds": "on the stitching dataset CQL must beat the best trajectory, which must beat BC"},
-    hint="run BC (argmax of the counts), naive Q (alpha=0) and CQL (the given alpha) on the given dataset and layout; the best trajectory return comes from the dataset's episodes.",
+    hint="run BC (argmax of the counts), naive Q (alpha=0) and CQL (the given alpha) on the given dataset and layout, with that layout's gamma (lay.gamma); the best trajectory return comes from the dataset's episodes.",
 )
 def _stitching_run(case, stitching_experiment):
-    result = stitching_experiment(
-        dataset_from(case, "data"), layout_name=str(case["layout"]), alpha=float(case["alpha"])
-    )
+    import dataclasses
+
+    from offline_rl import envs
+
+    layout_name = str(case["layout"])
+    if "gamma" in case:  # a copy of the layout with another gamma, registered while this case runs
+        base = envs.get_layout(layout_name)
+        layout_name = f"{base.name}_gamma{float(case['gamma']):g}"
+        envs.LAYOUTS[layout_name] = dataclasses.replace(base, name=layout_name, gamma=float(case["gamma"]))
+    try:
+        result = stitching_experiment(dataset_from(case, "data"), layout_name=layout_name, alpha=float(case["alpha"]))
+    finally:
+        if "gamma" in case:
+            del envs.LAYOUTS[layout_name]
     keys = ("best_trajectory_return", "bc_return", "naive_q_return", "cql_return")
     out = {key: result[key] for key in keys}
     if "claim" in case:

@@ -262,15 +262,11 @@ def train_offline(
     rng = np.random.default_rng(seed)
     # Convert (and check) the whole dataset once; each step then only gathers rows. The rows
     # are those ``dataset.sample(batch_size, rng)`` would draw, so the minibatches are the same.
-    all_transitions = to_torch_batch(
-        {key: getattr(dataset, key) for key in _BATCH_KEYS}
-    )
+    all_transitions = to_torch_batch({key: getattr(dataset, key) for key in _BATCH_KEYS})
     history: dict[str, list[float]] = {"step": []}
     # Redrawn at most twice a second: in a notebook each redraw is a widget message, and at
     # tqdm's default (10 a second) the redraws cost the CartPole cell about a twentieth of its time.
-    bar = tqdm(
-        range(1, n_steps + 1), desc=desc, disable=not progress, leave=False, mininterval=0.5
-    )
+    bar = tqdm(range(1, n_steps + 1), desc=desc, disable=not progress, leave=False, mininterval=0.5)
     with _denormals_flushed(), _torch_threads(n_threads):
         for step in bar:
             rows = torch.from_numpy(rng.integers(0, len(dataset), size=batch_size))
