@@ -127,6 +127,12 @@ class SandboxConfig:
     """Memory of the kernel and every process it starts together (a cgroup v1 memory controller,
     where /sys/fs/cgroup/memory is writable): RLIMIT_DATA caps one process only, and forked
     children would each get their own. 0 turns it off."""
+    cgroup_cpu_cores: float = 1.0
+    """CPU the kernel and every process it starts may use together, in cores (a cgroup v1 cpu
+    controller's CFS quota, where /sys/fs/cgroup/cpu is writable). Batch grading runs several
+    gradings on one machine, and all their waits are wall-clock: without it one student's
+    processes could take the CPU another student's cells need and make them time out. One core
+    is twice what Gradescope gives a whole submission (0.5 CPU). 0 turns it off."""
     isolation: Isolation = "auto"
     """Namespaces around the kernel (bubblewrap): "auto" uses them where the machine allows it and
     falls back to the floor (uid separation only) elsewhere; "require" refuses to grade without
@@ -298,15 +304,20 @@ def use_namespaces(config: SandboxConfig) -> bool:
     return False
 
 
-#: Where cgroup v1's memory controller lives (the kernel's processes get one group per start).
+#: Where cgroup v1's memory and cpu controllers live (the kernel's processes get one group of
+#: each per start).
 CGROUP_MEMORY = Path("/sys/fs/cgroup/memory")
-#: Runs before bwrap (or the launcher) to put it, and so everything it starts, into a cgroup:
-#: ``python -I -S -c ENTER_CGROUP CGROUP_PROCS PROGRAM ARG...`` (the same pid then execs).
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+#: Runs before bwrap (or the launcher) to put it, and so everything it starts, into its cgroups:
+#: ``python -I -S -c ENTER_CGROUP PROCS[:PROCS...] PROGRAM ARG...`` (the same pid then execs).
 ENTER_CGROUP = (
     "import os, sys\n"
-    "with open(sys.argv[1], 'w') as f: f.write(str(os.getpid()))\n"
+    "for procs in sys.argv[1].split(os.pathsep):\n"
+    "    with open(procs, 'w') as f: f.write(str(os.getpid()))\n"
     "os.execv(sys.argv[2], sys.argv[2:])\n"
 )
+#: The CFS period of the kernel's cpu group (cgroup v1's default, 100 ms).
+CPU_PERIOD_US = 100_000
 MS_NOSUID, MS_NODEV = 0x2, 0x4
 MNT_DETACH = 2
 
@@ -334,17 +345,33 @@ def unmount_workdir(workdir: Path) -> None:
         raise OSError(err, f"umount {workdir}: {os.strerror(err)}")
 
 
-def _own_memory_cgroup() -> Path:
-    """The cgroup v1 memory group this process runs in (the hierarchy's root if unknown)."""
+def _own_cgroup(hierarchy: Path = CGROUP_MEMORY) -> Path:
+    """The cgroup v1 group this process runs in under ``hierarchy``, a controller's folder in
+    /sys/fs/cgroup (the hierarchy's root if unknown)."""
     try:
         for line in Path("/proc/self/cgroup").read_text().splitlines():
             _, controllers, path = line.split(":", 2)
-            if "memory" in controllers.split(","):
-                group = CGROUP_MEMORY / path.lstrip("/")
-                return group if group.is_dir() else CGROUP_MEMORY
+            if hierarchy.name in controllers.split(","):
+                group = hierarchy / path.lstrip("/")
+                return group if group.is_dir() else hierarchy
     except (OSError, ValueError):
         pass
-    return CGROUP_MEMORY
+    return hierarchy
+
+
+def _new_cgroup(hierarchy: Path, name: str) -> Path | None:
+    """A fresh group ``name`` inside the grader's own group of ``hierarchy`` where it can be
+    made (a group is bound by its parents' limits too, so the kernel never leaves a limit the
+    grader runs under: a container's, or Gradescope's size emulated by
+    benchmarks/grading_resources.py), at the top level otherwise; None where neither works."""
+    for parent in dict.fromkeys((_own_cgroup(hierarchy), hierarchy)):
+        group = parent / name
+        try:
+            group.mkdir(mode=0o700)
+            return group
+        except OSError:
+            continue
+    return None
 
 
 #: Memory the grader keeps beside the kernel where a group it runs in is limited: the grader
@@ -437,10 +464,11 @@ def killed_below_own_cap(group: Path) -> bool:
 
 
 def stale_cgroups(held: Callable[[int], bool]) -> list[Path]:
-    """``grading-<uid>-<hex>`` memory groups (in the grader's group and at the top) of uids for
-    which ``held(uid)`` is False: a grader killed outright left them."""
+    """``grading-<uid>-<hex>`` memory and cpu groups (in the grader's group and at the top) of
+    uids for which ``held(uid)`` is False: a grader killed outright left them."""
     found = []
-    for parent in dict.fromkeys((_own_memory_cgroup(), CGROUP_MEMORY)):
+    parents = [p for h in (CGROUP_MEMORY, CGROUP_CPU) for p in (_own_cgroup(h), h)]
+    for parent in dict.fromkeys(parents):
         with contextlib.suppress(OSError):
             for entry in parent.iterdir():
                 parts = entry.name.split("-")
@@ -456,17 +484,8 @@ def memory_cgroup(name: str, config: SandboxConfig) -> Path | None:
     root, or turned off); then RLIMIT_DATA per process is all the cap there is."""
     if config.cgroup_memory_bytes <= 0 or os.geteuid() != 0 or not CGROUP_MEMORY.is_dir():
         return None
-    # Inside the grader's own memory group where it can: a group is capped by its parents too,
-    # so the kernel never leaves a limit the grader runs under (a container's, or Gradescope's
-    # 768 MB emulated by benchmarks/grading_resources.py). At the top level otherwise.
-    for parent in dict.fromkeys((_own_memory_cgroup(), CGROUP_MEMORY)):
-        group = parent / name
-        try:
-            group.mkdir(mode=0o700)
-            break
-        except OSError:
-            continue
-    else:
+    group = _new_cgroup(CGROUP_MEMORY, name)
+    if group is None:
         return None
     cap = kernel_memory_cap(config, group.parent)
     try:
@@ -480,8 +499,29 @@ def memory_cgroup(name: str, config: SandboxConfig) -> Path | None:
     return group
 
 
+def cpu_cgroup(name: str, config: SandboxConfig) -> Path | None:
+    """A fresh cgroup v1 cpu group ``name`` whose processes together get at most
+    ``cgroup_cpu_cores`` cores (CFS quota), or None where it cannot be made (no v1 cpu
+    controller, not root, or turned off): the kernel then competes for the CPU process by
+    process. Being a group of its own also gives it one share of the CPU beside other gradings'
+    kernels, however many processes it starts."""
+    if config.cgroup_cpu_cores <= 0 or os.geteuid() != 0 or not CGROUP_CPU.is_dir():
+        return None
+    group = _new_cgroup(CGROUP_CPU, name)
+    if group is None:
+        return None
+    try:
+        (group / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+        quota = max(1_000, round(config.cgroup_cpu_cores * CPU_PERIOD_US))  # the kernel's minimum
+        (group / "cpu.cfs_quota_us").write_text(str(quota))
+    except OSError:
+        remove_cgroup(group)
+        return None
+    return group
+
+
 def remove_cgroup(group: Path) -> None:
-    """Remove a memory group once nothing of it runs (a process left in it keeps it: retried a
+    """Remove a cgroup once nothing of it runs (a process left in it keeps it: retried a
     few times, then left, and reported)."""
     for _ in range(50):
         try:
@@ -524,6 +564,7 @@ class Sandbox:
         self._context: zmq.Context | None = None
         self._iopub_events: zmq.Socket | None = None
         self._cgroup: Path | None = None
+        self._cpu_group: Path | None = None
         self.namespaced = False
         """Whether the current kernel runs inside namespaces (bubblewrap)."""
 
@@ -610,10 +651,13 @@ class Sandbox:
         if namespaced:
             argv = [*bwrap_argv(self.workdir, launch_dir, self.python), "--", *argv]
         protect_grader()
-        self._cgroup = memory_cgroup(f"grading-{self.uid}-{secrets.token_hex(6)}", cfg)
-        if self._cgroup is not None:
-            # Entered before bwrap (or the launcher) runs: every process it starts is in it.
-            procs = str(self._cgroup / "cgroup.procs")
+        name = f"grading-{self.uid}-{secrets.token_hex(6)}"
+        self._cgroup = memory_cgroup(name, cfg)
+        self._cpu_group = cpu_cgroup(name, cfg)
+        groups = [g for g in (self._cgroup, self._cpu_group) if g is not None]
+        if groups:
+            # Entered before bwrap (or the launcher) runs: every process it starts is in them.
+            procs = os.pathsep.join(str(g / "cgroup.procs") for g in groups)
             argv = [sys.executable, "-I", "-S", "-c", ENTER_CGROUP, procs, *argv]
         spec_dir = launch_dir / "kernels" / "sandbox"
         spec_dir.mkdir(parents=True)
@@ -768,9 +812,10 @@ class Sandbox:
             self._context = None
         if self.uid is not None:
             uids.kill_uid(self.uid)
-        if self._cgroup is not None:
-            remove_cgroup(self._cgroup)
-            self._cgroup = None
+        for group in (self._cgroup, self._cpu_group):
+            if group is not None:
+                remove_cgroup(group)
+        self._cgroup = self._cpu_group = None
 
     def _kill_and_reap(self) -> None:
         """SIGKILL the kernel's process group as jupyter_client's ``shutdown_kernel(now=True)``

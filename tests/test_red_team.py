@@ -391,6 +391,23 @@ raise RuntimeError(f'FORKMEM children full={full} died={died}')
 """
 
 
+CPU_CAP = """# CPUCAP probe
+import os, subprocess, sys, time
+# Three fresh interpreters burn 1 CPU-s each; the cell measures the wall time they took together.
+# Held to one core they need 3 s at least; on two free cores they would take about 1.5 s. Each
+# runs in a session of its own, as a hog would: the scheduler shares the CPU between sessions
+# (autogroups), so three sessions outweigh another grading's one.
+BURN = 'import time\\nend = time.process_time() + 1.0\\nwhile time.process_time() < end: pass'
+start, before = time.monotonic(), os.times()
+burners = [subprocess.Popen([sys.executable, '-c', BURN], start_new_session=True) for _ in range(3)]
+for child in burners:
+    child.wait()
+after = os.times()
+cpu = after.children_user + after.children_system - before.children_user - before.children_system
+raise RuntimeError(f'CPUCAP cpu={cpu:.2f} wall={time.monotonic() - start:.2f}')
+"""
+
+
 @pytest.fixture(scope="module")
 def namespaced() -> Iterator[tuple[_Graded, int]]:
     """Findings 5-7 (and 3's working folder) in one namespaced grading of the solution plus the
@@ -402,7 +419,7 @@ def namespaced() -> Iterator[tuple[_Graded, int]]:
         listener.listen(64)
         listener.setblocking(False)
         files = {"files/hb_target.txt": str(path).encode()}
-        cells = [USERNS, DISK_FILL, HB_SYMLINK, FORK_MEMORY]
+        cells = [USERNS, DISK_FILL, HB_SYMLINK, FORK_MEMORY, CPU_CAP]
         graded = grade(cells, base="solution", files=files, isolation="require")
         accepted = 0
         with contextlib.suppress(BlockingIOError):
@@ -451,6 +468,22 @@ def test_forked_children_share_one_memory_cap(namespaced):
         assert int(found.group(2)) >= 1 and int(found.group(1)) < 3, line
 
 
+@pytest.mark.parametrize("run", ["namespaced", "floor_run"])
+def test_a_kernels_processes_together_get_one_core(run: str, request: pytest.FixtureRequest):
+    """Batch grading runs several gradings at once, and their waits are wall-clock: a kernel
+    that starts busy processes must not take the CPU another student's grading needs (see
+    grading/README.md, "CPU"). Its cpu group's quota holds all of them to one core together.
+    Load on the machine only makes the wall time longer: it cannot make this fail."""
+    graded = request.getfixturevalue(run)
+    graded = graded[0] if run == "namespaced" else graded
+    line = _probe(graded, "CPUCAP")
+    found = re.search(r"CPUCAP cpu=([\d.]+) wall=([\d.]+)", line)
+    assert found, graded.question("Notebook report")
+    cpu, wall = map(float, found.groups())
+    assert cpu >= 2.9, f"the probe's children did not burn their CPU: {line}"
+    assert wall >= 0.9 * cpu, f"the kernel's processes used {cpu / wall:.2f} cores at once: {line}"
+
+
 # ------------------------------------------------------------ 6, 8. one floor hostile grading
 LEFTOVERS = """# MQUEUE probe
 import ctypes, os
@@ -467,7 +500,7 @@ for i in range(3000):
 
 @pytest.fixture(scope="module")
 def floor_run() -> _Graded:
-    return grade([USERNS, LEFTOVERS, FLOOD], base="solution", isolation="floor")
+    return grade([USERNS, LEFTOVERS, FLOOD, CPU_CAP], base="solution", isolation="floor")
 
 
 def test_floor_kernel_cannot_create_user_namespaces(floor_run):
