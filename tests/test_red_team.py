@@ -655,13 +655,15 @@ def test_a_kernel_killed_below_its_own_cap_is_not_blamed(tmp_path: Path):
     assert "crashed" not in runner._describe(run, 60.0), runner._describe(run, 60.0)
 
 
-def test_reserve_removes_stale_kernel_memory_groups():
-    """cg_oom_grader: the kernel's memory group of a grader killed outright stayed for ever."""
-    root = Path("/sys/fs/cgroup/memory")
-    if not (root / "memory.limit_in_bytes").exists():
+@pytest.mark.parametrize("controller", ["memory", "cpu"])
+def test_reserve_removes_stale_kernel_memory_groups(controller: str):
+    """cg_oom_grader: the kernel's memory group of a grader killed outright stayed for ever (and
+    its cpu group, since the cpu groups came)."""
+    root = Path("/sys/fs/cgroup") / controller
+    if not (root / "cgroup.procs").exists():
         if os.environ.get("CI"):
-            pytest.fail("no cgroup v1 memory controller at /sys/fs/cgroup/memory")
-        pytest.skip("no cgroup v1 memory controller")
+            pytest.fail(f"no cgroup v1 {controller} controller at {root}")
+        pytest.skip(f"no cgroup v1 {controller} controller")
     dead, live = max(uids.FRESH_UIDS) - 13, max(uids.FRESH_UIDS) - 14
     stale, kept = root / f"grading-{dead}-0123456789ab", root / f"grading-{live}-0123456789ab"
     stale.mkdir()
