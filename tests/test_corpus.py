@@ -307,6 +307,16 @@ MISLEADING = [
      [("lay.n_states, lay.n_actions, lay.gamma, alpha=0.0)\n    cql_q",
        "lay.n_states, lay.n_actions, 0.9, alpha=0.0)\n    cql_q")],
      "the discount of the layout it is given"),
+    # Review s11b (session 11): w9_06 met a raw ValueError of the package, w4_08 passed.
+    ("q9_rollout_on_the_stitch_layout", "q9_stitching",
+     [('"bc_return": planning.rollout_return(layout_name, ',
+       '"bc_return": planning.rollout_return("stitch", ')],
+     "every rollout use the layout that layout_name names"),
+    ("q4_own_optimizer", "q4_behavior_cloning",
+     [("    optimizer.zero_grad()\n    loss.backward()",
+       "    optimizer = torch.optim.SGD(policy.parameters(), lr=0.1)\n"
+       "    optimizer.zero_grad()\n    loss.backward()")],
+     "not one of your own"),
 ]  # fmt: skip
 
 

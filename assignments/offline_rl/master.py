@@ -1064,25 +1064,33 @@ def test_bc_update_is_one_clean_step(bc_update, bc_loss, torch, nn):
     assert before is not None, "bc_loss returned None: replace the ... with your code."
     grads = torch.autograd.grad(before, list(copy.parameters()))
     start = [p.detach().clone() for p in copy.parameters()]
-    one_step = [p - 0.1 * g for p, g in zip(start, grads)]
-    stale = [p - 0.1 * (g + 1.0) for p, g in zip(start, grads)]
+    lr = 0.07  # not a learning rate anyone types in: the step must be the given optimizer's
+    one_step = [p - lr * g for p, g in zip(start, grads)]
+    stale = [p - lr * (g + 1.0) for p, g in zip(start, grads)]
     # Gradients left over from an earlier backward pass: one step must not add them in.
     for p in policy.parameters():
         p.grad = torch.ones_like(p)
-    loss = bc_update(policy, torch.optim.SGD(policy.parameters(), lr=0.1), obs, actions)
+    loss = bc_update(policy, torch.optim.SGD(policy.parameters(), lr=lr), obs, actions)
     assert loss is not None, "bc_update returned None: replace the ... with your code."
     after = [p.detach() for p in policy.parameters()]
 
     def same(xs, ys):
         return all(torch.allclose(x, y, atol=1e-6) for x, y in zip(xs, ys))
 
-    assert not same(after, start), "the policy did not change: call optimizer.step() after loss.backward()"
+    assert not same(after, start), (
+        "the policy did not change: call optimizer.step() after loss.backward(), with nothing "
+        "between them that clears the gradients (zero_grad() there throws them away)"
+    )
     assert not same(after, stale), (
         "gradients from an earlier backward pass were added to this step. The optimizer may arrive "
         "holding gradients from elsewhere (here every parameter's .grad starts at 1), so clear them "
         "before this step's backward: optimizer.zero_grad() before loss.backward(), not only after step()"
     )
-    assert same(after, one_step), "the step differs from one optimizer step on bc_loss(policy(observations), actions)"
+    assert same(after, one_step), (
+        "the step differs from one step of the optimizer passed in on bc_loss(policy(observations), "
+        "actions): use that optimizer (not one of your own), bc_loss's mean over the batch, every "
+        "parameter's gradient, and exactly one step()"
+    )
     # A tensor (rather than the float asked for) is reported by the check above; .item() here
     # reads its value without the UserWarning float() gives on a tensor that requires grad.
     value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
@@ -1147,11 +1155,14 @@ def _bc_update_run(case, bc_update):
     class MomentumSGD:
         """torch.optim.SGD(params, lr, momentum)'s update, v <- momentum v + g, p <- p - lr v,
         without torch.optim: constructing any torch optimizer imports torch._dynamo, 1.5 s of
-        every grading. bc_update uses only zero_grad() and step(), as the prompt says."""
+        every grading. It has what a bc_update may use: zero_grad(), step(), param_groups."""
 
         def __init__(self, params, lr, momentum):
             self.params, self.lr, self.momentum = list(params), lr, momentum
             self.velocity = [None] * len(self.params)
+            # As torch.optim has them: a bc_update may clear the gradients through them.
+            self.param_groups = [{"params": self.params, "lr": lr, "momentum": momentum}]
+            self.state = {}
 
         def zero_grad(self, set_to_none=True):
             for p in self.params:
@@ -2340,6 +2351,11 @@ def test_stitching_keys(stitching_experiment, offline_q_learning, coverage_count
         got = stitching_experiment(cliff, layout_name=far.name, alpha=0.0)
         want = planning.rollout_return(far.name, planning.greedy_policy(
             offline_q_learning(cliff, far.n_states, far.n_actions, far.gamma, alpha=0.0)))
+    except ValueError as err:
+        raise AssertionError(
+            f"stitching_experiment(data, layout_name={far.name!r}) raised ValueError: {err} "
+            "Does every run and every rollout use the layout that layout_name names?"
+        ) from None
     finally:
         del envs.LAYOUTS[far.name]
     for key in ("naive_q_return", "cql_return"):  # alpha = 0: both are naive Q-learning
@@ -2360,9 +2376,12 @@ def _stitching_cases(rng):
 
     # case0 is the chapter's dataset; case1 changes the family mix and alpha (BC and CQL both
     # differ from case0, and ignoring alpha changes CQL), case2 the layout, so numbers copied from
-    # case0 (or from the dataset's best episode) fail them. case3 is case2 on a copy of the cliff
-    # with gamma 0.99 (every shipped layout has 0.9; at 0.99 naive Q reaches the goal), so a
-    # typed-in 0.9 instead of lay.gamma fails it.
+    # case0 (or from the dataset's best episode) fail them. Every shipped layout has gamma 0.9, so
+    # two cases run on copies with another gamma, and a 0.9 typed in for lay.gamma fails them:
+    # case3 is case2 on a cliff with gamma 0.99 (naive Q reaches the goal there, not at 0.9), case4
+    # case1's data on a stitch layout with gamma 0.5 (CQL's return is 1 there at any alpha in
+    # 0.2-2, 3 at 0.9: a 0.9 typed into the CQL run only kept its points with case3 alone, review
+    # s11b).
     cases = [
         {**dataset_fields("data", behavior.stitching_dataset(n_a, n_b)), "layout": np.array("stitch"), "alpha": np.array(alpha)}
         for n_a, n_b, alpha in [(6, 4, 1.0), (3, 5, 100.0)]
@@ -2371,6 +2390,7 @@ def _stitching_cases(rng):
     cliff = behavior.narrow_expert_dataset("cliff", n_episodes=5, epsilon=0.2, seed=5)
     cases.append({**dataset_fields("data", cliff), "layout": np.array("cliff"), "alpha": np.array(0.5)})
     cases.append({**cases[-1], "gamma": np.array(0.99)})
+    cases.append({**cases[1], "alpha": np.array(1.0), "gamma": np.array(0.5)})
     return cases
 
 
