@@ -375,3 +375,11 @@ def test_answers_come_from_the_notebook_the_grader_grades(tmp_path):
     packed = inputs.Submission("y", tmp_path / "export.zip", (tmp_path / "export.zip",))
     data, _ = answers._notebook_bytes(packed, prefer="offline_rl.ipynb")
     assert data is not None and b"MY REAL ANSWER" in data
+
+
+def test_a_heading_in_an_answer_cannot_pass_for_another_students_entry():
+    """Red team rt11: "### alice" in Mallory's answer rendered as the page's own label (h3) of a
+    student, followed by a made-up answer and points line, inside Mallory's box."""
+    html = str(report.render_markdown("points: ______\n\n### alice\n\nI copied my answer."))
+    assert "<h" not in html, html
+    assert "<strong>alice</strong>" in html, html

@@ -24,6 +24,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import zipfile
 from collections.abc import Iterator
@@ -679,6 +680,69 @@ def test_reserve_removes_stale_kernel_memory_groups(controller: str):
         for group in (stale, kept):
             with contextlib.suppress(OSError):
                 group.rmdir()
+
+
+# ------------------------------------------------- rt11: untrusted cells meet a quadratic loop
+#: Runs ``code`` in a fresh interpreter held to ``RLIMIT_CPU`` seconds of CPU (not a timing: the
+#: machine's load cannot make it fail), importing the grader under test.
+CPU_LIMITED = "import resource\nresource.setrlimit(resource.RLIMIT_CPU, ({0}, {0}))\n"
+
+
+def _within_cpu_seconds(seconds: int, code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(GRADING.parent)}
+    return subprocess.run(
+        [sys.executable, "-c", CPU_LIMITED.format(seconds) + code],
+        capture_output=True, text=True, env=env, cwd=GRADING.parent, timeout=600,
+    )  # fmt: skip
+
+
+def test_check_cells_cost_linear_time_in_the_notebook():
+    """rt11: each ``grader.check`` cell walked back over every earlier cell to find its answers,
+    plain cells x checks: 60,000 of each cost the old grader ~85 CPU-s (160,000: 668 CPU-s and
+    912 s, past the run's deadline, before the kernel started). 20 CPU-s is ~40 times what the
+    linear pass needs."""
+    code = textwrap.dedent("""
+        from grading import runner
+        n = 60_000
+        plain = [{"cell_type": "code", "source": f"x{i} = {i}", "metadata": {}} for i in range(n)]
+        tags = {"tags": ["otter_answer_cell"]}
+        answer = {"cell_type": "code", "source": "y = 1", "metadata": tags}
+        check = {"cell_type": "code", "source": 'grader.check("q1_coverage")', "metadata": {}}
+        cells, _ = runner.code_cells({"cells": [answer, *plain, *[check] * n]})
+        assert cells[0].question == "q1_coverage" and len(cells) == n + 1, cells[:2]
+        print("linear")
+    """)
+    proc = _within_cpu_seconds(20, code)
+    assert proc.stdout.strip() == "linear", (
+        f"not done within 20 CPU-s (exit {proc.returncode}, -9: killed at the limit) "
+        f"{proc.stderr[-2000:]}"
+    )
+
+
+def test_answer_extraction_costs_linear_time_in_the_notebook():
+    """rt11: batch grading reads every upload's hand-graded answers before it grades anyone, and
+    joined a question's answer cells one by one: 80,000 cells (13 MB) cost 29 CPU-s, 64 MB tens
+    of minutes, on every run of the class. 120,000 cost the old code ~65 CPU-s; 10 is plenty."""
+    code = textwrap.dedent("""
+        from grading.batch import answers
+        def md(text, tags):
+            return {"cell_type": "markdown", "source": text, "metadata": {"tags": tags}}
+        n, size = 120_000, 80
+        cells = [md("### Question 13 " + "long title " * 10_000, [])]
+        cells += [md("w" * size, ["otter_answer_cell"])] * n
+        found = answers.from_notebook({"cells": cells})
+        text, total = found["manual"]["13"], n * size + 2 * (n - 1)
+        assert text.startswith("w" * size + "\\n\\n"), text[:100]
+        assert f"cut here: {total:,} characters" in text[-80:], text[-80:]
+        assert len(text) < answers.MAX_MANUAL_CHARS + 100, len(text)
+        assert len(found["titles"]["13"]) <= answers.MAX_TITLE_CHARS, len(found["titles"]["13"])
+        print("linear")
+    """)
+    proc = _within_cpu_seconds(10, code)
+    assert proc.stdout.strip() == "linear", (
+        f"not done within 10 CPU-s (exit {proc.returncode}, -9: killed at the limit) "
+        f"{proc.stderr[-2000:]}"
+    )
 
 
 def test_a_huge_error_array_is_cut_before_it_becomes_text():

@@ -209,8 +209,8 @@ PLACEHOLDER = "Type your answer here"
 
 class _Renderer(HTMLRenderer):
     """Markdown to HTML for a student's text: raw HTML is escaped (never run), LaTeX stays
-    readable source in ``<code>`` (the page is offline: no MathJax to typeset it), and images
-    show their alt text (no request leaves the grader's machine)."""
+    readable source in ``<code>`` (the page is offline: no MathJax to typeset it), images show
+    their alt text (no request leaves the grader's machine), and headings are bold text."""
 
     def inline_math(self, text: str) -> str:
         return f'<code class="math">{mistune.escape(text)}</code>'
@@ -220,6 +220,11 @@ class _Renderer(HTMLRenderer):
 
     def image(self, text: str, url: str, title: str | None = None) -> str:
         return f"[image: {text}]"
+
+    def heading(self, text: str, level: int, **attrs: object) -> str:
+        # Bold text, never a heading: a heading in an answer looked like the page's own label of
+        # the next student ("### alice", then a made-up answer: red team rt11).
+        return f"<p><strong>{text}</strong></p>\n"
 
 
 def render_markdown(text: str) -> Markup:
