@@ -25,9 +25,11 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -170,9 +172,11 @@ def test_cleanup_removes_many_files_without_a_process_per_file(monkeypatch: pyte
     deadline). Counted, not timed: the clean-up starts at most a constant number of processes."""
     spawned: list[object] = []
     real = subprocess.Popen.__init__
+    this_thread = threading.get_ident()  # not the module's background gradings (hostile_runs)
 
     def counting(self, args, *a, **kw):  # type: ignore[no-untyped-def]
-        spawned.append(args)
+        if threading.get_ident() == this_thread:
+            spawned.append(args)
         real(self, args, *a, **kw)
 
     files = [f"/var/tmp/red-team-flood-{i}" for i in range(2_000)]
@@ -318,202 +322,6 @@ def test_sigterm_ends_the_kernel_writes_a_report_and_cleans_up():
         if uid is not None:
             host_uids.end_uid(uid)
         host_uids.remove_tree(tmp_path)
-
-
-# ------------------------------------------------------- 5-7. one namespaced hostile grading
-HB_SYMLINK = """# HBLINK probe
-import json, os, signal, time
-c = json.load(open('.kernel-connection.json'))
-hb = f"{c['ip']}-{c['hb_port']}"
-os.rename(hb, hb + '.orig')
-os.symlink(open('hb_target.txt').read(), hb)
-me = os.getpid()
-if os.fork() == 0:
-    time.sleep(0.5); os.kill(me, signal.SIGSTOP); time.sleep(5); os.kill(me, signal.SIGCONT)
-    os._exit(0)
-time.sleep(8)
-"""
-USERNS = """# USERNS probe
-import ctypes, os
-libc = ctypes.CDLL(None, use_errno=True)
-pid = os.fork()
-if pid == 0:
-    r = libc.unshare(0x10000000 | 0x00020000)  # CLONE_NEWUSER | CLONE_NEWNS
-    os._exit(0 if r == 0 else 1)
-_, status = os.waitpid(pid, 0)
-ok = os.waitstatus_to_exitcode(status) == 0
-raise RuntimeError('USERNS unshare ' + ('succeeded' if ok else 'refused'))
-"""
-DISK_FILL = """# DISKFILL probe
-import os
-os.makedirs('.fill', exist_ok=True)
-written = 0
-try:
-    for n in range(40):  # 40 x 32 MB: past the working folder's cap, far below the disk
-        with open(f'.fill/{n}', 'wb') as f:
-            for _ in range(32):
-                f.write(b'\\0' * 2**20); written += 2**20
-    why = 'none'
-except OSError as err:
-    why = err.strerror
-import shutil; shutil.rmtree('.fill')
-raise RuntimeError(f'DISKFILL {written // 2**20} MB stopped by {why}')
-"""
-FORK_MEMORY = """# FORKMEM probe
-import os, subprocess, sys, time
-# Each child (a fresh interpreter: a fork of the threaded kernel may deadlock in malloc) touches
-# 330 MB in 10 MB steps, noting how far it got.
-CHILD = '''
-import sys, time
-blocks = []
-for mb in range(10, 340, 10):
-    b = bytearray(10 * 2**20)
-    for j in range(0, len(b), 4096): b[j] = 1
-    blocks.append(b)
-    with open(sys.argv[1], 'w') as f: f.write(str(mb))
-time.sleep(30)
-'''
-children = [subprocess.Popen([sys.executable, '-c', CHILD, f'.fm{i}']) for i in range(3)]
-def mb(i):
-    return int(open(f'.fm{i}').read() or 0) if os.path.exists(f'.fm{i}') else 0
-waiting, end, died = dict(enumerate(children)), time.time() + 30, 0
-while waiting and time.time() < end:  # until each child is full or dead (the OOM killer)
-    for i, child in list(waiting.items()):
-        if child.poll() is not None:
-            died += 1
-            del waiting[i]
-        elif mb(i) == 330:
-            del waiting[i]
-    time.sleep(0.5)
-full = sum(mb(i) == 330 for i in range(3))
-for child in children:
-    child.kill(); child.wait()
-raise RuntimeError(f'FORKMEM children full={full} died={died}')
-"""
-
-
-CPU_CAP = """# CPUCAP probe
-import os, subprocess, sys, time
-# Three fresh interpreters burn 1 CPU-s each; the cell measures the wall time they took together.
-# Held to one core they need 3 s at least; on two free cores they would take about 1.5 s. Each
-# runs in a session of its own, as a hog would: the scheduler shares the CPU between sessions
-# (autogroups), so three sessions outweigh another grading's one.
-BURN = 'import time\\nend = time.process_time() + 1.0\\nwhile time.process_time() < end: pass'
-start, before = time.monotonic(), os.times()
-burners = [subprocess.Popen([sys.executable, '-c', BURN], start_new_session=True) for _ in range(3)]
-for child in burners:
-    child.wait()
-after = os.times()
-cpu = after.children_user + after.children_system - before.children_user - before.children_system
-raise RuntimeError(f'CPUCAP cpu={cpu:.2f} wall={time.monotonic() - start:.2f}')
-"""
-
-
-@pytest.fixture(scope="module")
-def namespaced() -> Iterator[tuple[_Graded, int]]:
-    """Findings 5-7 (and 3's working folder) in one namespaced grading of the solution plus the
-    attacks; a host socket listens where the heartbeat link points."""
-    folder = Path(tempfile.mkdtemp(prefix="red-team-hb-"))
-    path = folder / "sock"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
-        listener.bind(str(path))
-        listener.listen(64)
-        listener.setblocking(False)
-        files = {"files/hb_target.txt": str(path).encode()}
-        cells = [USERNS, DISK_FILL, HB_SYMLINK, FORK_MEMORY, CPU_CAP]
-        graded = grade(cells, base="solution", files=files, isolation="require")
-        accepted = 0
-        with contextlib.suppress(BlockingIOError):
-            while True:
-                listener.accept()[0].close()
-                accepted += 1
-    shutil.rmtree(folder)
-    yield graded, accepted
-
-
-def _printed(graded: _Graded, marker: str) -> str:
-    """What a cell printed after ``marker`` (from the kernel's stdout kept in stderr/report)."""
-    return " | ".join(re.findall(rf"{marker}[^\n\"]*", graded.text + graded.stderr))
-
-
-def test_root_never_follows_a_heartbeat_link(namespaced):
-    graded, accepted = namespaced
-    assert accepted == 0, f"the root grader connected {accepted} times to a host socket"
-    assert graded.scores() == graded.full(), graded.results["output"]
-    assert not graded.owed, graded.owed
-
-
-def test_namespaced_kernel_cannot_create_user_namespaces(namespaced):
-    graded, _ = namespaced
-    assert "USERNS unshare refused" in _probe(graded, "USERNS"), _probe(graded, "USERNS")
-
-
-def test_working_folder_is_capped(namespaced):
-    graded, _ = namespaced
-    line = _probe(graded, "DISKFILL")
-    found = re.search(r"DISKFILL (\d+) MB stopped by (.*)", line)
-    assert found, line
-    assert int(found.group(1)) <= 300 and "space" in found.group(2), line
-
-
-def test_forked_children_share_one_memory_cap(namespaced):
-    graded, _ = namespaced
-    line = _probe(graded, "FORKMEM")
-    # Uncapped, the three children hold their 330 MB each at once beside the kernel (RLIMIT_DATA
-    # is per process): full=3 died=0. In one 700 MB cgroup with the kernel, its OOM killer ends
-    # a child (died >= 1), or the kernel itself (the cell crashed: a cap too).
-    found = re.search(r"FORKMEM children full=(\d) died=(\d)", line)
-    if found is None:
-        assert "FORKMEM probe`) crashed" in line, graded.question("Notebook report")
-    else:
-        assert int(found.group(2)) >= 1 and int(found.group(1)) < 3, line
-
-
-@pytest.mark.parametrize("run", ["namespaced", "floor_run"])
-def test_a_kernels_processes_together_get_one_core(run: str, request: pytest.FixtureRequest):
-    """Batch grading runs several gradings at once, and their waits are wall-clock: a kernel
-    that starts busy processes must not take the CPU another student's grading needs (see
-    grading/README.md, "CPU"). Its cpu group's quota holds all of them to one core together.
-    Load on the machine only makes the wall time longer: it cannot make this fail."""
-    graded = request.getfixturevalue(run)
-    graded = graded[0] if run == "namespaced" else graded
-    line = _probe(graded, "CPUCAP")
-    found = re.search(r"CPUCAP cpu=([\d.]+) wall=([\d.]+)", line)
-    assert found, graded.question("Notebook report")
-    cpu, wall = map(float, found.groups())
-    assert cpu >= 2.9, f"the probe's children did not burn their CPU: {line}"
-    assert wall >= 0.9 * cpu, f"the kernel's processes used {cpu / wall:.2f} cores at once: {line}"
-
-
-# ------------------------------------------------------------ 6, 8. one floor hostile grading
-LEFTOVERS = """# MQUEUE probe
-import ctypes, os
-with open(f'/run/lock/red-team-{os.getuid()}', 'w') as f: f.write('x')
-rt = ctypes.CDLL('librt.so.1', use_errno=True)
-raise RuntimeError(f"MQUEUE {rt.mq_open(b'/red-team-mq', os.O_CREAT | os.O_RDWR, 0o600, None)}")
-"""
-FLOOD = """# FLOOD probe
-import os
-for i in range(3000):
-    os.close(os.open(f'/var/tmp/red-team-{os.getuid()}-{i}', os.O_CREAT | os.O_WRONLY, 0o600))
-"""
-
-
-@pytest.fixture(scope="module")
-def floor_run() -> _Graded:
-    return grade([USERNS, LEFTOVERS, FLOOD, CPU_CAP], base="solution", isolation="floor")
-
-
-def test_floor_kernel_cannot_create_user_namespaces(floor_run):
-    assert "USERNS unshare refused" in _probe(floor_run, "USERNS"), _probe(floor_run, "USERNS")
-
-
-def test_floor_leaves_no_lock_file_queue_or_flood(floor_run):
-    """/run/lock files, POSIX message queues (the floor shares the host's IPC namespace) and
-    3000 files: grade() owes nothing of the uid left (host_uids.leftovers looks for all)."""
-    assert "MQUEUE" in _probe(floor_run, "MQUEUE") and "MQUEUE -1" not in _probe(floor_run, "MQ")
-    assert floor_run.scores() == floor_run.full(), floor_run.results["output"]
-    assert not floor_run.owed, floor_run.owed
 
 
 # --------------------------------------------------------------------- 9. floor_forge
@@ -820,3 +628,232 @@ def test_batch_lowers_jobs_to_what_its_memory_group_holds(tmp_path: Path, capsys
     assert "--jobs 4 lowered to 2" in capsys.readouterr().err
     assert cli.fit_jobs(2, found) == 2 and cli.fit_jobs(4, None) == 4
     assert cli.fit_jobs(3, cli.PER_GRADING_BYTES // 2) == 1  # never below one
+
+
+# ------------------------------------------------------- 5-7. one namespaced hostile grading
+HB_SYMLINK = """# HBLINK probe
+import json, os, signal, time
+c = json.load(open('.kernel-connection.json'))
+hb = f"{c['ip']}-{c['hb_port']}"
+os.rename(hb, hb + '.orig')
+os.symlink(open('hb_target.txt').read(), hb)
+me = os.getpid()
+if os.fork() == 0:
+    time.sleep(0.5); os.kill(me, signal.SIGSTOP); time.sleep(5); os.kill(me, signal.SIGCONT)
+    os._exit(0)
+time.sleep(8)
+"""
+USERNS = """# USERNS probe
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+pid = os.fork()
+if pid == 0:
+    r = libc.unshare(0x10000000 | 0x00020000)  # CLONE_NEWUSER | CLONE_NEWNS
+    os._exit(0 if r == 0 else 1)
+_, status = os.waitpid(pid, 0)
+ok = os.waitstatus_to_exitcode(status) == 0
+raise RuntimeError('USERNS unshare ' + ('succeeded' if ok else 'refused'))
+"""
+DISK_FILL = """# DISKFILL probe
+import os
+os.makedirs('.fill', exist_ok=True)
+written = 0
+try:
+    for n in range(40):  # 40 x 32 MB: past the working folder's cap, far below the disk
+        with open(f'.fill/{n}', 'wb') as f:
+            for _ in range(32):
+                f.write(b'\\0' * 2**20); written += 2**20
+    why = 'none'
+except OSError as err:
+    why = err.strerror
+import shutil; shutil.rmtree('.fill')
+raise RuntimeError(f'DISKFILL {written // 2**20} MB stopped by {why}')
+"""
+FORK_MEMORY = """# FORKMEM probe
+import os, subprocess, sys, time
+# Each child (a fresh interpreter: a fork of the threaded kernel may deadlock in malloc) touches
+# 330 MB in 10 MB steps, noting how far it got.
+CHILD = '''
+import sys, time
+blocks = []
+for mb in range(10, 340, 10):
+    b = bytearray(10 * 2**20)
+    for j in range(0, len(b), 4096): b[j] = 1
+    blocks.append(b)
+    with open(sys.argv[1], 'w') as f: f.write(str(mb))
+time.sleep(30)
+'''
+children = [subprocess.Popen([sys.executable, '-c', CHILD, f'.fm{i}']) for i in range(3)]
+def mb(i):
+    return int(open(f'.fm{i}').read() or 0) if os.path.exists(f'.fm{i}') else 0
+waiting, end, died = dict(enumerate(children)), time.time() + 30, 0
+while waiting and time.time() < end:  # until each child is full or dead (the OOM killer)
+    for i, child in list(waiting.items()):
+        if child.poll() is not None:
+            died += 1
+            del waiting[i]
+        elif mb(i) == 330:
+            del waiting[i]
+    time.sleep(0.5)
+full = sum(mb(i) == 330 for i in range(3))
+for child in children:
+    child.kill(); child.wait()
+raise RuntimeError(f'FORKMEM children full={full} died={died}')
+"""
+
+
+CPU_CAP = """# CPUCAP probe
+import os, subprocess, sys, time
+# Three fresh interpreters burn 1 CPU-s each; the cell measures the wall time they took together.
+# Held to one core they need 3 s at least; on two free cores they would take about 1.5 s. Each
+# runs in a session of its own, as a hog would: the scheduler shares the CPU between sessions
+# (autogroups), so three sessions outweigh another grading's one.
+BURN = 'import time\\nend = time.process_time() + 1.0\\nwhile time.process_time() < end: pass'
+start, before = time.monotonic(), os.times()
+burners = [subprocess.Popen([sys.executable, '-c', BURN], start_new_session=True) for _ in range(3)]
+for child in burners:
+    child.wait()
+after = os.times()
+cpu = after.children_user + after.children_system - before.children_user - before.children_system
+raise RuntimeError(f'CPUCAP cpu={cpu:.2f} wall={time.monotonic() - start:.2f}')
+"""
+
+
+def _grade_namespaced() -> tuple[_Graded, int]:
+    """Findings 5-7 (and 3's working folder) in one namespaced grading of the solution plus the
+    attacks; a host socket listens where the heartbeat link points."""
+    folder = Path(tempfile.mkdtemp(prefix="red-team-hb-"))
+    path = folder / "sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen(64)
+        listener.setblocking(False)
+        files = {"files/hb_target.txt": str(path).encode()}
+        cells = [USERNS, DISK_FILL, HB_SYMLINK, FORK_MEMORY, CPU_CAP]
+        graded = grade(cells, base="solution", files=files, isolation="require")
+        accepted = 0
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                listener.accept()[0].close()
+                accepted += 1
+    shutil.rmtree(folder)
+    return graded, accepted
+
+
+#: The tests that read the two hostile gradings (they come last in the module).
+BACKGROUND_TESTS = (
+    "test_root_never_follows_a_heartbeat_link",
+    "test_namespaced_kernel_cannot_create_user_namespaces",
+    "test_working_folder_is_capped",
+    "test_forked_children_share_one_memory_cap",
+    "test_a_kernels_processes_together_get_one_core",
+    "test_floor_kernel_cannot_create_user_namespaces",
+    "test_floor_leaves_no_lock_file_queue_or_flood",
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hostile_runs(request: pytest.FixtureRequest, _root: None) -> Iterator[dict[str, Future]]:
+    """The namespaced and the floor hostile gradings, started when the module starts and run one
+    after the other in the background: their probes mostly wait (a stopped kernel, children
+    filling memory, 8 s of sleep), so the module's other tests use that time. Every grading
+    gets a fresh uid that its run holds, so the module's clean-up tests never touch them."""
+    if not any(item.name.split("[")[0] in BACKGROUND_TESTS for item in request.session.items):
+        yield {}
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield {"namespaced": pool.submit(_grade_namespaced), "floor": pool.submit(_grade_floor)}
+
+
+@pytest.fixture
+def namespaced(hostile_runs: dict[str, Future]) -> tuple[_Graded, int]:
+    return hostile_runs["namespaced"].result()
+
+
+def _printed(graded: _Graded, marker: str) -> str:
+    """What a cell printed after ``marker`` (from the kernel's stdout kept in stderr/report)."""
+    return " | ".join(re.findall(rf"{marker}[^\n\"]*", graded.text + graded.stderr))
+
+
+def test_root_never_follows_a_heartbeat_link(namespaced):
+    graded, accepted = namespaced
+    assert accepted == 0, f"the root grader connected {accepted} times to a host socket"
+    assert graded.scores() == graded.full(), graded.results["output"]
+    assert not graded.owed, graded.owed
+
+
+def test_namespaced_kernel_cannot_create_user_namespaces(namespaced):
+    graded, _ = namespaced
+    assert "USERNS unshare refused" in _probe(graded, "USERNS"), _probe(graded, "USERNS")
+
+
+def test_working_folder_is_capped(namespaced):
+    graded, _ = namespaced
+    line = _probe(graded, "DISKFILL")
+    found = re.search(r"DISKFILL (\d+) MB stopped by (.*)", line)
+    assert found, line
+    assert int(found.group(1)) <= 300 and "space" in found.group(2), line
+
+
+def test_forked_children_share_one_memory_cap(namespaced):
+    graded, _ = namespaced
+    line = _probe(graded, "FORKMEM")
+    # Uncapped, the three children hold their 330 MB each at once beside the kernel (RLIMIT_DATA
+    # is per process): full=3 died=0. In one 700 MB cgroup with the kernel, its OOM killer ends
+    # a child (died >= 1), or the kernel itself (the cell crashed: a cap too).
+    found = re.search(r"FORKMEM children full=(\d) died=(\d)", line)
+    if found is None:
+        assert "FORKMEM probe`) crashed" in line, graded.question("Notebook report")
+    else:
+        assert int(found.group(2)) >= 1 and int(found.group(1)) < 3, line
+
+
+@pytest.mark.parametrize("run", ["namespaced", "floor_run"])
+def test_a_kernels_processes_together_get_one_core(run: str, request: pytest.FixtureRequest):
+    """Batch grading runs several gradings at once, and their waits are wall-clock: a kernel
+    that starts busy processes must not take the CPU another student's grading needs (see
+    grading/README.md, "CPU"). Its cpu group's quota holds all of them to one core together.
+    Load on the machine only makes the wall time longer: it cannot make this fail."""
+    graded = request.getfixturevalue(run)
+    graded = graded[0] if run == "namespaced" else graded
+    line = _probe(graded, "CPUCAP")
+    found = re.search(r"CPUCAP cpu=([\d.]+) wall=([\d.]+)", line)
+    assert found, graded.question("Notebook report")
+    cpu, wall = map(float, found.groups())
+    assert cpu >= 2.9, f"the probe's children did not burn their CPU: {line}"
+    assert wall >= 0.9 * cpu, f"the kernel's processes used {cpu / wall:.2f} cores at once: {line}"
+
+
+# ------------------------------------------------------------ 6, 8. one floor hostile grading
+LEFTOVERS = """# MQUEUE probe
+import ctypes, os
+with open(f'/run/lock/red-team-{os.getuid()}', 'w') as f: f.write('x')
+rt = ctypes.CDLL('librt.so.1', use_errno=True)
+raise RuntimeError(f"MQUEUE {rt.mq_open(b'/red-team-mq', os.O_CREAT | os.O_RDWR, 0o600, None)}")
+"""
+FLOOD = """# FLOOD probe
+import os
+for i in range(3000):
+    os.close(os.open(f'/var/tmp/red-team-{os.getuid()}-{i}', os.O_CREAT | os.O_WRONLY, 0o600))
+"""
+
+
+def _grade_floor() -> _Graded:
+    return grade([USERNS, LEFTOVERS, FLOOD, CPU_CAP], base="solution", isolation="floor")
+
+
+@pytest.fixture
+def floor_run(hostile_runs: dict[str, Future]) -> _Graded:
+    return hostile_runs["floor"].result()
+
+
+def test_floor_kernel_cannot_create_user_namespaces(floor_run):
+    assert "USERNS unshare refused" in _probe(floor_run, "USERNS"), _probe(floor_run, "USERNS")
+
+
+def test_floor_leaves_no_lock_file_queue_or_flood(floor_run):
+    """/run/lock files, POSIX message queues (the floor shares the host's IPC namespace) and
+    3000 files: grade() owes nothing of the uid left (host_uids.leftovers looks for all)."""
+    assert "MQUEUE" in _probe(floor_run, "MQUEUE") and "MQUEUE -1" not in _probe(floor_run, "MQ")
+    assert floor_run.scores() == floor_run.full(), floor_run.results["output"]
+    assert not floor_run.owed, floor_run.owed
