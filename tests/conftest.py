@@ -208,9 +208,11 @@ _UNGROUPED = pytest.StashKey[set[str]]()
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Order the run, and catch ``--dist loadgroup`` not grouping.
 
-    Longest first: tests marked ``early`` (and the xdist groups they belong to) are handed out
-    before the rest, so that the two workers finish together on short tests instead of one
-    running a long test alone at the end (a stable sort: each part keeps the file order).
+    Longest first: tests marked ``early`` come first (a stable sort: each part keeps the file
+    order), so that the two workers finish together on short tests instead of one running a
+    long test alone at the end. Under ``--dist loadgroup`` pytest-xdist then hands out the
+    xdist groups before single tests, largest group first (its default ``--loadscope-reorder``,
+    review ta11), each group's tests in this order; ``early`` orders the single tests.
 
     Grouping stopped once, silently (pytest 9.2 with pytest-xdist 3.8): tests marked
     ``xdist_group`` share one resource (``/autograder``, one JupyterLab), and split over two

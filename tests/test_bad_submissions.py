@@ -20,7 +20,7 @@ from tests.conftest import require_root
 from tests.corpus import corpus
 
 # One worker runs the module (its gradings overlap the endless-loops grading, which mostly
-# waits out its limits), handed out early.
+# waits out its limits); pytest-xdist hands out large groups such as this one first.
 pytestmark = [
     pytest.mark.grading,
     pytest.mark.slow,

@@ -27,6 +27,7 @@ import tempfile
 import textwrap
 import threading
 import time
+import types
 import zipfile
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -475,11 +476,12 @@ def test_reserve_removes_stale_kernel_memory_groups(controller: str):
         pytest.skip(f"no cgroup v1 {controller} controller")
     dead, live = max(uids.FRESH_UIDS) - 13, max(uids.FRESH_UIDS) - 14
     stale, kept = root / f"grading-{dead}-0123456789ab", root / f"grading-{live}-0123456789ab"
+    # Held before its group exists: another grader's sweep (its reserve()) never sees it unheld.
+    held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    held.bind(f"\0offline-rl-grading-uid-{live}")  # a live run holds that one
     stale.mkdir()
     kept.mkdir()
     try:
-        held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        held.bind(f"\0offline-rl-grading-uid-{live}")  # a live run holds that one
         with held:
             uids.sweep(tempfile.mkdtemp(prefix="red-team-empty-"))
         assert not stale.exists(), "the stale group is left"
@@ -594,7 +596,11 @@ def test_npz_with_a_huge_directory_is_refused_before_zipfile_parses_it(monkeypat
     def parsed(*args, **kwargs):
         raise AssertionError("zipfile parsed the whole directory first")
 
-    monkeypatch.setattr(runner.zipfile, "ZipFile", parsed)
+    # runner's own reference only: zipfile itself is shared with the module's background
+    # gradings (hostile_runs), which open the autograder zip (review ta11).
+    monkeypatch.setattr(
+        runner, "zipfile", types.SimpleNamespace(**{**vars(zipfile), "ZipFile": parsed})
+    )
     with pytest.raises(ValueError, match="at most") as refused:
         runner.load_npz(bytes(data))
     assert ("5000 arrays" in str(refused.value)) != lie, refused.value
@@ -704,13 +710,14 @@ raise RuntimeError(f'FORKMEM children full={full} died={died}')
 
 CPU_CAP = """# CPUCAP probe
 import os, subprocess, sys, time
-# Three fresh interpreters burn 1 CPU-s each; the cell measures the wall time they took together.
-# Held to one core they need 3 s at least; on two free cores they would take about 1.5 s. Each
-# runs in a session of its own, as a hog would: the scheduler shares the CPU between sessions
-# (autogroups), so three sessions outweigh another grading's one.
-BURN = 'import time\\nend = time.process_time() + 1.0\\nwhile time.process_time() < end: pass'
+# Eight fresh interpreters burn 0.4 CPU-s each; the cell measures the wall time they took
+# together. Held to one core they need 3.2 s at least. Each runs in a session of its own, as a hog
+# would: the scheduler shares the CPU between sessions (autogroups) and groups, so uncapped, eight
+# sessions beside N other busy ones get 16 / (8 + N) cores of 2: more than 1.1 while N < 6 (the
+# suite's two workers and their kernels are about 3; three burners were outweighed: review ta11).
+BURN = 'import time\\nend = time.process_time() + 0.4\\nwhile time.process_time() < end: pass'
 start, before = time.monotonic(), os.times()
-burners = [subprocess.Popen([sys.executable, '-c', BURN], start_new_session=True) for _ in range(3)]
+burners = [subprocess.Popen([sys.executable, '-c', BURN], start_new_session=True) for _ in range(8)]
 for child in burners:
     child.wait()
 after = os.times()
@@ -740,16 +747,21 @@ def _grade_namespaced() -> tuple[_Graded, int]:
     return graded, accepted
 
 
-#: The tests that read the two hostile gradings (they come last in the module).
-BACKGROUND_TESTS = (
-    "test_root_never_follows_a_heartbeat_link",
-    "test_namespaced_kernel_cannot_create_user_namespaces",
-    "test_working_folder_is_capped",
-    "test_forked_children_share_one_memory_cap",
-    "test_a_kernels_processes_together_get_one_core",
-    "test_floor_kernel_cannot_create_user_namespaces",
-    "test_floor_leaves_no_lock_file_queue_or_flood",
-)
+#: The tests that read each hostile grading (they come last in the module).
+BACKGROUND_TESTS = {
+    "namespaced": {
+        "test_root_never_follows_a_heartbeat_link",
+        "test_namespaced_kernel_cannot_create_user_namespaces",
+        "test_working_folder_is_capped",
+        "test_forked_children_share_one_memory_cap",
+        "test_a_kernels_processes_together_get_one_core[namespaced]",
+    },
+    "floor": {
+        "test_floor_kernel_cannot_create_user_namespaces",
+        "test_floor_leaves_no_lock_file_queue_or_flood",
+        "test_a_kernels_processes_together_get_one_core[floor_run]",
+    },
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -758,11 +770,16 @@ def hostile_runs(request: pytest.FixtureRequest, _root: None) -> Iterator[dict[s
     after the other in the background: their probes mostly wait (a stopped kernel, children
     filling memory, 8 s of sleep), so the module's other tests use that time. Every grading
     gets a fresh uid that its run holds, so the module's clean-up tests never touch them."""
-    if not any(item.name.split("[")[0] in BACKGROUND_TESTS for item in request.session.items):
-        yield {}
-        return
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        yield {"namespaced": pool.submit(_grade_namespaced), "floor": pool.submit(_grade_floor)}
+    module = request.node.nodeid
+    selected = {item.name for item in request.session.items if item.nodeid.startswith(module)}
+    wanted = {run: grade for run, grade in (("namespaced", _grade_namespaced),
+                                            ("floor", _grade_floor))
+              if selected & BACKGROUND_TESTS[run]}  # fmt: skip
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        yield {run: pool.submit(grade) for run, grade in wanted.items()}
+    finally:  # a run whose tests were not reached (-x, Ctrl-C) is not started
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.fixture
@@ -820,7 +837,7 @@ def test_a_kernels_processes_together_get_one_core(run: str, request: pytest.Fix
     found = re.search(r"CPUCAP cpu=([\d.]+) wall=([\d.]+)", line)
     assert found, graded.question("Notebook report")
     cpu, wall = map(float, found.groups())
-    assert cpu >= 2.9, f"the probe's children did not burn their CPU: {line}"
+    assert cpu >= 3.1, f"the probe's children did not burn their CPU: {line}"
     assert wall >= 0.9 * cpu, f"the kernel's processes used {cpu / wall:.2f} cores at once: {line}"
 
 
