@@ -41,6 +41,7 @@ from tests.test_trust_boundary import (
     GRADING,
     _Graded,
     _notebook,
+    assert_linear,
     grade,
     gs,
     host_uids,
@@ -493,19 +494,6 @@ def test_reserve_removes_stale_kernel_memory_groups(controller: str):
 
 
 # ------------------------------------------------- rt11: untrusted cells meet a quadratic loop
-#: Runs ``code`` in a fresh interpreter held to ``RLIMIT_CPU`` seconds of CPU (not a timing: the
-#: machine's load cannot make it fail), importing the grader under test.
-CPU_LIMITED = "import resource\nresource.setrlimit(resource.RLIMIT_CPU, ({0}, {0}))\n"
-
-
-def _within_cpu_seconds(seconds: int, code: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(GRADING.parent)}
-    return subprocess.run(
-        [sys.executable, "-c", CPU_LIMITED.format(seconds) + code],
-        capture_output=True, text=True, env=env, cwd=GRADING.parent, timeout=600,
-    )  # fmt: skip
-
-
 def test_check_cells_cost_linear_time_in_the_notebook():
     """rt11: each ``grader.check`` cell walked back over every earlier cell to find its answers,
     plain cells x checks: 60,000 of each cost the old grader ~85 CPU-s (160,000: 668 CPU-s and
@@ -522,11 +510,7 @@ def test_check_cells_cost_linear_time_in_the_notebook():
         assert cells[0].question == "q1_coverage" and len(cells) == n + 1, cells[:2]
         print("linear")
     """)
-    proc = _within_cpu_seconds(20, code)
-    assert proc.stdout.strip() == "linear", (
-        f"not done within 20 CPU-s (exit {proc.returncode}, -9: killed at the limit) "
-        f"{proc.stderr[-2000:]}"
-    )
+    assert_linear(20, code)
 
 
 def test_answer_extraction_costs_linear_time_in_the_notebook():
@@ -548,11 +532,7 @@ def test_answer_extraction_costs_linear_time_in_the_notebook():
         assert len(found["titles"]["13"]) <= answers.MAX_TITLE_CHARS, len(found["titles"]["13"])
         print("linear")
     """)
-    proc = _within_cpu_seconds(10, code)
-    assert proc.stdout.strip() == "linear", (
-        f"not done within 10 CPU-s (exit {proc.returncode}, -9: killed at the limit) "
-        f"{proc.stderr[-2000:]}"
-    )
+    assert_linear(10, code)
 
 
 def test_a_huge_error_array_is_cut_before_it_becomes_text():
