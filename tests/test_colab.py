@@ -55,6 +55,11 @@ COLAB = {
     "gymnasium": "1.3.0",
     "pandas": "2.2.3",
     "h5py": "3.16.0",
+    # What runs the notebook's `%pip install`: Colab's, not the older pip this Python's ensurepip
+    # bundles (23.2.1, which took 19 CPU-s for the wheel's install here against 16).
+    "pip": "24.1.2",
+    "setuptools": "75.2.0",
+    "wheel": "0.48.0",
 }
 #: Colab has torch 2.11.0+cpu (from PyTorch's CPU index). PyPI serves Linux x86_64 torch only as
 #: the CUDA build (its nvidia-* dependencies are gigabytes), so the venv takes the course's CPU
@@ -92,8 +97,8 @@ def _versions(python: Path) -> dict[str, str]:
 def colab_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with Colab's versions (and the course's CPU torch); returns its python."""
     venv = tmp_path_factory.mktemp("colab") / "venv"
-    # The pip `python -m venv` gives (ensurepip's): the notebook's first cell runs it.
-    python = venvs.create(venv, with_pip=True)
+    # pip itself comes with Colab's versions below: the notebook's first cell runs it.
+    python = venvs.create(venv, with_pip=False)
     torch = sync_environment.read_requirements(ROOT / "requirements.txt").runtime["torch"]
     index = (
         ["--extra-index-url", TORCH_CPU_INDEX]
