@@ -56,9 +56,9 @@ COLAB = {
     "pandas": "2.2.3",
     "h5py": "3.16.0",
     # What runs the notebook's `%pip install`: Colab's, not the older pip this Python's ensurepip
-    # bundles (23.2.1, which took 19 CPU-s for the wheel's install here against 16).
+    # bundles (23.2.1, which took 19 CPU-s for the wheel's install here against 16). Colab's
+    # setuptools (75.2.0) is not taken: the course's torch needs 77.0.3 or later.
     "pip": "24.1.2",
-    "setuptools": "75.2.0",
     "wheel": "0.48.0",
 }
 #: Colab has torch 2.11.0+cpu (from PyTorch's CPU index). PyPI serves Linux x86_64 torch only as
