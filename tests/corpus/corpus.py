@@ -111,7 +111,10 @@ def declared_questions(mutant: Mutant) -> set[str]:
 
 
 def touched_questions(
-    mutant: Mutant, nb: nbformat.NotebookNode, others: Sequence[Mutant] = ()
+    mutant: Mutant,
+    nb: nbformat.NotebookNode,
+    others: Sequence[Mutant] = (),
+    numbered: Sequence[Any] | None = None,
 ) -> frozenset[str] | None:
     """Every question whose score the mutant may change, in ``nb`` with the ``others``' edits:
     the ones it declares, the ones whose answer cells it edits, and (transitively) the ones whose
@@ -120,12 +123,14 @@ def touched_questions(
     None (grade it alone) when no static reading can bound it: it edits a cell of no question;
     an edited cell binds other top-level names than before (a variable or a def that shadows
     another question's function: review rv8); or the edit touches process-wide state (grad
-    mode, default dtype, seeds, module attributes), which reaches every later check."""
+    mode, default dtype, seeds, module attributes), which reaches every later check.
+    ``numbered``: ``grading.runner.code_cells(nb)[0]``, if the caller has it already."""
     from grading.runner import code_cells
 
     base = apply_all(nb, others)
     edited = apply(base, mutant)
-    numbered = code_cells(nb)[0]  # the same cells and tags in every mutant
+    if numbered is None:
+        numbered = code_cells(nb)[0]  # the same cells and tags in every mutant
     question_of = {cell.number: cell.question for cell in numbered}
     reached = set(declared_questions(mutant))
     for number, (old, new) in enumerate(zip(base.cells, edited.cells), start=1):
@@ -146,7 +151,8 @@ def touched_questions(
     ]
     while True:  # close over "uses a name a reached question's cells define"
         names = {n for q, src in answers if q in reached for n in _bound_names(src) or ()}
-        users = {q for q, src in answers for n in names if re.search(rf"\b{n}\b", src)}
+        uses = re.compile(rf"\b({'|'.join(sorted(names))})\b") if names else None
+        users = {q for q, src in answers if uses and uses.search(src)}
         if users <= reached:
             return frozenset(reached)
         reached |= users
@@ -200,12 +206,15 @@ Touched = Callable[[Mutant, Sequence[Mutant]], "frozenset[str] | None"]
 
 def memo_touched(nb: nbformat.NotebookNode) -> Touched:
     """``touched_questions`` on ``nb``, each (mutant, others) worked out once."""
+    from grading.runner import code_cells
+
     cache: dict[tuple[str, tuple[str, ...]], frozenset[str] | None] = {}
+    numbered = code_cells(nb)[0]
 
     def touched(mutant: Mutant, others: Sequence[Mutant] = ()) -> frozenset[str] | None:
         key = (mutant.name, tuple(sorted(o.name for o in others)))
         if key not in cache:
-            cache[key] = touched_questions(mutant, nb, others)
+            cache[key] = touched_questions(mutant, nb, others, numbered)
         return cache[key]
 
     return touched
