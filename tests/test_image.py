@@ -20,13 +20,16 @@ and nothing else, so the grading runs on what pip would have installed. What cha
 unpacks the same wheels: pip unzipped torch (~700 MB) for this venv alone, uv links it from the
 shared cache. Of the bytecode, the venv gets what a grading reads: the kernel runs as the
 sandbox user, who cannot write ``__pycache__``, so it imports .pyc files only where they were
-written at install. pip writes all ~13,000; a grading imports ~1,250 of them, and a warm-up run
-as root (``WARM_UP``: the kernel's start, the graded cells, the harvests) writes those. (A
-kernel started by jupyter_client that ran the same cells and harvests imported 1,249 venv
-modules: none the warm-up misses but debugpy's, which a graded kernel never loads.)
+written at install. pip writes all ~13,000; a grading imports ~1,150 of them, and a warm-up run
+as root (``WARM_UP``: the kernel's start, the graded cells, a failing cell's traceback, the
+harvests) writes those. ``test_image_env_has_the_pins_and_cpu_torch`` then starts a kernel the
+way the grader does (``KERNEL_MAIN``, the kernel's environment, no bytecode written), runs the
+same in it, and fails on any venv module it imported without its .pyc (review ta12: the check
+used to look at seven packages' ``__init__`` only).
 Measured 2026-12-06 (CPU-s, TEST_CPU_LOG, quiet): the venv test cost 126 with pip 23.2.1's
 install, 91 with pip's resolution and uv's ``--compile-bytecode`` of the whole venv (resolve 13,
-install and bytecode 66), and about 30 with the warm-up (resolve 11, install 2, warm-up 6).
+install and bytecode 66), and about 35 with the warm-up (resolve 12, install 3, warm-up 8, the
+kernel's check 4).
 """
 
 from __future__ import annotations
@@ -49,10 +52,12 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
+from jupyter_client import KernelManager
+from jupyter_client.kernelspec import KernelSpecManager
 
 from benchmarks.grading_resources import tree_rss_mb
+from grading import launcher, runner, sandbox
 from grading import results as gs
-from grading import runner
 from tests.conftest import open_sandbox_paths, require_root
 from tests.corpus import corpus
 from tests.test_gradescope import AUTOGRADER, lay_out_autograder
@@ -144,6 +149,8 @@ class ImageEnv:
     pip_resolved: dict[str, str]
     #: What the fresh venv held before pip's resolution (pip itself, as conda's env has it).
     preinstalled: dict[str, str]
+    #: The zip, unpacked for the warm-up (its support files and hidden checks).
+    unpacked: Path
 
 
 @pytest.fixture(scope="module")
@@ -192,12 +199,18 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+#: A cell that raises: a graded cell or check that fails formats a traceback (IPython's
+#: ultratb imports stack_data, pygments' formatters...), which a grading of a wrong answer reads.
+RAISING_CELL = "def _raises():\n    return {}['x']\n\n_raises()"
+
 #: Run by the image's Python as root in the zip's unpacked folder (argv: that folder, the cells
-#: to run as JSON): the kernel's start as ``grading.launcher.KERNEL_MAIN`` makes it (no
-#: debugpy), the grader's set-up in it, the graded cells, then every hidden check's harvest.
+#: to run as JSON), in the kernel's environment but with bytecode on: the kernel's start as
+#: ``grading.launcher.KERNEL_MAIN`` makes it (no debugpy), the grader's set-up in it, the graded
+#: cells, a cell that raises, then every hidden check's harvest. Each must do what it does in a
+#: grading of the solution, or the warm-up fails (and compiled less than a grading reads).
 WARM_UP = """
 import json, os, sys
-folder, cells = sys.argv[1], json.loads(sys.argv[2])
+folder, cells, raising = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 sys.path[:0] = [os.path.join(folder, "files"), folder]
 os.chdir(os.path.join(folder, "files"))
 sys.modules["debugpy"] = None
@@ -205,16 +218,33 @@ import grading.__main__, grading.runner
 from grading import kernel_side
 from ipykernel import kernelapp
 app = kernelapp.IPKernelApp.instance()
-app.initialize(["-f", os.path.join(folder, "kernel.json")])
+app.initialize(["-f", os.path.join(folder, "kernel.json"), "--HistoryManager.enabled=False"])
 kernel_side.install(0, pause_gc=True)
-for source in cells:
-    app.shell.run_cell(source)
-import hidden_checks
+failed = [source[:80] for source in cells if not app.shell.run_cell(source).success]
+assert not failed, f"graded cells failed: {failed}"
+assert not app.shell.run_cell(raising).success
+import hidden_checks, numpy
 for name in hidden_checks.CHECKS:
-    kernel_side.harvest(name, app.shell.user_ns, os.path.join(folder, name + ".npz"))
+    path = os.path.join(folder, name + ".npz")
+    kernel_side.harvest(name, app.shell.user_ns, path)
+    assert "__error__" not in numpy.load(path).files, f"hidden check {name} failed"
 open(os.path.join(folder, "warmed"), "w").close()
 os._exit(0)  # the kernel's threads and sockets were never meant to end
 """
+
+
+def _graded_cells() -> list[str]:
+    """The sources of the cells a grading of the solution runs."""
+    return [cell.source for cell in runner.code_cells(corpus.solution())[0]]
+
+
+def _kernel_env(python: Path, unpacked: Path) -> dict[str, str]:
+    """The sandboxed kernel's environment (``grading.sandbox.kernel_env``), in ``unpacked``."""
+    files = unpacked / "files"
+    (files / ".tmp").mkdir(exist_ok=True)
+    env = sandbox.kernel_env(files, str(python))
+    env["PYTHONPATH"] = os.pathsep.join([str(files), str(unpacked)])
+    return env
 
 
 def _compile_what_a_grading_imports(python: Path, scratch: Path) -> None:
@@ -222,22 +252,85 @@ def _compile_what_a_grading_imports(python: Path, scratch: Path) -> None:
 
     pip compiles the whole venv (~13,000 modules, 50-65 CPU-s here), but the sandboxed kernel,
     which cannot write ``__pycache__``, only reads the .pyc of what it imports. ``WARM_UP``
-    does, as root, what a grading of the solution does in its kernel (start, set-up, the cells
-    ``grading.runner.code_cells`` runs, the harvests) and the grader's imports: its imports write
-    exactly the .pyc files a grading reads (~1,250 of the venv's modules). A module a kernel
-    imported beyond them would be compiled in its memory, as on an image without bytecode: the
-    heavy ones are checked in ``test_image_env_has_the_pins_and_cpu_torch``.
+    does, as root, what a grading does in its kernel (start, set-up, the cells
+    ``grading.runner.code_cells`` runs, a failing cell's traceback, the harvests) and the
+    grader's imports: its imports write the .pyc files a grading reads (~1,150 of the venv's
+    modules), and nothing else in the venv. ``test_image_env_has_the_pins_and_cpu_torch``
+    checks that a kernel started as the grader starts it then finds every module it imports
+    compiled.
     """
     with zipfile.ZipFile(corpus.ZIP) as zf:
         zf.extractall(scratch)
-    cells = [cell.source for cell in runner.code_cells(corpus.solution())[0]]
-    # Whatever this shell says about bytecode: the warm-up must write it where pip would.
-    env = {k: v for k, v in os.environ.items() if k not in BYTECODE_SWITCHES}
+    # The kernel's environment, but bytecode on, whatever this shell says: written where pip would.
+    env = {k: v for k, v in _kernel_env(python, scratch).items() if k not in BYTECODE_SWITCHES}
     proc = subprocess.run(
-        [str(python), "-c", WARM_UP, str(scratch), json.dumps(cells)],
-        env=env, capture_output=True, text=True, timeout=600,
+        [str(python), "-c", WARM_UP, str(scratch), json.dumps(_graded_cells()), RAISING_CELL],
+        cwd=scratch, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert (scratch / "warmed").exists(), f"the warm-up failed:\n{proc.stdout}{proc.stderr}"
+
+
+#: Run last in the kernel of ``_modules_without_bytecode``: the venv's modules it imported whose
+#: .pyc is missing (the kernel cannot write them: PYTHONDONTWRITEBYTECODE, as in a grading).
+UNCOMPILED = """
+import importlib.util, json, os, sys
+prefix = os.path.realpath(sys.prefix)
+print(json.dumps(sorted(
+    name for name, module in list(sys.modules.items())
+    if (path := getattr(module, "__file__", None)) and path.endswith(".py")
+    and os.path.realpath(path).startswith(prefix)
+    and not os.path.exists(importlib.util.cache_from_source(path))
+)))
+"""
+
+
+def _modules_without_bytecode(python: Path, unpacked: Path) -> tuple[list[str], list[str]]:
+    """Start a kernel as the grader does (``KERNEL_MAIN``, the kernel's environment), run what a
+    grading runs in it (the set-up, the graded cells, a cell that raises, every harvest); return
+    (venv modules it imported without .pyc, code that did not run as in a grading)."""
+    spec = unpacked / "kernels" / "image"
+    spec.mkdir(parents=True, exist_ok=True)
+    argv = [str(python), "-c", launcher.KERNEL_MAIN, "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": "image", "language": "python"})
+    )
+    manager = KernelManager(
+        kernel_name="image",
+        kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec.parent)]),
+    )
+    manager.start_kernel(cwd=str(unpacked / "files"), env=_kernel_env(python, unpacked))
+    client = manager.client()
+    try:
+        client.start_channels()
+        client.wait_for_ready(timeout=120)
+        printed: list[str] = []
+
+        def run(code: str) -> bool:
+            def hook(msg: dict) -> None:
+                if msg["msg_type"] == "stream":
+                    printed.append(msg["content"]["text"])
+
+            reply = client.execute_interactive(code, timeout=300, output_hook=hook)
+            return reply["content"]["status"] == "ok"
+
+        harvest = (
+            "import hidden_checks, numpy, tempfile\n"
+            "for name in hidden_checks.CHECKS:\n"
+            "    path = tempfile.mktemp(suffix='.npz')\n"
+            "    kernel_side.harvest(name, globals(), path)\n"
+            "    assert '__error__' not in numpy.load(path).files, name\n"
+        )
+        set_up = "from grading import kernel_side\nkernel_side.install(0, pause_gc=True)"
+        wrong = [] if run(set_up) else ["the grader's set-up"]
+        wrong += [c[:80] for c in _graded_cells() if not run(c)]
+        wrong += ["the raising cell ran"] if run(RAISING_CELL) else []
+        wrong += [] if run(harvest) else ["a harvest"]
+        printed.clear()
+        assert run(UNCOMPILED), "the module listing failed"
+        return json.loads(printed[-1]), wrong
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
 
 
 def _build_venv(folder: Path, pip_lines: list[str], dropped: list[str]) -> ImageEnv:
@@ -266,7 +359,8 @@ def _build_venv(folder: Path, pip_lines: list[str], dropped: list[str]) -> Image
     venvs.install(python, ["-r", str(requirements), "-c", str(resolved)], sources=sources)
     cpu["uv install"] = _cpu_seconds()
     # 3. The bytecode of every module a grading imports, as pip's compile leaves it.
-    _compile_what_a_grading_imports(python, folder / "warm-up")
+    unpacked = folder / "warm-up"
+    _compile_what_a_grading_imports(python, unpacked)
     cpu["bytecode"] = _cpu_seconds()
     steps = list(cpu)
     spent = ", ".join(f"{b} {cpu[b] - cpu[a]:.0f}" for a, b in itertools.pairwise(steps))
@@ -274,7 +368,7 @@ def _build_venv(folder: Path, pip_lines: list[str], dropped: list[str]) -> Image
         f"image venv {_size_mb(venv):.0f} MB; CPU-s: {spent} "
         f"from {len(pip_lines)} pip lines (left out here, unreachable: {dropped or 'none'})"
     )
-    return ImageEnv(venv, note, picked, preinstalled)
+    return ImageEnv(venv, note, picked, preinstalled, unpacked)
 
 
 def test_image_env_has_the_pins_and_cpu_torch(image_env, record_property):
@@ -303,20 +397,17 @@ def test_image_env_has_the_pins_and_cpu_torch(image_env, record_property):
     assert not wrong, f"the image installs other versions (pinned or locked, installed): {wrong}"
     dev = [n for n in reqs.dev if _canonical(n) in everything]
     assert not dev, f"dev-only packages reached the image: {dev}"
-    # CPU torch, and bytecode as pip leaves it (the sandboxed kernel cannot write __pycache__
-    # there): -B, so that this check writes none itself.
-    code = (
-        "import importlib, importlib.util, json, os, sys, torch; "
-        "print(torch.version.cuda); "
-        "print(json.dumps([m for m in sys.argv[1:] if not os.path.exists("
-        "importlib.util.cache_from_source(importlib.import_module(m).__file__))]))"
-    )
-    heavy = ["torch", "numpy", "gymnasium", "ipykernel", "IPython", "jupyter_client", "zmq"]
-    out = subprocess.run(
-        [str(python), "-B", "-c", code, *heavy], capture_output=True, text=True, check=True
-    ).stdout.splitlines()
-    assert out[0] == "None", f"the image got a CUDA torch (cuda {out[0]})"
-    assert json.loads(out[1]) == [], f"modules without bytecode in the image: {out[1]}"
+    # CPU torch (-B: this check writes no bytecode itself).
+    cuda = subprocess.run(
+        [str(python), "-B", "-c", "import torch; print(torch.version.cuda)"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert cuda == "None", f"the image got a CUDA torch (cuda {cuda})"
+    # Bytecode where a grading reads it: the sandboxed kernel cannot write __pycache__, so every
+    # venv module it imports must have its .pyc, as pip's full compile leaves it.
+    uncompiled, wrong = _modules_without_bytecode(python, env.unpacked)
+    assert not wrong, f"the check's kernel did not run as a grading of the solution: {wrong}"
+    assert not uncompiled, f"a grading imports modules without bytecode: {uncompiled}"
 
 
 @pytest.mark.usefixtures("autograder_dir")
