@@ -10,11 +10,9 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 # The slowest tests and fixtures at the end of every run: where the ten minutes go.
 DURATIONS ?= --durations=15
-# Three pytest-xdist workers on CI's two cores: gradings wait on kernels, heartbeats and loop
-# limits, and the third worker fills those waits (2026-12-06, same code: 1.89 cores busy with
-# three, 1.82 with two). Every grading gets a fresh sandbox uid from the grader
-# (grading/uids.py); tests sharing /autograder stay on one worker (xdist_group).
-XDIST ?= -n 3 --dist loadgroup
+# Two pytest-xdist workers (CI has two cores); every grading gets a fresh sandbox uid from the
+# grader (grading/uids.py); tests sharing /autograder stay on one worker (xdist_group).
+XDIST ?= -n 2 --dist loadgroup
 
 .PHONY: release test test-fast lint lock fixtures bench bench-d3rlpy venv clean corpus kill-matrix grading-tests \
 	resources browser-tests sandbox-paths check-question grade

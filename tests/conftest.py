@@ -209,7 +209,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Order the run, and catch ``--dist loadgroup`` not grouping.
 
     Longest first: tests marked ``early`` come first (a stable sort: each part keeps the file
-    order), so that the workers finish together on short tests instead of one running a
+    order), so that the two workers finish together on short tests instead of one running a
     long test alone at the end. Under ``--dist loadgroup`` pytest-xdist then hands out the
     xdist groups before single tests, largest group first (its default ``--loadscope-reorder``,
     review ta11), each group's tests in this order; ``early`` orders the single tests.
