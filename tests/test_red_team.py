@@ -694,8 +694,8 @@ import os, subprocess, sys, time
 # together. Held to one core they need 4.8 s at least. Each runs in a session of its own, as a hog
 # would: the scheduler shares the CPU between sessions (autogroups) and groups, so uncapped,
 # twelve sessions beside N other busy ones get 24 / (12 + N) cores of 2: more than 1.1 while
-# N < 9 (the suite's three workers and their kernels are about 5, a CPU hog one more; three
-# burners were outweighed: review ta11; eight would be with three workers and a hog: ta12).
+# N < 9 (the suite's two workers and their kernels are about 3, a CPU hog one more; three
+# burners were outweighed: review ta11; eight leave little room under a hog: review ta12).
 BURN = 'import time\\nend = time.process_time() + 0.4\\nwhile time.process_time() < end: pass'
 start, before = time.monotonic(), os.times()
 burners = [subprocess.Popen([sys.executable, '-c', BURN], start_new_session=True)
