@@ -23,6 +23,11 @@ import open_sandbox_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# As in grading/__init__.py and the notebook's set-up cell: jsonschema (under nbformat) compiles
+# a grammar for its optional IRI format at import, ~1.9 CPU-s per pytest worker, for a format no
+# notebook field uses. Set before any test module imports nbformat.
+sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+
 #: Every skip that require_root() makes starts with this, so the summary can count them.
 SANDBOX_SKIP = "sandboxed grading skipped"
 #: The one command that runs what a non-root (or unprepared) run skipped.

@@ -70,7 +70,9 @@ TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 KEPT = ("numpy", "matplotlib", "torch")
 
 EXECUTE = """
-import sys, time, nbformat, nbclient
+import sys, time
+sys.modules.setdefault("rfc3987_syntax", None)  # as tests/conftest.py: ~2 CPU-s at import
+import nbformat, nbclient
 nb = nbformat.read(sys.argv[1], as_version=4)
 client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3", allow_errors=True,
                                  resources={"metadata": {"path": sys.argv[2]}})
