@@ -487,22 +487,19 @@ def insert_cell(
     return nb
 
 
-#: ``python -m otter``, without jsonschema's grammar for the IRI format (~1.9 CPU-s a run, for a
-#: format no notebook field uses; as grading/__init__.py does): otter's own code otherwise.
-OTTER_CLI = (
-    "import sys; sys.modules.setdefault('rfc3987_syntax', None); sys.argv[0] = 'otter'; "
-    "from otter.cli import cli; cli()"
-)
-
-
 def grade_plain_otter(nb: nbformat.NotebookNode) -> dict[str, Any]:
     """Grade with otter's own in-kernel runner (``otter run``): the baseline the attacks fool."""
+    if str(ROOT / "tools") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tools"))
+    import build_release  # otter's command line, as the release build runs it
+
     with tempfile.TemporaryDirectory(prefix="plain-otter-") as tmp:
         path = Path(tmp, f"{ASSIGNMENT}.ipynb")
         nbformat.write(nb, path)
         out = Path(tmp, "out")
         out.mkdir()
-        cmd = [sys.executable, "-c", OTTER_CLI, "run", "-a", str(ZIP), "-o", str(out), str(path)]
+        cmd = [sys.executable, "-c", build_release.OTTER_CLI, "run", "-a", str(ZIP)]
+        cmd += ["-o", str(out), str(path)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         results = out / "results.json"
         if not results.exists():
