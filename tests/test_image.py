@@ -21,11 +21,11 @@ unpacks the same wheels: pip unzipped torch (~700 MB) for this venv alone, uv li
 shared cache. Of the bytecode, the venv gets what a grading reads: the kernel runs as the
 sandbox user, who cannot write ``__pycache__``, so it imports .pyc files only where they were
 written at install. pip writes all ~13,000; a grading imports ~1,150 of them, and a warm-up run
-as root (``WARM_UP``: the kernel's start, the graded cells, a failing cell's traceback, the
-harvests) writes those. ``test_image_env_has_the_pins_and_cpu_torch`` then starts a kernel the
-way the grader does (``KERNEL_MAIN``, the kernel's environment, no bytecode written), runs the
-same in it, and fails on any venv module it imported without its .pyc (review ta12: the check
-used to look at seven packages' ``__init__`` only).
+as root (a kernel started as the grader starts it, bytecode on: the graded cells, a failing
+cell's traceback, the harvests) writes those. ``test_image_env_has_the_pins_and_cpu_torch``
+then starts one the same way with bytecode off (as in a grading), runs the same in it, and
+fails on any venv module it imported without its .pyc (review ta12: the check used to look at
+seven packages' ``__init__`` only).
 Measured 2026-12-06 (CPU-s, TEST_CPU_LOG, quiet): the venv test cost 126 with pip 23.2.1's
 install, 91 with pip's resolution and uv's ``--compile-bytecode`` of the whole venv (resolve 13,
 install and bytecode 66), and about 35 with the warm-up (resolve 12, install 3, warm-up 8, the
@@ -203,35 +203,6 @@ def _cpu_seconds() -> float:
 #: ultratb imports stack_data, pygments' formatters...), which a grading of a wrong answer reads.
 RAISING_CELL = "def _raises():\n    return {}['x']\n\n_raises()"
 
-#: Run by the image's Python as root in the zip's unpacked folder (argv: that folder, the cells
-#: to run as JSON), in the kernel's environment but with bytecode on: the kernel's start as
-#: ``grading.launcher.KERNEL_MAIN`` makes it (no debugpy), the grader's set-up in it, the graded
-#: cells, a cell that raises, then every hidden check's harvest. Each must do what it does in a
-#: grading of the solution, or the warm-up fails (and compiled less than a grading reads).
-WARM_UP = """
-import json, os, sys
-folder, cells, raising = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-sys.path[:0] = [os.path.join(folder, "files"), folder]
-os.chdir(os.path.join(folder, "files"))
-sys.modules["debugpy"] = None
-import grading.__main__, grading.runner
-from grading import kernel_side
-from ipykernel import kernelapp
-app = kernelapp.IPKernelApp.instance()
-app.initialize(["-f", os.path.join(folder, "kernel.json"), "--HistoryManager.enabled=False"])
-kernel_side.install(0, pause_gc=True)
-failed = [source[:80] for source in cells if not app.shell.run_cell(source).success]
-assert not failed, f"graded cells failed: {failed}"
-assert not app.shell.run_cell(raising).success
-import hidden_checks, numpy
-for name in hidden_checks.CHECKS:
-    path = os.path.join(folder, name + ".npz")
-    kernel_side.harvest(name, app.shell.user_ns, path)
-    assert "__error__" not in numpy.load(path).files, f"hidden check {name} failed"
-open(os.path.join(folder, "warmed"), "w").close()
-os._exit(0)  # the kernel's threads and sockets were never meant to end
-"""
-
 
 def _graded_cells() -> list[str]:
     """The sources of the cells a grading of the solution runs."""
@@ -251,27 +222,21 @@ def _compile_what_a_grading_imports(python: Path, scratch: Path) -> None:
     """Write, as root, the .pyc of every module of the venv that a grading imports.
 
     pip compiles the whole venv (~13,000 modules, 50-65 CPU-s here), but the sandboxed kernel,
-    which cannot write ``__pycache__``, only reads the .pyc of what it imports. ``WARM_UP``
-    does, as root, what a grading does in its kernel (start, set-up, the cells
-    ``grading.runner.code_cells`` runs, a failing cell's traceback, the harvests) and the
-    grader's imports: its imports write the .pyc files a grading reads (~1,150 of the venv's
-    modules), and nothing else in the venv. ``test_image_env_has_the_pins_and_cpu_torch``
-    checks that a kernel started as the grader starts it then finds every module it imports
-    compiled.
+    which cannot write ``__pycache__``, only reads the .pyc of what it imports. A kernel started
+    as the grader starts it, with bytecode on, does what a grading does in it (the grader's
+    modules, the set-up, the cells ``grading.runner.code_cells`` runs, a failing cell's
+    traceback, the harvests): its imports write the .pyc files a grading reads (~1,150 of the
+    venv's modules), and nothing else in the venv. ``test_image_env_has_the_pins_and_cpu_torch``
+    runs the same with bytecode off and checks that every module it imports is compiled.
     """
     with zipfile.ZipFile(corpus.ZIP) as zf:
         zf.extractall(scratch)
-    # The kernel's environment, but bytecode on, whatever this shell says: written where pip would.
-    env = {k: v for k, v in _kernel_env(python, scratch).items() if k not in BYTECODE_SWITCHES}
-    proc = subprocess.run(
-        [str(python), "-c", WARM_UP, str(scratch), json.dumps(_graded_cells()), RAISING_CELL],
-        cwd=scratch, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert (scratch / "warmed").exists(), f"the warm-up failed:\n{proc.stdout}{proc.stderr}"
+    _, wrong = _run_as_a_grading(python, scratch, write_bytecode=True)
+    assert not wrong, f"the warm-up did not run as a grading of the solution: {wrong}"
 
 
-#: Run last in the kernel of ``_modules_without_bytecode``: the venv's modules it imported whose
-#: .pyc is missing (the kernel cannot write them: PYTHONDONTWRITEBYTECODE, as in a grading).
+#: Run last in the kernel of ``_run_as_a_grading``: the venv's modules it imported whose .pyc is
+#: missing (with bytecode off, as in a grading, the kernel writes none).
 UNCOMPILED = """
 import importlib.util, json, os, sys
 prefix = os.path.realpath(sys.prefix)
@@ -284,10 +249,13 @@ print(json.dumps(sorted(
 """
 
 
-def _modules_without_bytecode(python: Path, unpacked: Path) -> tuple[list[str], list[str]]:
-    """Start a kernel as the grader does (``KERNEL_MAIN``, the kernel's environment), run what a
-    grading runs in it (the set-up, the graded cells, a cell that raises, every harvest); return
-    (venv modules it imported without .pyc, code that did not run as in a grading)."""
+def _run_as_a_grading(
+    python: Path, unpacked: Path, *, write_bytecode: bool
+) -> tuple[list[str], list[str]]:
+    """Start a kernel as the grader does (``KERNEL_MAIN``, the kernel's environment; as root, so
+    ``write_bytecode`` writes .pyc files), run what a grading runs in it (the set-up, the graded
+    cells, a cell that raises, every harvest); return (venv modules it imported without .pyc,
+    code that did not run as in a grading of the solution)."""
     spec = unpacked / "kernels" / "image"
     spec.mkdir(parents=True, exist_ok=True)
     argv = [str(python), "-c", launcher.KERNEL_MAIN, "-f", "{connection_file}"]
@@ -298,7 +266,10 @@ def _modules_without_bytecode(python: Path, unpacked: Path) -> tuple[list[str], 
         kernel_name="image",
         kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec.parent)]),
     )
-    manager.start_kernel(cwd=str(unpacked / "files"), env=_kernel_env(python, unpacked))
+    env = _kernel_env(python, unpacked)
+    if write_bytecode:  # whatever this shell says: written where pip would write it
+        env = {k: v for k, v in env.items() if k not in BYTECODE_SWITCHES}
+    manager.start_kernel(cwd=str(unpacked / "files"), env=env)
     client = manager.client()
     try:
         client.start_channels()
@@ -320,7 +291,10 @@ def _modules_without_bytecode(python: Path, unpacked: Path) -> tuple[list[str], 
             "    kernel_side.harvest(name, globals(), path)\n"
             "    assert '__error__' not in numpy.load(path).files, name\n"
         )
-        set_up = "from grading import kernel_side\nkernel_side.install(0, pause_gc=True)"
+        set_up = (  # the grader's own modules too: it runs as root beside the kernel
+            "import grading.__main__, grading.runner\n"
+            "from grading import kernel_side\nkernel_side.install(0, pause_gc=True)"
+        )
         wrong = [] if run(set_up) else ["the grader's set-up"]
         wrong += [c[:80] for c in _graded_cells() if not run(c)]
         wrong += ["the raising cell ran"] if run(RAISING_CELL) else []
@@ -405,7 +379,7 @@ def test_image_env_has_the_pins_and_cpu_torch(image_env, record_property):
     assert cuda == "None", f"the image got a CUDA torch (cuda {cuda})"
     # Bytecode where a grading reads it: the sandboxed kernel cannot write __pycache__, so every
     # venv module it imports must have its .pyc, as pip's full compile leaves it.
-    uncompiled, wrong = _modules_without_bytecode(python, env.unpacked)
+    uncompiled, wrong = _run_as_a_grading(python, env.unpacked, write_bytecode=False)
     assert not wrong, f"the check's kernel did not run as a grading of the solution: {wrong}"
     assert not uncompiled, f"a grading imports modules without bytecode: {uncompiled}"
 
